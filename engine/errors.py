@@ -1,0 +1,93 @@
+"""The engine's one exception hierarchy.
+
+Every public call fails with a subclass of `EngineError` whose message says what was wrong and
+what to do about it. Structured fields (resource, retry_after, ...) let callers react without
+parsing text.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class AuthenticationError(EngineError):
+    """Unknown session or wrong token: deliberately the same type and message for both."""
+
+    MESSAGE = "session not found or token invalid; create a new session or use its current token"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+class SessionExpired(EngineError):
+    """The token was right but the session passed its idle or absolute limit."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"session expired ({reason}); create a new session to continue")
+
+
+class SessionLimitReached(EngineError):
+    """A user is at their session cap and every one of their sessions is mid-turn."""
+
+    def __init__(self, user_id: str, cap: int) -> None:
+        self.user_id = user_id
+        self.cap = cap
+        super().__init__(
+            f"user {user_id!r} already has {cap} sessions, all busy; "
+            "end one or retry when a turn finishes"
+        )
+
+
+class QuotaExceeded(EngineError):
+    """A per-user quota would be exceeded by this call."""
+
+    def __init__(self, resource: str, limit: float, retry_after: float) -> None:
+        self.resource = resource
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"quota exceeded for {resource} (limit {limit:g}); "
+            f"capacity frees in {retry_after:.1f}s"
+        )
+
+
+class RateLimited(EngineError):
+    """Requests arrive faster than the session's or user's rate allows."""
+
+    def __init__(self, scope: str, retry_after: float) -> None:
+        self.scope = scope
+        self.retry_after = retry_after
+        super().__init__(f"{scope} rate limit reached; retry after {retry_after:.2f}s")
+
+
+class PoolTimeout(EngineError):
+    """No agent of the type became free in time."""
+
+    def __init__(self, agent_type: str, waited: float) -> None:
+        self.agent_type = agent_type
+        self.waited = waited
+        super().__init__(
+            f"no {agent_type!r} agent free after {waited:.2f}s; retry later or raise the pool size"
+        )
+
+
+class InvalidInput(EngineError):
+    """An argument was malformed; the message names it."""
+
+
+class LLMError(EngineError):
+    """The model backend failed after bounded retries."""
+
+
+class StoreError(EngineError):
+    """The database is corrupt, foreign, newer than this code, or unwritable."""
+
+
+class EngineClosed(EngineError):
+    """The engine was used after `close()`."""
+
+    def __init__(self) -> None:
+        super().__init__("engine is closed; open a new Engine to continue")
