@@ -7,6 +7,8 @@ parsing text.
 
 from __future__ import annotations
 
+import math
+
 
 class EngineError(Exception):
     """Base of every error the engine raises on purpose."""
@@ -48,10 +50,12 @@ class QuotaExceeded(EngineError):
         self.resource = resource
         self.limit = limit
         self.retry_after = retry_after
-        super().__init__(
-            f"quota exceeded for {resource} (limit {limit:g}); "
-            f"capacity frees in {retry_after:.1f}s"
+        when = (
+            "waiting will not free it: raise the limit or free some"
+            if math.isinf(retry_after)
+            else f"capacity frees in {retry_after:.1f}s"
         )
+        super().__init__(f"quota exceeded for {resource} (limit {limit:g}); {when}")
 
 
 class RateLimited(EngineError):
@@ -89,5 +93,5 @@ class StoreError(EngineError):
 class EngineClosed(EngineError):
     """The engine was used after `close()`."""
 
-    def __init__(self) -> None:
-        super().__init__("engine is closed; open a new Engine to continue")
+    def __init__(self, message: str = "engine is closed; open a new Engine to continue") -> None:
+        super().__init__(message)

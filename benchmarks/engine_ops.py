@@ -1,0 +1,147 @@
+"""Engine core throughput and cost figures, printed as JSON.
+
+Run: .venv/bin/python benchmarks/engine_ops.py [--sessions 100000]
+Uses the in-process stand-in model, so figures are the engine's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import Engine, EngineConfig
+from engine.clock import ManualClock
+from engine.quotas import QuotaLimit, QuotaManager
+from engine.ratelimit import RateLimit
+
+UNLIMITED = {
+    "unlimited": {
+        "api_calls": QuotaLimit(1e12, 3600.0),
+        "tokens": QuotaLimit(1e15, 3600.0),
+        "storage_mb": QuotaLimit(1e12, None),
+        "compute_seconds": QuotaLimit(1e12, 3600.0),
+    }
+}
+
+
+def config(data_dir: Path, **overrides) -> EngineConfig:
+    return EngineConfig(
+        data_dir=data_dir,
+        tiers=UNLIMITED,
+        default_tier="unlimited",
+        session_rate=RateLimit(1e9, 10**9),
+        user_rate=RateLimit(1e9, 10**9),
+        **overrides,
+    )
+
+
+def per_second(count: int, seconds: float) -> float:
+    return round(count / seconds, 1)
+
+
+async def bench_create(data_dir: Path, n: int) -> float:
+    async with Engine(config(data_dir, max_sessions_per_user=10**9)) as engine:
+        start = time.perf_counter()
+        for i in range(n):
+            await engine.create_session(f"user{i % 1000}")
+        return per_second(n, time.perf_counter() - start)
+
+
+async def bench_send(data_dir: Path, sessions: int, turns: int) -> float:
+    async with Engine(config(data_dir)) as engine:
+        created = [await engine.create_session(f"user{i}") for i in range(sessions)]
+
+        async def user(s) -> None:
+            for k in range(turns):
+                await engine.send(s.session_id, s.token, f"message {k}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(user(s) for s in created))
+        return per_second(sessions * turns, time.perf_counter() - start)
+
+
+def bench_quota_check(events_in_window: int, checks: int = 50_000) -> float:
+    clock = ManualClock()
+    quotas = QuotaManager(clock, tiers=UNLIMITED, default_tier="unlimited")
+    for _ in range(events_in_window):
+        quotas.record("alice", "api_calls", 1)
+        clock.advance(3000.0 / events_in_window)  # spread across most of the window
+    start = time.perf_counter()
+    for _ in range(checks):
+        quotas.settle(quotas.reserve("alice", {"api_calls": 1, "tokens": 10}), {"api_calls": 1})
+    return per_second(checks, time.perf_counter() - start)
+
+
+async def bench_expiry_and_snapshot(data_dir: Path, n: int) -> dict[str, float]:
+    clock = ManualClock()
+    async with Engine(config(data_dir, clock=clock)) as engine:
+        for i in range(n):
+            await engine.create_session(f"user{i}")
+        rounds = 10_000
+        start = time.perf_counter()
+        for _ in range(rounds):
+            engine.housekeep()
+        expiry_us = (time.perf_counter() - start) / rounds * 1e6
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            engine.snapshot()
+            times.append(time.perf_counter() - start)
+        times.sort()
+        return {
+            "expiry_us_per_pass_none_due": round(expiry_us, 2),
+            "snapshot_ms_median": round(times[len(times) // 2] * 1e3, 3),
+            "snapshot_ms_max": round(times[-1] * 1e3, 3),
+        }
+
+
+async def bench_bytes_per_session(data_dir: Path, n: int = 2000, turns: int = 10) -> int:
+    """Traced heap growth per live session holding 20 messages (10 turns)."""
+    async with Engine(config(data_dir)) as engine:
+        await engine.create_session("warmup")
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        created = [await engine.create_session(f"user{i}") for i in range(n)]
+        for s in created:
+            for k in range(turns):
+                await engine.send(s.session_id, s.token, f"a typical user message number {k}")
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return (after - before) // n
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        q100 = bench_quota_check(100)
+        q10k = bench_quota_check(10_000)
+        figures = {
+            "create_session_per_s": await bench_create(data_dir, 20_000),
+            "send_per_s_full_path_standin_100_concurrent": await bench_send(data_dir, 100, 50),
+            "send_per_s_full_path_standin_1000_concurrent": await bench_send(data_dir, 1000, 10),
+            "quota_check_per_s_100_events_in_window": q100,
+            "quota_check_per_s_10000_events_in_window": q10k,
+            "quota_check_ratio_100_vs_10000": round(q100 / q10k, 3),
+            "live_sessions": args.sessions,
+            **await bench_expiry_and_snapshot(data_dir, args.sessions),
+            "bytes_per_session_with_20_messages": await bench_bytes_per_session(data_dir),
+        }
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

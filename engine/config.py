@@ -1,0 +1,59 @@
+"""Engine configuration: every field has a default that works with no set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from engine.clock import Clock, SystemClock
+from engine.quotas import DEFAULT_TIERS, QuotaLimit
+from engine.ratelimit import RateLimit
+
+DEFAULT_AGENT_TYPES = ("assistant", "research", "support")
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    # Where state lives. ./data is git-ignored.
+    data_dir: Path = Path("data")
+    master_key_env: str = "SESSION_CONSOLE_MASTER_KEY"
+
+    # Model backend: "sim" needs nothing; "openai" reads base_url/api_key or the environment.
+    llm: Literal["sim", "openai"] = "sim"
+    base_url: str | None = None
+    api_key: str | None = None
+    agent_types: tuple[str, ...] = DEFAULT_AGENT_TYPES
+    turn_timeout_s: float = 60.0
+    max_completion_tokens: int = 512
+
+    # Sessions.
+    max_sessions_per_user: int = 5
+    idle_timeout_s: float = 30 * 60
+    session_lifetime_s: float = 24 * 3600
+    context_max_messages: int = 200
+    context_max_bytes: int = 256 * 1024
+    max_user_id_chars: int = 128
+    max_text_bytes: int = 32 * 1024
+    max_metadata_bytes: int = 4096
+
+    # Quotas and rate limits.
+    tiers: Mapping[str, Mapping[str, QuotaLimit]] = field(default_factory=lambda: DEFAULT_TIERS)
+    default_tier: str = "free"
+    compute_reserve_s: float = 1.0
+    session_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=2.0, burst=10))
+    user_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=5.0, burst=20))
+    quota_watch_percent: float = 50.0
+
+    # Monitoring.
+    max_alerts: int = 500
+    alert_cooldown_s: float = 60.0
+    housekeeping_interval_s: float = 1.0
+
+    clock: Clock = field(default_factory=SystemClock)
+    seed: int | None = None
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.data_dir / "master.key"

@@ -1,0 +1,467 @@
+"""The `Engine` facade: the one surface the console, the load generator and callers use.
+
+A user turn runs authenticate -> rate limit -> quota reserve -> model call -> settle -> append ->
+metrics. Every failure on that path raises a typed `EngineError` after releasing what the turn
+held (its quota reservation, its place in the session), so state stays consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, Protocol
+
+from engine import validation
+from engine.config import EngineConfig
+from engine.errors import (
+    AuthenticationError,
+    EngineClosed,
+    EngineError,
+    LLMError,
+    QuotaExceeded,
+    SessionExpired,
+)
+from engine.monitor import Monitor, MonitorSnapshot
+from engine.quotas import QuotaManager, QuotaUsage
+from engine.ratelimit import RateLimiter
+from engine.security import KeyRing, check_token, issue_token, rotate
+from engine.sessions import Message, Session, SessionEvent, SessionRegistry
+from engine.standin import ModelReply, StandInResponder
+from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_MB = 1_000_000
+TOP_QUOTA_USERS = 20
+PRUNE_EVERY = 60  # housekeeping passes, about a minute
+
+
+class Responder(Protocol):
+    async def respond(
+        self, agent_type: str, history: Sequence[Message], text: str
+    ) -> ModelReply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSession:
+    """What `create_session` returns. The token is shown once here and stored only as a hash."""
+
+    session_id: str
+    user_id: str
+    token: str = field(repr=False)
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    session_id: str
+    agent_type: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """One row of the console's sessions table: no content, no secrets."""
+
+    session_id: str
+    user_id: str
+    tier: str
+    agent_type: str
+    state: str
+    created_at: float
+    last_active_at: float
+    messages: int
+    turns: int
+    tokens: int
+    errors: int
+    health: int
+    health_reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaView:
+    user_id: str
+    tier: str
+    highest_percent: float
+    usage: tuple[QuotaUsage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSnapshot:
+    """Plain immutable data for the console; building it costs O(sessions) pointer copies."""
+
+    taken_at: float
+    sessions: tuple[SessionView, ...]
+    users: int
+    quotas: tuple[QuotaView, ...]
+    monitor: MonitorSnapshot
+    session_events: Mapping[str, int]
+
+
+class Engine:
+    """Multi-user session engine on the caller's asyncio loop."""
+
+    def __init__(
+        self, config: EngineConfig | None = None, *, responder: Responder | None = None
+    ) -> None:
+        self.config = config = config or EngineConfig()
+        self.clock = config.clock
+        self._registry = SessionRegistry(
+            max_per_user=config.max_sessions_per_user,
+            idle_timeout_s=config.idle_timeout_s,
+            lifetime_s=config.session_lifetime_s,
+            context_max_messages=config.context_max_messages,
+            context_max_bytes=config.context_max_bytes,
+        )
+        self._registry.subscribe(self._on_session_event)
+        self._quotas = QuotaManager(
+            self.clock, tiers=config.tiers, default_tier=config.default_tier
+        )
+        self._session_rate = RateLimiter(
+            self.clock, config.session_rate.rate_per_s, config.session_rate.burst, "session"
+        )
+        self._user_rate = RateLimiter(
+            self.clock, config.user_rate.rate_per_s, config.user_rate.burst, "user"
+        )
+        self._monitor = Monitor(
+            self.clock, max_alerts=config.max_alerts, cooldown_s=config.alert_cooldown_s
+        )
+        self._responder: Responder = responder or StandInResponder()
+        self._keyring: KeyRing | None = None
+        self._views: dict[str, SessionView] = {}
+        self._quota_watch: set[str] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._housekeeping_passes = 0
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> Engine:
+        if self._state != "new":
+            raise EngineClosed("engine was already opened; create a new Engine")
+        self._keyring = await asyncio.to_thread(
+            KeyRing.load, env_var=self.config.master_key_env, key_file=self.config.master_key_file
+        )
+        self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
+        self._state = "open"
+        return self
+
+    async def close(self) -> None:
+        self._state = "closed"
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
+
+    async def __aenter__(self) -> Engine:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def keyring(self) -> KeyRing:
+        self._require_open()
+        assert self._keyring is not None
+        return self._keyring
+
+    # -- sessions --------------------------------------------------------------------------------
+    async def create_session(
+        self, user_id: str, metadata: Mapping[str, Any] | None = None
+    ) -> CreatedSession:
+        self._require_open()
+        cfg = self.config
+        user_id = validation.user_id(user_id, cfg.max_user_id_chars)
+        meta = validation.metadata(metadata, cfg.max_metadata_bytes)
+        tier = meta.get("tier")
+        if tier is not None:
+            self._quotas.set_tier(user_id, tier)  # validates before anything is created
+        now = self.clock.now()
+        session = self._registry.create(user_id, meta, now)
+        token, record = issue_token(now, cfg.session_lifetime_s)
+        session.token = record
+        session.cipher, session.wrapped_key = self.keyring.new_data_key()
+        session.tier = self._quotas.tier_of(user_id)
+        self._refresh_view(session)
+        return CreatedSession(session.session_id, user_id, token, session.deadline)
+
+    async def send(
+        self, session_id: str, token: str, text: str, *, agent_type: str = "assistant"
+    ) -> Reply:
+        """Run one user turn and return the assistant's reply."""
+        self._require_open()
+        text = validation.text(text, self.config.max_text_bytes)
+        agent_type = validation.agent_type(agent_type, self.config.agent_types)
+        session = self._authenticate(session_id, token)
+        try:
+            self._check_rates(session)
+            reservation = self._reserve(session, text)
+        except EngineError as exc:
+            self._record_failure(session, exc, None)
+            raise
+        return await self._run_turn(session, agent_type, text, reservation)
+
+    async def history(self, session_id: str, token: str) -> list[Message]:
+        """The session's context, oldest first."""
+        self._require_open()
+        session = self._authenticate(session_id, token)
+        return list(session.context)
+
+    async def rotate_token(self, session_id: str, token: str) -> str:
+        """Issue a new token for the session; the presented one stops working at once."""
+        self._require_open()
+        session = self._authenticate(session_id, token)
+        assert session.token is not None
+        now = self.clock.now()
+        new_token, session.token = rotate(
+            session.token, now, session.created_at + session.lifetime_s - now
+        )
+        return new_token
+
+    async def end_session(self, session_id: str, token: str) -> None:
+        self._require_open()
+        session = self._authenticate(session_id, token)
+        self._registry.remove(session.session_id, "ended", self.clock.now(), "ended by owner")
+
+    # -- operator surface ------------------------------------------------------------------------
+    def set_tier(self, user_id: str, tier: str) -> None:
+        self._quotas.set_tier(user_id, tier)
+
+    def quota_usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
+        return self._quotas.usage(user_id)
+
+    def acknowledge_alert(self, alert_id: int) -> bool:
+        return self._monitor.acknowledge(alert_id)
+
+    def housekeep(self) -> int:
+        """Expire due sessions and evaluate alert rules; the background task calls this.
+
+        Once in PRUNE_EVERY passes it also drops idle per-user quota state, a scan over users
+        that is kept out of the per-second path.
+        """
+        expired = self._registry.expire_due(self.clock.now())
+        self._monitor.tick()
+        self._housekeeping_passes += 1
+        if self._housekeeping_passes % PRUNE_EVERY == 0:
+            self._quotas.prune()
+        return len(expired)
+
+    def snapshot(self) -> EngineSnapshot:
+        return EngineSnapshot(
+            taken_at=self.clock.now(),
+            sessions=tuple(self._views.values()),
+            users=self._registry.users(),
+            quotas=self._hot_quotas(),
+            monitor=self._monitor.snapshot(),
+            session_events=dict(self._registry.event_counts),
+        )
+
+    # -- the turn --------------------------------------------------------------------------------
+    def _authenticate(self, session_id: object, token: object) -> Session:
+        """Unknown session, wrong, revoked or expired token: one error, one cost.
+
+        A right token on a session past its idle or absolute limit is `SessionExpired`, which
+        reveals nothing: only the token's holder can see it.
+        """
+        now = self.clock.now()
+        session = self._registry.get(session_id) if isinstance(session_id, str) else None
+        record = session.token if session is not None else None
+        if not check_token(record, token):
+            return self._refuse(session_id)
+        assert session is not None and record is not None
+        reason = session.expiry_reason(now)
+        if reason is not None and not session.busy:
+            self._registry.remove(session.session_id, "expired", now, reason)
+            raise SessionExpired(reason)
+        if record.expired(now):
+            return self._refuse(session_id)
+        self._registry.touch(session, now)
+        return session
+
+    def _refuse(self, session_id: object) -> NoReturn:
+        self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
+        raise AuthenticationError()
+
+    def _check_rates(self, session: Session) -> None:
+        # Peek both before consuming either, so a refusal by one does not spend the other.
+        for limiter, key in (
+            (self._session_rate, session.session_id),
+            (self._user_rate, session.user_id),
+        ):
+            if limiter.retry_after(key) > 0:
+                limiter.acquire(key)  # raises RateLimited with the exact retry_after
+        self._session_rate.acquire(session.session_id)
+        self._user_rate.acquire(session.user_id)
+
+    def _reserve(self, session: Session, text: str):
+        history_tokens = session.context.bytes // CHARS_PER_TOKEN
+        text_bytes = len(text.encode("utf-8", errors="surrogatepass"))
+        reply_bytes = self.config.max_completion_tokens * CHARS_PER_TOKEN
+        try:
+            return self._quotas.reserve(
+                session.user_id,
+                {
+                    "api_calls": 1,
+                    "tokens": history_tokens + estimate_tokens(text)
+                    + self.config.max_completion_tokens,
+                    "compute_seconds": self.config.compute_reserve_s,
+                    "storage_mb": (text_bytes + reply_bytes) / BYTES_PER_MB,
+                },
+            )
+        except QuotaExceeded as exc:
+            self._monitor.observe_quota(session.user_id, exc.resource, 100.0)
+            self._quota_watch.add(session.user_id)
+            raise
+
+    async def _run_turn(self, session: Session, agent_type: str, text: str, reservation) -> Reply:
+        session.in_flight += 1
+        self._refresh_view(session)
+        started = self.clock.now()
+        try:
+            async with session.turn_lock:
+                history = session.context.messages()
+                try:
+                    async with asyncio.timeout(self.config.turn_timeout_s):
+                        model = await self._responder.respond(agent_type, history, text)
+                except TimeoutError:
+                    raise LLMError(
+                        f"model gave no reply within {self.config.turn_timeout_s:g}s; "
+                        "retry, or raise turn_timeout_s"
+                    ) from None
+                except EngineError:
+                    raise
+                except Exception as exc:
+                    raise LLMError(f"model call failed: {type(exc).__name__}") from exc
+        except BaseException as exc:
+            self._quotas.release(reservation)
+            session.in_flight -= 1
+            if isinstance(exc, EngineError):
+                self._record_failure(session, exc, self.clock.now() - started)
+            else:
+                self._refresh_view(session)
+            raise
+        latency = self.clock.now() - started
+        session.in_flight -= 1
+        self._quotas.settle(
+            reservation,
+            {
+                "api_calls": 1,
+                "tokens": model.prompt_tokens + model.completion_tokens,
+                "compute_seconds": latency,
+                "storage_mb": 0,
+            },
+        )
+        self._complete_turn(session, agent_type, text, model, latency)
+        return Reply(
+            session.session_id, agent_type, model.text,
+            model.prompt_tokens, model.completion_tokens, latency,
+        )
+
+    def _complete_turn(
+        self, session: Session, agent_type: str, text: str, model: ModelReply, latency: float
+    ) -> None:
+        now = self.clock.now()
+        if self._registry.get(session.session_id) is not session:
+            return  # ended while the model was answering: nothing of it is kept
+        before = session.context.bytes
+        session.context.append(Message("user", text, now))
+        session.context.append(Message("assistant", model.text, now))
+        self._quotas.adjust(
+            session.user_id, "storage_mb", (session.context.bytes - before) / BYTES_PER_MB
+        )
+        session.turns += 1
+        session.agent_type = agent_type
+        session.prompt_tokens += model.prompt_tokens
+        session.completion_tokens += model.completion_tokens
+        self._registry.touch(session, now)
+        self._monitor.record_turn(
+            session.session_id, session.user_id, latency,
+            model.prompt_tokens, model.completion_tokens,
+        )
+        self._observe_quotas(session.user_id)
+        self._refresh_view(session)
+
+    def _record_failure(self, session: Session, exc: EngineError, latency: float | None) -> None:
+        session.errors += 1
+        self._monitor.record_error(
+            session.session_id, session.user_id, type(exc).__name__, latency
+        )
+        if self._registry.get(session.session_id) is session:
+            self._refresh_view(session)
+
+    # -- views and quotas ------------------------------------------------------------------------
+    def _observe_quotas(self, user_id: str) -> None:
+        for usage in self._quotas.usage(user_id):
+            self._monitor.observe_quota(user_id, usage.resource, usage.percent)
+        if self._quotas.highest_percent(user_id) >= self.config.quota_watch_percent:
+            self._quota_watch.add(user_id)
+
+    def _hot_quotas(self) -> tuple[QuotaView, ...]:
+        """Users nearest their limits; only users seen above the watch level are examined."""
+        views = []
+        for user_id in list(self._quota_watch):
+            percent = self._quotas.highest_percent(user_id)
+            if percent < self.config.quota_watch_percent:
+                self._quota_watch.discard(user_id)
+                continue
+            views.append((percent, user_id))
+        return tuple(
+            QuotaView(user_id, self._quotas.tier_of(user_id), percent, self._quotas.usage(user_id))
+            for percent, user_id in heapq.nlargest(TOP_QUOTA_USERS, views)
+        )
+
+    def _refresh_view(self, session: Session) -> None:
+        metrics = self._monitor.session_view(session.session_id)
+        self._views[session.session_id] = SessionView(
+            session_id=session.session_id,
+            user_id=session.user_id,
+            tier=session.tier,
+            agent_type=session.agent_type,
+            state="busy" if session.busy else "idle",
+            created_at=session.created_at,
+            last_active_at=session.last_active_at,
+            messages=len(session.context),
+            turns=session.turns,
+            tokens=session.prompt_tokens + session.completion_tokens,
+            errors=session.errors,
+            health=metrics.health if metrics is not None else 100,
+            health_reasons=metrics.health_reasons if metrics is not None else (),
+        )
+
+    def _on_session_event(self, event: SessionEvent, session: Session) -> None:
+        if event.kind == "created":
+            self._monitor.session_started(session.session_id, session.user_id)
+            return
+        # ended, expired or evicted: forget everything held for the session.
+        self._views.pop(session.session_id, None)
+        self._session_rate.forget(session.session_id)
+        if not self._registry.of_user(session.user_id):
+            self._user_rate.forget(session.user_id)
+        self._quotas.adjust(session.user_id, "storage_mb", -session.context.bytes / BYTES_PER_MB)
+        self._monitor.session_ended(session.session_id)
+        # Crypto-shred: without the wrapped key nothing encrypted for this session can be read.
+        session.cipher = None
+        session.wrapped_key = None
+        session.token = None
+
+    async def _housekeep_forever(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.housekeeping_interval_s)
+            try:
+                self.housekeep()
+            except Exception:
+                log.exception("housekeeping failed; will retry on the next tick")
+
+    def _require_open(self) -> None:
+        if self._state == "open":
+            return
+        if self._state == "new":
+            raise EngineClosed("engine is not open; use `async with Engine(config)` or open()")
+        raise EngineClosed()

@@ -1,0 +1,577 @@
+"""Per-session, per-user and engine-wide metrics, session health with reasons, and alerting.
+
+The engine calls `record_*` on a turn's path and `tick()` about once a second. Event rules
+(quota, pool waits, authentication bursts) are evaluated by the call that reports the event;
+windowed rules (engine-wide error rate, p95 latency) by `tick()`, at O(window) cost, never
+O(sessions). A session's state goes with `session_ended`; a user's goes `user_retention_s` after
+their last session ended with no activity since, found through a heap of deadlines, not a scan.
+Records for a session that was never started (or has ended) count engine-wide and per user only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engine.alerts import DEFAULT_RULES, Alert, AlertManager, AlertRules, Severity
+from engine.clock import Clock
+from engine.metrics import LatencyHistogram, Percentiles, RateRing, WindowedHistogram
+
+# Turns refused by policy or for the caller's own mistake: they count as errors, but not as
+# failures in error rates, which are about the engine and its backends.
+REJECTIONS = frozenset(
+    {"RateLimited", "QuotaExceeded", "InvalidInput", "SessionExpired", "SessionLimitReached"}
+)
+_MAX_AUTH_IDS = 1024  # presented session ids tracked for bursts; attacker-chosen, so bounded
+_MAX_ID_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    score: int  # 0..100
+    reasons: tuple[str, ...]  # one per penalty, worst first
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Thresholds behind a session's health score; each breach costs points and names a reason."""
+
+    error_turns: int = 10  # error rate over this many most recent turns
+    error_percent: float = 20.0
+    consecutive_errors: int = 2
+    latency_turns: int = 20  # p95 over this many most recent turns
+    p95_s: float = 2.0
+    quota_percent: float = 80.0
+    rate_limited: int = 3  # times within rate_limited_window_s
+    rate_limited_window_s: float = 60.0
+
+
+DEFAULT_HEALTH = HealthPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMetrics:
+    """What the console's sessions table shows for one session."""
+
+    session_id: str
+    user_id: str
+    turns: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency: Percentiles
+    consecutive_errors: int
+    last_error: str | None
+    last_turn_at: float | None
+    health: int  # Health.score
+    health_reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserMetrics:
+    user_id: str
+    sessions: int
+    turns: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    auth_failures: int
+    quota: tuple[tuple[str, float], ...]  # (resource, percent used), as last observed
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMetrics:
+    agent_type: str
+    waits: int
+    timeouts: int
+    wait: Percentiles
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSnapshot:
+    at: float
+    sessions: int  # tracked by the monitor
+    users: int
+    turns: int
+    errors: int
+    failures: int  # errors not in REJECTIONS
+    errors_by_type: tuple[tuple[str, int], ...]
+    prompt_tokens: int
+    completion_tokens: int
+    auth_failures: int
+    turns_per_s: tuple[float, ...]  # oldest first, one per second; last = second in progress
+    tokens_per_s: tuple[float, ...]
+    errors_per_s: tuple[float, ...]
+    turns_rate: float  # per second over the last 10 completed seconds
+    tokens_rate: float
+    errors_rate: float
+    latency: Percentiles  # current window
+    latency_total: Percentiles
+    pools: tuple[PoolMetrics, ...]
+    alerts: tuple[Alert, ...]  # newest first
+    alerts_unacknowledged: int
+    alerts_dropped: int
+
+
+@dataclass(slots=True, eq=False)
+class UserStats:
+    user_id: str
+    last_activity_at: float
+    sessions: int = 0
+    turns: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    auth_failures: int = 0
+    quota: dict[str, float] = field(default_factory=dict)
+    quota_version: int = 0
+    reap_queued: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class SessionStats:
+    user: UserStats
+    failed: deque[bool]  # recent turn outcomes, True = failed
+    latencies: deque[float]  # recent turn latencies
+    rate_limited_at: deque[float]
+    turns: int = 0
+    errors: int = 0
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    last_error: str | None = None
+    consecutive_errors: int = 0
+    last_turn_at: float | None = None
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    version: int = 0  # bumped by every record; invalidates the cached health and view
+    health: Health | None = None
+    health_key: tuple[int, int] = (-1, -1)
+    health_until: float = math.inf  # a time-based reason changes then
+    view: SessionMetrics | None = None
+    view_of: Health | None = None  # the health the view was built with
+
+
+@dataclass(slots=True, eq=False)
+class PoolStats:
+    waits: int = 0
+    timeouts: int = 0
+    wait: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class Monitor:
+    """Metrics, health and alerts for one engine; every method is synchronous and loop-owned."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        alert_rules: AlertRules = DEFAULT_RULES,
+        max_alerts: int = 500,
+        cooldown_s: float = 60.0,
+        *,
+        health_policy: HealthPolicy = DEFAULT_HEALTH,
+        window_s: float = 60.0,
+        history_s: int = 300,
+        user_retention_s: float = 300.0,
+        on_alert: Callable[[Alert], None] | None = None,
+    ) -> None:
+        if alert_rules.error_rate is not None and alert_rules.error_rate.window_s > history_s:
+            raise ValueError("error_rate.window_s cannot exceed history_s")
+        self._clock = clock
+        self._rules = alert_rules
+        self._policy = health_policy
+        self._user_retention_s = user_retention_s
+        self.alert_manager = AlertManager(clock, max_alerts, cooldown_s, on_alert)
+        self._sessions: dict[str, SessionStats] = {}
+        self._users: dict[str, UserStats] = {}
+        self._user_reap: list[tuple[float, str]] = []
+        self._pools: dict[str, PoolStats] = {}
+        self._auth_ids: OrderedDict[str, deque[float]] = OrderedDict()
+        burst = alert_rules.auth_burst
+        self._auth_recent: deque[float] = deque(maxlen=burst.global_count if burst else 1)
+        self._turns_ring = RateRing(clock, history_s)
+        self._tokens_ring = RateRing(clock, history_s)
+        self._errors_ring = RateRing(clock, history_s)
+        self._failures_ring = RateRing(clock, history_s)
+        self._latency = LatencyHistogram()
+        self._window = WindowedHistogram(clock, window_s)
+        self._turns = 0
+        self._errors = 0
+        self._failures = 0
+        self._errors_by_type: dict[str, int] = {}
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._auth_failures = 0
+
+    # -- sessions and users ----------------------------------------------------------------------
+    def session_started(self, session_id: str, user_id: str) -> None:
+        if session_id in self._sessions:
+            return
+        user = self._user(user_id, joining=1)
+        p = self._policy
+        self._sessions[session_id] = SessionStats(
+            user,
+            deque(maxlen=p.error_turns),
+            deque(maxlen=p.latency_turns),
+            deque(maxlen=max(64, p.rate_limited)),
+        )
+
+    def session_ended(self, session_id: str) -> None:
+        stats = self._sessions.pop(session_id, None)
+        if stats is not None:
+            self._user(stats.user.user_id, joining=-1)  # queued for reaping if it was the last
+
+    def _user(self, user_id: str, joining: int = 0) -> UserStats:
+        """Get or create a user's state, mark activity, and queue it for reaping if sessionless."""
+        now = self._clock.now()
+        user = self._users.get(user_id)
+        if user is None:
+            user = self._users[user_id] = UserStats(user_id, now)
+        user.last_activity_at = now
+        user.sessions += joining
+        if not user.sessions and not user.reap_queued:
+            user.reap_queued = True
+            heapq.heappush(self._user_reap, (now + self._user_retention_s, user_id))
+        return user
+
+    def _reap_users(self, now: float) -> None:
+        heap = self._user_reap
+        while heap and heap[0][0] <= now:
+            _, user_id = heapq.heappop(heap)
+            user = self._users[user_id]
+            due = user.last_activity_at + self._user_retention_s
+            if user.sessions:
+                user.reap_queued = False  # session_ended queues it again
+            elif due <= now:
+                del self._users[user_id]
+            else:
+                heapq.heappush(heap, (due, user_id))
+
+    # -- records ---------------------------------------------------------------------------------
+    def record_turn(
+        self,
+        session_id: str,
+        user_id: str,
+        latency_s: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        self._turns += 1
+        self._prompt_tokens += prompt_tokens
+        self._completion_tokens += completion_tokens
+        self._turns_ring.add()
+        self._tokens_ring.add(prompt_tokens + completion_tokens)
+        self._latency.record(latency_s)
+        self._window.record(latency_s)
+        user = self._user(user_id)
+        user.turns += 1
+        user.prompt_tokens += prompt_tokens
+        user.completion_tokens += completion_tokens
+        stats = self._sessions.get(session_id)
+        if stats is None:
+            return
+        stats.turns += 1
+        stats.prompt_tokens += prompt_tokens
+        stats.completion_tokens += completion_tokens
+        stats.consecutive_errors = 0
+        stats.failed.append(False)
+        stats.latencies.append(latency_s)
+        stats.latency.record(latency_s)
+        stats.last_turn_at = self._clock.now()
+        stats.version += 1
+
+    def record_error(
+        self, session_id: str, user_id: str, error_type: str, latency_s: float | None
+    ) -> None:
+        """Count a failed turn; `error_type` is the exception class name ("LLMError", ...)."""
+        failure = error_type not in REJECTIONS
+        self._errors += 1
+        self._errors_by_type[error_type] = self._errors_by_type.get(error_type, 0) + 1
+        self._errors_ring.add()
+        if failure:
+            self._failures += 1
+            self._failures_ring.add()
+        if latency_s is not None:
+            self._latency.record(latency_s)
+            self._window.record(latency_s)
+        self._user(user_id).errors += 1
+        stats = self._sessions.get(session_id)
+        if stats is None:
+            return
+        stats.errors += 1
+        stats.errors_by_type[error_type] = stats.errors_by_type.get(error_type, 0) + 1
+        stats.last_error = error_type
+        if failure:
+            stats.consecutive_errors += 1
+            stats.failed.append(True)
+        if latency_s is not None:
+            stats.latencies.append(latency_s)
+            stats.latency.record(latency_s)
+        if error_type == "RateLimited":
+            stats.rate_limited_at.append(self._clock.now())
+        stats.version += 1
+
+    def record_auth_failure(self, session_id_presented: str | None) -> None:
+        """A wrong token or unknown session; bursts per presented id and engine-wide alert."""
+        now = self._clock.now()
+        self._auth_failures += 1
+        presented = None if session_id_presented is None else session_id_presented[:_MAX_ID_CHARS]
+        stats = self._sessions.get(presented) if presented is not None else None
+        if stats is not None:
+            self._user(stats.user.user_id).auth_failures += 1
+        rule = self._rules.auth_burst
+        if rule is None:
+            return
+        recent = self._auth_recent
+        recent.append(now)
+        if len(recent) == recent.maxlen and now - recent[0] < rule.window_s:
+            self.alert_manager.fire(
+                "auth_burst:global",
+                "auth_burst",
+                rule.severity,
+                f"{len(recent)} failed authentications in {now - recent[0]:.0f}s engine-wide",
+            )
+        if presented is None:
+            return
+        tracker = self._auth_ids.get(presented)
+        if tracker is None:
+            tracker = self._auth_ids[presented] = deque(maxlen=rule.per_id)
+            if len(self._auth_ids) > _MAX_AUTH_IDS:
+                self._auth_ids.popitem(last=False)
+        else:
+            self._auth_ids.move_to_end(presented)
+        tracker.append(now)
+        if len(tracker) == tracker.maxlen and now - tracker[0] < rule.window_s:
+            self.alert_manager.fire(
+                f"auth_burst:{presented}",
+                "auth_burst",
+                rule.severity,
+                f"{len(tracker)} failed authentications for session {presented!r} "
+                f"in {now - tracker[0]:.0f}s",
+                presented,
+            )
+
+    def record_pool_wait(self, agent_type: str, waited_s: float, timed_out: bool) -> None:
+        """One agent acquire; `agent_type` must come from the engine's fixed set of types."""
+        pool = self._pools.get(agent_type)
+        if pool is None:
+            pool = self._pools[agent_type] = PoolStats()
+        pool.waits += 1
+        pool.timeouts += timed_out
+        pool.wait.record(waited_s)
+        rule = self._rules.pool_wait
+        if rule is None or not (timed_out or waited_s > rule.wait_s):
+            return
+        what = "timed out after" if timed_out else "waited"
+        self.alert_manager.fire(
+            f"pool_wait:{agent_type}",
+            "pool_wait",
+            rule.severity,
+            f"{agent_type!r} agent acquire {what} {waited_s:.2f}s (threshold {rule.wait_s:g}s)",
+            agent_type,
+        )
+
+    def observe_quota(self, user_id: str, resource: str, percent: float) -> None:
+        """The quota module's latest usage figure for one user and resource."""
+        user = self._user(user_id)
+        if user.quota.get(resource) != percent:
+            user.quota[resource] = percent
+            user.quota_version += 1
+        near, over = self._rules.quota_near, self._rules.quota_exceeded
+        exceeded = over is not None and percent >= over.percent
+        if over is not None:
+            key = f"quota_exceeded:{user_id}:{resource}"
+            if exceeded:
+                self.alert_manager.fire(
+                    key,
+                    "quota_exceeded",
+                    over.severity,
+                    f"user {user_id!r} exceeded the {resource} quota ({percent:.0f}%)",
+                    user_id,
+                )
+            else:
+                self.alert_manager.resolve(key)
+        if near is not None:
+            key = f"quota_near:{user_id}:{resource}"
+            if percent < near.percent:
+                self.alert_manager.resolve(key)
+            elif not exceeded:
+                self.alert_manager.fire(
+                    key,
+                    "quota_near",
+                    near.severity,
+                    f"user {user_id!r} at {percent:.0f}% of the {resource} quota",
+                    user_id,
+                )
+
+    # -- periodic --------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Evaluate windowed rules, reap idle users, forget spent cooldowns (~1/s; no scans)."""
+        now = self._clock.now()
+        rate_rule = self._rules.error_rate
+        if rate_rule is not None:
+            failed = self._failures_ring.total(rate_rule.window_s)
+            samples = failed + self._turns_ring.total(rate_rule.window_s)
+            percent = 100 * failed / samples if samples else 0.0
+            if samples >= rate_rule.min_samples and percent >= rate_rule.percent:
+                self.alert_manager.fire(
+                    "error_rate:global",
+                    "error_rate",
+                    rate_rule.severity,
+                    f"error rate {percent:.0f}% over last {rate_rule.window_s}s "
+                    f"({failed:.0f} of {samples:.0f} turns failed)",
+                )
+            else:
+                self.alert_manager.resolve("error_rate:global")
+        latency_rule = self._rules.latency
+        if latency_rule is not None:
+            current = self._window.percentiles()
+            if current.count >= latency_rule.min_samples and current.p95 > latency_rule.p95_s:
+                self.alert_manager.fire(
+                    "latency:global",
+                    "latency",
+                    latency_rule.severity,
+                    f"p95 latency {current.p95:.1f}s over last {self._window.window_s:g}s "
+                    f"above {latency_rule.p95_s:g}s ({current.count} turns)",
+                )
+            else:
+                self.alert_manager.resolve("latency:global")
+        self._reap_users(now)
+        self.alert_manager.prune()
+
+    # -- health and views ------------------------------------------------------------------------
+    def health(self, session_id: str) -> Health | None:
+        """Cached per session; recomputed after a record, a quota change or a reason aging out."""
+        stats = self._sessions.get(session_id)
+        if stats is None:
+            return None
+        now = self._clock.now()
+        key = (stats.version, stats.user.quota_version)
+        if stats.health is None or stats.health_key != key or now >= stats.health_until:
+            stats.health, stats.health_until = self._compute_health(stats, now)
+            stats.health_key = key
+        return stats.health
+
+    def _compute_health(self, stats: SessionStats, now: float) -> tuple[Health, float]:
+        """100 minus penalties over bounded recent state: O(recent turns), not O(history)."""
+        p = self._policy
+        penalties: list[tuple[int, str]] = []
+        n = len(stats.failed)
+        if n >= 3:
+            percent = 100 * sum(stats.failed) / n
+            if percent >= p.error_percent:
+                penalties.append(
+                    (round(0.4 * percent), f"error rate {percent:.0f}% over last {n} turns")
+                )
+        if stats.consecutive_errors >= p.consecutive_errors:
+            penalties.append(
+                (
+                    min(30, 10 * stats.consecutive_errors),
+                    f"{stats.consecutive_errors} consecutive errors",
+                )
+            )
+        if len(stats.latencies) >= 5:
+            ordered = sorted(stats.latencies)
+            p95 = ordered[math.ceil(0.95 * len(ordered)) - 1]
+            if p95 > p.p95_s:
+                penalties.append(
+                    (25 if p95 > 2 * p.p95_s else 15, f"p95 latency {p95:.1f}s above {p.p95_s:g}s")
+                )
+        if stats.user.quota:
+            resource, percent = max(stats.user.quota.items(), key=lambda item: item[1])
+            if percent >= 100:
+                penalties.append((20, f"user over quota: {resource} {percent:.0f}%"))
+            elif percent >= p.quota_percent:
+                penalties.append((10, f"user near quota: {resource} {percent:.0f}%"))
+        limited = stats.rate_limited_at
+        while limited and limited[0] <= now - p.rate_limited_window_s:
+            limited.popleft()
+        if len(limited) >= p.rate_limited:
+            penalties.append(
+                (10, f"rate limited {len(limited)} times in last {p.rate_limited_window_s:g}s")
+            )
+        until = limited[0] + p.rate_limited_window_s if limited else math.inf
+        penalties.sort(key=lambda item: -item[0])
+        score = max(0, 100 - sum(points for points, _ in penalties))
+        return Health(score, tuple(reason for _, reason in penalties)), until
+
+    def session_view(self, session_id: str) -> SessionMetrics | None:
+        health = self.health(session_id)
+        if health is None:
+            return None
+        stats = self._sessions[session_id]
+        # Every record bumps the version, which makes health() build a new Health object.
+        if stats.view is None or stats.view_of is not health:
+            stats.view_of = health
+            stats.view = SessionMetrics(
+                session_id,
+                stats.user.user_id,
+                stats.turns,
+                stats.errors,
+                stats.prompt_tokens,
+                stats.completion_tokens,
+                stats.latency.percentiles(),
+                stats.consecutive_errors,
+                stats.last_error,
+                stats.last_turn_at,
+                health.score,
+                health.reasons,
+            )
+        return stats.view
+
+    def user_view(self, user_id: str) -> UserMetrics | None:
+        user = self._users.get(user_id)
+        if user is None:
+            return None
+        return UserMetrics(
+            user_id,
+            user.sessions,
+            user.turns,
+            user.errors,
+            user.prompt_tokens,
+            user.completion_tokens,
+            user.auth_failures,
+            tuple(sorted(user.quota.items())),
+        )
+
+    def snapshot(self) -> MonitorSnapshot:
+        alerts = self.alert_manager
+        return MonitorSnapshot(
+            at=self._clock.now(),
+            sessions=len(self._sessions),
+            users=len(self._users),
+            turns=self._turns,
+            errors=self._errors,
+            failures=self._failures,
+            errors_by_type=tuple(sorted(self._errors_by_type.items())),
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._completion_tokens,
+            auth_failures=self._auth_failures,
+            turns_per_s=self._turns_ring.series(),
+            tokens_per_s=self._tokens_ring.series(),
+            errors_per_s=self._errors_ring.series(),
+            turns_rate=self._turns_ring.rate(),
+            tokens_rate=self._tokens_ring.rate(),
+            errors_rate=self._errors_ring.rate(),
+            latency=self._window.percentiles(),
+            latency_total=self._latency.percentiles(),
+            pools=tuple(
+                PoolMetrics(name, pool.waits, pool.timeouts, pool.wait.percentiles())
+                for name, pool in sorted(self._pools.items())
+            ),
+            alerts=alerts.alerts(),
+            alerts_unacknowledged=alerts.unacknowledged,
+            alerts_dropped=alerts.dropped,
+        )
+
+    # -- alerts ----------------------------------------------------------------------------------
+    def alerts(self, include_acknowledged: bool = True) -> tuple[Alert, ...]:
+        return self.alert_manager.alerts(include_acknowledged)
+
+    def acknowledge(self, alert_id: int) -> bool:
+        return self.alert_manager.acknowledge(alert_id)
+
+    def acknowledge_all(self, severity: Severity | None = None) -> int:
+        return self.alert_manager.acknowledge_all(severity)

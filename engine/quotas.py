@@ -1,0 +1,437 @@
+"""Per-user quotas over sliding windows, with reserve-then-settle for costs known only afterwards.
+
+Each (user, resource) keeps a ring of `buckets_per_window + 1` fixed sub-buckets and a running
+total, so checking and consuming cost O(1) amortised (O(buckets) when a call rolls the ring)
+whatever the request count, and memory per user is fixed. The price is granularity: usage
+recorded at time t expires when its whole sub-bucket has left the window, i.e. between t + window
+and t + window + window/buckets_per_window. It never expires early, so a limit is never overrun.
+
+A `QuotaLimit` with `window_s=None` is a running total instead (storage): it goes down only
+through `adjust`, and waiting never frees it.
+
+`retry_after` in `QuotaExceeded`:
+- seconds until enough windowed usage expires for the request to fit;
+- `RESERVATION_RETRY_S` when outstanding reservations, not past usage, are what blocks it (they
+  are settled or released within a turn, so a retry soon may pass);
+- `math.inf` when waiting cannot help: the amount alone exceeds the limit, or a no-window total
+  is full (free some, or raise the limit).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import EllipsisType, MappingProxyType
+from typing import ClassVar
+
+from engine.clock import Clock
+from engine.errors import InvalidInput, QuotaExceeded
+
+RESOURCES = ("api_calls", "tokens", "storage_mb", "compute_seconds")
+
+RESERVATION_RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimit:
+    """At most `limit` per sliding `window_s` seconds, or in total when `window_s` is None."""
+
+    limit: float
+    window_s: float | None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.limit) and self.limit >= 0):
+            raise ValueError(f"quota limit must be a finite number >= 0, got {self.limit!r}")
+        if self.window_s is not None and not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValueError(f"quota window must be None or > 0 seconds, got {self.window_s!r}")
+
+
+def _tier(
+    api_calls: float, tokens: float, storage_mb: float, compute_s: float
+) -> dict[str, QuotaLimit]:
+    return {
+        "api_calls": QuotaLimit(api_calls, 60.0),
+        "tokens": QuotaLimit(tokens, 3600.0),
+        "storage_mb": QuotaLimit(storage_mb, None),
+        "compute_seconds": QuotaLimit(compute_s, 3600.0),
+    }
+
+
+DEFAULT_TIERS: dict[str, dict[str, QuotaLimit]] = {
+    "free": _tier(60, 20_000, 10, 300),
+    "pro": _tier(600, 200_000, 100, 3_000),
+    "enterprise": _tier(6_000, 2_000_000, 1_000, 30_000),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A hold on quota between the check and the real cost; settle or release it (repeats no-op)."""
+
+    id: int
+    user_id: str
+    amounts: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    """One resource's standing; `reset_in_s` is inf for a no-window total that holds anything."""
+
+    resource: str
+    used: float
+    reserved: float
+    limit: float
+    percent: float
+    reset_in_s: float
+
+
+@dataclass(slots=True)
+class _Ring:
+    """Windowed usage: slot `k % len(slots)` holds absolute sub-bucket k = floor(t / width)."""
+
+    window_s: float
+    width: float
+    slots: array[float]
+    head: int
+    total: float = 0.0
+
+    @classmethod
+    def create(cls, window_s: float, buckets: int, now: float) -> _Ring:
+        width = window_s / buckets
+        return cls(window_s, width, array("d", [0.0]) * (buckets + 1), math.floor(now / width))
+
+    def roll(self, now: float) -> None:
+        """Expire sub-buckets that left the window; a clock going backwards keeps the newest."""
+        current = math.floor(now / self.width)
+        if current <= self.head:
+            return
+        if self.total:
+            n = len(self.slots)
+            for k in range(self.head + 1, min(current, self.head + n) + 1):
+                self.slots[k % n] = 0.0
+            # Re-summing (not subtracting) keeps float drift from outliving one window.
+            self.total = sum(self.slots)
+        self.head = current
+
+    def used(self, now: float) -> float:
+        self.roll(now)
+        return self.total
+
+    def add(self, now: float, amount: float) -> None:
+        self.roll(now)
+        self.slots[self.head % len(self.slots)] += amount
+        self.total += amount
+
+    def expiry(self, k: int) -> float:
+        """When sub-bucket k leaves the window: its end plus the window."""
+        return (k + len(self.slots)) * self.width
+
+    def time_to_free(self, excess: float, now: float) -> float:
+        """Seconds until at least `excess` of the (rolled) usage has expired."""
+        n = len(self.slots)
+        freed = 0.0
+        for k in range(self.head - n + 1, self.head):
+            freed += self.slots[k % n]
+            if freed >= excess:
+                return self.expiry(k) - now
+        return self.expiry(self.head) - now
+
+    def reset_in(self, now: float) -> float:
+        """Seconds until the oldest usage still in the window expires (0 if none)."""
+        n = len(self.slots)
+        for k in range(self.head - n + 1, self.head + 1):
+            if self.slots[k % n]:
+                return self.expiry(k) - now
+        return 0.0
+
+
+@dataclass(slots=True)
+class _Total:
+    """No-window usage: a running total that only `adjust` brings down."""
+
+    window_s: ClassVar[None] = None
+    total: float = 0.0
+
+    def used(self, now: float) -> float:
+        return self.total
+
+    def add(self, now: float, amount: float) -> None:
+        self.total = max(0.0, self.total + amount)
+
+    def reset_in(self, now: float) -> float:
+        return math.inf if self.total else 0.0
+
+
+@dataclass(slots=True)
+class _User:
+    tier: str | None = None
+    overrides: dict[str, QuotaLimit] = field(default_factory=dict)
+    usage: dict[str, _Ring | _Total] = field(default_factory=dict)
+    reservations: dict[int, Reservation] = field(default_factory=dict)
+    reserved: dict[str, float] = field(default_factory=dict)
+
+
+class QuotaManager:
+    """Tiers, per-user overrides, sliding-window usage and outstanding reservations."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        tiers: Mapping[str, Mapping[str, QuotaLimit]] = DEFAULT_TIERS,
+        default_tier: str = "free",
+        buckets_per_window: int = 60,
+    ) -> None:
+        for name, limits in tiers.items():
+            if set(limits) != set(RESOURCES):
+                wanted = ", ".join(RESOURCES)
+                raise ValueError(
+                    f"tier {name!r} must define exactly {wanted}; got {sorted(limits)}"
+                )
+        if default_tier not in tiers:
+            raise ValueError(f"default tier {default_tier!r} is not one of {sorted(tiers)}")
+        if buckets_per_window < 1:
+            raise ValueError(f"buckets_per_window must be >= 1, got {buckets_per_window}")
+        self._clock = clock
+        self._tiers = {name: dict(limits) for name, limits in tiers.items()}
+        self._default_tier = default_tier
+        self._buckets = buckets_per_window
+        self._users: dict[str, _User] = {}
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    # Tiers and overrides.
+
+    def set_tier(self, user_id: str, tier: str) -> None:
+        if tier not in self._tiers:
+            raise InvalidInput(f"unknown tier {tier!r}; use one of {', '.join(self._tiers)}")
+        # The default is stored as None so such users stay prunable.
+        self._users.setdefault(user_id, _User()).tier = None if tier == self._default_tier else tier
+
+    def tier_of(self, user_id: str) -> str:
+        state = self._users.get(user_id)
+        return (state.tier if state else None) or self._default_tier
+
+    def set_override(
+        self,
+        user_id: str,
+        resource: str,
+        limit: float,
+        window_s: float | EllipsisType | None = ...,
+    ) -> None:
+        """Replace the tier's limit for one user; `...` keeps the window the tier has right now."""
+        _check_resource(resource)
+        state = self._users.setdefault(user_id, _User())
+        if window_s is ...:
+            window_s = self._tiers[state.tier or self._default_tier][resource].window_s
+        try:
+            state.overrides[resource] = QuotaLimit(limit, window_s)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"override for {resource}: {exc}") from None
+
+    def clear_override(self, user_id: str, resource: str) -> None:
+        _check_resource(resource)
+        state = self._users.get(user_id)
+        if state is not None:
+            state.overrides.pop(resource, None)
+
+    # Reserve, settle, release, record.
+
+    def reserve(self, user_id: str, amounts: Mapping[str, float]) -> Reservation:
+        """Hold every amount or none: the first resource that would overrun raises QuotaExceeded."""
+        wanted = _validated(amounts)
+        now = self._clock.now()
+        state = self._users.get(user_id) or _User()
+        for resource, amount in wanted.items():
+            limit = self._limit(state, resource)
+            usage = self._usage(state, resource, limit, now, create=False)
+            used = usage.used(now) if usage else 0.0
+            reserved = state.reserved.get(resource, 0.0)
+            if used + reserved + amount > limit.limit:
+                retry = _retry_after(usage, used, reserved, amount, limit.limit, now)
+                raise QuotaExceeded(resource, limit.limit, retry)
+        reservation = Reservation(next(self._ids), user_id, MappingProxyType(wanted))
+        self._users.setdefault(user_id, state).reservations[reservation.id] = reservation
+        for resource, amount in wanted.items():
+            state.reserved[resource] = state.reserved.get(resource, 0.0) + amount
+        return reservation
+
+    def settle(self, reservation: Reservation, actual: Mapping[str, float]) -> None:
+        """Drop the hold and record what was really used (even above the estimate)."""
+        used = _validated(actual)
+        state = self._take(reservation)
+        if state is None:
+            return
+        now = self._clock.now()
+        for resource, amount in used.items():
+            if amount:
+                limit = self._limit(state, resource)
+                self._usage(state, resource, limit, now).add(now, amount)
+
+    def release(self, reservation: Reservation) -> None:
+        """Drop the hold without recording anything (the call failed or was refused)."""
+        self._take(reservation)
+
+    def record(self, user_id: str, resource: str, amount: float) -> None:
+        """Consume without a check: the usage already happened."""
+        (amount,) = _validated({resource: amount}).values()
+        if amount:
+            state = self._users.setdefault(user_id, _User())
+            now = self._clock.now()
+            self._usage(state, resource, self._limit(state, resource), now).add(now, amount)
+
+    def adjust(self, user_id: str, resource: str, delta: float) -> None:
+        """Move a no-window total up or down (storage freed); it never goes below zero."""
+        _check_resource(resource)
+        if not (isinstance(delta, int | float) and math.isfinite(delta)):
+            raise InvalidInput(f"delta for {resource} must be a finite number, got {delta!r}")
+        state = self._users.setdefault(user_id, _User())
+        limit = self._limit(state, resource)
+        if limit.window_s is not None:
+            raise InvalidInput(
+                f"{resource} is measured over a {limit.window_s:g}s window and expires on its "
+                "own; use record() to add to it"
+            )
+        now = self._clock.now()
+        self._usage(state, resource, limit, now).add(now, delta)
+
+    # Reports and housekeeping.
+
+    def usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
+        state = self._users.get(user_id) or _User()
+        now = self._clock.now()
+        report = []
+        for resource in RESOURCES:
+            limit = self._limit(state, resource)
+            usage = self._usage(state, resource, limit, now, create=False)
+            used = usage.used(now) if usage else 0.0
+            reserved = state.reserved.get(resource, 0.0)
+            report.append(
+                QuotaUsage(
+                    resource=resource,
+                    used=used,
+                    reserved=reserved,
+                    limit=limit.limit,
+                    percent=_percent(used + reserved, limit.limit),
+                    reset_in_s=usage.reset_in(now) if usage else 0.0,
+                )
+            )
+        return tuple(report)
+
+    def highest_percent(self, user_id: str) -> float:
+        """The fullest resource's percent: O(resources), for spotting users near a quota."""
+        state = self._users.get(user_id)
+        if state is None:
+            return 0.0
+        now = self._clock.now()
+        highest = 0.0
+        for resource in RESOURCES:
+            limit = self._limit(state, resource)
+            usage = self._usage(state, resource, limit, now, create=False)
+            taken = (usage.used(now) if usage else 0.0) + state.reserved.get(resource, 0.0)
+            highest = max(highest, _percent(taken, limit.limit))
+        return highest
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop everything about the user; their open reservations become no-ops."""
+        self._users.pop(user_id, None)
+
+    def prune(self) -> int:
+        """Drop users whose state equals a fresh user's; O(users), so call it rarely."""
+        now = self._clock.now()
+        idle = [
+            user_id
+            for user_id, state in self._users.items()
+            if state.tier is None
+            and not state.overrides
+            and not state.reservations
+            and not any(usage.used(now) for usage in state.usage.values())
+        ]
+        for user_id in idle:
+            del self._users[user_id]
+        return len(idle)
+
+    # Internals.
+
+    def _limit(self, state: _User, resource: str) -> QuotaLimit:
+        override = state.overrides.get(resource)
+        if override is not None:
+            return override
+        return self._tiers[state.tier or self._default_tier][resource]
+
+    def _usage(
+        self, state: _User, resource: str, limit: QuotaLimit, now: float, create: bool = True
+    ) -> _Ring | _Total | None:
+        """The resource's usage in the shape its limit needs now.
+
+        A tier or override that changes the window carries the current amount over as if
+        used now: conservative, it can only expire later than it would have.
+        """
+        usage = state.usage.get(resource)
+        if usage is not None and usage.window_s == limit.window_s:
+            return usage
+        if usage is None and not create:
+            return None
+        carried = usage.used(now) if usage is not None else 0.0
+        fresh: _Ring | _Total = (
+            _Total() if limit.window_s is None else _Ring.create(limit.window_s, self._buckets, now)
+        )
+        fresh.add(now, carried)
+        state.usage[resource] = fresh
+        return fresh
+
+    def _take(self, reservation: Reservation) -> _User | None:
+        """Remove an open reservation; None if already settled, released or forgotten."""
+        state = self._users.get(reservation.user_id)
+        if state is None or state.reservations.pop(reservation.id, None) is None:
+            return None
+        if state.reservations:
+            for resource, amount in reservation.amounts.items():
+                state.reserved[resource] -= amount
+        else:
+            state.reserved.clear()  # exactly zero, whatever float drift the sums had
+        return state
+
+
+def _check_resource(resource: str) -> None:
+    if resource not in RESOURCES:
+        raise InvalidInput(f"unknown resource {resource!r}; use one of {', '.join(RESOURCES)}")
+
+
+def _validated(amounts: Mapping[str, float]) -> dict[str, float]:
+    checked = {}
+    for resource, amount in amounts.items():
+        _check_resource(resource)
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise InvalidInput(f"amount for {resource} must be a number, got {amount!r}")
+        if not (math.isfinite(amount) and amount >= 0):
+            raise InvalidInput(f"amount for {resource} must be finite and >= 0, got {amount!r}")
+        checked[resource] = float(amount)
+    return checked
+
+
+def _retry_after(
+    usage: _Ring | _Total | None,
+    used: float,
+    reserved: float,
+    amount: float,
+    limit: float,
+    now: float,
+) -> float:
+    """Seconds to wait before `amount` fits; the cases are listed in the module docstring."""
+    if amount > limit:
+        return math.inf
+    if reserved + amount > limit:
+        return RESERVATION_RETRY_S
+    if isinstance(usage, _Ring):
+        return usage.time_to_free(used + reserved + amount - limit, now)
+    return math.inf
+
+
+def _percent(taken: float, limit: float) -> float:
+    """A zero limit reads as 100%: nothing is available."""
+    return 100.0 * taken / limit if limit else 100.0

@@ -1,0 +1,259 @@
+"""Session tokens and per-session encryption keys.
+
+Tokens: 256 random bits handed to the client once; only their SHA-256 is kept, so a leaked
+database or snapshot cannot be replayed. Comparison is constant-time, and an unknown session
+costs the same work as a wrong token, so neither timing nor error type reveals which sessions
+exist.
+
+Keys: envelope encryption. Each session gets its own Fernet data key; that key is stored only
+wrapped (encrypted) by the master ring. Rotating a master key rewraps the small data keys, never
+the message ciphertext. Ending a session discards its wrapped key, which makes its stored
+messages unreadable (crypto-shredding) without having to find and overwrite every row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeGuard
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from engine.errors import EngineError, InvalidInput
+
+MAX_TOKEN_CHARS = 256
+DEFAULT_ENV_VAR = "SESSION_CONSOLE_MASTER_KEY"
+DEFAULT_KEY_FILE = Path("data/master.key")
+
+# Random, so no presented token can ever match it; only there to make a lookup miss cost a hash
+# and a compare, exactly like a lookup hit.
+_DUMMY_DIGEST = hashlib.sha256(secrets.token_bytes(32)).digest()
+
+
+class DecryptionFailed(EngineError):
+    """A data key or a message could not be decrypted: tampered, wrong key, or key shredded."""
+
+    def __init__(self, what: str, advice: str) -> None:
+        self.what = what
+        super().__init__(f"{what} could not be decrypted; {advice}")
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    """256 bits from the OS CSPRNG, URL-safe so it travels in headers and query strings."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> bytes:
+    """SHA-256 of the token: a full-entropy secret needs no salt or slow KDF."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@dataclass(slots=True)
+class TokenRecord:
+    """What the engine keeps about a token: its hash and lifetime, never the token itself."""
+
+    token_hash: bytes = field(repr=False)
+    issued_at: float
+    expires_at: float
+    revoked: bool = False
+
+    def expired(self, now: float) -> bool:
+        """Token lifetime only; session idle/absolute expiry is tracked by `sessions`."""
+        return now >= self.expires_at
+
+
+def issue_token(now: float, ttl_s: float) -> tuple[str, TokenRecord]:
+    """A fresh token (to hand out once) and the record to store."""
+    if not ttl_s > 0:
+        raise InvalidInput(f"token ttl_s must be a positive number of seconds, got {ttl_s!r}")
+    token = new_token()
+    return token, TokenRecord(hash_token(token), issued_at=now, expires_at=now + ttl_s)
+
+
+def rotate(record: TokenRecord, now: float, ttl_s: float) -> tuple[str, TokenRecord]:
+    """Replace a token; the old record is revoked so a stale copy of it cannot verify either.
+
+    A revoked record is refused so rotation can never bring an ended session back to life.
+    """
+    if record.revoked:
+        raise InvalidInput(
+            "token was revoked; a revoked session cannot be rotated, create a new one"
+        )
+    token, fresh = issue_token(now, ttl_s)
+    record.revoked = True
+    return token, fresh
+
+
+def _well_formed(presented: object) -> TypeGuard[str]:
+    return (
+        isinstance(presented, str) and 0 < len(presented) <= MAX_TOKEN_CHARS and presented.isascii()
+    )
+
+
+def check_token(record: TokenRecord | None, presented: object) -> bool:
+    """Hash match and not revoked; ignores expiry. Never raises on malformed input.
+
+    A missing record still hashes and compares (against a dummy) so that "no such session"
+    and "wrong token" take the same path.
+    """
+    if not _well_formed(presented):
+        return False
+    expected = record.token_hash if record is not None else _DUMMY_DIGEST
+    matches = hmac.compare_digest(hash_token(presented), expected)
+    return matches and record is not None and not record.revoked
+
+
+def verify_token(record: TokenRecord | None, presented: object, now: float) -> bool:
+    """True only for the right, unrevoked, unexpired token. An expired token is just invalid."""
+    return check_token(record, presented) and record is not None and not record.expired(now)
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def fingerprint(key: bytes) -> str:
+    """A short, non-reversible id for a key, safe to show in logs and the console."""
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
+def _parse_key(raw: bytes, source: str, index: int) -> Fernet:
+    """Validate one Fernet key; the error names where it came from, never what it was."""
+    try:
+        return Fernet(raw)
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"master key #{index + 1} from {source} is not a valid Fernet key "
+            "(44 url-safe base64 characters); generate one with "
+            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`"
+        ) from None
+
+
+class SessionCipher:
+    """Encrypts one session's messages with its own data key."""
+
+    __slots__ = ("_fernet", "_fingerprint")
+
+    def __init__(self, data_key: bytes) -> None:
+        self._fernet = Fernet(data_key)
+        self._fingerprint = fingerprint(data_key)
+
+    def __repr__(self) -> str:
+        return f"SessionCipher(fingerprint={self._fingerprint!r})"
+
+    def encrypt(self, plaintext: str) -> bytes:
+        return self._fernet.encrypt(plaintext.encode("utf-8"))
+
+    def decrypt(self, token: bytes) -> str:
+        try:
+            return self._fernet.decrypt(token).decode("utf-8")
+        except InvalidToken:
+            raise DecryptionFailed(
+                "message",
+                "its ciphertext was altered or belongs to another session's key; "
+                "the stored message is unreadable",
+            ) from None
+
+
+class KeyRing:
+    """Master keys: the first encrypts (wraps), every one decrypts, so rotation is gradual."""
+
+    __slots__ = ("_keys", "_multi")
+
+    def __init__(self, master_keys: Sequence[bytes], *, source: str = "master_keys") -> None:
+        keys = tuple(key.strip() for key in master_keys)
+        if not keys:
+            raise InvalidInput(f"{source} holds no master key; give at least one Fernet key")
+        self._multi = MultiFernet([_parse_key(key, source, i) for i, key in enumerate(keys)])
+        self._keys = keys
+
+    @classmethod
+    def load(cls, env_var: str = DEFAULT_ENV_VAR, key_file: Path = DEFAULT_KEY_FILE) -> KeyRing:
+        """Keys from `env_var` (comma-separated, primary first), else `key_file` (one per line).
+
+        With neither, a fresh key is written to `key_file`, created with mode 0o600 in one
+        `os.open` so it is never readable by others, not even briefly. An existing key file
+        that group or others can access is refused (InvalidInput asking for `chmod 600`)
+        rather than silently used: a readable master key defeats encryption at rest. An
+        empty or unset env var counts as absent.
+        """
+        env_value = os.environ.get(env_var, "")
+        env_keys = [part.strip().encode() for part in env_value.split(",") if part.strip()]
+        if env_keys:
+            return cls(env_keys, source=f"environment variable {env_var}")
+        try:
+            return cls._read_key_file(key_file)
+        except FileNotFoundError:
+            pass
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key = Fernet.generate_key()
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            return cls._read_key_file(key_file)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key + b"\n")
+            out.flush()
+            os.fsync(out.fileno())  # losing the master key loses every session's data
+        return cls([key], source=f"key file {key_file}")
+
+    @classmethod
+    def _read_key_file(cls, key_file: Path) -> KeyRing:
+        mode = key_file.stat().st_mode
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InvalidInput(
+                f"key file {key_file} is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):#o}); run `chmod 600 {key_file}` and retry"
+            )
+        keys = [line.strip() for line in key_file.read_bytes().splitlines() if line.strip()]
+        return cls(keys, source=f"key file {key_file}")
+
+    def __repr__(self) -> str:
+        return f"KeyRing(fingerprints={self.fingerprints()!r})"
+
+    def fingerprints(self) -> list[str]:
+        """Primary first."""
+        return [fingerprint(key) for key in self._keys]
+
+    def new_data_key(self) -> tuple[SessionCipher, bytes]:
+        """A session's cipher, and its data key wrapped by the primary: store only the latter."""
+        data_key = Fernet.generate_key()
+        return SessionCipher(data_key), self._multi.encrypt(data_key)
+
+    def unwrap(self, wrapped: bytes) -> SessionCipher:
+        try:
+            return SessionCipher(self._multi.decrypt(wrapped))
+        except (InvalidToken, ValueError):
+            raise DecryptionFailed("data key", self._missing_key_advice()) from None
+
+    def rotate(self, new_master: bytes) -> KeyRing:
+        """New ring with `new_master` as primary; old keys still decrypt until dropped."""
+        new_master = new_master.strip()
+        others = (key for key in self._keys if key != new_master)
+        return KeyRing([new_master, *others], source="rotate(new_master)")
+
+    def rewrap(self, wrapped: bytes) -> bytes:
+        """Re-encrypt a wrapped data key under the primary; message ciphertext is untouched."""
+        try:
+            return self._multi.rotate(wrapped)
+        except InvalidToken:
+            raise DecryptionFailed("data key", self._missing_key_advice()) from None
+
+    def drop_old_keys(self) -> KeyRing:
+        """Only the primary; call after every wrapped data key has been rewrapped."""
+        return KeyRing(self._keys[:1])
+
+    def _missing_key_advice(self) -> str:
+        return (
+            f"no master key in the ring (fingerprints {', '.join(self.fingerprints())}) "
+            "opens it: the key that wrapped it is missing (add it back to the ring) "
+            "or the wrapped key was altered or shredded (its session data is gone)"
+        )

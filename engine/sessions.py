@@ -1,0 +1,265 @@
+"""Sessions: per-user index, bounded context, idle and absolute expiry by a deadline heap.
+
+The registry never scans all sessions. Each live session has at most one entry in a min-heap of
+deadlines; activity only moves a session's true deadline later, so a popped entry that is early
+is simply pushed back at the true deadline (lazy re-arm). Expiry with nothing due is one peek.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from engine.errors import SessionLimitReached
+
+if TYPE_CHECKING:
+    from engine.security import SessionCipher, TokenRecord
+
+EventKind = Literal["created", "ended", "expired", "evicted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of conversation, as the caller sees it in `history()`."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.content.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    kind: EventKind
+    session_id: str
+    user_id: str
+    at: float
+    reason: str = ""
+
+
+class Context:
+    """A conversation bounded by message count and bytes; the oldest are dropped first."""
+
+    __slots__ = ("_messages", "bytes", "dropped", "max_bytes", "max_messages")
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self._messages: deque[Message] = deque()
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.dropped = 0
+
+    def append(self, message: Message) -> int:
+        """Add a message and return the bytes dropped to stay within bounds (the newest stays)."""
+        self._messages.append(message)
+        self.bytes += message.size
+        freed = 0
+        while len(self._messages) > 1 and (
+            len(self._messages) > self.max_messages or self.bytes > self.max_bytes
+        ):
+            old = self._messages.popleft()
+            self.bytes -= old.size
+            freed += old.size
+            self.dropped += 1
+        return freed
+
+    def messages(self) -> tuple[Message, ...]:
+        return tuple(self._messages)
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self._messages)
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """A live session. Mutated only on the engine's loop."""
+
+    session_id: str
+    user_id: str
+    metadata: Mapping[str, Any]
+    created_at: float
+    last_active_at: float
+    idle_timeout_s: float
+    lifetime_s: float
+    context: Context
+    in_flight: int = 0
+    turns: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    agent_type: str = ""
+    tier: str = ""
+    token: TokenRecord | None = None
+    wrapped_key: bytes | None = field(default=None, repr=False)
+    cipher: SessionCipher | None = field(default=None, repr=False)
+    _turn_lock: asyncio.Lock | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0
+
+    @property
+    def deadline(self) -> float:
+        """When the session expires: idle limit or absolute limit, whichever comes first."""
+        return min(self.last_active_at + self.idle_timeout_s, self.created_at + self.lifetime_s)
+
+    def expiry_reason(self, now: float) -> str | None:
+        if now >= self.created_at + self.lifetime_s:
+            return "absolute lifetime reached"
+        if now >= self.last_active_at + self.idle_timeout_s:
+            return "idle timeout"
+        return None
+
+    @property
+    def turn_lock(self) -> asyncio.Lock:
+        """Serialises this session's turns; created on first use to keep idle sessions small."""
+        if self._turn_lock is None:
+            self._turn_lock = asyncio.Lock()
+        return self._turn_lock
+
+
+def new_session_id() -> str:
+    """128 random bits, hex: unguessable, though possession of an id alone grants nothing."""
+    return secrets.token_hex(16)
+
+
+class SessionRegistry:
+    """Owns live sessions, the per-user index and the deadline heap."""
+
+    def __init__(
+        self,
+        *,
+        max_per_user: int,
+        idle_timeout_s: float,
+        lifetime_s: float,
+        context_max_messages: int,
+        context_max_bytes: int,
+        recent_events: int = 1000,
+    ) -> None:
+        self.max_per_user = max_per_user
+        self.idle_timeout_s = idle_timeout_s
+        self.lifetime_s = lifetime_s
+        self.context_max_messages = context_max_messages
+        self.context_max_bytes = context_max_bytes
+        self._sessions: dict[str, Session] = {}
+        # Insertion-ordered per user, so the first idle one found is the user's oldest idle one.
+        self._by_user: dict[str, dict[str, Session]] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._listeners: list[Callable[[SessionEvent, Session], None]] = []
+        self.recent_events: deque[SessionEvent] = deque(maxlen=recent_events)
+        self.event_counts: dict[EventKind, int] = {
+            "created": 0, "ended": 0, "expired": 0, "evicted": 0,
+        }
+
+    # -- queries -------------------------------------------------------------------------------
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def of_user(self, user_id: str) -> tuple[Session, ...]:
+        return tuple(self._by_user.get(user_id, {}).values())
+
+    def users(self) -> int:
+        return len(self._by_user)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(self._sessions.values())
+
+    @property
+    def heap_size(self) -> int:
+        return len(self._heap)
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def subscribe(self, listener: Callable[[SessionEvent, Session], None]) -> None:
+        """Call `listener(event, session)` on every created / ended / expired / evicted."""
+        self._listeners.append(listener)
+
+    # -- changes -------------------------------------------------------------------------------
+    def create(self, user_id: str, metadata: Mapping[str, Any], now: float) -> Session:
+        """Register a new session, first evicting the user's oldest idle one if at the cap."""
+        owned = self._by_user.get(user_id)
+        if owned is not None and len(owned) >= self.max_per_user:
+            victim = next((s for s in owned.values() if not s.busy), None)
+            if victim is None:
+                raise SessionLimitReached(user_id, self.max_per_user)
+            self.remove(victim.session_id, "evicted", now, "user session cap reached")
+        session = Session(
+            session_id=new_session_id(),
+            user_id=user_id,
+            metadata=MappingProxyType(dict(metadata)),
+            created_at=now,
+            last_active_at=now,
+            idle_timeout_s=self.idle_timeout_s,
+            lifetime_s=self.lifetime_s,
+            context=Context(self.context_max_messages, self.context_max_bytes),
+        )
+        self._sessions[session.session_id] = session
+        self._by_user.setdefault(user_id, {})[session.session_id] = session
+        heapq.heappush(self._heap, (session.deadline, session.session_id))
+        self._compact_heap()
+        self._emit(SessionEvent("created", session.session_id, user_id, now), session)
+        return session
+
+    def touch(self, session: Session, now: float) -> None:
+        """Record activity; the heap entry is re-armed lazily when it comes due."""
+        session.last_active_at = max(session.last_active_at, now)
+
+    def remove(
+        self, session_id: str, kind: EventKind, now: float, reason: str = ""
+    ) -> Session | None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return None
+        owned = self._by_user[session.user_id]
+        del owned[session_id]
+        if not owned:
+            del self._by_user[session.user_id]
+        self._emit(SessionEvent(kind, session_id, session.user_id, now, reason), session)
+        return session
+
+    def expire_due(self, now: float) -> list[Session]:
+        """Remove every session whose deadline has passed; cost is O(due x log n)."""
+        expired: list[Session] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, session_id = heapq.heappop(heap)
+            session = self._sessions.get(session_id)
+            if session is None:
+                continue  # ended earlier; its entry was left behind
+            reason = session.expiry_reason(now)
+            if reason is None or session.busy:
+                # Early entry (activity moved the deadline) or mid-turn: re-arm, never evict a turn.
+                rearm = session.deadline if reason is None else now + session.idle_timeout_s
+                heapq.heappush(heap, (rearm, session_id))
+                continue
+            self.remove(session_id, "expired", now, reason)
+            expired.append(session)
+        return expired
+
+    def _compact_heap(self) -> None:
+        """Drop entries of ended sessions once they outnumber live ones (amortised O(1))."""
+        if len(self._heap) > 2 * len(self._sessions) + 1024:
+            self._heap = [(s.deadline, s.session_id) for s in self._sessions.values()]
+            heapq.heapify(self._heap)
+
+    def _emit(self, event: SessionEvent, session: Session) -> None:
+        self.event_counts[event.kind] += 1
+        self.recent_events.append(event)
+        for listener in self._listeners:
+            listener(event, session)

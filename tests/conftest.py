@@ -1,0 +1,32 @@
+"""Shared fixtures: an engine on a manual clock with its key file in a temporary folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import Engine, EngineConfig
+from engine.clock import ManualClock
+
+
+@pytest.fixture(autouse=True)
+def _no_master_key_from_environment(monkeypatch):
+    monkeypatch.delenv("SESSION_CONSOLE_MASTER_KEY", raising=False)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def make_config(tmp_path, clock):
+    def make(**overrides) -> EngineConfig:
+        return EngineConfig(data_dir=tmp_path / "data", clock=clock, **overrides)
+
+    return make
+
+
+@pytest.fixture
+async def engine(make_config):
+    async with Engine(make_config()) as running:
+        yield running
