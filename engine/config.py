@@ -14,6 +14,29 @@ from engine.ratelimit import RateLimit
 DEFAULT_AGENT_TYPES = ("assistant", "research", "support")
 
 
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """The simulated model: a product feature for demos, load tests and fault drills.
+
+    Latency is log-normal with the given median and 99th percentile; errors and timeouts are
+    injected at the given rates; the same seed gives the same draws.
+    """
+
+    median_latency_s: float = 0.2
+    p99_latency_s: float = 1.5
+    error_rate: float = 0.0
+    timeout_rate: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCredentials:
+    """An OpenAI-compatible endpoint and key used for one tenant's users."""
+
+    api_key: str = field(repr=False)
+    base_url: str | None = None
+
+
 @dataclass(slots=True)
 class EngineConfig:
     # Where state lives. ./data is git-ignored.
@@ -25,6 +48,11 @@ class EngineConfig:
     base_url: str | None = None
     api_key: str | None = None
     agent_types: tuple[str, ...] = DEFAULT_AGENT_TYPES
+    sim: SimSettings = field(default_factory=SimSettings)
+    # user_id -> credentials; users not listed use base_url/api_key (or the environment).
+    tenants: Mapping[str, TenantCredentials] = field(default_factory=dict)
+    max_cached_clients: int = 8
+    llm_max_retries: int = 2
     turn_timeout_s: float = 60.0
     max_completion_tokens: int = 512
 
