@@ -11,8 +11,6 @@ from engine.clock import Clock, SystemClock
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
 
-DEFAULT_AGENT_TYPES = ("assistant", "research", "support")
-
 
 @dataclass(frozen=True, slots=True)
 class SimSettings:
@@ -47,12 +45,19 @@ class EngineConfig:
     llm: Literal["sim", "openai"] = "sim"
     base_url: str | None = None
     api_key: str | None = None
-    agent_types: tuple[str, ...] = DEFAULT_AGENT_TYPES
+    openai_model: str | None = None  # else OPENAI_MODEL, else each agent type's model
     sim: SimSettings = field(default_factory=SimSettings)
     # user_id -> credentials; users not listed use base_url/api_key (or the environment).
     tenants: Mapping[str, TenantCredentials] = field(default_factory=dict)
     max_cached_clients: int = 8
     llm_max_retries: int = 2
+
+    # Agents: types from a TOML file (the packaged engine/agents.toml by default), a pool per
+    # type on each worker lane.
+    agent_types_file: Path | None = None
+    workers: int = 2
+    pool_timeout_s: float = 10.0
+    per_user_agent_cap: int = 2
     turn_timeout_s: float = 60.0
     max_completion_tokens: int = 512
 

@@ -11,26 +11,38 @@ import asyncio
 import contextlib
 import heapq
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from engine import validation
+from engine.agents import AgentSpec, bind_history, build_agent, load_agent_specs
+from engine.balancer import Balancer, Move, WorkerView
+from engine.clients import ClientCache, ClientCacheStats, openai_client_cache
 from engine.config import EngineConfig
 from engine.errors import (
     AuthenticationError,
     EngineClosed,
     EngineError,
     LLMError,
+    PoolTimeout,
     QuotaExceeded,
     SessionExpired,
 )
+from engine.llm import (
+    ModelAdapter,
+    OpenAICompatModel,
+    OpenAISettings,
+    SimSource,
+    SimulatedModel,
+    resolve_openai_settings,
+)
 from engine.monitor import Monitor, MonitorSnapshot
+from engine.pool import AgentPool, PooledAgent, PoolView
 from engine.quotas import QuotaManager, QuotaUsage
 from engine.ratelimit import RateLimiter
 from engine.security import KeyRing, check_token, issue_token, rotate
 from engine.sessions import Message, Session, SessionEvent, SessionRegistry
-from engine.standin import ModelReply, StandInResponder
 from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -40,10 +52,12 @@ TOP_QUOTA_USERS = 20
 PRUNE_EVERY = 60  # housekeeping passes, about a minute
 
 
-class Responder(Protocol):
-    async def respond(
-        self, agent_type: str, history: Sequence[Message], text: str
-    ) -> ModelReply: ...
+@dataclass(frozen=True, slots=True)
+class ModelReply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    model_latency_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,7 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    model_latency_s: float  # the model's share of latency_s; the rest is engine overhead
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,7 @@ class SessionView:
     user_id: str
     tier: str
     agent_type: str
+    worker: str
     state: str
     created_at: float
     last_active_at: float
@@ -103,14 +119,16 @@ class EngineSnapshot:
     quotas: tuple[QuotaView, ...]
     monitor: MonitorSnapshot
     session_events: Mapping[str, int]
+    pools: tuple[PoolView, ...]
+    workers: tuple[WorkerView, ...]
+    moves_total: int
+    clients: ClientCacheStats | None
 
 
 class Engine:
     """Multi-user session engine on the caller's asyncio loop."""
 
-    def __init__(
-        self, config: EngineConfig | None = None, *, responder: Responder | None = None
-    ) -> None:
+    def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config = config or EngineConfig()
         self.clock = config.clock
         self._registry = SessionRegistry(
@@ -133,7 +151,25 @@ class Engine:
         self._monitor = Monitor(
             self.clock, max_alerts=config.max_alerts, cooldown_s=config.alert_cooldown_s
         )
-        self._responder: Responder = responder or StandInResponder()
+        self._specs: dict[str, AgentSpec] = load_agent_specs(config.agent_types_file)
+        self.agent_types = tuple(self._specs)
+        self._sim_source = SimSource(config.sim)
+        self._openai: OpenAISettings | None = None
+        self._clients: ClientCache | None = None
+        if config.llm == "openai":
+            self._openai = resolve_openai_settings(
+                config.base_url, config.api_key, config.openai_model
+            )
+            self._clients = openai_client_cache(config.max_cached_clients, config.turn_timeout_s)
+        self._balancer = Balancer(config.workers, on_move=self._on_move)
+        self._pools: dict[tuple[str, str], AgentPool] = {
+            (view.worker_id, spec.name): AgentPool(
+                spec, view.worker_id, self._new_agent, self.clock,
+                per_user_cap=config.per_user_agent_cap,
+            )
+            for view in self._balancer.snapshot()
+            for spec in self._specs.values()
+        }
         self._keyring: KeyRing | None = None
         self._views: dict[str, SessionView] = {}
         self._quota_watch: set[str] = set()
@@ -148,6 +184,8 @@ class Engine:
         self._keyring = await asyncio.to_thread(
             KeyRing.load, env_var=self.config.master_key_env, key_file=self.config.master_key_file
         )
+        for pool in self._pools.values():
+            pool.prewarm()
         self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
         self._state = "open"
         return self
@@ -159,6 +197,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
+        if self._clients is not None:
+            await self._clients.aclose(wait=True, timeout_s=self.config.turn_timeout_s)
 
     async def __aenter__(self) -> Engine:
         return await self.open()
@@ -189,6 +229,7 @@ class Engine:
         session.token = record
         session.cipher, session.wrapped_key = self.keyring.new_data_key()
         session.tier = self._quotas.tier_of(user_id)
+        session.worker = self._balancer.assign(session.session_id)
         self._refresh_view(session)
         return CreatedSession(session.session_id, user_id, token, session.deadline)
 
@@ -198,7 +239,7 @@ class Engine:
         """Run one user turn and return the assistant's reply."""
         self._require_open()
         text = validation.text(text, self.config.max_text_bytes)
-        agent_type = validation.agent_type(agent_type, self.config.agent_types)
+        agent_type = validation.agent_type(agent_type, self.agent_types)
         session = self._authenticate(session_id, token)
         try:
             self._check_rates(session)
@@ -240,13 +281,20 @@ class Engine:
     def acknowledge_alert(self, alert_id: int) -> bool:
         return self._monitor.acknowledge(alert_id)
 
+    def rebalance(self) -> tuple[Move, ...]:
+        """Even the load across workers, moving the fewest idle sessions; never a busy one."""
+        return self._balancer.rebalance()
+
     def housekeep(self) -> int:
         """Expire due sessions and evaluate alert rules; the background task calls this.
 
         Once in PRUNE_EVERY passes it also drops idle per-user quota state, a scan over users
         that is kept out of the per-second path.
         """
-        expired = self._registry.expire_due(self.clock.now())
+        now = self.clock.now()
+        expired = self._registry.expire_due(now)
+        for pool in self._pools.values():
+            pool.reap(now)
         self._monitor.tick()
         self._housekeeping_passes += 1
         if self._housekeeping_passes % PRUNE_EVERY == 0:
@@ -261,6 +309,10 @@ class Engine:
             quotas=self._hot_quotas(),
             monitor=self._monitor.snapshot(),
             session_events=dict(self._registry.event_counts),
+            pools=tuple(pool.view() for pool in self._pools.values()),
+            workers=self._balancer.snapshot(),
+            moves_total=self._balancer.moves_total,
+            clients=self._clients.stats() if self._clients is not None else None,
         )
 
     # -- the turn --------------------------------------------------------------------------------
@@ -322,33 +374,22 @@ class Engine:
 
     async def _run_turn(self, session: Session, agent_type: str, text: str, reservation) -> Reply:
         session.in_flight += 1
+        self._balancer.mark_busy(session.session_id, True)
         self._refresh_view(session)
         started = self.clock.now()
         try:
             async with session.turn_lock:
-                history = session.context.messages()
-                try:
-                    async with asyncio.timeout(self.config.turn_timeout_s):
-                        model = await self._responder.respond(agent_type, history, text)
-                except TimeoutError:
-                    raise LLMError(
-                        f"model gave no reply within {self.config.turn_timeout_s:g}s; "
-                        "retry, or raise turn_timeout_s"
-                    ) from None
-                except EngineError:
-                    raise
-                except Exception as exc:
-                    raise LLMError(f"model call failed: {type(exc).__name__}") from exc
+                model = await self._call_agent(session, agent_type, text)
         except BaseException as exc:
             self._quotas.release(reservation)
-            session.in_flight -= 1
+            self._end_turn(session)
             if isinstance(exc, EngineError):
                 self._record_failure(session, exc, self.clock.now() - started)
-            else:
+            elif self._registry.get(session.session_id) is session:
                 self._refresh_view(session)
             raise
         latency = self.clock.now() - started
-        session.in_flight -= 1
+        self._end_turn(session)
         self._quotas.settle(
             reservation,
             {
@@ -361,8 +402,86 @@ class Engine:
         self._complete_turn(session, agent_type, text, model, latency)
         return Reply(
             session.session_id, agent_type, model.text,
-            model.prompt_tokens, model.completion_tokens, latency,
+            model.prompt_tokens, model.completion_tokens, latency, model.model_latency_s,
         )
+
+    async def _call_agent(self, session: Session, agent_type: str, text: str) -> ModelReply:
+        """One praisonaiagents turn on a pooled agent bound to this session's context only."""
+        pool = self._pools[(session.worker, agent_type)]
+        loop = asyncio.get_running_loop()
+        waited_from = loop.time()
+        try:
+            pooled = await pool.acquire(session.user_id, self.config.pool_timeout_s)
+        except PoolTimeout as exc:
+            self._monitor.record_pool_wait(agent_type, exc.waited, True)
+            raise
+        self._monitor.record_pool_wait(agent_type, loop.time() - waited_from, False)
+        failed = True
+        try:
+            history = [{"role": m.role, "content": m.content} for m in session.context]
+            bind_history(pooled.agent, history)
+            pooled.model.begin_call()
+            async with self._client_for(session.user_id, pooled.model):
+                try:
+                    async with asyncio.timeout(self.config.turn_timeout_s):
+                        raw = await pooled.agent.achat(text)
+                except TimeoutError:
+                    raise LLMError(
+                        f"model gave no reply within {self.config.turn_timeout_s:g}s; "
+                        "retry, or raise turn_timeout_s"
+                    ) from None
+            reply = pooled.model.result(raw)
+            failed = False
+        finally:
+            pool.release(pooled, session.user_id, failed=failed)
+        outcome = pooled.model.outcome
+        return ModelReply(
+            str(reply), outcome.prompt_tokens, outcome.completion_tokens, outcome.model_seconds
+        )
+
+    @contextlib.asynccontextmanager
+    async def _client_for(self, user_id: str, model: ModelAdapter) -> AsyncIterator[None]:
+        """Lease the tenant's OpenAI client for the call (no-op for the simulator)."""
+        if self._clients is None or not isinstance(model, OpenAICompatModel):
+            yield
+            return
+        assert self._openai is not None
+        tenant = self.config.tenants.get(user_id)
+        api_key = tenant.api_key if tenant else self._openai.api_key
+        base_url = (tenant.base_url if tenant else None) or self._openai.base_url
+        async with self._clients.lease(api_key, base_url) as client:
+            model.bind(client)
+            try:
+                yield
+            finally:
+                model.bind(None)
+
+    def _new_agent(self, spec: AgentSpec) -> PooledAgent:
+        model: ModelAdapter
+        if self._openai is not None:
+            model = OpenAICompatModel(
+                self.config.openai_model or self._openai.model,
+                max_retries=self.config.llm_max_retries,
+                timeout_s=self.config.turn_timeout_s,
+                max_completion_tokens=self.config.max_completion_tokens,
+            )
+        else:
+            model = SimulatedModel(
+                source=self._sim_source, timeout_s=self.config.turn_timeout_s, model=spec.model
+            )
+        return PooledAgent(build_agent(spec, model), model)
+
+    def _end_turn(self, session: Session) -> None:
+        session.in_flight -= 1
+        if not session.busy and self._registry.get(session.session_id) is session:
+            self._balancer.mark_busy(session.session_id, False)
+
+    def _on_move(self, move: Move) -> None:
+        """A session migrates: its next turn runs on the new worker's pools."""
+        session = self._registry.get(move.session_id)
+        if session is not None:
+            session.worker = move.to_worker
+            self._refresh_view(session)
 
     def _complete_turn(
         self, session: Session, agent_type: str, text: str, model: ModelReply, latency: float
@@ -424,6 +543,7 @@ class Engine:
             user_id=session.user_id,
             tier=session.tier,
             agent_type=session.agent_type,
+            worker=session.worker,
             state="busy" if session.busy else "idle",
             created_at=session.created_at,
             last_active_at=session.last_active_at,
@@ -442,6 +562,7 @@ class Engine:
         # ended, expired or evicted: forget everything held for the session.
         self._views.pop(session.session_id, None)
         self._session_rate.forget(session.session_id)
+        self._balancer.release(session.session_id)
         if not self._registry.of_user(session.user_id):
             self._user_rate.forget(session.user_id)
         self._quotas.adjust(session.user_id, "storage_mb", -session.context.bytes / BYTES_PER_MB)

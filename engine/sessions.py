@@ -100,6 +100,7 @@ class Session:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     agent_type: str = ""
+    worker: str = ""
     tier: str = ""
     token: TokenRecord | None = None
     wrapped_key: bytes | None = field(default=None, repr=False)

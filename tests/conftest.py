@@ -6,6 +6,9 @@ import pytest
 
 from engine import Engine, EngineConfig
 from engine.clock import ManualClock
+from engine.config import SimSettings
+
+INSTANT = SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +24,7 @@ def clock() -> ManualClock:
 @pytest.fixture
 def make_config(tmp_path, clock):
     def make(**overrides) -> EngineConfig:
+        overrides.setdefault("sim", INSTANT)
         return EngineConfig(data_dir=tmp_path / "data", clock=clock, **overrides)
 
     return make

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from engine import Engine, errors
+from engine.config import SimSettings
 from engine.ratelimit import RateLimit
-from engine.standin import ModelReply, StandInResponder
 
 
 async def test_round_trip_create_send_history_end(engine):
@@ -168,69 +168,83 @@ async def test_quota_exceeded_names_resource_and_alerts(engine, clock):
     )
 
 
-class FailingResponder(StandInResponder):
-    def __init__(self) -> None:
-        self.fail = True
-
-    async def respond(self, agent_type, history, text) -> ModelReply:
-        if self.fail:
-            raise ConnectionError("backend down")
-        return await super().respond(agent_type, history, text)
-
-
-async def test_model_failure_is_llm_error_and_leaves_everything_consistent(make_config):
-    responder = FailingResponder()
-    async with Engine(make_config(), responder=responder) as engine:
+async def test_model_failure_is_llm_error_and_leaves_everything_consistent(make_config, clock):
+    config = make_config(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0,
+                                         error_rate=0.5, seed=3))
+    async with Engine(config) as engine:
         s = await engine.create_session("alice")
-        with pytest.raises(errors.LLMError, match="ConnectionError"):
-            await engine.send(s.session_id, s.token, "hi")
-        assert all(u.reserved == 0 for u in engine.quota_usage("alice"))
+        outcomes = []
+        for i in range(12):
+            clock.advance(1.0)
+            try:
+                await engine.send(s.session_id, s.token, f"question {i}")
+                outcomes.append("ok")
+            except errors.LLMError as exc:
+                assert "simulated model error" in str(exc)
+                outcomes.append("error")
+            assert all(u.reserved == 0 for u in engine.quota_usage("alice"))
+        assert {"ok", "error"} <= set(outcomes)
         view = engine.snapshot().sessions[0]
-        assert view.errors == 1 and view.state == "idle"
-        responder.fail = False
-        await engine.send(s.session_id, s.token, "hi again")
-        assert len(await engine.history(s.session_id, s.token)) == 2
-
-
-class HangingResponder(StandInResponder):
-    async def respond(self, agent_type, history, text) -> ModelReply:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        assert view.errors == outcomes.count("error") and view.state == "idle"
+        history = await engine.history(s.session_id, s.token)
+        assert len(history) == 2 * outcomes.count("ok")
+        assert all(p.in_use == 0 for p in engine.snapshot().pools)
 
 
 async def test_timeout_and_cancellation_release_the_turn(make_config):
-    async with Engine(make_config(turn_timeout_s=0.01), responder=HangingResponder()) as engine:
+    hang = SimSettings(median_latency_s=0.0, p99_latency_s=0.0, timeout_rate=1.0, seed=1)
+    async with Engine(make_config(turn_timeout_s=0.05, sim=hang)) as engine:
         s = await engine.create_session("alice")
-        with pytest.raises(errors.LLMError, match="no reply within"):
+        with pytest.raises(errors.LLMError, match=r"no reply within|timed out"):
             await engine.send(s.session_id, s.token, "hi")
-    async with Engine(make_config(), responder=HangingResponder()) as engine:
+        assert all(p.in_use == 0 for p in engine.snapshot().pools)
+    slow = SimSettings(median_latency_s=5.0, p99_latency_s=6.0, seed=1)
+    async with Engine(make_config(sim=slow)) as engine:
         s = await engine.create_session("alice")
         turn = asyncio.create_task(engine.send(s.session_id, s.token, "hi"))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         assert engine.snapshot().sessions[0].state == "busy"
         turn.cancel()
         with pytest.raises(asyncio.CancelledError):
             await turn
-        assert engine.snapshot().sessions[0].state == "idle"
+        snap = engine.snapshot()
+        assert snap.sessions[0].state == "idle"
+        assert all(p.in_use == 0 for p in snap.pools)
         assert all(u.reserved == 0 for u in engine.quota_usage("alice"))
 
 
 async def test_session_ended_mid_turn_keeps_nothing(make_config):
-    gate = asyncio.Event()
-
-    class GatedResponder(StandInResponder):
-        async def respond(self, agent_type, history, text):
-            await gate.wait()
-            return await super().respond(agent_type, history, text)
-
-    async with Engine(make_config(), responder=GatedResponder()) as engine:
+    slow = SimSettings(median_latency_s=0.1, p99_latency_s=0.1, seed=1)
+    async with Engine(make_config(sim=slow)) as engine:
         s = await engine.create_session("alice")
         turn = asyncio.create_task(engine.send(s.session_id, s.token, "secret"))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
         await engine.end_session(s.session_id, s.token)
-        gate.set()
         await turn
         assert engine.snapshot().sessions == ()
+
+
+async def test_unknown_agent_type_and_pool_exhaustion(make_config, tmp_path):
+    types = tmp_path / "agents.toml"
+    types.write_text(
+        '[solo]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
+        'model = "sim-solo"\nmin_instances = 0\nmax_instances = 1\n'
+    )
+    slow = SimSettings(median_latency_s=1.0, p99_latency_s=1.0, seed=1)
+    config = make_config(sim=slow, agent_types_file=types, workers=1, pool_timeout_s=0.05)
+    async with Engine(config) as engine:
+        assert engine.agent_types == ("solo",)
+        a = await engine.create_session("alice")
+        b = await engine.create_session("bob")
+        with pytest.raises(errors.InvalidInput, match="unknown agent type"):
+            await engine.send(a.session_id, a.token, "hi", agent_type="assistant")
+        first = asyncio.create_task(engine.send(a.session_id, a.token, "hi", agent_type="solo"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(errors.PoolTimeout, match="solo"):
+            await engine.send(b.session_id, b.token, "hi", agent_type="solo")
+        assert all(u.reserved == 0 for u in engine.quota_usage("bob"))
+        await first
+        assert (await engine.send(b.session_id, b.token, "now", agent_type="solo")).text
 
 
 async def test_thousands_of_concurrent_turns_stay_isolated(make_config):

@@ -1,0 +1,119 @@
+"""Agent types and the praisonaiagents `Agent` objects built from them.
+
+Every constructor argument is explicit and `rules=False`, so files in the working directory
+(AGENTS.md, CLAUDE.md, .praisonai/) can never enter a prompt or change a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidInput
+
+os.environ.setdefault("PRAISONAI_TELEMETRY_DISABLED", "true")
+
+from praisonaiagents import Agent
+
+REQUIRED = ("role", "goal", "backstory", "instructions", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    name: str
+    role: str
+    goal: str
+    backstory: str
+    instructions: str
+    model: str
+    min_instances: int = 1
+    max_instances: int = 8
+    idle_timeout_s: float = 300.0
+
+
+def load_agent_specs(path: Path | None = None) -> dict[str, AgentSpec]:
+    """Agent types from a TOML file; the packaged `agents.toml` when no path is given."""
+    source = str(path) if path else "engine/agents.toml"
+    try:
+        text = path.read_text() if path else resources.files("engine").joinpath(
+            "agents.toml"
+        ).read_text()
+        table = tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidInput(f"cannot read agent types from {source}: {exc}") from None
+    specs = {name: _spec(name, fields, source) for name, fields in table.items()}
+    if not specs:
+        raise InvalidInput(f"{source} defines no agent types; add at least one [name] table")
+    return specs
+
+
+def _spec(name: str, fields: Any, source: str) -> AgentSpec:
+    if not isinstance(fields, dict):
+        raise InvalidInput(f"{source}: [{name}] must be a table of fields")
+    missing = [f for f in REQUIRED if not isinstance(fields.get(f), str) or not fields[f]]
+    if missing:
+        raise InvalidInput(f"{source}: [{name}] needs text fields {', '.join(missing)}")
+    unknown = set(fields) - set(AgentSpec.__slots__)
+    if unknown:
+        raise InvalidInput(f"{source}: [{name}] has unknown fields {', '.join(sorted(unknown))}")
+    try:
+        spec = AgentSpec(name=name, **fields)
+    except TypeError as exc:
+        raise InvalidInput(f"{source}: [{name}] {exc}") from None
+    if not 0 <= spec.min_instances <= spec.max_instances or spec.max_instances < 1:
+        raise InvalidInput(
+            f"{source}: [{name}] needs 0 <= min_instances <= max_instances and max >= 1"
+        )
+    return spec
+
+
+def build_agent(spec: AgentSpec, model: Any) -> Agent:
+    """A praisonaiagents Agent whose model is `model` (an adapter with get_response_async)."""
+    agent = Agent(
+        name=spec.name,
+        role=spec.role,
+        goal=spec.goal,
+        backstory=spec.backstory,
+        instructions=spec.instructions,
+        model=model,
+        tools=[],
+        memory=False,
+        knowledge=None,
+        planning=False,
+        reflection=False,
+        rules=False,
+        guardrails=None,
+        web=False,
+        output="silent",
+    )
+    # Without this, praisonaiagents adds a prompt fragment chosen from the model's name.
+    agent.harness_base_prompt = ""
+    return agent
+
+
+def bind_history(agent: Agent, history: list[dict[str, str]]) -> None:
+    """Give the agent one session's prior turns (a fresh list: the agent appends to it)."""
+    agent.chat_history = history
+
+
+def reset_agent(agent: Agent) -> None:
+    """Clear all per-conversation state so nothing of one session reaches the next."""
+    agent.chat_history = []
+    agent._last_stop_reason = None
+    agent._total_cost = 0.0
+    agent._total_tokens_in = 0
+    agent._total_tokens_out = 0
+
+
+def is_pristine(agent: Agent) -> bool:
+    """True when no conversation state survives; a pool discards agents that fail this."""
+    return (
+        len(agent.chat_history) == 0
+        and not agent._total_tokens_in
+        and not agent._total_tokens_out
+        and not agent._total_cost
+    )
