@@ -77,8 +77,9 @@ def build_agent(spec: AgentSpec, model: Any) -> Agent:
         name=spec.name,
         role=spec.role,
         goal=spec.goal,
-        backstory=spec.backstory,
-        instructions=spec.instructions,
+        # praisonaiagents reads `instructions` only to fill a missing role/goal/backstory, so the
+        # instructions travel in the backstory, which reaches every system prompt.
+        backstory=f"{spec.backstory}\n\n{spec.instructions}",
         model=model,
         tools=[],
         memory=False,
@@ -102,7 +103,7 @@ def bind_history(agent: Agent, history: list[dict[str, str]]) -> None:
 
 def reset_agent(agent: Agent) -> None:
     """Clear all per-conversation state so nothing of one session reaches the next."""
-    agent.chat_history = []
+    agent.clear_history()
     agent._last_stop_reason = None
     agent._total_cost = 0.0
     agent._total_tokens_in = 0

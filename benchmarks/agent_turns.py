@@ -1,0 +1,139 @@
+"""Turns through praisonaiagents Agents: throughput and engine overhead, printed as JSON.
+
+Engine overhead = client-observed turn time minus the model's time (Reply.model_latency_s):
+authentication, limits, quota, pool acquire, binding history, the Agent's own bookkeeping,
+settle and metrics. Pools are sized to the concurrency so the figure is overhead, not queueing.
+Run: .venv/bin/python benchmarks/agent_turns.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import Engine, EngineConfig
+from engine.agents import build_agent, load_agent_specs
+from engine.config import SimSettings
+from engine.llm import SimSource, SimulatedModel
+from engine.quotas import QuotaLimit
+from engine.ratelimit import RateLimit
+from engine.simserver import SimServer
+
+UNLIMITED = {
+    "unlimited": {
+        "api_calls": QuotaLimit(1e12, 3600.0),
+        "tokens": QuotaLimit(1e15, 3600.0),
+        "storage_mb": QuotaLimit(1e12, None),
+        "compute_seconds": QuotaLimit(1e12, 3600.0),
+    }
+}
+SIM = SimSettings(median_latency_s=0.05, p99_latency_s=0.2, seed=1)
+
+
+def big_pools(folder: Path, size: int) -> Path:
+    path = folder / "agents.toml"
+    path.write_text(
+        f'[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
+        f'model = "sim-assistant"\nmin_instances = 0\nmax_instances = {size}\n'
+    )
+    return path
+
+
+def config(folder: Path, users: int, **overrides) -> EngineConfig:
+    settings = {
+        "data_dir": folder,
+        "tiers": UNLIMITED,
+        "default_tier": "unlimited",
+        "session_rate": RateLimit(1e9, 10**9),
+        "user_rate": RateLimit(1e9, 10**9),
+        "agent_types_file": big_pools(folder, users),
+        "workers": 1,
+        "per_user_agent_cap": 4,
+        "sim": SIM,
+    }
+    return EngineConfig(**(settings | overrides))
+
+
+async def drive(
+    engine: Engine, users: int, seconds: float, think_s: float = 0.0
+) -> dict[str, float]:
+    """Each user sends, waits `think_s` (0: back to back, a closed loop at full CPU), repeats."""
+    sessions = [await engine.create_session(f"user{i}") for i in range(users)]
+    overheads: list[float] = []
+    turn_times: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def user(s) -> None:
+        k = 0
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            reply = await engine.send(s.session_id, s.token, f"message {k} from a user")
+            elapsed = time.perf_counter() - started
+            turn_times.append(elapsed)
+            overheads.append(max(0.0, elapsed - reply.model_latency_s))
+            k += 1
+            if think_s:
+                await asyncio.sleep(think_s)
+            if k % 8 == 0:  # keep contexts realistic without unbounded growth in the bench
+                await engine.end_session(s.session_id, s.token)
+                s = await engine.create_session(s.user_id)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user(s) for s in sessions))
+    wall = time.perf_counter() - started
+    overheads.sort()
+    q = statistics.quantiles(overheads, n=100)
+    return {
+        "turns_per_s": round(len(overheads) / wall, 1),
+        "overhead_ms_p50": round(q[49] * 1e3, 3),
+        "overhead_ms_p99": round(q[98] * 1e3, 3),
+        "overhead_share_of_turn_pct": round(100 * sum(overheads) / sum(turn_times), 2),
+    }
+
+
+def memory_per_agent(n: int = 500) -> int:
+    spec = load_agent_specs()["assistant"]
+    source = SimSource(SIM)
+    build_agent(spec, SimulatedModel(source=source))  # warm imports and caches
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    agents = [build_agent(spec, SimulatedModel(source=source)) for _ in range(n)]
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del agents
+    return (after - before) // n
+
+
+async def main() -> None:
+    figures: dict[str, object] = {
+        "sim": {"median_s": SIM.median_latency_s, "p99_s": SIM.p99_latency_s},
+        "overhead_definition": "client turn time minus Reply.model_latency_s",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for users in (100, 1000):
+            async with Engine(config(folder, users)) as engine:
+                figures[f"sim_{users}_users_back_to_back"] = await drive(engine, users, 10.0)
+            async with Engine(config(folder, users)) as engine:
+                figures[f"sim_{users}_users_think_1s"] = await drive(engine, users, 10.0, 1.0)
+        async with SimServer(SIM) as server:
+            http = config(folder, 100, llm="openai", base_url=server.base_url, api_key="sk-local")
+            async with Engine(http) as engine:
+                figures["http_sim_100_users"] = await drive(engine, 100, 10.0)
+    figures["bytes_per_pooled_agent"] = memory_per_agent()
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
