@@ -40,6 +40,11 @@ class EngineConfig:
     # Where state lives. ./data is git-ignored.
     data_dir: Path = Path("data")
     master_key_env: str = "SESSION_CONSOLE_MASTER_KEY"
+    db_file: str = "sessions.db"
+    # True: send() returns only once its messages are committed. False acknowledges before
+    # the commit (benchmarks): a crash can then lose the last few milliseconds of turns.
+    durable_ack: bool = True
+    audit_retention_s: float = 0.0  # >0 keeps ended sessions' metadata (no content) this long
 
     # Model backend: "sim" needs nothing; "openai" reads base_url/api_key or the environment.
     llm: Literal["sim", "openai"] = "sim"
@@ -90,3 +95,7 @@ class EngineConfig:
     @property
     def master_key_file(self) -> Path:
         return self.data_dir / "master.key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / self.db_file

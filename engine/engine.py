@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from engine import validation
 from engine.agents import AgentSpec, bind_history, build_agent, load_agent_specs
+from engine.alerts import Alert
 from engine.balancer import Balancer, Move, WorkerView
 from engine.clients import ClientCache, ClientCacheStats, openai_client_cache
 from engine.config import EngineConfig
@@ -37,12 +38,27 @@ from engine.llm import (
     SimulatedModel,
     resolve_openai_settings,
 )
-from engine.monitor import Monitor, MonitorSnapshot
+from engine.monitor import Monitor, MonitorSnapshot, SessionMetrics
 from engine.pool import AgentPool, PooledAgent, PoolView
 from engine.quotas import QuotaManager, QuotaUsage
 from engine.ratelimit import RateLimiter
+from engine.records import Unreadable, message_row, restore_session, session_row
 from engine.security import KeyRing, check_token, issue_token, rotate
 from engine.sessions import Message, Session, SessionEvent, SessionRegistry
+from engine.store import (
+    AlertRow,
+    Assign,
+    EndSession,
+    MetricsRow,
+    Op,
+    Prune,
+    QuotaEvent,
+    Store,
+    StoreStats,
+    TokenUpdate,
+    Touch,
+    TrimMessages,
+)
 from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -50,6 +66,7 @@ log = logging.getLogger(__name__)
 BYTES_PER_MB = 1_000_000
 TOP_QUOTA_USERS = 20
 PRUNE_EVERY = 60  # housekeeping passes, about a minute
+WINDOWED = ("api_calls", "tokens", "compute_seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +127,31 @@ class QuotaView:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreReport:
+    """What `open()` brought back from the store."""
+
+    sessions: int
+    messages: int
+    purged: int
+    quota_buckets: int
+    unreadable: tuple[str, ...]  # session ids whose key or messages failed to decrypt
+    clean_shutdown: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDetail:
+    """Everything the operator may see of one session, content included (console detail view)."""
+
+    view: SessionView
+    metadata: Mapping[str, Any]
+    messages: tuple[Message, ...]
+    dropped_messages: int
+    metrics: SessionMetrics | None
+    quota: tuple[QuotaUsage, ...]
+    alerts: tuple[Alert, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSnapshot:
     """Plain immutable data for the console; building it costs O(sessions) pointer copies."""
 
@@ -123,6 +165,7 @@ class EngineSnapshot:
     workers: tuple[WorkerView, ...]
     moves_total: int
     clients: ClientCacheStats | None
+    store: StoreStats | None
 
 
 class Engine:
@@ -149,8 +192,13 @@ class Engine:
             self.clock, config.user_rate.rate_per_s, config.user_rate.burst, "user"
         )
         self._monitor = Monitor(
-            self.clock, max_alerts=config.max_alerts, cooldown_s=config.alert_cooldown_s
+            self.clock, max_alerts=config.max_alerts, cooldown_s=config.alert_cooldown_s,
+            on_alert=self._on_alert,
         )
+        self._store: Store | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._rolled_up = (0, 0, 0, 0)  # turns, errors, tokens in/out at the last roll-up
+        self.restore_report: RestoreReport | None = None
         self._specs: dict[str, AgentSpec] = load_agent_specs(config.agent_types_file)
         self.agent_types = tuple(self._specs)
         self._sim_source = SimSource(config.sim)
@@ -184,6 +232,16 @@ class Engine:
         self._keyring = await asyncio.to_thread(
             KeyRing.load, env_var=self.config.master_key_env, key_file=self.config.master_key_file
         )
+        self._store = await Store.open(
+            self.config.db_path,
+            durable_ack=self.config.durable_ack,
+            retention_s=self.config.audit_retention_s,
+        )
+        try:
+            self.restore_report = await self._restore()
+        except BaseException:
+            await self._store.close()
+            raise
         for pool in self._pools.values():
             pool.prewarm()
         self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
@@ -197,6 +255,10 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._store is not None:
+            await self._store.close()
         if self._clients is not None:
             await self._clients.aclose(wait=True, timeout_s=self.config.turn_timeout_s)
 
@@ -231,6 +293,11 @@ class Engine:
         session.tier = self._quotas.tier_of(user_id)
         session.worker = self._balancer.assign(session.session_id)
         self._refresh_view(session)
+        try:
+            await self.store.save_session(session_row(session))
+        except EngineError:
+            self._registry.remove(session.session_id, "ended", now, "could not be saved")
+            raise
         return CreatedSession(session.session_id, user_id, token, session.deadline)
 
     async def send(
@@ -264,14 +331,66 @@ class Engine:
         new_token, session.token = rotate(
             session.token, now, session.created_at + session.lifetime_s - now
         )
+        record = session.token
+        await self.store.write(
+            TokenUpdate(session.session_id, record.token_hash, record.issued_at, record.expires_at)
+        )
         return new_token
 
     async def end_session(self, session_id: str, token: str) -> None:
         self._require_open()
         session = self._authenticate(session_id, token)
-        self._registry.remove(session.session_id, "ended", self.clock.now(), "ended by owner")
+        await self._end(session, "ended by owner")
 
     # -- operator surface ------------------------------------------------------------------------
+    # The console runs in-process as a trusted operator: these take no session token.
+    @property
+    def store(self) -> Store:
+        self._require_open()
+        assert self._store is not None
+        return self._store
+
+    def inspect(self, session_id: str) -> SessionDetail | None:
+        """A session's full detail, decrypted context included; None if it is not live."""
+        session = self._registry.get(session_id)
+        view = self._views.get(session_id)
+        if session is None or view is None:
+            return None
+        return SessionDetail(
+            view=view,
+            metadata=session.metadata,
+            messages=session.context.messages(),
+            dropped_messages=session.context.dropped,
+            metrics=self._monitor.session_view(session_id),
+            quota=self._quotas.usage(session.user_id),
+            alerts=tuple(
+                a for a in self._monitor.alerts() if a.subject in (session_id, session.user_id)
+            ),
+        )
+
+    async def operator_end_session(self, session_id: str) -> bool:
+        session = self._registry.get(session_id)
+        if session is None:
+            return False
+        await self._end(session, "ended by operator")
+        return True
+
+    async def operator_rotate_token(self, session_id: str) -> bool:
+        """Invalidate the token; the new one is never shown, so the user must start over."""
+        session = self._registry.get(session_id)
+        if session is None or session.token is None:
+            return False
+        now = self.clock.now()
+        _, session.token = rotate(session.token, now, session.created_at + session.lifetime_s - now)
+        record = session.token
+        await self.store.write(
+            TokenUpdate(session.session_id, record.token_hash, record.issued_at, record.expires_at)
+        )
+        return True
+
+    def acknowledge_all(self, severity: str | None = None) -> int:
+        return self._monitor.acknowledge_all(severity)  # type: ignore[arg-type]
+
     def set_tier(self, user_id: str, tier: str) -> None:
         self._quotas.set_tier(user_id, tier)
 
@@ -299,6 +418,7 @@ class Engine:
         self._housekeeping_passes += 1
         if self._housekeeping_passes % PRUNE_EVERY == 0:
             self._quotas.prune()
+            self._persist_later(Prune(now), self._metrics_rollup(now))
         return len(expired)
 
     def snapshot(self) -> EngineSnapshot:
@@ -313,6 +433,7 @@ class Engine:
             workers=self._balancer.snapshot(),
             moves_total=self._balancer.moves_total,
             clients=self._clients.stats() if self._clients is not None else None,
+            store=self._store.stats() if self._store is not None else None,
         )
 
     # -- the turn --------------------------------------------------------------------------------
@@ -399,7 +520,9 @@ class Engine:
                 "storage_mb": 0,
             },
         )
-        self._complete_turn(session, agent_type, text, model, latency)
+        ops = self._complete_turn(session, agent_type, text, model, latency)
+        if ops:
+            await self.store.write(*ops)  # durable acknowledgement: the reply follows the commit
         return Reply(
             session.session_id, agent_type, model.text,
             model.prompt_tokens, model.completion_tokens, latency, model.model_latency_s,
@@ -482,16 +605,24 @@ class Engine:
         if session is not None:
             session.worker = move.to_worker
             self._refresh_view(session)
+            self._persist_later(Assign(move.session_id, move.to_worker))
 
     def _complete_turn(
         self, session: Session, agent_type: str, text: str, model: ModelReply, latency: float
-    ) -> None:
+    ) -> list[Op]:
+        """Apply a finished turn in memory and return the store ops that make it durable."""
         now = self.clock.now()
         if self._registry.get(session.session_id) is not session:
-            return  # ended while the model was answering: nothing of it is kept
-        before = session.context.bytes
-        session.context.append(Message("user", text, now))
-        session.context.append(Message("assistant", model.text, now))
+            return []  # ended while the model was answering: nothing of it is kept
+        before, dropped = session.context.bytes, session.context.dropped
+        ops: list[Op] = []
+        for message in (Message("user", text, now), Message("assistant", model.text, now)):
+            session.context.append(message)
+            ops.append(message_row(session, session.next_seq, message))
+            session.next_seq += 1
+        if session.context.dropped != dropped:
+            first_kept = session.next_seq - len(session.context)
+            ops.append(TrimMessages(session.session_id, first_kept - 1))
         self._quotas.adjust(
             session.user_id, "storage_mb", (session.context.bytes - before) / BYTES_PER_MB
         )
@@ -500,12 +631,30 @@ class Engine:
         session.prompt_tokens += model.prompt_tokens
         session.completion_tokens += model.completion_tokens
         self._registry.touch(session, now)
+        ops.append(self._touch_op(session))
+        used = {
+            "api_calls": 1,
+            "tokens": model.prompt_tokens + model.completion_tokens,
+            "compute_seconds": latency,
+        }
+        for resource, amount in used.items():
+            window = self._quotas.window_of(session.user_id, resource)
+            if amount and window is not None:
+                ops.append(QuotaEvent(session.user_id, resource, now, amount, window))
         self._monitor.record_turn(
             session.session_id, session.user_id, latency,
             model.prompt_tokens, model.completion_tokens,
         )
         self._observe_quotas(session.user_id)
         self._refresh_view(session)
+        return ops
+
+    @staticmethod
+    def _touch_op(session: Session) -> Touch:
+        return Touch(
+            session.session_id, session.last_active_at, session.turns,
+            session.prompt_tokens, session.completion_tokens, session.errors, session.agent_type,
+        )
 
     def _record_failure(self, session: Session, exc: EngineError, latency: float | None) -> None:
         session.errors += 1
@@ -514,6 +663,7 @@ class Engine:
         )
         if self._registry.get(session.session_id) is session:
             self._refresh_view(session)
+            self._persist_later(self._touch_op(session))
 
     # -- views and quotas ------------------------------------------------------------------------
     def _observe_quotas(self, user_id: str) -> None:
@@ -568,9 +718,105 @@ class Engine:
         self._quotas.adjust(session.user_id, "storage_mb", -session.context.bytes / BYTES_PER_MB)
         self._monitor.session_ended(session.session_id)
         # Crypto-shred: without the wrapped key nothing encrypted for this session can be read.
+        self._persist_later(EndSession(session.session_id, event.at, event.reason or event.kind))
         session.cipher = None
         session.wrapped_key = None
         session.token = None
+
+    async def _end(self, session: Session, reason: str) -> None:
+        """End a session now and return once its rows and wrapped key are deleted on disk."""
+        self._registry.remove(session.session_id, "ended", self.clock.now(), reason)
+        await self.store.flush()
+
+    def _persist_later(self, *ops: Op) -> None:
+        """Write ops without making the caller wait (events raised outside any request)."""
+        if self._store is None or self._state == "closed":
+            return
+        task = asyncio.get_running_loop().create_task(self._store.write(*ops))
+        self._background.add(task)
+        task.add_done_callback(self._persisted)
+
+    def _persisted(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background store write failed: %s", task.exception())
+
+    def _on_alert(self, alert: Alert) -> None:
+        self._persist_later(
+            AlertRow(
+                alert.alert_id, alert.key, alert.rule, alert.severity, alert.message,
+                alert.subject, alert.first_at, alert.last_at, alert.count,
+                alert.acknowledged, alert.resolved_at,
+            )
+        )
+
+    def _metrics_rollup(self, now: float) -> MetricsRow:
+        """The last minute's global figures, for history that outlives the process."""
+        snap = self._monitor.snapshot()
+        totals = (snap.turns, snap.errors, snap.prompt_tokens, snap.completion_tokens)
+        turns, errors, prompt, completion = (
+            a - b for a, b in zip(totals, self._rolled_up, strict=True)
+        )
+        self._rolled_up = totals
+        latency = snap.latency
+        return MetricsRow(
+            int(now // 60 * 60), "global", turns, errors, prompt, completion,
+            latency.p50, latency.p95, latency.p99,
+        )
+
+    async def _restore(self) -> RestoreReport:
+        """Bring back live sessions, their contexts and the users' quota windows."""
+        assert self._store is not None and self._keyring is not None
+        restored = await self._store.load_live(self.clock.now())
+        unreadable: list[Unreadable] = []
+        moved: list[Op] = []
+        for row in restored.sessions:
+            session = restore_session(
+                row, restored.messages.get(row.session_id, []), self._keyring,
+                context_max_messages=self.config.context_max_messages,
+                context_max_bytes=self.config.context_max_bytes,
+            )
+            if isinstance(session, Unreadable):
+                unreadable.append(session)
+                continue
+            self._registry.adopt(session)
+            if session.tier not in self.config.tiers:
+                self._monitor.alert_manager.fire(
+                    f"tier:{session.tier}", "configuration", "warning",
+                    f"restored sessions use tier {session.tier!r}, which is no longer "
+                    f"configured; their users get {self.config.default_tier!r}",
+                )
+                session.tier = self.config.default_tier
+            if session.tier != self._quotas.tier_of(session.user_id):
+                self._quotas.set_tier(session.user_id, session.tier)
+            worker = self._balancer.assign(session.session_id)
+            if worker != session.worker:
+                session.worker = worker
+                moved.append(Assign(session.session_id, worker))
+            self._monitor.session_started(session.session_id, session.user_id)
+            self._quotas.adjust(session.user_id, "storage_mb", session.context.bytes / BYTES_PER_MB)
+            self._refresh_view(session)
+        for event in restored.quota:
+            if self._quotas.window_of(event.user_id, event.resource) is not None:
+                self._quotas.restore(event.user_id, event.resource, event.amount, event.at)
+        for lost in unreadable:
+            self._monitor.alert_manager.fire(
+                f"unreadable:{lost.session_id}", "decryption", "critical",
+                f"session {lost.session_id[:8]} of user {lost.user_id!r} cannot be decrypted "
+                f"and was not restored: {lost.reason}",
+                lost.session_id,
+            )
+        if moved:
+            await self._store.write(*moved)
+        counts = restored.counts
+        return RestoreReport(
+            sessions=counts.sessions - len(unreadable),
+            messages=counts.messages,
+            purged=counts.purged,
+            quota_buckets=counts.quota_buckets,
+            unreadable=tuple(u.session_id for u in unreadable),
+            clean_shutdown=restored.clean_shutdown,
+        )
 
     async def _housekeep_forever(self) -> None:
         while True:

@@ -125,6 +125,14 @@ class _Ring:
         self.slots[self.head % len(self.slots)] += amount
         self.total += amount
 
+    def add_at(self, now: float, at: float, amount: float) -> None:
+        """Put usage that happened at `at` (<= now) back in its sub-bucket, if still in window."""
+        self.roll(now)
+        k = min(math.floor(at / self.width), self.head)
+        if k > self.head - len(self.slots):
+            self.slots[k % len(self.slots)] += amount
+            self.total += amount
+
     def expiry(self, k: int) -> float:
         """When sub-bucket k leaves the window: its end plus the window."""
         return (k + len(self.slots)) * self.width
@@ -283,6 +291,23 @@ class QuotaManager:
             state = self._users.setdefault(user_id, _User())
             now = self._clock.now()
             self._usage(state, resource, self._limit(state, resource), now).add(now, amount)
+
+    def restore(self, user_id: str, resource: str, amount: float, at: float) -> None:
+        """Re-count usage recorded at `at` before a restart; windowed resources only."""
+        (amount,) = _validated({resource: amount}).values()
+        state = self._users.setdefault(user_id, _User())
+        limit = self._limit(state, resource)
+        if limit.window_s is None:
+            raise InvalidInput(f"{resource} has no window; restore it with adjust()")
+        now = self._clock.now()
+        usage = self._usage(state, resource, limit, now)
+        assert isinstance(usage, _Ring)
+        usage.add_at(now, at, amount)
+
+    def window_of(self, user_id: str, resource: str) -> float | None:
+        """The window `resource` is counted over for this user (None: a running total)."""
+        state = self._users.get(user_id) or _User()
+        return self._limit(state, resource).window_s
 
     def adjust(self, user_id: str, resource: str, delta: float) -> None:
         """Move a no-window total up or down (storage freed); it never goes below zero."""

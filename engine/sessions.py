@@ -101,6 +101,7 @@ class Session:
     completion_tokens: int = 0
     agent_type: str = ""
     worker: str = ""
+    next_seq: int = 0  # sequence number of the next stored message
     tier: str = ""
     token: TokenRecord | None = None
     wrapped_key: bytes | None = field(default=None, repr=False)
@@ -216,6 +217,12 @@ class SessionRegistry:
         self._compact_heap()
         self._emit(SessionEvent("created", session.session_id, user_id, now), session)
         return session
+
+    def adopt(self, session: Session) -> None:
+        """Register a session restored from the store (no 'created' event: it already was)."""
+        self._sessions[session.session_id] = session
+        self._by_user.setdefault(session.user_id, {})[session.session_id] = session
+        heapq.heappush(self._heap, (session.deadline, session.session_id))
 
     def touch(self, session: Session, now: float) -> None:
         """Record activity; the heap entry is re-armed lazily when it comes due."""

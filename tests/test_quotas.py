@@ -451,3 +451,18 @@ async def test_thousands_of_concurrent_turns_never_overrun() -> None:
     assert outcomes.count("refused") > 0
     assert outcomes.count("settled") > 100  # the window slid and let more through
     assert report(quotas, "u")["api_calls"].reserved == 0.0
+
+
+def test_restore_puts_past_usage_back_in_its_window():
+    from engine.clock import ManualClock
+    from engine.quotas import QuotaManager
+
+    clock = ManualClock()
+    quotas = QuotaManager(clock)
+    limit = next(u.limit for u in quotas.usage("alice") if u.resource == "api_calls")
+    quotas.restore("alice", "api_calls", limit, clock.now() - 30)  # half a window ago
+    quotas.restore("bob", "api_calls", limit, clock.now() - 600)  # long expired
+    assert quotas.highest_percent("alice") == 100.0
+    assert quotas.highest_percent("bob") == 0.0
+    clock.advance(32)  # the 60 s window (plus one sub-bucket) has passed for alice's usage
+    assert quotas.highest_percent("alice") == 0.0

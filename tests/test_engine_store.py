@@ -1,0 +1,192 @@
+"""The engine on its SQLite store: restart restores, ends shred, nothing readable at rest,
+and every acknowledged message survives SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine import Engine, errors
+from engine.config import EngineConfig
+from engine.security import KeyRing
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config, clock):
+    config = make_config()
+    async with Engine(config) as engine:
+        s = await engine.create_session("alice", metadata={"tier": "pro", "team": "blue"})
+        for i in range(3):
+            await engine.send(s.session_id, s.token, f"remember {i}")
+        before_history = await engine.history(s.session_id, s.token)
+        before_quota = engine.quota_usage("alice")
+        before_view = engine.snapshot().sessions[0]
+    clock.advance(10)
+    async with Engine(config) as engine:
+        report = engine.restore_report
+        assert report is not None and report.sessions == 1 and report.messages == 6
+        assert report.clean_shutdown and report.unreadable == ()
+        assert await engine.history(s.session_id, s.token) == before_history
+        assert [u.used for u in engine.quota_usage("alice")] == pytest.approx(
+            [u.used for u in before_quota]
+        )
+        view = engine.snapshot().sessions[0]
+        assert (view.turns, view.tier, view.last_active_at) == (
+            before_view.turns, "pro", before_view.last_active_at,
+        )
+        reply = await engine.send(s.session_id, s.token, "and now?")
+        assert "ctx 8 msgs" in reply.text  # system + 6 restored + this one reached the model
+    clock.advance(config.idle_timeout_s + 1)
+    async with Engine(config) as engine:
+        assert engine.restore_report.purged == 1 and engine.snapshot().sessions == ()
+
+
+async def test_ended_session_is_gone_after_restart_and_its_rows_deleted(make_config):
+    config = make_config()
+    async with Engine(config) as engine:
+        s = await engine.create_session("alice")
+        await engine.send(s.session_id, s.token, "short-lived")
+        await engine.end_session(s.session_id, s.token)
+    with sqlite3.connect(config.db_path) as db:
+        assert db.execute("select count(*) from messages").fetchone() == (0,)
+    async with Engine(config) as engine:
+        with pytest.raises(errors.AuthenticationError):
+            await engine.history(s.session_id, s.token)
+
+
+async def test_nothing_readable_at_rest(make_config):
+    config = make_config()
+    secret = "correct horse battery staple 7731"
+    async with Engine(config) as engine:
+        s = await engine.create_session("alice")
+        await engine.send(s.session_id, s.token, secret)
+        await engine.rotate_token(s.session_id, s.token)
+        files = [p for p in config.data_dir.iterdir() if p.name.startswith(config.db_file)]
+        blobs = b"".join(p.read_bytes() for p in files)
+    master = KeyRing.load(key_file=config.master_key_file)
+    assert len(files) >= 2  # the database and its WAL, read while the engine had them open
+    assert secret.encode() not in blobs
+    assert s.token.encode() not in blobs
+    assert all(
+        line.strip() not in blobs
+        for line in config.master_key_file.read_bytes().splitlines() if line.strip()
+    )
+    assert master.fingerprints()  # the key file exists and loads
+
+
+async def test_tampered_session_is_reported_alone_and_others_work(make_config):
+    config = make_config()
+    async with Engine(config) as engine:
+        bad = await engine.create_session("mallory-victim")
+        await engine.send(bad.session_id, bad.token, "will be tampered")
+        good = await engine.create_session("bob")
+        await engine.send(good.session_id, good.token, "fine")
+    with sqlite3.connect(config.db_path) as db:
+        db.execute(
+            "update messages set ciphertext = ? where session_id = ?",
+            (b"gAAAAA-not-a-real-token", bad.session_id),
+        )
+    async with Engine(config) as engine:
+        assert engine.restore_report.unreadable == (bad.session_id,)
+        assert engine.restore_report.sessions == 1
+        assert any(a.rule == "decryption" for a in engine.snapshot().monitor.alerts)
+        assert len(await engine.history(good.session_id, good.token)) == 2
+        await engine.send(good.session_id, good.token, "still works")
+
+
+async def test_a_foreign_file_stops_start_up_and_is_not_touched(make_config):
+    config = make_config()
+    config.data_dir.mkdir(parents=True)
+    config.db_path.write_bytes(b"this is not a database" * 100)
+    before = config.db_path.read_bytes()
+    with pytest.raises(errors.StoreError, match=str(config.db_path.name)):
+        async with Engine(config):
+            pass
+    assert config.db_path.read_bytes() == before
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from engine import Engine, EngineConfig
+    from engine.config import SimSettings
+    from engine.quotas import QuotaLimit
+    from engine.ratelimit import RateLimit
+
+    BIG = {"big": {r: QuotaLimit(1e12, 3600.0 if r != "storage_mb" else None)
+                   for r in ("api_calls", "tokens", "storage_mb", "compute_seconds")}}
+
+    async def main():
+        config = EngineConfig(
+            data_dir=Path(sys.argv[1]), tiers=BIG, default_tier="big",
+            session_rate=RateLimit(1e6, 10**6), user_rate=RateLimit(1e6, 10**6),
+            sim=SimSettings(median_latency_s=0.001, p99_latency_s=0.005, seed=1),
+            context_max_messages=10_000,
+        )
+        async with Engine(config) as engine:
+            async def user(i):
+                s = await engine.create_session(f"run{sys.argv[2]}-user{i}")
+                print("S", s.session_id, s.token, flush=True)
+                for k in range(100_000):
+                    await engine.send(s.session_id, s.token, f"ack {i} {k}")
+                    print("A", s.session_id, k, flush=True)
+            await asyncio.gather(*(user(i) for i in range(8)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_every_acknowledged_message_survives_sigkill(tmp_path):
+    rng = random.Random(11)
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SESSION_CONSOLE_MASTER_KEY", None)
+    acked: dict[str, int] = {}
+    tokens: dict[str, str] = {}
+    for run in range(10):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(data_dir), str(run)],
+            stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        )
+        assert child.stdout is not None
+        lines_wanted = rng.randint(20, 400)
+        for _ in range(lines_wanted):
+            line = child.stdout.readline()
+            if not line:
+                break
+            kind, session_id, value = line.split()
+            if kind == "S":
+                tokens[session_id] = value
+            else:
+                acked[session_id] = max(acked.get(session_id, -1), int(value))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL, f"run {run} ended on its own"
+
+    async def check() -> None:
+        config = EngineConfig(data_dir=data_dir, context_max_messages=10_000)
+        async with Engine(config) as engine:
+            for session_id, last in acked.items():
+                history = await engine.history(session_id, tokens[session_id])
+                contents = {m.content for m in history if m.role == "user"}
+                missing = [k for k in range(last + 1) if not any(
+                    c.endswith(f" {k}") for c in contents
+                )]
+                assert not missing, f"{session_id[:8]} lost acknowledged turns {missing[:5]}"
+
+    assert sum(v + 1 for v in acked.values()) > 100
+    asyncio.run(check())
+    with sqlite3.connect(data_dir / "sessions.db") as db:
+        assert db.execute("pragma integrity_check").fetchone() == ("ok",)
