@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
+
+from cryptography.fernet import Fernet
 
 from engine import validation
 from engine.agents import AgentSpec, bind_history, build_agent, load_agent_specs
@@ -25,6 +28,7 @@ from engine.errors import (
     AuthenticationError,
     EngineClosed,
     EngineError,
+    InvalidInput,
     LLMError,
     PoolTimeout,
     QuotaExceeded,
@@ -53,6 +57,7 @@ from engine.store import (
     Op,
     Prune,
     QuotaEvent,
+    RewrapReport,
     Store,
     StoreStats,
     TokenUpdate,
@@ -387,6 +392,30 @@ class Engine:
             TokenUpdate(session.session_id, record.token_hash, record.issued_at, record.expires_at)
         )
         return True
+
+    async def rotate_master_key(self, new_key: bytes | None = None) -> RewrapReport:
+        """Re-wrap every session key under a new master key; message ciphertext is untouched.
+
+        The key file first holds the new key and the old ones, so a crash mid-way leaves every
+        key readable; once all are re-wrapped it holds the new key alone.
+        """
+        if os.environ.get(self.config.master_key_env):
+            raise InvalidInput(
+                f"master keys come from {self.config.master_key_env}: put a new key first in "
+                "that variable (comma-separated, old keys after it) and restart to rotate"
+            )
+        key_file = self.config.master_key_file
+        ring = self.keyring.rotate(new_key or Fernet.generate_key())
+        await asyncio.to_thread(ring.save, key_file)
+        self._keyring = ring
+        report = await self.store.rewrap_keys(ring.rewrap)
+        for session in self._registry:
+            if session.wrapped_key is not None:
+                session.wrapped_key = ring.rewrap(session.wrapped_key)
+        if not report.failed:
+            self._keyring = ring.drop_old_keys()
+            await asyncio.to_thread(self._keyring.save, key_file)
+        return report
 
     def acknowledge_all(self, severity: str | None = None) -> int:
         return self._monitor.acknowledge_all(severity)  # type: ignore[arg-type]

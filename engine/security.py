@@ -216,6 +216,17 @@ class KeyRing:
         keys = [line.strip() for line in key_file.read_bytes().splitlines() if line.strip()]
         return cls(keys, source=f"key file {key_file}")
 
+    def save(self, key_file: Path) -> None:
+        """Write the ring (primary first) to `key_file` atomically, mode 0o600 throughout."""
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = key_file.with_name(key_file.name + ".new")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(b"".join(key + b"\n" for key in self._keys))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, key_file)
+
     def __repr__(self) -> str:
         return f"KeyRing(fingerprints={self.fingerprints()!r})"
 

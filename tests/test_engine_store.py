@@ -18,6 +18,7 @@ import pytest
 from engine import Engine, errors
 from engine.config import EngineConfig
 from engine.security import KeyRing
+from tests.conftest import INSTANT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,3 +191,30 @@ def test_every_acknowledged_message_survives_sigkill(tmp_path):
     asyncio.run(check())
     with sqlite3.connect(data_dir / "sessions.db") as db:
         assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+
+
+async def test_master_key_rotation_rewraps_keys_not_messages(tmp_path):
+    # Real time: the command runs in another process, which cannot share a manual clock.
+    config = EngineConfig(data_dir=tmp_path / "data", sim=INSTANT)
+    async with Engine(config) as engine:
+        s = await engine.create_session("alice")
+        await engine.send(s.session_id, s.token, "kept across rotation")
+        old_fingerprint = engine.keyring.fingerprints()[0]
+    with sqlite3.connect(config.db_path) as db:
+        before = db.execute("select ciphertext from messages order by seq").fetchall()
+        (wrapped_before,) = db.execute("select wrapped_key from sessions").fetchone()
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "rotate-key", "--data-dir", str(config.data_dir)],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 session keys re-wrapped" in done.stdout
+    with sqlite3.connect(config.db_path) as db:
+        assert db.execute("select ciphertext from messages order by seq").fetchall() == before
+        (wrapped_after,) = db.execute("select wrapped_key from sessions").fetchone()
+    assert wrapped_after != wrapped_before
+    keys = config.master_key_file.read_bytes().split()
+    assert len(keys) == 1 and old_fingerprint not in done.stdout.split("->")[1]
+    async with Engine(config) as engine:  # only the new key is left, and it reads everything
+        history = await engine.history(s.session_id, s.token)
+        assert history[0].content == "kept across rotation"
