@@ -1,0 +1,307 @@
+"""The Session Console: a Textual app that runs the engine in-process and shows it live.
+
+The app reads `engine.snapshot()` on a one-shot timer re-armed after each refresh (so a slow
+refresh never overlaps the next), hands the plain snapshot to the visible view, and skips the
+refresh while paused or while a modal (help, confirm, export, command palette) is open.
+Operator actions go straight to the engine's operator methods: the console is trusted and
+in-process, and never sees or shows a session token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import ModalScreen, Screen
+from textual.timer import Timer
+
+from console.export import write_export
+from console.load import LoadController
+from console.messages import OpenSession
+from console.screens.alerts import AlertsScreen
+from console.screens.base import LiveScreen
+from console.screens.dashboard import DashboardScreen
+from console.screens.detail import SessionDetailScreen
+from console.screens.load import LoadScreen
+from console.screens.modals import ConfirmScreen, ExportScreen, HelpScreen, key_label
+from console.screens.users import UsersScreen
+from engine import Engine, EngineConfig, EngineSnapshot
+from widgets import VirtualTable
+
+log = logging.getLogger(__name__)
+
+REFRESH_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # Hz, stepped by + and -
+DEFAULT_REFRESH_HZ = 2.0
+
+
+class SessionConsole(App[None]):
+    """The console. Give it a config (it opens and closes the engine) or an open engine."""
+
+    TITLE = "Session Console"
+    CSS_PATH = "console.tcss"
+    MODES: ClassVar[dict[str, Any]] = {
+        "dashboard": DashboardScreen,
+        "alerts": AlertsScreen,
+        "users": UsersScreen,
+        "load": LoadScreen,
+    }
+    DEFAULT_MODE = "dashboard"
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (40, "-tall")]
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help"),
+        Binding("p", "toggle_pause", "Pause"),
+        Binding("plus,equals_sign", "faster", "Faster", show=False),
+        Binding("minus", "slower", "Slower", show=False),
+        Binding("r", "refresh_now", "Refresh now", show=False),
+        Binding("e", "export", "Export"),
+        Binding("d", "switch_mode('dashboard')", "Dashboard", show=False),
+        Binding("a", "switch_mode('alerts')", "Alerts"),
+        Binding("u", "switch_mode('users')", "Users"),
+        Binding("l", "switch_mode('load')", "Load"),
+        Binding("escape", "home", "Back to dashboard", show=False),
+        Binding("colon", "command_palette", "Commands", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        engine: Engine | None = None,
+        load_options: Any | None = None,
+        refresh_hz: float = DEFAULT_REFRESH_HZ,
+        export_dir: Path | None = None,
+        start_load: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else Engine(config or EngineConfig())
+        self.export_dir = export_dir or self.engine.config.data_dir / "exports"
+        self.load = LoadController(self.engine, load_options)
+        self._start_load = load_options is not None if start_load is None else start_load
+        self.refresh_hz = refresh_hz
+        self.paused = False
+        self.snapshot: EngineSnapshot | None = None
+        self.refreshes = 0
+        self._engine_ready = False
+        self._refreshing = False
+        self._timer: Timer | None = None
+        self._refresh_failed = False
+        self.last_export: Path | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def on_mount(self) -> None:
+        if self._owns_engine:
+            await self.engine.open()
+        self._engine_ready = True
+        if self._start_load and self.load.ensure() is not None:
+            self.load.start()
+        self.refresh_data(force=True)
+        self._arm()
+
+    async def on_unmount(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        await self.load.stop()
+        if self._owns_engine:
+            await self.engine.close()
+
+    # -- the refresh loop ------------------------------------------------------------------------
+    def _arm(self) -> None:
+        self._timer = self.set_timer(1 / self.refresh_hz, self._on_timer, name="refresh")
+
+    async def _on_timer(self) -> None:
+        if not self.screen_stack:  # shutting down: the screens are gone
+            return
+        try:
+            self.refresh_data()
+        except Exception as exc:  # keep the console alive; say once what went wrong
+            log.exception("console refresh failed")
+            if not self._refresh_failed:
+                self._refresh_failed = True
+                self.notify(f"refresh failed: {type(exc).__name__}: {exc}", severity="error")
+        finally:
+            self._arm()
+
+    @property
+    def modal_open(self) -> bool:
+        return isinstance(self.screen, ModalScreen)
+
+    def refresh_data(self, force: bool = False) -> bool:
+        """Take one snapshot and show it; False when skipped (paused, modal, busy, not ready).
+
+        `force` refreshes even while paused (`r`, and after the operator's own actions)."""
+        if self._refreshing or not self._engine_ready or not self.screen_stack:
+            return False
+        if not force and (self.paused or self.modal_open):
+            return False
+        self._refreshing = True
+        try:
+            snapshot = self.snapshot = self.engine.snapshot()
+            self.refreshes += 1
+            screen = self.screen
+            if isinstance(screen, LiveScreen):
+                with self.batch_update():
+                    screen.show(snapshot)
+                    screen.update_status()
+        finally:
+            self._refreshing = False
+        return True
+
+    def status_text(self, view: str) -> str:
+        state = "PAUSED (p resumes)" if self.paused else f"{self.refresh_hz:g} Hz"
+        load = " · load running" if self.load.running else ""
+        return f"Session Console · {view} · {state}{load} · ? help"
+
+    def _update_status(self) -> None:
+        self.sub_title = "paused" if self.paused else f"{self.refresh_hz:g} Hz"
+        if isinstance(self.screen, LiveScreen):
+            self.screen.update_status()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._update_status()
+        self.notify("Paused: numbers are frozen." if self.paused else "Resumed.", timeout=2)
+
+    def action_faster(self) -> None:
+        self._set_rate(+1)
+
+    def action_slower(self) -> None:
+        self._set_rate(-1)
+
+    def _set_rate(self, step: int) -> None:
+        below = [i for i, hz in enumerate(REFRESH_RATES) if hz <= self.refresh_hz]
+        index = below[-1] if below else 0
+        index = max(0, min(len(REFRESH_RATES) - 1, index + step))
+        self.refresh_hz = REFRESH_RATES[index]
+        if self._timer is not None:
+            self._timer.stop()
+            self._arm()
+        self._update_status()
+
+    def action_refresh_now(self) -> None:
+        self.refresh_data(force=True)
+
+    # -- navigation ------------------------------------------------------------------------------
+    def action_home(self) -> None:
+        if self.current_mode != "dashboard":
+            self.switch_mode("dashboard")
+
+    def on_open_session(self, message: OpenSession) -> None:
+        self.push_screen(SessionDetailScreen(message.session_id))
+
+    def session_exists(self, session_id: str) -> bool:
+        snapshot = self.engine.snapshot()
+        index = getattr(snapshot, "sessions_by_id", None)
+        if index is not None:
+            return session_id in index
+        return any(v.session_id == session_id for v in snapshot.sessions)
+
+    # -- operator actions ------------------------------------------------------------------------
+    def confirm_end_session(self, session_id: str) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._end_session(session_id), group="operator")
+
+        self.push_screen(
+            ConfirmScreen(
+                f"End session {session_id[:8]}…?\n"
+                "Its token stops working and its conversation is destroyed."
+            ),
+            answered,
+        )
+
+    async def _end_session(self, session_id: str) -> None:
+        if await self.engine.operator_end_session(session_id):
+            self.notify(f"Session {session_id[:8]}… ended.")
+        else:
+            self.notify(f"Session {session_id[:8]}… had already ended.", severity="warning")
+        self.refresh_data(force=True)
+
+    def action_export(self) -> None:
+        screen = self.screen
+        if not isinstance(screen, LiveScreen):
+            return
+
+        def chosen(fmt: str | None) -> None:
+            if fmt:
+                self.run_worker(self._export(screen, fmt), group="export")
+
+        self.push_screen(ExportScreen(screen.EXPORT_NAME), chosen)
+
+    async def _export(self, screen: LiveScreen, fmt: str) -> None:
+        rows = screen.export_rows()
+        at = self.snapshot.taken_at if self.snapshot is not None else self.engine.clock.now()
+        try:
+            path = await asyncio.to_thread(
+                write_export, self.export_dir, screen.EXPORT_NAME, rows, fmt, at
+            )
+        except OSError as exc:
+            self.notify(f"Export failed: {exc}", severity="error")
+            return
+        self.last_export = path
+        self.notify(f"Exported {len(rows):,} {screen.EXPORT_NAME} rows to {path}", title="Export")
+
+    # -- help and command palette: both from the Binding lists -----------------------------------
+    def binding_sections(self, screen: Screen[Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+        def rows(bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
+            """One row per binding; the column sorts (`sort(...)`) folded into one row."""
+            out: list[tuple[str, str]] = []
+            sort_keys = []
+            for b in bindings:
+                if not isinstance(b, Binding) or not b.description:
+                    continue
+                if b.action.startswith("sort("):
+                    sort_keys.append(key_label(b.key))
+                else:
+                    out.append((key_label(b.key), b.description))
+            if sort_keys:
+                out.append((" ".join(sort_keys), "Sort by column (id user agent worker age idle "
+                            "msgs tokens errors health state); again reverses; or click a header"))
+            return out
+
+        sections = [(getattr(screen, "VIEW_NAME", "View"), rows(screen.BINDINGS))]
+        if screen.query(VirtualTable):
+            sections.append(("Table", rows(VirtualTable.BINDINGS)))
+        sections.append(("Everywhere", rows(self.BINDINGS)))
+        return sections
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        screen = self.screen
+        self.push_screen(
+            HelpScreen(getattr(screen, "VIEW_NAME", "Console"), self.binding_sections(screen))
+        )
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        seen = set()
+        for target, bindings in ((screen, screen.BINDINGS), (self, self.BINDINGS)):
+            for binding in bindings:
+                if not isinstance(binding, Binding) or not binding.description:
+                    continue
+                if binding.action in seen or binding.action in ("command_palette", "dismiss"):
+                    continue
+                seen.add(binding.action)
+                yield SystemCommand(
+                    binding.description,
+                    f"key: {key_label(binding.key)}",
+                    partial(self._run_command, target, binding.action),
+                )
+
+    def _run_command(self, target: Any, action: str) -> None:
+        self.call_later(self.run_action, action, target)
+
+
+def run_console(engine_config: EngineConfig | None = None, load_options: Any | None = None) -> None:
+    """Open the console on a new engine (blocking); with `load_options`, load starts at once."""
+    SessionConsole(engine_config, load_options=load_options).run()

@@ -1,0 +1,161 @@
+"""Alerts: filter by severity, acknowledge one or all, jump to the session an alert is about."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Footer, Label
+
+from console import format as fmt
+from console.messages import OpenSession
+from console.screens.base import LiveScreen, StatusLine
+from widgets import Column, VirtualTable
+
+if TYPE_CHECKING:
+    from engine import EngineSnapshot
+
+SEVERITIES = (None, "critical", "warning", "info")
+_STYLE = {"critical": "bad", "warning": "warn", "info": None}
+
+ALERT_COLUMNS = (
+    Column("id", "#", 5, "right", priority=5),
+    Column("severity", "SEV", 8, priority=9),
+    Column("rule", "RULE", 14, priority=4),
+    Column("subject", "SUBJECT", 10, priority=3),
+    Column("message", "MESSAGE", 20, flex=True, priority=9),
+    Column("count", "N", 4, "right", priority=2),
+    Column("last", "LAST", 5, "right", priority=6),
+    Column("status", "STATUS", 8, priority=8),
+)
+
+
+def status_of(alert: Any) -> str:
+    if alert.acknowledged:
+        return "acked"
+    if alert.resolved_at is not None:
+        return "resolved"
+    return "open"
+
+
+def alert_record(alert: Any) -> dict[str, Any]:
+    return {
+        "alert_id": alert.alert_id,
+        "severity": alert.severity,
+        "rule": alert.rule,
+        "subject": alert.subject or "",
+        "message": alert.message,
+        "count": alert.count,
+        "first_at": alert.first_at,
+        "last_at": alert.last_at,
+        "status": status_of(alert),
+    }
+
+
+class AlertsScreen(LiveScreen):
+    VIEW_NAME = "Alerts"
+    EXPORT_NAME = "alerts"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "cycle_severity", "Severity"),
+        Binding("A", "acknowledge", "Ack"),
+        Binding("ctrl+a", "acknowledge_all", "Ack all"),
+        Binding("enter", "jump", "Go to session"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.severity: str | None = None
+        self._now = 0.0
+        self._alerts: tuple[Any, ...] = ()
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        yield Label("Alerts", id="alerts-view-title")
+        yield VirtualTable(
+            ALERT_COLUMNS,
+            row_key=lambda a: str(a.alert_id),
+            render_row=self._render_row,
+            empty_text="no alerts",
+            id="alerts-table",
+        )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.table.focus()
+
+    @property
+    def table(self) -> VirtualTable[Any]:
+        return self.query_one("#alerts-table", VirtualTable)
+
+    def show(self, snapshot: EngineSnapshot) -> None:
+        self._now = snapshot.taken_at
+        self._alerts = snapshot.monitor.alerts
+        rows = [a for a in self._alerts if self.severity in (None, a.severity)]
+        self.table.set_rows(rows)
+        m = snapshot.monitor
+        dropped = f" · {m.alerts_dropped} dropped (oldest)" if m.alerts_dropped else ""
+        self.query_one("#alerts-view-title", Label).update(
+            f"Alerts {len(rows)} shown · {m.alerts_unacknowledged} unacknowledged"
+            f" · severity {self.severity or 'all'}{dropped}"
+        )
+
+    def _render_row(self, alert: Any) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+        status = status_of(alert)
+        done = status != "open"
+        cells = (
+            str(alert.alert_id),
+            alert.severity,
+            alert.rule,
+            (alert.subject or "engine")[:36],
+            alert.message,
+            str(alert.count),
+            fmt.duration(self._now - alert.last_at),
+            status,
+        )
+        sev = "dim" if done else _STYLE.get(alert.severity)
+        styles = ("dim", sev, None, None, "dim" if done else None, None, "dim", sev)
+        return cells, styles
+
+    def export_rows(self) -> list[dict[str, Any]]:
+        return [alert_record(a) for a in self.table.rows]
+
+    def _reshow(self) -> None:
+        snapshot = self.console.snapshot
+        if snapshot is not None:
+            self.show(snapshot)
+
+    def action_cycle_severity(self) -> None:
+        self.severity = SEVERITIES[(SEVERITIES.index(self.severity) + 1) % len(SEVERITIES)]
+        self._reshow()
+
+    def action_acknowledge(self) -> None:
+        alert = self.table.cursor_row
+        if alert is None:
+            return
+        if self.console.engine.acknowledge_alert(alert.alert_id):
+            self.notify(f"Alert {alert.alert_id} acknowledged.")
+        self.console.refresh_data(force=True)
+
+    def action_acknowledge_all(self) -> None:
+        done = self.console.engine.acknowledge_all(self.severity)
+        self.notify(f"Acknowledged {done} {self.severity or ''} alert(s).".replace("  ", " "))
+        self.console.refresh_data(force=True)
+
+    def on_virtual_table_row_selected(self, event: VirtualTable.RowSelected) -> None:
+        event.stop()
+        self.action_jump()
+
+    def action_jump(self) -> None:
+        alert = self.table.cursor_row
+        if alert is None:
+            return
+        subject = alert.subject
+        if subject and self.console.session_exists(subject):
+            self.post_message(OpenSession(subject))
+        elif subject:
+            self.notify(f"{subject!r} is not a live session (this alert is about a user, an "
+                        "agent type, or a session that has ended).", severity="warning")
+        else:
+            self.notify("This alert is engine-wide: no session to show.")

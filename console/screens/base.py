@@ -1,0 +1,56 @@
+"""What every live view shares: a status line, and `show(snapshot)` called by the refresh loop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from textual.screen import Screen
+from textual.widgets import Static
+
+if TYPE_CHECKING:
+    from console.app import SessionConsole
+    from engine import EngineSnapshot
+
+
+class StatusLine(Static):
+    """Title, view, refresh rate, and a visible PAUSED mark so frozen numbers never surprise."""
+
+    DEFAULT_CSS = """
+    StatusLine { height: 1; background: $panel; color: $text; padding: 0 1; }
+    StatusLine.-paused { background: $warning; color: $text; text-style: bold; }
+    """
+    shown_text = ""
+
+
+class LiveScreen(Screen[None]):
+    """A view the app feeds with each engine snapshot while it is the visible screen."""
+
+    VIEW_NAME: ClassVar[str] = "view"
+    EXPORT_NAME: ClassVar[str] = "view"
+
+    @property
+    def console(self) -> SessionConsole:
+        return cast("SessionConsole", self.app)
+
+    def show(self, snapshot: EngineSnapshot) -> None:
+        """Update the widgets from `snapshot` (called inside `App.batch_update`)."""
+
+    def export_rows(self) -> list[dict[str, Any]]:
+        """The view's current rows as plain records, for `e` (export)."""
+        return []
+
+    def update_status(self) -> None:
+        console = self.console
+        text = console.status_text(self.VIEW_NAME)
+        for line in self.query(StatusLine):
+            if line.shown_text != text:
+                line.shown_text = text
+                line.update(text, layout=False)  # one line, full width: no layout pass
+            line.set_class(console.paused, "-paused")
+
+    def on_screen_resume(self) -> None:
+        """Coming back to a view shows the latest data at once, not at the next tick."""
+        snapshot = self.console.snapshot
+        if snapshot is not None:
+            self.show(snapshot)
+        self.update_status()

@@ -1,0 +1,351 @@
+"""The dashboard: global figures, the sessions table, pools, quota gauges and alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input, Label
+
+from console import format as fmt
+from console.messages import OpenSession
+from console.screens.base import LiveScreen, StatusLine
+from console.sessions_model import COLUMNS, SessionsModel
+from widgets import (
+    AlertList,
+    AlertRow,
+    BarList,
+    BarRow,
+    Figure,
+    FigureStrip,
+    GaugeList,
+    GaugeRow,
+    VirtualTable,
+)
+
+if TYPE_CHECKING:
+    from engine import EngineSnapshot
+
+HEALTH_WARN = 80
+HEALTH_BAD = 50
+DASHBOARD_ALERTS = 8
+DASHBOARD_QUOTAS = 6
+SPARK_SECONDS = 180  # "the last minutes"
+
+# Shift+letter sorts by a column, as in k9s; the same key again reverses.
+SORT_BINDINGS = (
+    ("I", "id"), ("U", "user"), ("T", "agent"), ("W", "worker"), ("A", "age"), ("L", "idle"),
+    ("M", "messages"), ("K", "tokens"), ("E", "errors"), ("H", "health"), ("S", "state"),
+)
+
+
+def set_text(label: Label, text: str) -> None:
+    """Update a one-line, full-width label only when its text changed, without a layout pass."""
+    if str(label.content) != text:
+        label.update(text, layout=False)
+
+
+def health_style(health: int) -> str:
+    if health < HEALTH_BAD:
+        return "bad"
+    if health < HEALTH_WARN:
+        return "warn"
+    return "ok"
+
+
+def session_record(view: Any, now: float) -> dict[str, Any]:
+    """One session as an exported record: the table's columns, no content, no secrets."""
+    return {
+        "session_id": view.session_id,
+        "user_id": view.user_id,
+        "tier": view.tier,
+        "agent_type": view.agent_type,
+        "worker": view.worker,
+        "age_s": round(now - view.created_at, 3),
+        "idle_s": round(now - view.last_active_at, 3),
+        "messages": view.messages,
+        "turns": view.turns,
+        "tokens": view.tokens,
+        "errors": view.errors,
+        "health": view.health,
+        "health_reasons": "; ".join(view.health_reasons),
+        "state": view.state,
+    }
+
+
+def figures(snapshot: EngineSnapshot) -> list[Figure]:
+    m = snapshot.monitor
+    lat = m.latency
+    return [
+        Figure(
+            "sessions", "Sessions", f"{len(snapshot.sessions):,}", sub=f"users {snapshot.users:,}"
+        ),
+        Figure("turns", "Turns/s", fmt.rate(m.turns_rate), _series(m.turns_per_s)),
+        Figure("tokens", "Tokens/s", fmt.rate(m.tokens_rate), _series(m.tokens_per_s)),
+        Figure(
+            "errors", "Errors/s", fmt.rate(m.errors_rate), _series(m.errors_per_s),
+            level="bad" if m.errors_rate >= 1 else "warn" if m.errors_rate > 0 else None,
+        ),
+        Figure(
+            "latency", "p50", fmt.latency(lat.p50),
+            sub=f"p95 {fmt.latency(lat.p95)} p99 {fmt.latency(lat.p99)}",
+        ),
+    ]
+
+
+def _series(values: Sequence[float]) -> tuple[float, ...]:
+    """The last minutes, without the second still in progress."""
+    return tuple(values[-SPARK_SECONDS - 1 : -1])
+
+
+def pool_rows(pools: Iterable[Any]) -> tuple[list[BarRow], list[BarRow]]:
+    """Pool occupancy summed per agent type and per worker."""
+    by_type: dict[str, list[int]] = {}
+    by_worker: dict[str, list[int]] = {}
+    for pool in pools:
+        for key, table in ((pool.agent_type, by_type), (pool.worker, by_worker)):
+            totals = table.setdefault(key, [0, 0, 0, 0])
+            totals[0] += pool.in_use
+            totals[1] += pool.idle
+            totals[2] += pool.waiting
+            totals[3] += pool.max_size
+    return (
+        [BarRow(name, *totals) for name, totals in sorted(by_type.items())],
+        [BarRow(name, *totals) for name, totals in sorted(by_worker.items())],
+    )
+
+
+def worker_notes(workers: Iterable[Any]) -> dict[str, str]:
+    notes = {}
+    for worker in workers:
+        sessions = worker.sessions if isinstance(worker.sessions, int) else len(worker.sessions)
+        moves = worker.moves_in + worker.moves_out
+        draining = " draining" if worker.draining else ""
+        notes[worker.worker_id] = f"{fmt.count(sessions)} sess, {moves} moves{draining}"
+    return notes
+
+
+def quota_rows(quotas: Iterable[Any], now: float, limit: int) -> list[GaugeRow]:
+    rows = []
+    for quota in list(quotas)[:limit]:
+        worst = max(quota.usage, key=lambda u: u.percent, default=None)
+        if worst is None:
+            continue
+        rows.append(
+            GaugeRow(
+                f"{quota.user_id} {worst.resource}",
+                worst.percent,
+                f"reset {fmt.duration(worst.reset_in_s)}",
+            )
+        )
+    return rows
+
+
+def alert_rows(alerts: Iterable[Any], now: float, limit: int | None = None) -> list[AlertRow]:
+    rows = [
+        AlertRow(
+            a.severity,
+            a.message,
+            (f"x{a.count} " if a.count > 1 else "") + f"{fmt.duration(now - a.last_at)} ago",
+            a.acknowledged or a.resolved_at is not None,
+        )
+        for a in alerts
+    ]
+    return rows if limit is None else rows[:limit]
+
+
+class DashboardScreen(LiveScreen):
+    VIEW_NAME = "Dashboard"
+    EXPORT_NAME = "sessions"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open_session", "Detail", show=True),
+        Binding("slash", "filter", "Filter"),
+        Binding("ctrl+z,z", "toggle_unhealthy", "Unhealthy"),
+        Binding("ctrl+d", "end_session", "End session"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+        *(
+            Binding(key, f"sort('{column}')", f"Sort by {column}", show=False)
+            for key, column in SORT_BINDINGS
+        ),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = SessionsModel()
+        self._now = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        yield FigureStrip(
+            [Figure("sessions", "Sessions", "-"), Figure("turns", "Turns/s", "-", ()),
+             Figure("tokens", "Tokens/s", "-", ()), Figure("errors", "Errors/s", "-", ()),
+             Figure("latency", "p50", "-")],
+            id="figures",
+        )
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield Label("Sessions", id="table-title")
+                yield VirtualTable(
+                    COLUMNS,
+                    row_key=lambda v: v.session_id,
+                    render_row=self._render_row,
+                    empty_text="no live sessions",
+                    id="sessions",
+                )
+                yield Input(placeholder="user:alice  id:3fa9  state:busy  health<60", id="filter")
+            with Vertical(id="side"):
+                with Vertical(classes="box", id="pools-box"):
+                    yield Label("Pools  in use/idle/max", classes="box-title")
+                    yield BarList(id="pools")
+                    yield BarList(id="workers")
+                with Vertical(classes="box", id="quotas-box"):
+                    yield Label("Quotas nearest their limits", classes="box-title")
+                    yield GaugeList(id="quotas")
+                with Vertical(classes="box", id="alerts-box"):
+                    yield Label("Alerts", classes="box-title", id="alerts-title")
+                    yield AlertList(id="alerts")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).display = False
+        self.table.focus()
+
+    @property
+    def table(self) -> VirtualTable[Any]:
+        return self.query_one("#sessions", VirtualTable)
+
+    # -- refresh ---------------------------------------------------------------------------------
+    def show(self, snapshot: EngineSnapshot) -> None:
+        self._now = snapshot.taken_at
+        model = self.model
+        if model.update(snapshot.sessions, getattr(snapshot, "sessions_by_id", None)):
+            self.table.set_rows(model.rows)
+        else:
+            self.table.refresh_rows()
+        self._show_title()
+        self.query_one(FigureStrip).update(figures(snapshot))
+        types, workers = pool_rows(snapshot.pools)
+        notes = worker_notes(snapshot.workers)
+        self.query_one("#pools", BarList).set_rows(types)
+        self.query_one("#workers", BarList).set_rows(
+            [BarRow(r.label, r.in_use, r.idle, r.waiting, r.maximum,
+                    f"{r.in_use}/{r.idle}/{r.maximum} {notes.get(r.label, '')}".rstrip())
+             for r in workers]
+        )
+        self.query_one("#quotas", GaugeList).set_rows(
+            quota_rows(snapshot.quotas, snapshot.taken_at, DASHBOARD_QUOTAS)
+        )
+        m = snapshot.monitor
+        open_alerts = [a for a in m.alerts if not a.acknowledged and a.resolved_at is None]
+        set_text(self.query_one("#alerts-title", Label),
+                 f"Alerts  {m.alerts_unacknowledged} unacknowledged")
+        self.query_one("#alerts", AlertList).set_rows(
+            alert_rows(open_alerts or m.alerts, snapshot.taken_at, DASHBOARD_ALERTS)
+        )
+
+    def _show_title(self) -> None:
+        model = self.model
+        shown = len(model.rows)
+        total = f"{shown:,} of {model.total:,}" if shown != model.total else f"{model.total:,}"
+        set_text(self.query_one("#table-title", Label), f"Sessions {total} · {model.describe()}")
+        self.table.set_sort_indicator(model.sort, model.reverse)
+
+    def _render_row(self, view: Any) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+        live = self.model.current(view)
+        now = self._now
+        if live is None:  # ended since the last reorder; it goes at the next one
+            cells = (view.session_id[:8], view.user_id, view.agent_type or "-", view.worker,
+                     "", "", "", "", "", "", "ended")
+            return cells, ("dim",) * len(cells)
+        v = live
+        cells = (
+            v.session_id[:8],
+            v.user_id,
+            v.agent_type or "-",
+            v.worker,
+            fmt.duration(now - v.created_at),
+            fmt.duration(now - v.last_active_at),
+            str(v.messages),
+            fmt.count(v.tokens),
+            str(v.errors),
+            str(v.health),
+            v.state,
+        )
+        styles = (
+            "dim", None, None, "dim", "dim", None, None, None,
+            "bad" if v.errors else "dim", health_style(v.health),
+            "warn" if v.state == "busy" else None,
+        )
+        return cells, styles
+
+    def export_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for view in self.model.rows:
+            live = self.model.current(view)
+            if live is not None:
+                rows.append(session_record(live, self._now))
+        return rows
+
+    # -- actions ---------------------------------------------------------------------------------
+    def _reshow(self) -> None:
+        """Apply a sort or filter change now, even when paused (it is the operator's own act)."""
+        snapshot = self.console.snapshot
+        if snapshot is not None:
+            self.show(snapshot)
+        else:
+            self._show_title()
+
+    def action_sort(self, column: str) -> None:
+        self.model.sort_by(column)
+        self._reshow()
+
+    def on_virtual_table_header_clicked(self, event: VirtualTable.HeaderClicked) -> None:
+        event.stop()
+        self.action_sort(event.column)
+
+    def on_virtual_table_row_selected(self, event: VirtualTable.RowSelected) -> None:
+        event.stop()
+        self.post_message(OpenSession(event.key))
+
+    def action_open_session(self) -> None:
+        self.table.action_select()
+
+    def action_toggle_unhealthy(self) -> None:
+        self.model.toggle_unhealthy()
+        self._reshow()
+
+    def action_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        field.display = True
+        field.value = self.model.describe_filter()
+        field.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        try:
+            self.model.set_filter(event.value)
+        except ValueError as exc:
+            self.notify(str(exc), title="Filter", severity="error")
+            return
+        event.input.display = bool(event.value.strip())
+        self.table.focus()
+        self._reshow()
+
+    def action_clear_filter(self) -> None:
+        field = self.query_one("#filter", Input)
+        if not field.display and not self.model.filter:
+            return
+        field.value = ""
+        field.display = False
+        self.model.set_filter("")
+        self.table.focus()
+        self._reshow()
+
+    def action_end_session(self) -> None:
+        key = self.table.cursor_key
+        if key is not None:
+            self.console.confirm_end_session(key)
