@@ -1,7 +1,8 @@
 """Engine core throughput and cost figures, printed as JSON.
 
 Run: .venv/bin/python benchmarks/engine_ops.py [--sessions 100000]
-Uses the in-process stand-in model, so figures are the engine's own cost.
+Uses the `sim` backend with zero latency through real praisonaiagents Agents, pools sized to
+the concurrency, and the SQLite store with durable acknowledgements (the shipped defaults).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import Engine, EngineConfig
 from engine.clock import ManualClock
+from engine.config import SimSettings
 from engine.quotas import QuotaLimit, QuotaManager
 from engine.ratelimit import RateLimit
 
@@ -33,9 +35,21 @@ UNLIMITED = {
 }
 
 
+def big_pools(folder: Path, size: int = 1000) -> Path:
+    path = folder / "agents.toml"
+    path.write_text(
+        f'[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
+        f'model = "sim-assistant"\nmin_instances = 0\nmax_instances = {size}\n'
+    )
+    return path
+
+
 def config(data_dir: Path, **overrides) -> EngineConfig:
     return EngineConfig(
         data_dir=data_dir,
+        agent_types_file=big_pools(data_dir),
+        workers=1,
+        sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1),
         tiers=UNLIMITED,
         default_tier="unlimited",
         session_rate=RateLimit(1e9, 10**9),
@@ -131,8 +145,8 @@ async def main() -> None:
         q10k = bench_quota_check(10_000)
         figures = {
             "create_session_per_s": await bench_create(data_dir, 20_000),
-            "send_per_s_full_path_standin_100_concurrent": await bench_send(data_dir, 100, 50),
-            "send_per_s_full_path_standin_1000_concurrent": await bench_send(data_dir, 1000, 10),
+            "send_per_s_full_path_100_concurrent": await bench_send(data_dir, 100, 50),
+            "send_per_s_full_path_1000_concurrent": await bench_send(data_dir, 1000, 10),
             "quota_check_per_s_100_events_in_window": q100,
             "quota_check_per_s_10000_events_in_window": q10k,
             "quota_check_ratio_100_vs_10000": round(q100 / q10k, 3),
