@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ os.environ.setdefault("PRAISONAI_TELEMETRY_DISABLED", "true")
 
 from praisonaiagents import Agent
 
+PACKAGED_TYPES = Path(__file__).with_name("agents.toml")
 REQUIRED = ("role", "goal", "backstory", "instructions", "model")
 
 
@@ -37,12 +37,10 @@ class AgentSpec:
 
 def load_agent_specs(path: Path | None = None) -> dict[str, AgentSpec]:
     """Agent types from a TOML file; the packaged `agents.toml` when no path is given."""
-    source = str(path) if path else "engine/agents.toml"
+    path = path or PACKAGED_TYPES
+    source = str(path)
     try:
-        text = path.read_text() if path else resources.files("engine").joinpath(
-            "agents.toml"
-        ).read_text()
-        table = tomllib.loads(text)
+        table = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"cannot read agent types from {source}: {exc}") from None
     specs = {name: _spec(name, fields, source) for name, fields in table.items()}
@@ -71,9 +69,22 @@ def _spec(name: str, fields: Any, source: str) -> AgentSpec:
     return spec
 
 
+class SessionAgent(Agent):
+    """An Agent whose conversation the engine persists itself (encrypted, in its own store).
+
+    praisonaiagents 1.7.17 hands `_persist_message` to a worker thread twice per turn even when,
+    as here, no DB and no session store are configured and the call does nothing: two thread
+    hops per turn for no effect. Skipping them is measured in benchmarks/agent_turns.py.
+    """
+
+    async def _apersist_message(self, *args: Any, **kwargs: Any) -> None:
+        if self._db is not None or self._session_store is not None:
+            await super()._apersist_message(*args, **kwargs)
+
+
 def build_agent(spec: AgentSpec, model: Any) -> Agent:
     """A praisonaiagents Agent whose model is `model` (an adapter with get_response_async)."""
-    agent = Agent(
+    agent = SessionAgent(
         name=spec.name,
         role=spec.role,
         goal=spec.goal,

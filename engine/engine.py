@@ -696,9 +696,11 @@ class Engine:
 
     # -- views and quotas ------------------------------------------------------------------------
     def _observe_quotas(self, user_id: str) -> None:
+        highest = 0.0
         for usage in self._quotas.usage(user_id):
             self._monitor.observe_quota(user_id, usage.resource, usage.percent)
-        if self._quotas.highest_percent(user_id) >= self.config.quota_watch_percent:
+            highest = max(highest, usage.percent)
+        if highest >= self.config.quota_watch_percent:
             self._quota_watch.add(user_id)
 
     def _hot_quotas(self) -> tuple[QuotaView, ...]:
