@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
@@ -32,6 +33,24 @@ SESSIONS_PER_USER = 5
 CHURN = 200  # sessions taking a turn between two ticks
 TICK_S = 0.5  # ticks are paced at the console's default 2 Hz, so its reorder throttle sees 2 Hz
 TARGET_MS = 30.0
+
+
+class GcTimer:
+    """Thread CPU spent in the garbage collector, so its rare full passes can be told apart."""
+
+    def __init__(self) -> None:
+        self.total_ms = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.total_ms += (time.thread_time() - self._started) * 1000
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -61,7 +80,9 @@ async def measure(sessions: int, ticks: int, data_dir: Path) -> dict[str, object
         setup_s = time.perf_counter() - started
         app = SessionConsole(engine=engine, refresh_hz=0.25)  # the benchmark drives ticks
         tick_ms: list[float] = []
+        gc_ms: list[float] = []
         snapshot_ms: list[float] = []
+        gc_timer = GcTimer()
         async with app.run_test(size=TERMINAL) as pilot:
             await pilot.pause()
             table = app.screen.table
@@ -77,18 +98,23 @@ async def measure(sessions: int, ticks: int, data_dir: Path) -> dict[str, object
                 t0 = time.thread_time()
                 engine.snapshot()
                 t1 = time.thread_time()
+                gc_before = gc_timer.total_ms
                 app.refresh_data(force=True)
                 await pilot.pause()  # the repaint the refresh caused
                 t2 = time.thread_time()
                 if tick >= 2:  # the first ticks warm caches and imports
                     snapshot_ms.append((t1 - t0) * 1000)
                     tick_ms.append((t2 - t1) * 1000)
+                    gc_ms.append(gc_timer.total_ms - gc_before)
             reorders = app.screen.model.reorders
             rows_rendered = len(table.visible_rows())
+        gc_timer.close()
     return {
         "sessions": sessions,
         "ticks": len(tick_ms),
         "cpu_ms_per_tick": summary(tick_ms),
+        "cpu_ms_per_tick_without_gc": summary([t - g for t, g in zip(tick_ms, gc_ms, strict=True)]),
+        "gc_ms_in_ticks": round(sum(gc_ms), 1),
         "of_which_snapshot_ms": summary(snapshot_ms),
         "reorders": reorders,
         "rows_on_screen": rows_rendered,

@@ -199,11 +199,7 @@ class SessionConsole(App[None]):
         self.push_screen(SessionDetailScreen(message.session_id))
 
     def session_exists(self, session_id: str) -> bool:
-        snapshot = self.engine.snapshot()
-        index = getattr(snapshot, "sessions_by_id", None)
-        if index is not None:
-            return session_id in index
-        return any(v.session_id == session_id for v in snapshot.sessions)
+        return self.engine.inspect(session_id) is not None
 
     # -- operator actions ------------------------------------------------------------------------
     def confirm_end_session(self, session_id: str) -> None:

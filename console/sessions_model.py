@@ -19,7 +19,7 @@ from widgets import Column
 
 # At or below this many sessions every changed snapshot is reordered (deterministic for tests).
 THROTTLE_ABOVE = 20_000
-REORDER_SHARE = 0.03  # of wall time, for tables above THROTTLE_ABOVE
+REORDER_SHARE = 0.015  # of wall time, above THROTTLE_ABOVE: ~1 reorder/s at 100k sessions
 HEALTHY = 100  # below this a session has at least one health reason: "unhealthy" for the toggle
 
 

@@ -35,8 +35,8 @@ class Move:
 class WorkerView:
     worker_id: str
     capacity: float
-    sessions: frozenset[str]
-    busy: frozenset[str]
+    sessions: int  # counts, not ids: a snapshot at 100k sessions must stay cheap
+    busy: int
     load: float  # sessions / capacity
     moves_in: int
     moves_out: int
@@ -67,8 +67,8 @@ class Worker:
         return WorkerView(
             worker_id=self.worker_id,
             capacity=self.capacity,
-            sessions=frozenset(self.sessions),
-            busy=frozenset(self.busy),
+            sessions=len(self.sessions),
+            busy=len(self.busy),
             load=self.load,
             moves_in=self.moves_in,
             moves_out=self.moves_out,
@@ -118,6 +118,10 @@ class Balancer:
     @property
     def rebalance_runs(self) -> int:
         return self._rebalance_runs
+
+    def sessions_on(self, worker_id: str) -> tuple[str, ...]:
+        """The ids placed on a worker, oldest placement first."""
+        return tuple(self._workers[worker_id].sessions)
 
     # --- sessions ------------------------------------------------------------------------
 

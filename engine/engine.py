@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 from cryptography.fernet import Fernet
@@ -162,6 +163,7 @@ class EngineSnapshot:
 
     taken_at: float
     sessions: tuple[SessionView, ...]
+    sessions_by_id: Mapping[str, SessionView]
     users: int
     quotas: tuple[QuotaView, ...]
     monitor: MonitorSnapshot
@@ -451,9 +453,11 @@ class Engine:
         return len(expired)
 
     def snapshot(self) -> EngineSnapshot:
+        views = MappingProxyType(dict(self._views))
         return EngineSnapshot(
             taken_at=self.clock.now(),
-            sessions=tuple(self._views.values()),
+            sessions=tuple(views.values()),
+            sessions_by_id=views,
             users=self._registry.users(),
             quotas=self._hot_quotas(),
             monitor=self._monitor.snapshot(),

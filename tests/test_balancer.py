@@ -15,13 +15,13 @@ from engine.errors import InvalidInput
 
 
 def counts(balancer: Balancer) -> dict[str, int]:
-    return {view.worker_id: len(view.sessions) for view in balancer.snapshot()}
+    return {view.worker_id: view.sessions for view in balancer.snapshot()}
 
 
 def shares(balancer: Balancer) -> dict[str, Fraction]:
     """Each active worker's exact share of all sessions, computed independently of the code."""
     active = [v for v in balancer.snapshot() if not v.draining]
-    total = sum(len(v.sessions) for v in balancer.snapshot())
+    total = sum(v.sessions for v in balancer.snapshot())
     cap_sum = sum(Fraction(v.capacity) for v in active)
     return {v.worker_id: total * Fraction(v.capacity) / cap_sum for v in active}
 
@@ -166,7 +166,7 @@ def test_remove_worker_moves_idle_sessions_and_drains_busy_ones():
     moved: list[Move] = []
     balancer = Balancer(3, on_move=moved.append)
     assign_many(balancer, 9)
-    busy = min({v.worker_id: v for v in balancer.snapshot()}["w1"].sessions)
+    busy = min(balancer.sessions_on("w1"))
     balancer.mark_busy(busy, True)
 
     moves = balancer.remove_worker("w1")
@@ -175,7 +175,7 @@ def test_remove_worker_moves_idle_sessions_and_drains_busy_ones():
     assert {m.from_worker for m in moves} == {"w1"}
     assert {m.to_worker for m in moves} <= {"w0", "w2"}
     view = {v.worker_id: v for v in balancer.snapshot()}["w1"]
-    assert view.draining and view.sessions == {busy}
+    assert view.draining and balancer.sessions_on("w1") == (busy,) and view.sessions == 1
     assert balancer.assign("new") != "w1"
     with pytest.raises(InvalidInput, match="being removed"):
         balancer.set_capacity("w1", 2)
@@ -233,7 +233,7 @@ def test_snapshot_is_frozen_and_reports_load():
     assign_many(balancer, 3)
     (view,) = balancer.snapshot()
     assert isinstance(view, WorkerView)
-    assert view.load == 1.5 and len(view.sessions) == 3
+    assert view.load == 1.5 and view.sessions == 3
     with pytest.raises(AttributeError):
         view.load = 0  # type: ignore[misc]
 

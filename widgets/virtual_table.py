@@ -128,6 +128,7 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.columns = tuple(columns)
+        self._cell_index = {c.key: i for i, c in enumerate(self.columns)}
         self._row_key = row_key
         self._render_row = render_row
         self.empty_text = empty_text
@@ -342,13 +343,12 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
             base = base + self.get_component_rich_style("virtual-table--cursor")
         segments: list[Segment] = []
         gap = Segment(" " * _GAP, base)
-        index_of = {c.key: i for i, c in enumerate(self.columns)}
         used = 0
         for n, (column, w) in enumerate(layout):
             if n:
                 segments.append(gap)
                 used += _GAP
-            i = index_of[column.key]
+            i = self._cell_index[column.key]
             text = cells[i] if i < len(cells) else ""
             style_name = styles[i] if styles is not None and i < len(styles) else None
             style: Style = base

@@ -140,7 +140,8 @@ class AlertsScreen(LiveScreen):
 
     def action_acknowledge_all(self) -> None:
         done = self.console.engine.acknowledge_all(self.severity)
-        self.notify(f"Acknowledged {done} {self.severity or ''} alert(s).".replace("  ", " "))
+        which = f"{self.severity} " if self.severity else ""
+        self.notify(f"Acknowledged {done} {which}alert(s).")
         self.console.refresh_data(force=True)
 
     def on_virtual_table_row_selected(self, event: VirtualTable.RowSelected) -> None:

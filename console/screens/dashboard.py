@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
@@ -121,7 +122,7 @@ def pool_rows(pools: Iterable[Any]) -> tuple[list[BarRow], list[BarRow]]:
 def worker_notes(workers: Iterable[Any]) -> dict[str, str]:
     notes = {}
     for worker in workers:
-        sessions = worker.sessions if isinstance(worker.sessions, int) else len(worker.sessions)
+        sessions = worker.sessions
         moves = worker.moves_in + worker.moves_out
         draining = " draining" if worker.draining else ""
         notes[worker.worker_id] = f"{fmt.count(sessions)} sess, {moves} moves{draining}"
@@ -191,7 +192,7 @@ class DashboardScreen(LiveScreen):
                 yield Label("Sessions", id="table-title")
                 yield VirtualTable(
                     COLUMNS,
-                    row_key=lambda v: v.session_id,
+                    row_key=attrgetter("session_id"),
                     render_row=self._render_row,
                     empty_text="no live sessions",
                     id="sessions",
@@ -222,7 +223,7 @@ class DashboardScreen(LiveScreen):
     def show(self, snapshot: EngineSnapshot) -> None:
         self._now = snapshot.taken_at
         model = self.model
-        if model.update(snapshot.sessions, getattr(snapshot, "sessions_by_id", None)):
+        if model.update(snapshot.sessions, snapshot.sessions_by_id):
             self.table.set_rows(model.rows)
         else:
             self.table.refresh_rows()

@@ -14,7 +14,7 @@ from textual.widgets import Footer, Label, Static
 
 from console import format as fmt
 from console.screens.base import LiveScreen, StatusLine
-from console.screens.dashboard import alert_rows, health_style
+from console.screens.dashboard import alert_rows, health_style, session_record
 from widgets import AlertList, GaugeList, GaugeRow
 
 if TYPE_CHECKING:
@@ -178,8 +178,6 @@ class SessionDetailScreen(LiveScreen):
 
     def export_rows(self) -> list[dict[str, Any]]:
         """Metadata and counters only: the conversation never leaves the engine unencrypted."""
-        from console.screens.dashboard import session_record
-
         detail, snapshot = self.detail, self.console.snapshot
         if detail is None or snapshot is None:
             return []

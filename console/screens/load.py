@@ -94,7 +94,9 @@ class LoadScreen(LiveScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        options = self.console.load.options
+        load = self.console.load
+        load.ensure()  # creates the generator's default options when none were given
+        options = load.options
         self.users = int(getattr(options, "users", 0) or 0)
         self.spawn_rate = float(getattr(options, "spawn_rate", 0.0) or 0.0)
         self.query_one("#load-users", Input).value = str(self.users)

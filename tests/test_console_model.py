@@ -1,0 +1,151 @@
+"""The sessions table's data half: filter syntax, sort keys, throttled reorders, live values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+
+import console.sessions_model as model_module
+from console.format import count, duration, latency, redact
+from console.sessions_model import SessionFilter, SessionsModel
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    session_id: str
+    user_id: str
+    agent_type: str = "assistant"
+    worker: str = "w0"
+    state: str = "idle"
+    created_at: float = 0.0
+    last_active_at: float = 0.0
+    messages: int = 0
+    tokens: int = 0
+    errors: int = 0
+    health: int = 100
+
+
+def views(n: int) -> tuple[View, ...]:
+    return tuple(
+        View(f"{i:04x}", f"user{i % 7}", created_at=float(i), last_active_at=float(n - i),
+             tokens=(i * 37) % 101, health=100 - (i % 5) * 10, state="busy" if i % 3 else "idle")
+        for i in range(n)
+    )
+
+
+def test_filter_terms_combine():
+    f = SessionFilter.parse("user:User3 state:busy health<80")
+    assert (f.user, f.state, f.health_below) == ("user3", "busy", 80)
+    rows = [v for v in views(60) if f.predicate()(v)]
+    assert rows and all(
+        v.user_id == "user3" and v.state == "busy" and v.health < 80 for v in rows
+    )
+
+
+def test_bare_word_matches_user_or_id_prefix():
+    match = SessionFilter.parse("002").predicate()
+    assert [v.session_id for v in views(64) if match(v)] == [f"{i:04x}" for i in range(32, 48)]
+    assert SessionFilter.parse("user6").predicate()(View("ffff", "user6"))
+
+
+@pytest.mark.parametrize("bad", ["colour:red", "health<lots", "user:"])
+def test_bad_filters_say_what_is_wrong(bad):
+    with pytest.raises(ValueError, match="filter"):
+        SessionFilter.parse(bad)
+
+
+def test_empty_filter_is_false():
+    assert not SessionFilter.parse("   ")
+    assert SessionFilter.parse("h<50")
+
+
+@pytest.mark.parametrize(
+    ("column", "key"),
+    [("user", lambda v: v.user_id), ("tokens", lambda v: v.tokens),
+     ("health", lambda v: v.health), ("age", lambda v: -v.created_at),
+     ("idle", lambda v: -v.last_active_at), ("state", lambda v: v.state)],
+)
+def test_sort_by_each_column_and_reverse(column, key):
+    model = SessionsModel()
+    data = views(200)
+    model.sort_by("id")  # health is the default; start from another column
+    model.sort_by(column)
+    model.update(data)
+    assert model.rows == sorted(data, key=key)
+    model.sort_by(column)
+    model.update(data)
+    assert model.rows == sorted(data, key=key, reverse=True)
+
+
+def test_unknown_sort_column_is_refused():
+    with pytest.raises(ValueError):
+        SessionsModel().sort_by("colour")
+
+
+def test_unchanged_snapshot_is_not_reordered():
+    model = SessionsModel()
+    data = views(50)
+    assert model.update(data)
+    assert not model.update(data)
+    assert not model.update(tuple(data))  # equal content, new tuple
+    assert model.update(data[:-1])
+
+
+def test_large_tables_reorder_at_most_at_their_budget(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(model_module.time, "perf_counter", lambda: now[0])
+    model = SessionsModel(throttle_above=10, share=0.5)
+    data = views(20)
+    assert model.update(data)  # costs 0 s on this clock: next reorder allowed at once
+    now[0] += 0.0
+    changed = (replace(data[0], tokens=999), *data[1:])
+    assert model.update(changed)
+    model._next_reorder_at = now[0] + 1.0  # as if the last reorder cost 0.5 s
+    assert not model.update(data)  # data changed, but within the budget: order kept
+    model.toggle_unhealthy()
+    assert model.update(data)  # the operator's own change applies at once
+    model._next_reorder_at = now[0] + 1.0
+    assert not model.update(changed)
+    now[0] += 1.0
+    assert model.update(changed)
+
+
+def test_small_tables_always_reorder(monkeypatch):
+    monkeypatch.setattr(model_module.time, "perf_counter", lambda: 0.0)
+    model = SessionsModel(throttle_above=100)
+    data = views(20)
+    model.update(data)
+    model._next_reorder_at = 1e9
+    assert model.update((replace(data[0], tokens=1), *data[1:]))
+
+
+def test_current_gives_live_values_and_none_once_gone():
+    model = SessionsModel()
+    data = views(3)
+    model.update(data)
+    assert model.current(data[0]) is data[0]  # no index: the listed view
+    newer = replace(data[1], tokens=5000)
+    model.update(data, {data[1].session_id: newer})
+    assert model.current(data[1]) is newer
+    assert model.current(data[0]) is None
+
+
+def test_describe_names_sort_filter_and_toggle():
+    model = SessionsModel()
+    model.set_filter("user:ann health<50 word")
+    model.toggle_unhealthy()
+    text = model.describe()
+    assert "sort health ▲" in text and "user:ann" in text and "health<50" in text
+    assert "word" in text and "unhealthy only" in text
+
+
+def test_formats():
+    assert [duration(s) for s in (5, 75, 700, 7300, 200000, float("inf"))] == [
+        "5s", "1m15", "11m", "2h01", "2d07", "∞",
+    ]
+    assert [count(v) for v in (999, 12_345, 4_560_000)] == ["999", "12.3k", "4.56M"]
+    assert [latency(s) for s in (0, 0.0004, 0.085, 1.25)] == ["-", "0.4ms", "85ms", "1.25s"]
+    assert redact({"tier": "pro", "API_KEY": "sk-1", "authToken": "t"}) == {
+        "tier": "pro", "API_KEY": "•••••• (hidden)", "authToken": "•••••• (hidden)",
+    }
