@@ -70,16 +70,24 @@ def _spec(name: str, fields: Any, source: str) -> AgentSpec:
 
 
 class SessionAgent(Agent):
-    """An Agent whose conversation the engine persists itself (encrypted, in its own store).
+    """An Agent without praisonaiagents' idle thread hops.
 
-    praisonaiagents 1.7.17 hands `_persist_message` to a worker thread twice per turn even when,
-    as here, no DB and no session store are configured and the call does nothing: two thread
-    hops per turn for no effect. Skipping them is measured in benchmarks/agent_turns.py.
+    Version 1.7.17 hands work to the default thread pool three times per turn even when it has
+    nothing to do: `_persist_message` twice (no DB or session store is configured: the engine
+    persists conversations itself, encrypted) and the guardrail check once (no guardrail is
+    configured). Each hop waits for a pool thread and for the GIL, which under load adds
+    milliseconds to every turn; benchmarks/agent_turns.py measures the difference. With a DB,
+    a session store or a guardrail set, the library's own path runs unchanged.
     """
 
     async def _apersist_message(self, *args: Any, **kwargs: Any) -> None:
         if self._db is not None or self._session_store is not None:
             await super()._apersist_message(*args, **kwargs)
+
+    async def _aapply_guardrail_with_retry(self, response_text: Any, *args: Any, **kwargs: Any):
+        if self._guardrail_fn:
+            return await super()._aapply_guardrail_with_retry(response_text, *args, **kwargs)
+        return response_text
 
 
 def build_agent(spec: AgentSpec, model: Any) -> Agent:

@@ -151,6 +151,10 @@ class AlertManager:
         self._cool(key, now)
         return True
 
+    def continue_after(self, alert_id: int) -> None:
+        """Number new alerts after `alert_id` (the highest stored), so none overwrites one."""
+        self._ids = itertools.count(alert_id + 1)
+
     def acknowledge(self, alert_id: int) -> bool:
         """True when the alert existed and was not yet acknowledged."""
         alert = self._history.get(alert_id)

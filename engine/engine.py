@@ -203,7 +203,6 @@ class Engine:
             on_alert=self._on_alert,
         )
         self._store: Store | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._rolled_up = (0, 0, 0, 0)  # turns, errors, tokens in/out at the last roll-up
         self.restore_report: RestoreReport | None = None
         self._specs: dict[str, AgentSpec] = load_agent_specs(config.agent_types_file)
@@ -262,8 +261,6 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         if self._store is not None:
             await self._store.close()
         if self._clients is not None:
@@ -527,7 +524,7 @@ class Engine:
             raise
 
     async def _run_turn(self, session: Session, agent_type: str, text: str, reservation) -> Reply:
-        session.in_flight += 1
+        self._registry.begin_turn(session)
         self._balancer.mark_busy(session.session_id, True)
         self._refresh_view(session)
         started = self.clock.now()
@@ -628,7 +625,7 @@ class Engine:
         return PooledAgent(build_agent(spec, model), model)
 
     def _end_turn(self, session: Session) -> None:
-        session.in_flight -= 1
+        self._registry.end_turn(session, self.clock.now())
         if not session.busy and self._registry.get(session.session_id) is session:
             self._balancer.mark_busy(session.session_id, False)
 
@@ -764,17 +761,12 @@ class Engine:
         await self.store.flush()
 
     def _persist_later(self, *ops: Op) -> None:
-        """Write ops without making the caller wait (events raised outside any request)."""
-        if self._store is None or self._state == "closed":
-            return
-        task = asyncio.get_running_loop().create_task(self._store.write(*ops))
-        self._background.add(task)
-        task.add_done_callback(self._persisted)
+        """Queue ops without making the caller wait (events raised outside any request).
 
-    def _persisted(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background store write failed: %s", task.exception())
+        Queued in order behind everything already written, so a later `flush()` covers them.
+        """
+        if self._store is not None and self._state != "closed":
+            self._store.write_nowait(*ops)
 
     def _on_alert(self, alert: Alert) -> None:
         self._persist_later(
@@ -803,6 +795,7 @@ class Engine:
         """Bring back live sessions, their contexts and the users' quota windows."""
         assert self._store is not None and self._keyring is not None
         restored = await self._store.load_live(self.clock.now())
+        self._monitor.alert_manager.continue_after(restored.max_alert_id)
         unreadable: list[Unreadable] = []
         moved: list[Op] = []
         for row in restored.sessions:

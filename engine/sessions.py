@@ -224,6 +224,15 @@ class SessionRegistry:
         self._by_user.setdefault(session.user_id, {})[session.session_id] = session
         heapq.heappush(self._heap, (session.deadline, session.session_id))
 
+    def begin_turn(self, session: Session) -> None:
+        session.in_flight += 1
+
+    def end_turn(self, session: Session, now: float) -> None:
+        """A turn ended; a session that went past its deadline while busy becomes due now."""
+        session.in_flight -= 1
+        if not session.busy and session.expiry_reason(now) is not None:
+            heapq.heappush(self._heap, (now, session.session_id))
+
     def touch(self, session: Session, now: float) -> None:
         """Record activity; the heap entry is re-armed lazily when it comes due."""
         session.last_active_at = max(session.last_active_at, now)

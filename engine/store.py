@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
+import shutil
 import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,8 @@ _PRAGMAS = (
 )
 
 # SQLite primary result codes, for advice in error messages.
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
 _ADVICE = {
     3: "permission denied: make the file and its folder accessible to this user",
     5: "another process holds the database: stop the other engine using this file",
@@ -68,9 +72,12 @@ _ADVICE = {
     8: (
         "it is read-only: make the file, its -wal and -shm companions and its folder writable"
     ),
-    10: "the disk reported an I/O error: check the volume, then retry",
-    11: "it is corrupt: restore it from a backup, or move it away to start empty",
-    13: "the disk is full: free space on the volume holding it, then retry",
+    _SQLITE_IOERR: "the disk reported an I/O error: check the volume, then retry",
+    11: (
+        "it is corrupt: restore it from a backup, or move it away to start empty "
+        "(a file that fails the check at open is left untouched)"
+    ),
+    _SQLITE_FULL: "the disk is full: free space on the volume holding it, then retry",
     14: "it cannot be opened: check that its folder exists and is writable",
     19: "a write was rejected: the session it refers to is not stored (ended or never saved)",
     26: "it is not a SQLite database or is corrupt: move it away or configure another path",
@@ -293,6 +300,8 @@ class RewrapReport:
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:
+    """For the console: the writer's queue and throughput, the last failure, the file sizes."""
+
     path: str
     durable_ack: bool
     queue_depth: int
@@ -302,6 +311,7 @@ class StoreStats:
     avg_batch_ops: float
     last_commit_ms: float
     failed_batches: int
+    rejected_writes: int
     last_error: str | None
     file_bytes: int
     wal_bytes: int
@@ -413,7 +423,6 @@ _SELECT_ALERTS = (
     "SELECT * FROM alerts WHERE resolved_at IS NULL AND NOT acknowledged ORDER BY alert_id"
 )
 _SELECT_METRICS = "SELECT * FROM metrics_minute WHERE minute >= ? ORDER BY minute, scope"
-_FETCH_CHUNK = 20_000
 
 # Errors caused by what one write contains rather than by the file: they fail that write only.
 _OP_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
@@ -457,7 +466,7 @@ class Store:
         self._last_batch_writes = 0
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
-        self._batches = self._writes = self._ops = self._failed = 0
+        self._batches = self._writes = self._ops = self._failed = self._rejected = 0
         self._last_commit_ms = 0.0
         self._last_error: str | None = None
         # Fixed order in which a batch's ops are applied, each kind with one executemany:
@@ -493,9 +502,13 @@ class Store:
     ) -> Store:
         """Check the file, migrate it forward, and start the writer.
 
-        `batch_ms` is how long the writer may wait for more writes once writes arrive
-        concurrently (a lone writer is committed at once); `batch_max` caps ops per transaction.
-        `retention_s` > 0 keeps an audit row (metadata, no content) per ended session that long.
+        The writer commits as soon as it is free; writes queued meanwhile form the next batch,
+        so batches grow by themselves with load and with slow disks. `batch_ms` > 0 makes it
+        also wait up to that long (from the oldest queued write, only while writes arrive
+        concurrently) for a fuller batch: fewer fsyncs for that much more latency (see
+        benchmarks/store.py). `batch_max` caps ops per transaction. `durable_ack=False`: see the
+        module docstring for what it risks. `retention_s` > 0 keeps an audit row (metadata, no
+        content) per ended session that long.
         """
         if batch_max < 1 or not batch_ms >= 0 or not retention_s >= 0 or alert_keep < 1:
             raise ValueError(
@@ -544,13 +557,20 @@ class Store:
         Raises StoreError when the transaction failed (nothing of it was saved) or when this
         write was rejected (e.g. a message for a session that is not stored).
         """
-        for op in ops:
-            if type(op) not in self._kinds:
-                raise TypeError(f"not a store op: {op!r}")
+        self._check_ops(ops)
         durable = self.durable_ack or self._queued_ops >= self._backlog
         future = self._enqueue(ops, None, durable)
         if future is not None:
             await future
+
+    def write_nowait(self, *ops: Op) -> None:
+        """Queue `ops` without waiting, for synchronous callers (alert and metrics hooks).
+
+        They commit in order with everything else; a failure is only logged and counted in
+        `stats()`, so use `write` for anything a caller is told is saved.
+        """
+        self._check_ops(ops)
+        self._enqueue(ops, None, False)
 
     async def save_session(self, row: SessionRow) -> None:
         await self.write(row)
@@ -567,9 +587,7 @@ class Store:
 
     async def flush(self) -> None:
         """Wait until everything queued so far has committed, whatever durable_ack says."""
-        future = self._enqueue((), None, True)
-        assert future is not None
-        await future
+        await self._submit(None)
 
     # -- start-up and maintenance ----------------------------------------------------------------
     async def load_live(self, now: float) -> Restored:
@@ -577,7 +595,7 @@ class Store:
 
         Bulk reads ordered by (session_id, seq), never a query per session.
         """
-        return await self._exclusive(partial(self._load_live, now))
+        return await self._submit(partial(self._load_live, now))
 
     async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:
         """Replace every wrapped key by `fn(wrapped)` in one transaction (pass keyring.rewrap).
@@ -586,7 +604,7 @@ class Store:
         rewrap is left as it was and listed in `failed`: do not drop the old master key while
         any remain.
         """
-        return await self._exclusive(partial(self._rewrap, fn))
+        return await self._submit(partial(self._rewrap, fn))
 
     def stats(self) -> StoreStats:
         return StoreStats(
@@ -599,12 +617,18 @@ class Store:
             avg_batch_ops=self._ops / self._batches if self._batches else 0.0,
             last_commit_ms=self._last_commit_ms,
             failed_batches=self._failed,
+            rejected_writes=self._rejected,
             last_error=self._last_error,
             file_bytes=_size(self.path),
             wal_bytes=_size(self.path.with_name(self.path.name + "-wal")),
         )
 
     # -- the writer task -------------------------------------------------------------------------
+    def _check_ops(self, ops: tuple[Op, ...]) -> None:
+        for op in ops:
+            if type(op) not in self._kinds:
+                raise TypeError(f"not a store op: {op!r}")
+
     def _enqueue(
         self, ops: tuple[Op, ...], job: Callable[[], Awaitable[Any]] | None, wait: bool
     ) -> asyncio.Future[Any] | None:
@@ -620,7 +644,8 @@ class Store:
             self._full.set()
         return future
 
-    async def _exclusive(self, job: Callable[[], Awaitable[Any]]) -> Any:
+    async def _submit(self, job: Callable[[], Awaitable[Any]] | None) -> Any:
+        """Run `job` alone in the writer's turn (None: an empty write) and wait for it."""
         future = self._enqueue((), job, True)
         assert future is not None
         return await future
@@ -635,10 +660,13 @@ class Store:
                     await self._wakeup.wait()
                     continue
                 if self._queue[0].job is not None:
-                    await self._run_job(self._queue.popleft())
-                    continue
-                await self._linger()
-                await self._commit(self._take_batch())
+                    self._inflight = [self._queue.popleft()]
+                    await self._run_job(self._inflight[0])
+                else:
+                    await self._linger()
+                    self._inflight = self._take_batch()
+                    await self._commit(self._inflight)
+                self._inflight = []
         finally:
             # Never leave a caller waiting forever.
             error = StoreError(
@@ -682,7 +710,6 @@ class Store:
         return batch
 
     async def _commit(self, batch: list[_Queued]) -> None:
-        self._inflight = batch
         ops = [op for queued in batch for op in queued.ops]
         started = time.perf_counter()
         db = self._db
@@ -701,23 +728,26 @@ class Store:
             error = _store_error(self.path, exc, f"committing {len(batch)} writes")
             self._failed += 1
             self._last_error = str(error)
-            if not self.durable_ack:
-                log.error("%s", error)
+            if any(queued.future is None for queued in batch):
+                log.error("%s", error)  # someone was not waiting to hear it
             for queued in batch:
                 _fail(queued.future, error)
             return
-        finally:
-            self._inflight = []
         self._last_commit_ms = (time.perf_counter() - started) * 1000
         self._batches += 1
         self._writes += len(batch)
         self._ops += len(ops)
         self._last_batch_writes = len(batch)
         for queued in batch:
-            if queued.error is not None:
-                _fail(queued.future, queued.error)
-            elif queued.future is not None and not queued.future.done():
-                queued.future.set_result(None)
+            if queued.error is None:
+                if queued.future is not None and not queued.future.done():
+                    queued.future.set_result(None)
+                continue
+            self._rejected += 1
+            self._last_error = str(queued.error)
+            if queued.future is None:
+                log.error("%s", queued.error)
+            _fail(queued.future, queued.error)
 
     async def _apply(self, ops: Sequence[Op]) -> None:
         groups: dict[type, list[Any]] = {}
@@ -854,51 +884,10 @@ class Store:
         for sql, params in self._prune_sql([Prune(now)]):
             await db.executemany(sql, params)
         await db.execute("COMMIT")
-
-        sessions = [SessionRow(*row) for row in await db.execute_fetchall(_SELECT_SESSIONS)]
-        messages: dict[str, list[MessageRow]] = {}
-        count = 0
-        async with db.execute(_SELECT_MESSAGES) as cursor:
-            # Fetch the next chunk in SQLite's thread while this one is turned into rows.
-            fetch = asyncio.ensure_future(cursor.fetchmany(_FETCH_CHUNK))
-            current_id: str | None = None
-            current: list[MessageRow] = []
-            while rows := await fetch:
-                fetch = asyncio.ensure_future(cursor.fetchmany(_FETCH_CHUNK))
-                count += len(rows)
-                for row in rows:
-                    if row[0] != current_id:
-                        current_id = row[0]
-                        current = messages[current_id] = []
-                    current.append(MessageRow(*row))
-        quota = [QuotaEvent(*row) for row in await db.execute_fetchall(_SELECT_QUOTA, (now,))]
-        alerts = [
-            AlertRow(*row[:9], bool(row[9]), row[10])
-            for row in await db.execute_fetchall(_SELECT_ALERTS)
-        ]
-        metrics = [
-            MetricsRow(*row)
-            for row in await db.execute_fetchall(_SELECT_METRICS, (now - METRICS_RESTORE_S,))
-        ]
-        (max_alert_id,) = next(
-            iter(await db.execute_fetchall("SELECT coalesce(max(alert_id), 0) FROM alerts"))
-        )
-        return Restored(
-            sessions=sessions,
-            messages=messages,
-            quota=quota,
-            alerts=alerts,
-            metrics=metrics,
-            max_alert_id=max_alert_id,
-            clean_shutdown=self.clean_shutdown,
-            counts=RestoreCounts(
-                sessions=len(sessions),
-                purged=purged,
-                messages=count,
-                quota_buckets=len(quota),
-                alerts=len(alerts),
-            ),
-        )
+        # Nothing else writes while this job runs, so a second connection reads exactly what
+        # was just committed, in one worker thread: no hop per chunk, no GIL ping-pong.
+        restored = await asyncio.to_thread(_read_live, self.path, now, self.clean_shutdown)
+        return replace(restored, counts=replace(restored.counts, purged=purged))
 
     async def _rewrap(self, fn: Callable[[bytes], bytes]) -> RewrapReport:
         db = self._db
@@ -940,7 +929,7 @@ def _check_file(path: Path) -> None:
         )
     latest = len(migrations.MIGRATIONS)
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        conn = sqlite3.connect(_read_only_uri(path), uri=True)
     except sqlite3.Error as exc:
         raise _store_error(path, exc, "opening read-only to check it") from exc
     try:
@@ -1031,7 +1020,7 @@ async def _prepare(db: aiosqlite.Connection, path: Path) -> bool:
                 await db.execute("ROLLBACK")
         if isinstance(exc, StoreError):
             raise
-        raise _store_error(path, exc, "preparing the schema") from exc
+        raise _store_error(path, exc, "the first write at start-up") from exc
     return bool(rows[0][0]) if rows else True
 
 
@@ -1042,13 +1031,70 @@ def _store_error(path: Path, exc: BaseException, doing: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == _SQLITE_IOERR and _disk_full(path):
+        code = _SQLITE_FULL  # SQLite reports a failed -shm or -wal allocation as an I/O error
     advice = _ADVICE.get(code, "check the file and the disk it is on")
     return StoreError(f"store {path}: {doing} failed ({type(exc).__name__}: {exc}); {advice}")
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path.parent).free < 64 * 1024
+    except OSError:
+        return False
 
 
 def _fail(future: asyncio.Future[Any] | None, error: BaseException) -> None:
     if future is not None and not future.done():
         future.set_exception(error)
+
+
+def _read_live(path: Path, now: float, clean_shutdown: bool) -> Restored:
+    """Bulk reads for `load_live`, ordered so each conversation comes out whole and in order."""
+    conn = sqlite3.connect(_read_only_uri(path), uri=True)
+    collecting = gc.isenabled()
+    gc.disable()  # millions of new objects would trigger many pointless collections
+    try:
+        sessions = [SessionRow(*row) for row in conn.execute(_SELECT_SESSIONS)]
+        messages: dict[str, list[MessageRow]] = {}
+        count = 0
+        current_id: str | None = None
+        current: list[MessageRow] = []
+        for row in conn.execute(_SELECT_MESSAGES):
+            if row[0] != current_id:
+                current_id = row[0]
+                current = messages[current_id] = []
+            current.append(MessageRow(*row))
+            count += 1
+        quota = [QuotaEvent(*row) for row in conn.execute(_SELECT_QUOTA, (now,))]
+        alerts = [AlertRow(*row[:9], bool(row[9]), row[10]) for row in conn.execute(_SELECT_ALERTS)]
+        since = (now - METRICS_RESTORE_S,)
+        metrics = [MetricsRow(*row) for row in conn.execute(_SELECT_METRICS, since)]
+        (max_alert_id,) = conn.execute("SELECT coalesce(max(alert_id), 0) FROM alerts").fetchone()
+    finally:
+        if collecting:
+            gc.enable()
+        conn.close()
+    return Restored(
+        sessions=sessions,
+        messages=messages,
+        quota=quota,
+        alerts=alerts,
+        metrics=metrics,
+        max_alert_id=max_alert_id,
+        clean_shutdown=clean_shutdown,
+        counts=RestoreCounts(
+            sessions=len(sessions),
+            purged=0,
+            messages=count,
+            quota_buckets=len(quota),
+            alerts=len(alerts),
+        ),
+    )
+
+
+def _read_only_uri(path: Path) -> str:
+    return f"file:{quote(str(path.resolve()))}?mode=ro"
 
 
 def _rewrap_rows(

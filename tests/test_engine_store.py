@@ -52,6 +52,22 @@ async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config,
         assert engine.restore_report.purged == 1 and engine.snapshot().sessions == ()
 
 
+async def test_alert_ids_continue_after_a_restart(make_config):
+    config = make_config()
+    async with Engine(config) as engine:
+        for attempt in range(6):
+            with pytest.raises(errors.AuthenticationError):
+                await engine.history("f" * 32, f"guess-{attempt}")
+        first = max(a.alert_id for a in engine.snapshot().monitor.alerts)
+    async with Engine(config) as engine:
+        for attempt in range(6):
+            with pytest.raises(errors.AuthenticationError):
+                await engine.history("e" * 32, f"guess-{attempt}")
+        assert min(a.alert_id for a in engine.snapshot().monitor.alerts) > first
+    with sqlite3.connect(config.db_path) as db:
+        assert db.execute("select count(*) from alerts").fetchone()[0] >= 2
+
+
 async def test_ended_session_is_gone_after_restart_and_its_rows_deleted(make_config):
     config = make_config()
     async with Engine(config) as engine:

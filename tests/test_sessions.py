@@ -84,13 +84,13 @@ def test_idle_and_absolute_expiry_with_activity_rearming():
     assert reg.recent_events[-1].reason == "absolute lifetime reached"
 
 
-def test_busy_session_is_not_expired_mid_turn():
+def test_busy_session_is_not_expired_mid_turn_and_goes_when_the_turn_ends():
     reg = registry()
     s = reg.create("alice", {}, T0)
-    s.in_flight = 1
+    reg.begin_turn(s)
     assert reg.expire_due(T0 + 500) == []
-    s.in_flight = 0
-    assert reg.expire_due(T0 + 500 + 100) == [s]
+    reg.end_turn(s, T0 + 501)
+    assert reg.expire_due(T0 + 501) == [s]
 
 
 def test_nothing_due_costs_one_peek_and_heap_stays_bounded_under_churn():
@@ -127,11 +127,12 @@ def test_expiry_and_cap_invariants(ops):
                 assert all(s.busy for s in owned)
         elif op == "touch" and owned:
             reg.touch(owned[0], now)
-        elif op == "busy" and owned:
-            owned[-1].in_flight = 1
+        elif op == "busy" and owned and not owned[-1].busy:
+            reg.begin_turn(owned[-1])
         elif op == "idle":
             for s in owned:
-                s.in_flight = 0
+                if s.busy:
+                    reg.end_turn(s, now)
         elif op == "advance":
             now += dt
             before = set(reg)

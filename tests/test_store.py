@@ -1,0 +1,703 @@
+"""The SQLite store on real files: checks at open, group commit, durability, restore, shredding.
+
+Faults are real where this machine allows: bytes overwritten in the file, an immutable file
+(`chattr +i`, which binds root too) for read-only, a tiny tmpfs for a full disk, SIGKILL of a
+writing process. Tests that need root for that skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from engine import migrations
+from engine.errors import StoreError
+from engine.security import DecryptionFailed, KeyRing, SessionCipher, hash_token, new_token
+from engine.store import (
+    AlertRow,
+    Assign,
+    EndSession,
+    MessageRow,
+    MetricsRow,
+    Prune,
+    QuotaEvent,
+    SessionRow,
+    Store,
+    TokenUpdate,
+    Touch,
+    TrimMessages,
+)
+
+NOW = 1_700_000_000.0
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LATEST = len(migrations.MIGRATIONS)
+
+
+def session_row(
+    session_id: str = "s1",
+    user_id: str = "alice",
+    *,
+    created_at: float = NOW,
+    last_active_at: float = NOW,
+    idle_timeout_s: float = 600.0,
+    lifetime_s: float = 3600.0,
+    wrapped_key: bytes = b"wrapped-key",
+    token_hash: bytes = bytes(32),
+    metadata_json: str = '{"tier": "free"}',
+) -> SessionRow:
+    return SessionRow(
+        session_id=session_id,
+        user_id=user_id,
+        tier="free",
+        metadata_json=metadata_json,
+        created_at=created_at,
+        last_active_at=last_active_at,
+        idle_timeout_s=idle_timeout_s,
+        lifetime_s=lifetime_s,
+        token_hash=token_hash,
+        token_issued_at=created_at,
+        token_expires_at=created_at + lifetime_s,
+        wrapped_key=wrapped_key,
+    )
+
+
+def message(session_id: str, seq: int, ciphertext: bytes | None = None) -> MessageRow:
+    ciphertext = ciphertext if ciphertext is not None else f"ct-{session_id}-{seq}".encode()
+    return MessageRow(session_id, seq, "user", ciphertext, NOW + seq, 10)
+
+
+def query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """Through a separate plain sqlite3 connection: what any other reader would see."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def disk_bytes(path: Path) -> bytes:
+    """The database file and its -wal and -shm companions, as they are on disk."""
+    return b"".join(
+        p.read_bytes() for p in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm")))
+        if p.exists()
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "sessions.db"
+
+
+@pytest.fixture
+async def store(db_path: Path):
+    opened = await Store.open(db_path)
+    yield opened
+    await opened.close()
+
+
+# --- opening, schema, bad files ------------------------------------------------------------------
+
+
+async def test_open_creates_the_schema_with_version_application_id_and_wal(db_path):
+    async with await Store.open(db_path):
+        assert query(db_path, "PRAGMA user_version") == [(LATEST,)]
+        assert query(db_path, "PRAGMA application_id") == [(migrations.APPLICATION_ID,)]
+        assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
+        tables = {name for (name,) in query(db_path, "SELECT name FROM sqlite_schema")}
+        assert {"sessions", "messages", "quota_usage", "session_audit", "alerts"} <= tables
+        assert {"metrics_minute", "store_meta"} <= tables
+
+
+async def test_reopen_is_idempotent_and_reports_a_clean_shutdown(db_path):
+    async with await Store.open(db_path) as first:
+        await first.save_session(session_row())
+    async with await Store.open(db_path) as second:
+        restored = await second.load_live(NOW)
+    assert restored.clean_shutdown
+    assert [s.session_id for s in restored.sessions] == ["s1"]
+    assert query(db_path, "PRAGMA user_version") == [(LATEST,)]
+    assert query(db_path, "SELECT value FROM store_meta WHERE key = 'opens'") == [(2,)]
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(db_path):
+    db_path.parent.mkdir(parents=True)
+    junk = random.Random(1).randbytes(8192)
+    db_path.write_bytes(junk)
+    with pytest.raises(StoreError, match="not a SQLite database") as caught:
+        await Store.open(db_path)
+    assert str(db_path) in str(caught.value)
+    assert db_path.read_bytes() == junk
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["sessions.db"]
+
+
+async def test_another_applications_sqlite_file_is_refused_and_left_untouched(db_path):
+    db_path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices VALUES (1, 9.5)")
+        conn.commit()
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match="belongs to another application") as caught:
+        await Store.open(db_path)
+    assert str(db_path) in str(caught.value)
+    assert db_path.read_bytes() == before
+
+
+async def test_a_newer_schema_is_refused_and_left_untouched(db_path):
+    async with await Store.open(db_path) as store:
+        await store.save_session(session_row())
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match=r"newer version of the engine.*upgrade") as caught:
+        await Store.open(db_path)
+    assert str(db_path) in str(caught.value)
+    assert db_path.read_bytes() == before
+
+
+def _overwrite_page_2(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = random.Random(2).randbytes(4096)
+    path.write_bytes(bytes(data))
+
+
+def _tear_last_page(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 4096 - 1000])
+
+
+@pytest.mark.parametrize("damage", [_overwrite_page_2, _tear_last_page], ids=["page", "torn"])
+async def test_a_corrupt_file_is_refused_and_left_untouched(db_path, damage):
+    async with await Store.open(db_path) as store:
+        for i in range(40):
+            await store.write(session_row(f"s{i}"), *(message(f"s{i}", n) for n in range(10)))
+    damage(db_path)
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match="corrupt") as caught:
+        await Store.open(db_path)
+    assert str(db_path) in str(caught.value)
+    assert "backup" in str(caught.value)
+    assert db_path.read_bytes() == before
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Read-only even for root: the immutable attribute, or plain permissions for others."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("root ignores permissions and chattr is not installed")
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("this file system does not support the immutable attribute")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def test_a_read_only_file_stops_start_up_and_is_left_untouched(db_path):
+    async with await Store.open(db_path) as store:
+        await store.save_session(session_row())
+    before = db_path.read_bytes()
+    with read_only(db_path), pytest.raises(StoreError, match="read-only") as caught:
+        await Store.open(db_path)
+    assert str(db_path) in str(caught.value)
+    assert db_path.read_bytes() == before
+
+
+async def test_a_read_only_folder_stops_start_up_with_the_path(db_path):
+    db_path.parent.mkdir(parents=True)
+    with read_only(db_path.parent), pytest.raises(StoreError) as caught:
+        await Store.open(db_path)
+    assert str(db_path) in str(caught.value)
+    assert not db_path.exists()
+
+
+@contextlib.contextmanager
+def tiny_disk(where: Path, size: str = "1m") -> Iterator[Path]:
+    """A real file system of `size`, to run out of space for real (needs mount rights)."""
+    where.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Take every free byte of the file system holding `folder`."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+async def test_a_full_disk_fails_the_batch_keeps_the_store_consistent_and_recovers(tmp_path):
+    with tiny_disk(tmp_path / "tiny") as disk:
+        path = disk / "sessions.db"
+        store = await Store.open(path)
+        await store.save_session(session_row())
+        await store.write(message("s1", 1))
+        filler = fill(disk)
+        big = [message("s1", n, os.urandom(3000)) for n in range(2, 200)]
+        results = await asyncio.gather(
+            *(store.write(row) for row in big), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, StoreError)]
+        assert errors, "a full disk must fail the writes it could not commit"
+        assert "disk is full" in str(errors[0]) and str(path) in str(errors[0])
+        assert store.stats().failed_batches >= 1
+        filler.unlink()
+        await store.write(message("s1", 500))  # space is back: writing resumes
+        restored = await store.load_live(NOW)
+        saved = {m.seq for m in restored.messages["s1"]}
+        committed = {row.seq for row, r in zip(big, results, strict=True) if r is None}
+        assert saved == {1, 500} | committed  # every acknowledged write, no failed one
+        await store.close()
+        assert query(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_a_full_disk_stops_start_up_with_the_path(tmp_path):
+    with tiny_disk(tmp_path / "tiny") as disk:
+        path = disk / "sessions.db"
+        async with await Store.open(path) as store:
+            await store.save_session(session_row())
+        filler = fill(disk)
+        with pytest.raises(StoreError) as caught:
+            await Store.open(path)
+        assert str(path) in str(caught.value)
+        assert "disk is full" in str(caught.value)
+        filler.unlink()
+
+
+async def test_a_failed_batch_rolls_back_as_a_whole_and_every_waiter_hears_of_it(store):
+    """SQLITE_FULL without root: cap the file's page count (fault injection)."""
+    await store.save_session(session_row())
+    (pages,) = next(iter(await store._db.execute_fetchall("PRAGMA page_count")))
+    await store._db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    writes = [store.write(message("s1", n, os.urandom(2000))) for n in range(1, 30)]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert results and all(isinstance(r, StoreError) for r in results)
+    assert "disk is full" in str(results[0])
+    await store._db.execute("PRAGMA max_page_count = 1073741823")
+    await store.write(message("s1", 100))
+    restored = await store.load_live(NOW)
+    assert [m.seq for m in restored.messages["s1"]] == [100]
+
+
+# --- group commit and acknowledgement ------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_far_fewer_transactions(store):
+    await store.save_session(session_row())
+    before = store.stats()
+    await asyncio.gather(*(store.write(message("s1", n)) for n in range(1000)))
+    after = store.stats()
+    assert after.writes - before.writes == 1000
+    assert after.batches - before.batches < 1000 / 5
+    assert after.queue_depth == 0 and after.avg_batch_ops > 1
+    assert after.file_bytes > 0 and after.wal_bytes > 0 and after.failed_batches == 0
+
+
+async def test_write_nowait_queues_in_order_and_failures_are_counted(store, db_path, caplog):
+    store.write_nowait(session_row())
+    store.write_nowait(message("s1", 1))
+    store.write_nowait(message("missing", 1))
+    assert query(db_path, "SELECT count(*) FROM messages") == [(0,)]
+    await store.flush()
+    assert query(db_path, "SELECT seq FROM messages") == [(1,)]
+    assert "FOREIGN KEY" in caplog.text
+    assert store.stats().rejected_writes == 1
+
+
+async def test_a_durable_write_is_visible_to_another_connection_when_it_returns(store, db_path):
+    await store.save_session(session_row())
+    await store.write(message("s1", 1))
+    assert query(db_path, "SELECT seq FROM messages WHERE session_id = 's1'") == [(1,)]
+
+
+async def test_without_durable_ack_write_returns_before_the_commit(db_path):
+    async with await Store.open(db_path, durable_ack=False) as store:
+        await store.save_session(session_row())
+        assert query(db_path, "SELECT count(*) FROM sessions") == [(0,)]
+        await store.flush()
+        assert query(db_path, "SELECT count(*) FROM sessions") == [(1,)]
+        for n in range(100):
+            await store.write(message("s1", n))
+    # close() commits whatever was still queued.
+    assert query(db_path, "SELECT count(*) FROM messages") == [(100,)]
+
+
+async def test_a_rejected_write_fails_alone_and_its_batch_mates_commit(store):
+    await store.save_session(session_row())
+    results = await asyncio.gather(
+        store.write(message("s1", 1)),
+        store.write(message("missing", 1), message("s1", 99)),  # all or nothing
+        store.write(message("s1", 2)),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StoreError) and "not stored" in str(results[1])
+    restored = await store.load_live(NOW)
+    assert [m.seq for m in restored.messages["s1"]] == [1, 2]
+
+
+async def test_ops_must_be_store_ops(store):
+    with pytest.raises(TypeError, match="not a store op"):
+        await store.write("INSERT INTO sessions")  # type: ignore[arg-type]
+
+
+async def test_a_closed_store_refuses_writes_and_close_is_idempotent(db_path):
+    store = await Store.open(db_path)
+    await store.close()
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.write(session_row())
+    assert query(db_path, "SELECT value FROM store_meta WHERE key = 'clean_shutdown'") == [(1,)]
+
+
+# --- session rows, messages, quotas, alerts, metrics ---------------------------------------------
+
+
+async def test_updates_only_move_activity_and_counters_forward(store):
+    await store.save_session(session_row())
+    await store.write(
+        Touch("s1", NOW + 50, turns=3, prompt_tokens=30, completion_tokens=40, agent_type="a"),
+        Touch("s1", NOW + 20, turns=2, prompt_tokens=10, completion_tokens=5, errors=1),
+        TokenUpdate("s1", b"\x01" * 32, NOW + 10, NOW + 100),
+        Assign("s1", "worker-2"),
+    )
+    # A late upsert of an older snapshot cannot move anything backwards or swap the key.
+    await store.save_session(session_row(wrapped_key=b"stale-key"))
+    (row,) = (await store.load_live(NOW)).sessions
+    assert (row.last_active_at, row.turns, row.prompt_tokens, row.completion_tokens) == (
+        NOW + 50, 3, 30, 40,
+    )
+    assert (row.errors, row.agent_type, row.wrapped_key) == (1, "a", b"wrapped-key")
+    assert row.deadline == NOW + 50 + 600
+
+
+async def test_messages_come_back_in_seq_order_and_trimming_deletes_the_oldest(store):
+    await store.write(session_row(), *(message("s1", n) for n in (3, 1, 2, 5, 4)))
+    await store.write(TrimMessages("s1", 2))
+    restored = await store.load_live(NOW)
+    assert [m.seq for m in restored.messages["s1"]] == [3, 4, 5]
+    assert restored.messages["s1"][0].ciphertext == b"ct-s1-3"
+
+
+async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(store):
+    await store.write(
+        QuotaEvent("alice", "tokens", NOW + 1, 100, 3600.0),
+        QuotaEvent("alice", "tokens", NOW + 30, 50, 3600.0),  # same 60 s bucket
+        QuotaEvent("alice", "tokens", NOW + 90, 7, 3600.0),
+        QuotaEvent("alice", "api_calls", NOW + 1, 1, 60.0),
+        QuotaEvent("bob", "api_calls", NOW + 2, 1, 60.0),
+    )
+    restored = await store.load_live(NOW + 100)  # api_calls (60 s window) have expired
+    assert [(q.user_id, q.resource, q.at, q.amount, q.window_s) for q in restored.quota] == [
+        ("alice", "tokens", NOW + 30, 150.0, 3600.0),  # latest time of its bucket: never early
+        ("alice", "tokens", NOW + 90, 7.0, 3600.0),
+    ]
+    assert query(store.path, "SELECT count(*) FROM quota_usage") == [(2,)]  # pruned on load
+
+
+def test_a_quota_event_needs_a_window():
+    with pytest.raises(ValueError, match="window_s"):
+        QuotaEvent("alice", "tokens", NOW, 1, 0.0)
+
+
+async def test_alerts_and_metrics_round_trip_and_prune_keeps_them_bounded(db_path):
+    async with await Store.open(db_path, alert_keep=3, metrics_keep_s=3600) as store:
+        await store.write(
+            *(
+                AlertRow(i, f"k{i}", "rule", "warning", f"alert {i}", None, NOW, NOW)
+                for i in range(1, 6)
+            ),
+            AlertRow(4, "k4", "rule", "warning", "alert 4", None, NOW, NOW + 5, 2, True),
+            MetricsRow(int(NOW) - 7200, "global", 1, 0, 1, 1, 0.1, 0.2, 0.3),
+            MetricsRow(int(NOW) - 60, "global", 10, 1, 100, 200, 0.1, 0.5, 0.9),
+        )
+        await store.write(Prune(NOW))
+        restored = await store.load_live(NOW)
+    assert [a.alert_id for a in restored.alerts] == [3, 5]  # newest 3 kept, 4 acknowledged
+    assert restored.max_alert_id == 5
+    assert [(m.minute, m.turns, m.p99_s) for m in restored.metrics] == [
+        (int(NOW) - 60, 10, 0.9)
+    ]
+    assert query(db_path, "SELECT count(*) FROM metrics_minute") == [(1,)]
+
+
+# --- restore ------------------------------------------------------------------------------------
+
+
+async def test_restore_brings_back_live_sessions_and_purges_expired_ones(db_path):
+    async with await Store.open(db_path, retention_s=86400) as store:
+        await store.write(
+            session_row("live", created_at=NOW, last_active_at=NOW + 500),
+            session_row("idle", created_at=NOW, last_active_at=NOW),  # idle since NOW + 600
+            session_row("old", created_at=NOW - 3000, last_active_at=NOW + 500),  # + 3600
+            *(message(sid, n) for sid in ("live", "idle", "old") for n in range(1, 4)),
+            QuotaEvent("alice", "tokens", NOW + 500, 42, 3600.0),
+            AlertRow(7, "quota:alice", "quota", "critical", "alice at 100%", "alice", NOW, NOW),
+        )
+    async with await Store.open(db_path, retention_s=86400) as store:
+        restored = await store.load_live(NOW + 700)
+    assert [s.session_id for s in restored.sessions] == ["live"]
+    assert [m.seq for m in restored.messages["live"]] == [1, 2, 3]
+    assert set(restored.messages) == {"live"}
+    assert [(q.at, q.amount) for q in restored.quota] == [(NOW + 500, 42.0)]
+    assert [a.alert_id for a in restored.alerts] == [7]
+    counts = restored.counts
+    assert (counts.sessions, counts.purged, counts.messages) == (1, 2, 3)
+    assert (counts.quota_buckets, counts.alerts) == (1, 1)
+    assert query(db_path, "SELECT count(*) FROM messages") == [(3,)]
+    assert dict(query(db_path, "SELECT session_id, reason FROM session_audit")) == {
+        "idle": "idle timeout while the engine was stopped",
+        "old": "absolute lifetime reached while the engine was stopped",
+    }
+
+
+async def test_a_tampered_message_fails_only_its_own_session(db_path):
+    keys = {sid: Fernet.generate_key() for sid in ("a", "b")}
+    async with await Store.open(db_path) as store:
+        for sid, key in keys.items():
+            cipher = SessionCipher(key)
+            await store.write(
+                session_row(sid),
+                *(message(sid, n, cipher.encrypt(f"{sid} says {n}")) for n in range(1, 4)),
+            )
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("UPDATE messages SET ciphertext = ? WHERE session_id = 'a' AND seq = 2",
+                     (SessionCipher(keys["b"]).encrypt("forged"),))
+        conn.commit()
+    async with await Store.open(db_path) as store:  # a tampered row is not corruption
+        restored = await store.load_live(NOW)
+    readable = {}
+    for sid, rows in restored.messages.items():
+        cipher = SessionCipher(keys[sid])
+        try:
+            readable[sid] = [cipher.decrypt(row.ciphertext) for row in rows]
+        except DecryptionFailed:
+            readable[sid] = None
+    assert readable == {"a": None, "b": ["b says 1", "b says 2", "b says 3"]}
+
+
+# --- ending sessions, key rotation, nothing readable on disk ------------------------------------
+
+
+async def test_ending_a_session_deletes_its_key_and_messages_without_retention(store, db_path):
+    await store.write(session_row("s1"), session_row("s2"), message("s1", 1), message("s2", 1))
+    await store.end_session("s1", NOW + 10, "ended by owner")
+    assert query(db_path, "SELECT session_id FROM sessions") == [("s2",)]
+    assert query(db_path, "SELECT session_id FROM messages") == [("s2",)]
+    assert query(db_path, "SELECT count(*) FROM session_audit") == [(0,)]
+
+
+async def test_retention_keeps_an_audit_row_without_content_until_it_runs_out(db_path):
+    async with await Store.open(db_path, retention_s=3600) as store:
+        await store.write(session_row(metadata_json='{"tier": "pro"}'), message("s1", 1),
+                          message("s1", 2))
+        await store.write(EndSession("s1", NOW + 10, "ended by owner"))
+        audit = query(
+            db_path,
+            "SELECT user_id, metadata_json, ended_at, reason, messages FROM session_audit",
+        )
+        assert audit == [("alice", '{"tier": "pro"}', NOW + 10, "ended by owner", 2)]
+        columns = {row[1] for row in query(db_path, "PRAGMA table_info(session_audit)")}
+        assert not columns & {"wrapped_key", "ciphertext", "token_hash"}
+        assert query(db_path, "SELECT count(*) FROM messages") == [(0,)]
+        await store.prune(NOW + 10 + 3599)
+        assert query(db_path, "SELECT count(*) FROM session_audit") == [(1,)]
+        await store.prune(NOW + 10 + 3600)
+        assert query(db_path, "SELECT count(*) FROM session_audit") == [(0,)]
+
+
+async def test_an_ended_sessions_wrapped_key_is_gone_from_the_file(db_path):
+    wrapped = os.urandom(48)
+    async with await Store.open(db_path) as store:
+        await store.write(session_row(wrapped_key=wrapped), message("s1", 1))
+        await store.end_session("s1", NOW, "ended by owner")
+    assert wrapped not in disk_bytes(db_path)
+
+
+async def test_rotation_rewraps_every_key_and_leaves_ciphertext_alone(store):
+    old_master, new_master = Fernet.generate_key(), Fernet.generate_key()
+    ring = KeyRing([old_master])
+    ciphers = {}
+    for sid in ("s1", "s2", "s3"):
+        ciphers[sid], wrapped = ring.new_data_key()
+        await store.write(
+            session_row(sid, wrapped_key=wrapped),
+            *(message(sid, n, ciphers[sid].encrypt(f"{sid}/{n}")) for n in range(1, 3)),
+        )
+    await store.write(session_row("lost", wrapped_key=b"not a wrapped key"))
+    before = await store.load_live(NOW)
+
+    rotated = ring.rotate(new_master)
+    report = await store.rewrap_keys(rotated.rewrap)
+
+    assert (report.rewrapped, report.failed) == (3, ("lost",))
+    after = await store.load_live(NOW)
+    assert after.messages == before.messages  # every ciphertext byte identical
+    new_only = rotated.drop_old_keys()
+    keys_before = {s.session_id: s.wrapped_key for s in before.sessions}
+    for row in after.sessions:
+        if row.session_id == "lost":
+            assert row.wrapped_key == b"not a wrapped key"
+            continue
+        assert row.wrapped_key != keys_before[row.session_id]
+        cipher = new_only.unwrap(row.wrapped_key)
+        assert [cipher.decrypt(m.ciphertext) for m in after.messages[row.session_id]] == [
+            f"{row.session_id}/1", f"{row.session_id}/2",
+        ]
+
+
+async def test_no_plaintext_token_or_key_is_ever_written_to_disk(db_path):
+    master = Fernet.generate_key()
+    data_key = Fernet.generate_key()
+    wrapped = Fernet(master).encrypt(data_key)  # how KeyRing wraps a data key
+    cipher = SessionCipher(data_key)
+    token = new_token()
+    texts = [f"secret plaintext number {n}: the launch code is 0000-{n:04d}" for n in range(50)]
+    secrets = [
+        master, base64.urlsafe_b64decode(master), data_key, base64.urlsafe_b64decode(data_key),
+        token.encode(), *(text.encode() for text in texts),
+    ]
+    async with await Store.open(db_path) as store:
+        await store.write(session_row(wrapped_key=wrapped, token_hash=hash_token(token)))
+        for n, text in enumerate(texts):
+            await store.write(message("s1", n, cipher.encrypt(text)))
+        on_disk = disk_bytes(db_path)
+        assert Path(f"{db_path}-wal").stat().st_size > 0
+        assert hash_token(token) in on_disk  # the check can see what is there
+        assert not [s for s in secrets if s in on_disk]
+    on_disk = disk_bytes(db_path)
+    assert hash_token(token) in on_disk
+    assert not [s for s in secrets if s in on_disk]
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+async def test_an_older_file_is_migrated_forward_in_place(db_path, monkeypatch):
+    async with await Store.open(db_path) as store:
+        await store.save_session(session_row())
+    step = ("CREATE TABLE later_feature (id INTEGER PRIMARY KEY)",)
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, step))
+    async with await Store.open(db_path) as store:
+        restored = await store.load_live(NOW)
+    assert [s.session_id for s in restored.sessions] == ["s1"]
+    assert query(db_path, "PRAGMA user_version") == [(LATEST + 1,)]
+    assert query(db_path, "SELECT name FROM sqlite_schema WHERE name = 'later_feature'")
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="newer version"):
+        await Store.open(db_path)
+
+
+# --- crash safety -------------------------------------------------------------------------------
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from engine.store import MessageRow, QuotaEvent, SessionRow, Store, Touch
+
+WRITERS = 20
+
+def body(sid, seq):
+    # Some messages spill to overflow pages, as long replies do.
+    return f"{sid}:{seq}:".encode() * (400 if seq % 7 == 0 else 4)
+
+async def main(path, run):
+    store = await Store.open(Path(path))
+    sids = [f"run{run}-w{w}" for w in range(WRITERS)]
+    for sid in sids:
+        await store.save_session(SessionRow(
+            sid, "u", "free", "{}", 0.0, 0.0, 1e12, 1e12, bytes(32), 0.0, 1e12, b"k"))
+    print("ready", flush=True)
+
+    async def writer(sid):
+        seq = 0
+        while True:
+            seq += 1
+            await store.write(
+                MessageRow(sid, seq, "user", body(sid, seq), float(seq), 10),
+                Touch(sid, float(seq), turns=seq),
+                QuotaEvent("u", "tokens", float(seq), 1.0, 3600.0),
+            )
+            sys.stdout.write(f"{sid} {seq}\\n")
+            sys.stdout.flush()
+
+    await asyncio.gather(*(writer(sid) for sid in sids))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def read_acks(stream: asyncio.StreamReader, into: list[tuple[str, int]]) -> None:
+    """The child's acknowledged ids, line by line as they come."""
+    async for line in stream:
+        if line.endswith(b"\n"):  # a line cut by the kill was never acknowledged
+            sid, seq = line.split()
+            into.append((sid.decode(), int(seq)))
+
+
+def _body(sid: str, seq: int) -> bytes:
+    return f"{sid}:{seq}:".encode() * (400 if seq % 7 == 0 else 4)
+
+
+async def test_every_acknowledged_write_survives_sigkill(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(CHILD)
+    path = tmp_path / "crash.db"
+    rng = random.Random(20240607)
+    total = 0
+    for run in range(12):
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), str(path), str(run), str(PROJECT_ROOT),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert child.stdout is not None and child.stderr is not None
+        ready = await asyncio.wait_for(child.stdout.readline(), 60)
+        assert ready == b"ready\n", (await child.stderr.read()).decode()
+        acknowledged: list[tuple[str, int]] = []
+        reader = asyncio.create_task(read_acks(child.stdout, acknowledged))
+        await asyncio.sleep(rng.uniform(0.05, 0.5))
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+        await reader
+        total += len(acknowledged)
+
+        async with await Store.open(path) as store:  # quick_check passes, WAL recovered
+            restored = await store.load_live(0.0)
+        assert not restored.clean_shutdown
+        stored = {
+            (sid, row.seq): row.ciphertext
+            for sid, rows in restored.messages.items()
+            for row in rows
+        }
+        missing = [ack for ack in acknowledged if ack not in stored]
+        assert not missing, f"run {run}: {len(missing)} acknowledged writes lost"
+        assert all(stored[ack] == _body(*ack) for ack in acknowledged)
+        assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    assert total > 0
