@@ -2,7 +2,8 @@
 
 Engine overhead = client-observed turn time minus the model's time (Reply.model_latency_s):
 authentication, limits, quota, pool acquire, binding history, the Agent's own bookkeeping,
-settle and metrics. Pools are sized to the concurrency so the figure is overhead, not queueing.
+settle, metrics and, with durable acknowledgement (the default), waiting for the commit.
+Pools are sized to the concurrency so the figure is overhead, not queueing.
 Run: .venv/bin/python benchmarks/agent_turns.py
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -66,13 +68,18 @@ def config(folder: Path, users: int, **overrides) -> EngineConfig:
 async def drive(
     engine: Engine, users: int, seconds: float, think_s: float = 0.0
 ) -> dict[str, float]:
-    """Each user sends, waits `think_s` (0: back to back, a closed loop at full CPU), repeats."""
+    """Each user sends, thinks, repeats: think times are exponential with mean `think_s` and
+    users start at random offsets, as real users do (a constant think time would make every
+    user send in the same instant, a thundering herd). think_s=0: back to back, full CPU."""
     sessions = [await engine.create_session(f"user{i}") for i in range(users)]
     overheads: list[float] = []
     turn_times: list[float] = []
     deadline = time.perf_counter() + seconds
 
     async def user(s) -> None:
+        rng = random.Random(s.session_id)
+        if think_s:
+            await asyncio.sleep(rng.uniform(0, think_s))
         k = 0
         while time.perf_counter() < deadline:
             started = time.perf_counter()
@@ -82,7 +89,7 @@ async def drive(
             overheads.append(max(0.0, elapsed - reply.model_latency_s))
             k += 1
             if think_s:
-                await asyncio.sleep(think_s)
+                await asyncio.sleep(rng.expovariate(1 / think_s))
             if k % 8 == 0:  # keep contexts realistic without unbounded growth in the bench
                 await engine.end_session(s.session_id, s.token)
                 s = await engine.create_session(s.user_id)
@@ -127,6 +134,11 @@ async def main() -> None:
                 figures[f"sim_{users}_users_back_to_back"] = await drive(engine, users, 10.0)
             async with Engine(config(folder, users)) as engine:
                 figures[f"sim_{users}_users_think_1s"] = await drive(engine, users, 10.0, 1.0)
+            # The same without waiting for the commit: the agents' share, without the disk's.
+            async with Engine(config(folder, users, durable_ack=False)) as engine:
+                figures[f"sim_{users}_users_think_1s_ack_before_commit"] = await drive(
+                    engine, users, 10.0, 1.0
+                )
         async with SimServer(SIM) as server:
             http = config(folder, 100, llm="openai", base_url=server.base_url, api_key="sk-local")
             async with Engine(http) as engine:
