@@ -89,6 +89,9 @@ class EngineConfig:
     alert_cooldown_s: float = 60.0
     housekeeping_interval_s: float = 1.0
 
+    # Freeze start-up objects out of the collector's passes (engine/runtime.py): process-wide.
+    tune_gc: bool = True
+
     clock: Clock = field(default_factory=SystemClock)
     seed: int | None = None
 

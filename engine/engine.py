@@ -48,6 +48,7 @@ from engine.pool import AgentPool, PooledAgent, PoolView
 from engine.quotas import QuotaManager, QuotaUsage
 from engine.ratelimit import RateLimiter
 from engine.records import Unreadable, message_row, restore_session, session_row
+from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, check_token, issue_token, rotate
 from engine.sessions import Message, Session, SessionEvent, SessionRegistry
 from engine.store import (
@@ -250,6 +251,8 @@ class Engine:
             raise
         for pool in self._pools.values():
             pool.prewarm()
+        if self.config.tune_gc:
+            prepare_for_serving()
         self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
         self._state = "open"
         return self

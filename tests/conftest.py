@@ -25,6 +25,7 @@ def clock() -> ManualClock:
 def make_config(tmp_path, clock):
     def make(**overrides) -> EngineConfig:
         overrides.setdefault("sim", INSTANT)
+        overrides.setdefault("tune_gc", False)  # process-wide; tests open hundreds of engines
         return EngineConfig(data_dir=tmp_path / "data", clock=clock, **overrides)
 
     return make
