@@ -12,7 +12,7 @@ import contextlib
 import heapq
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -20,34 +20,25 @@ from typing import Any, NoReturn
 from cryptography.fernet import Fernet
 
 from engine import validation
-from engine.agents import AgentSpec, bind_history, build_agent, load_agent_specs
+from engine.agents import load_agent_specs
 from engine.alerts import Alert
 from engine.balancer import Balancer, Move, WorkerView
-from engine.clients import ClientCache, ClientCacheStats, openai_client_cache
+from engine.clients import ClientCacheStats
 from engine.config import EngineConfig
 from engine.errors import (
     AuthenticationError,
     EngineClosed,
     EngineError,
     InvalidInput,
-    LLMError,
-    PoolTimeout,
     QuotaExceeded,
     SessionExpired,
 )
-from engine.llm import (
-    ModelAdapter,
-    OpenAICompatModel,
-    OpenAISettings,
-    SimSource,
-    SimulatedModel,
-    resolve_openai_settings,
-)
 from engine.monitor import Monitor, MonitorSnapshot, SessionMetrics
-from engine.pool import AgentPool, PooledAgent, PoolView
+from engine.pool import PoolView
 from engine.quotas import QuotaManager, QuotaUsage
 from engine.ratelimit import RateLimiter
 from engine.records import Unreadable, message_row, restore_session, session_row
+from engine.runner import AgentRunner, ModelReply
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, check_token, issue_token, rotate
 from engine.sessions import Message, Session, SessionEvent, SessionRegistry
@@ -74,14 +65,6 @@ BYTES_PER_MB = 1_000_000
 TOP_QUOTA_USERS = 20
 PRUNE_EVERY = 60  # housekeeping passes, about a minute
 WINDOWED = ("api_calls", "tokens", "compute_seconds")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelReply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    model_latency_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,25 +189,13 @@ class Engine:
         self._store: Store | None = None
         self._rolled_up = (0, 0, 0, 0)  # turns, errors, tokens in/out at the last roll-up
         self.restore_report: RestoreReport | None = None
-        self._specs: dict[str, AgentSpec] = load_agent_specs(config.agent_types_file)
-        self.agent_types = tuple(self._specs)
-        self._sim_source = SimSource(config.sim)
-        self._openai: OpenAISettings | None = None
-        self._clients: ClientCache | None = None
-        if config.llm == "openai":
-            self._openai = resolve_openai_settings(
-                config.base_url, config.api_key, config.openai_model
-            )
-            self._clients = openai_client_cache(config.max_cached_clients, config.turn_timeout_s)
+        specs = load_agent_specs(config.agent_types_file)
+        self.agent_types = tuple(specs)
         self._balancer = Balancer(config.workers, on_move=self._on_move)
-        self._pools: dict[tuple[str, str], AgentPool] = {
-            (view.worker_id, spec.name): AgentPool(
-                spec, view.worker_id, self._new_agent, self.clock,
-                per_user_cap=config.per_user_agent_cap,
-            )
-            for view in self._balancer.snapshot()
-            for spec in self._specs.values()
-        }
+        self._runner = AgentRunner(
+            config, specs.values(), (w.worker_id for w in self._balancer.snapshot()),
+            self.clock, self._monitor,
+        )
         self._keyring: KeyRing | None = None
         self._views: dict[str, SessionView] = {}
         self._quota_watch: set[str] = set()
@@ -249,8 +220,7 @@ class Engine:
         except BaseException:
             await self._store.close()
             raise
-        for pool in self._pools.values():
-            pool.prewarm()
+        self._runner.prewarm()
         if self.config.tune_gc:
             prepare_for_serving()
         self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
@@ -266,8 +236,7 @@ class Engine:
             self._housekeeping = None
         if self._store is not None:
             await self._store.close()
-        if self._clients is not None:
-            await self._clients.aclose(wait=True, timeout_s=self.config.turn_timeout_s)
+        await self._runner.aclose()
 
     async def __aenter__(self) -> Engine:
         return await self.open()
@@ -443,8 +412,7 @@ class Engine:
         """
         now = self.clock.now()
         expired = self._registry.expire_due(now)
-        for pool in self._pools.values():
-            pool.reap(now)
+        self._runner.reap(now)
         self._monitor.tick()
         self._housekeeping_passes += 1
         if self._housekeeping_passes % PRUNE_EVERY == 0:
@@ -462,10 +430,10 @@ class Engine:
             quotas=self._hot_quotas(),
             monitor=self._monitor.snapshot(),
             session_events=dict(self._registry.event_counts),
-            pools=tuple(pool.view() for pool in self._pools.values()),
+            pools=self._runner.pool_views(),
             workers=self._balancer.snapshot(),
             moves_total=self._balancer.moves_total,
-            clients=self._clients.stats() if self._clients is not None else None,
+            clients=self._runner.client_stats(),
             store=self._store.stats() if self._store is not None else None,
         )
 
@@ -533,7 +501,7 @@ class Engine:
         started = self.clock.now()
         try:
             async with session.turn_lock:
-                model = await self._call_agent(session, agent_type, text)
+                model = await self._runner.run(session, agent_type, text)
         except BaseException as exc:
             self._quotas.release(reservation)
             self._end_turn(session)
@@ -560,72 +528,6 @@ class Engine:
             session.session_id, agent_type, model.text,
             model.prompt_tokens, model.completion_tokens, latency, model.model_latency_s,
         )
-
-    async def _call_agent(self, session: Session, agent_type: str, text: str) -> ModelReply:
-        """One praisonaiagents turn on a pooled agent bound to this session's context only."""
-        pool = self._pools[(session.worker, agent_type)]
-        loop = asyncio.get_running_loop()
-        waited_from = loop.time()
-        try:
-            pooled = await pool.acquire(session.user_id, self.config.pool_timeout_s)
-        except PoolTimeout as exc:
-            self._monitor.record_pool_wait(agent_type, exc.waited, True)
-            raise
-        self._monitor.record_pool_wait(agent_type, loop.time() - waited_from, False)
-        failed = True
-        try:
-            history = [{"role": m.role, "content": m.content} for m in session.context]
-            bind_history(pooled.agent, history)
-            pooled.model.begin_call()
-            async with self._client_for(session.user_id, pooled.model):
-                try:
-                    async with asyncio.timeout(self.config.turn_timeout_s):
-                        raw = await pooled.agent.achat(text)
-                except TimeoutError:
-                    raise LLMError(
-                        f"model gave no reply within {self.config.turn_timeout_s:g}s; "
-                        "retry, or raise turn_timeout_s"
-                    ) from None
-            reply = pooled.model.result(raw)
-            failed = False
-        finally:
-            pool.release(pooled, session.user_id, failed=failed)
-        outcome = pooled.model.outcome
-        return ModelReply(
-            str(reply), outcome.prompt_tokens, outcome.completion_tokens, outcome.model_seconds
-        )
-
-    @contextlib.asynccontextmanager
-    async def _client_for(self, user_id: str, model: ModelAdapter) -> AsyncIterator[None]:
-        """Lease the tenant's OpenAI client for the call (no-op for the simulator)."""
-        if self._clients is None or not isinstance(model, OpenAICompatModel):
-            yield
-            return
-        assert self._openai is not None
-        tenant = self.config.tenants.get(user_id)
-        api_key = tenant.api_key if tenant else self._openai.api_key
-        base_url = (tenant.base_url if tenant else None) or self._openai.base_url
-        async with self._clients.lease(api_key, base_url) as client:
-            model.bind(client)
-            try:
-                yield
-            finally:
-                model.bind(None)
-
-    def _new_agent(self, spec: AgentSpec) -> PooledAgent:
-        model: ModelAdapter
-        if self._openai is not None:
-            model = OpenAICompatModel(
-                self.config.openai_model or self._openai.model,
-                max_retries=self.config.llm_max_retries,
-                timeout_s=self.config.turn_timeout_s,
-                max_completion_tokens=self.config.max_completion_tokens,
-            )
-        else:
-            model = SimulatedModel(
-                source=self._sim_source, timeout_s=self.config.turn_timeout_s, model=spec.model
-            )
-        return PooledAgent(build_agent(spec, model), model)
 
     def _end_turn(self, session: Session) -> None:
         self._registry.end_turn(session, self.clock.now())
