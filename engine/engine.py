@@ -35,7 +35,7 @@ from engine.errors import (
 )
 from engine.monitor import Monitor, MonitorSnapshot, SessionMetrics
 from engine.pool import PoolView
-from engine.quotas import QuotaManager, QuotaUsage
+from engine.quotas import QuotaManager, QuotaUsage, Reservation
 from engine.ratelimit import RateLimiter
 from engine.records import Unreadable, message_row, restore_session, session_row
 from engine.runner import AgentRunner, ModelReply
@@ -474,7 +474,7 @@ class Engine:
         self._session_rate.acquire(session.session_id)
         self._user_rate.acquire(session.user_id)
 
-    def _reserve(self, session: Session, text: str):
+    def _reserve(self, session: Session, text: str) -> Reservation:
         history_tokens = session.context.bytes // CHARS_PER_TOKEN
         text_bytes = len(text.encode("utf-8", errors="surrogatepass"))
         reply_bytes = self.config.max_completion_tokens * CHARS_PER_TOKEN
@@ -494,7 +494,9 @@ class Engine:
             self._quota_watch.add(session.user_id)
             raise
 
-    async def _run_turn(self, session: Session, agent_type: str, text: str, reservation) -> Reply:
+    async def _run_turn(
+        self, session: Session, agent_type: str, text: str, reservation: Reservation
+    ) -> Reply:
         self._registry.begin_turn(session)
         self._balancer.mark_busy(session.session_id, True)
         self._refresh_view(session)
