@@ -36,6 +36,7 @@ UNLIMITED = {
 
 
 def big_pools(folder: Path, size: int = 1000) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "agents.toml"
     path.write_text(
         f'[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
@@ -135,6 +136,27 @@ async def bench_bytes_per_session(data_dir: Path, n: int = 2000, turns: int = 10
         return (after - before) // n
 
 
+async def bench_engine_restore(data_dir: Path, sessions: int = 10_000, turns: int = 10) -> float:
+    """Seconds for Engine.open() to restore `sessions` live sessions of 2*turns messages each:
+    store checks, reading rows, unwrapping keys and decrypting every message."""
+    config_ = config(data_dir / "restore", durable_ack=False, context_max_messages=1000)
+    async with Engine(config_) as engine:
+        created = [await engine.create_session(f"user{i}") for i in range(sessions)]
+
+        async def user(s) -> None:
+            for k in range(turns):
+                await engine.send(s.session_id, s.token, f"a typical user message number {k}")
+
+        for start in range(0, sessions, 500):
+            await asyncio.gather(*(user(s) for s in created[start:start + 500]))
+    started = time.perf_counter()
+    async with Engine(config_) as engine:
+        elapsed = time.perf_counter() - started
+        assert engine.restore_report is not None
+        assert engine.restore_report.messages == sessions * turns * 2
+    return round(elapsed, 2)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=100_000)
@@ -153,6 +175,7 @@ async def main() -> None:
             "live_sessions": args.sessions,
             **await bench_expiry_and_snapshot(data_dir, args.sessions),
             "bytes_per_session_with_20_messages": await bench_bytes_per_session(data_dir),
+            "engine_restore_s_10k_sessions_20_messages": await bench_engine_restore(data_dir),
         }
     print(json.dumps(figures, indent=2))
 
