@@ -10,8 +10,10 @@ figure is capacity, not refusals.
 The user count steps up; a step is sustained when overhead p99 < 5 ms, no turn failed and the
 turn rate reached 90% of users / mean think time. A step that misses is measured once more (a
 busy neighbour on the machine is not capacity); the first step that misses twice ends the run.
-The whole ladder runs as shipped (`durable_ack=True`: a reply waits for its commit's fsync) and
-again without that wait, so the disk's share and the engine's own cost can be told apart.
+The whole ladder runs three times: as shipped (`durable_ack=True`, durability "power": a reply
+waits for its commit's fsync), with durability "process" (a reply waits for its commit, which
+survives kill -9 but skips the fsync), and without waiting for the commit at all, so the disk's
+share and the engine's own cost can be told apart.
 Run: .venv/bin/python benchmarks/load_capacity.py [--steps 1000,5000] [--measure-s 10]
 """
 
@@ -117,7 +119,8 @@ async def measure(generator: LoadGenerator, lag: LoopLag, users: int, measure_s:
 
 
 async def run_mode(
-    steps: tuple[int, ...], measure_s: float, durable_ack: bool, deadline: float
+    steps: tuple[int, ...], measure_s: float, durable_ack: bool, deadline: float,
+    durability: str = "power",
 ) -> dict:
     """Step users up on one engine until a step is not sustained or time runs out."""
     options = LoadOptions(
@@ -136,6 +139,7 @@ async def run_mode(
             session_rate=RateLimit(1e9, 10**9),
             user_rate=RateLimit(1e9, 10**9),
             durable_ack=durable_ack,
+            durability=durability,
         )
         async with Engine(config) as engine:
             generator = LoadGenerator(engine, options)
@@ -158,6 +162,7 @@ async def run_mode(
     best = max((r for r in results if r["sustained"]), key=lambda r: r["users"], default=None)
     return {
         "durable_ack": durable_ack,
+        "durability": durability,
         "max_users_sustained": best["users"] if best else 0,
         "turns_per_s": best["turns_per_s"] if best else 0.0,
         "steps": results,
@@ -171,11 +176,15 @@ async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict
     # As shipped (each reply waits for its commit's fsync), then without that wait, which
     # separates the disk from the engine's own cost.
     shipped = await run_mode(steps, measure_s, True, deadline)
+    # Durable against a crash or kill -9 of the process, not a power cut: no fsync per commit.
+    process_safe = await run_mode(steps, measure_s, True, deadline, durability="process")
     fast = await run_mode(steps, measure_s, False, deadline)
     return {
         "benchmark": "load_capacity",
         "max_users_sustained": shipped["max_users_sustained"],
         "turns_per_s": shipped["turns_per_s"],
+        "max_users_sustained_durability_process": process_safe["max_users_sustained"],
+        "turns_per_s_durability_process": process_safe["turns_per_s"],
         "max_users_sustained_without_durable_ack": fast["max_users_sustained"],
         "turns_per_s_without_durable_ack": fast["turns_per_s"],
         "target_users": TARGET_USERS,
@@ -192,7 +201,7 @@ async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict
             "turn_rate_at_least": f"{RATE_FLOOR:.0%} of users / mean think time",
         },
         "measure_s_per_step": measure_s,
-        "modes": [shipped, fast],
+        "modes": [shipped, process_safe, fast],
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -208,7 +217,7 @@ def main() -> None:
                         help="user counts to try, ascending (default: %(default)s)")
     parser.add_argument("--measure-s", type=float, default=10.0,
                         help="seconds measured per step (default: %(default)s)")
-    parser.add_argument("--budget-s", type=float, default=200.0,
+    parser.add_argument("--budget-s", type=float, default=360.0,
                         help="no new step starts after this many seconds (default: %(default)s)")
     args = parser.parse_args()
     steps = tuple(int(s) for s in args.steps.split(","))

@@ -44,6 +44,10 @@ class EngineConfig:
     # True: send() returns only once its messages are committed. False acknowledges before
     # the commit (benchmarks): a crash can then lose the last few milliseconds of turns.
     durable_ack: bool = True
+    # "power": every commit is fsynced, an acknowledged turn survives a power cut. "process":
+    # it survives the process crashing or being killed (kill -9), not the machine losing
+    # power, and an acknowledgement costs a write() instead of an fsync (lower latency).
+    durability: Literal["power", "process"] = "power"
     audit_retention_s: float = 0.0  # >0 keeps ended sessions' metadata (no content) this long
 
     # Model backend: "sim" needs nothing; "openai" reads base_url/api_key or the environment.

@@ -214,6 +214,7 @@ class Engine:
             self.config.db_path,
             durable_ack=self.config.durable_ack,
             retention_s=self.config.audit_retention_s,
+            power_safe=self.config.durability == "power",
         )
         try:
             self.restore_report = await self._restore()

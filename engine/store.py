@@ -5,8 +5,9 @@ Why it is built this way:
 - Every write goes through one writer task that puts whatever concurrent turns queued into one
   transaction (group commit), so one fsync covers hundreds of writes. With `durable_ack` (the
   default) `write()` returns only after the transaction holding its ops has committed, in WAL
-  mode with `synchronous=FULL`: nothing a caller was told is saved is lost to `kill -9` or a
-  power cut. `durable_ack=False` returns as soon as the ops are queued; that is for benchmarks
+  mode with `synchronous=FULL` (`power_safe`, the default): nothing a caller was told is saved
+  is lost to `kill -9` or a power cut (with `power_safe=False`, to `kill -9` only).
+  `durable_ack=False` returns as soon as the ops are queued; that is for benchmarks
   and risks the last few milliseconds of acknowledged writes on a crash, and a failed commit
   (disk full) is then only logged and counted, never reported to the writer.
 - All ops of one `write()` call commit together or not at all; an op rejected by a constraint
@@ -51,10 +52,9 @@ METRICS_RESTORE_S = 3600.0  # roll-ups handed back on restore, enough for the co
 BACKLOG_BATCHES = 64  # without durable_ack, writers wait once this many full batches are queued
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
-# synchronous=FULL fsyncs the WAL at every commit: what makes an acknowledgement durable.
-# secure_delete zeroes deleted rows, so a shredded wrapped key does not linger in free space.
+# synchronous is set per store (power_safe). secure_delete zeroes deleted rows, so a shredded
+# wrapped key does not linger in free space.
 _PRAGMAS = (
-    "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
     "PRAGMA busy_timeout = 5000",
     "PRAGMA secure_delete = ON",
@@ -499,8 +499,14 @@ class Store:
         retention_s: float = 0.0,
         alert_keep: int = 1000,
         metrics_keep_s: float = 7 * 86400.0,
+        power_safe: bool = True,
     ) -> Store:
         """Check the file, migrate it forward, and start the writer.
+
+        `power_safe` (synchronous=FULL) fsyncs the WAL at every commit, so an acknowledged
+        write survives a power cut. False (synchronous=NORMAL) leaves the commit in the OS page
+        cache: it still survives the process crashing or being killed, not the machine
+        losing power, and an acknowledgement then costs a write() instead of an fsync.
 
         The writer commits as soon as it is free; writes queued meanwhile form the next batch,
         so batches grow by themselves with load and with slow disks. `batch_ms` > 0 makes it
@@ -517,7 +523,7 @@ class Store:
             )
         path = Path(path)
         await asyncio.to_thread(_check_file, path)
-        db = await _connect(path)
+        db = await _connect(path, power_safe)
         try:
             clean = await _prepare(db, path)
         except BaseException:
@@ -960,12 +966,13 @@ def _check_file(path: Path) -> None:
         conn.close()
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+async def _connect(path: Path, power_safe: bool) -> aiosqlite.Connection:
     try:
         db = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise _store_error(path, exc, "opening") from exc
     try:
+        await db.execute(f"PRAGMA synchronous = {'FULL' if power_safe else 'NORMAL'}")
         for pragma in _PRAGMAS:
             await db.execute(pragma)
         (mode,) = next(iter(await db.execute_fetchall("PRAGMA journal_mode = WAL")))

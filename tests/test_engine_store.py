@@ -149,7 +149,7 @@ CHILD = textwrap.dedent(
             data_dir=Path(sys.argv[1]), tiers=BIG, default_tier="big",
             session_rate=RateLimit(1e6, 10**6), user_rate=RateLimit(1e6, 10**6),
             sim=SimSettings(median_latency_s=0.001, p99_latency_s=0.005, seed=1),
-            context_max_messages=10_000,
+            context_max_messages=10_000, durability=sys.argv[3],
         )
         async with Engine(config) as engine:
             async def user(i):
@@ -165,7 +165,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_every_acknowledged_message_survives_sigkill(tmp_path):
+@pytest.mark.parametrize("durability", ["power", "process"])
+def test_every_acknowledged_message_survives_sigkill(tmp_path, durability):
     rng = random.Random(11)
     data_dir = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -174,7 +175,7 @@ def test_every_acknowledged_message_survives_sigkill(tmp_path):
     tokens: dict[str, str] = {}
     for run in range(10):
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(data_dir), str(run)],
+            [sys.executable, "-c", CHILD, str(data_dir), str(run), durability],
             stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
         )
         assert child.stdout is not None
