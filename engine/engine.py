@@ -13,7 +13,7 @@ import heapq
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -500,7 +500,9 @@ class Engine:
     ) -> Reply:
         self._registry.begin_turn(session)
         self._balancer.mark_busy(session.session_id, True)
-        self._refresh_view(session)
+        view = self._views.get(session.session_id)
+        if view is not None:  # only the state changed: no need to recompute its metrics
+            self._views[session.session_id] = replace(view, state="busy")
         started = self.clock.now()
         try:
             async with session.turn_lock:
@@ -606,9 +608,9 @@ class Engine:
     # -- views and quotas ------------------------------------------------------------------------
     def _observe_quotas(self, user_id: str) -> None:
         highest = 0.0
-        for usage in self._quotas.usage(user_id):
-            self._monitor.observe_quota(user_id, usage.resource, usage.percent)
-            highest = max(highest, usage.percent)
+        for resource, percent in self._quotas.percents(user_id):
+            self._monitor.observe_quota(user_id, resource, percent)
+            highest = max(highest, percent)
         if highest >= self.config.quota_watch_percent:
             self._quota_watch.add(user_id)
 

@@ -347,19 +347,23 @@ class QuotaManager:
             )
         return tuple(report)
 
-    def highest_percent(self, user_id: str) -> float:
-        """The fullest resource's percent: O(resources), for spotting users near a quota."""
+    def percents(self, user_id: str) -> tuple[tuple[str, float], ...]:
+        """Each resource's percent taken (used + reserved): O(resources), without reset times."""
         state = self._users.get(user_id)
         if state is None:
-            return 0.0
+            return tuple((resource, 0.0) for resource in RESOURCES)
         now = self._clock.now()
-        highest = 0.0
+        taken = []
         for resource in RESOURCES:
             limit = self._limit(state, resource)
             usage = self._usage(state, resource, limit, now, create=False)
-            taken = (usage.used(now) if usage else 0.0) + state.reserved.get(resource, 0.0)
-            highest = max(highest, _percent(taken, limit.limit))
-        return highest
+            amount = (usage.used(now) if usage else 0.0) + state.reserved.get(resource, 0.0)
+            taken.append((resource, _percent(amount, limit.limit)))
+        return tuple(taken)
+
+    def highest_percent(self, user_id: str) -> float:
+        """The fullest resource's percent, for spotting users near a quota."""
+        return max(percent for _, percent in self.percents(user_id))
 
     def forget_user(self, user_id: str) -> None:
         """Drop everything about the user; their open reservations become no-ops."""
