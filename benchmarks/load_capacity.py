@@ -38,7 +38,7 @@ from engine.metrics import LatencyHistogram
 from engine.quotas import QuotaLimit
 from engine.ratelimit import RateLimit
 
-STEPS = (100, 250, 500, 1000, 2500, 5000, 10_000, 15_000, 20_000)
+STEPS = (100, 250, 500, 1000, 2500, 5000, 7500, 10_000, 15_000, 20_000)
 THINK = Distribution("exp", 5.0)
 P99_LIMIT_MS = 5.0
 RATE_FLOOR = 0.9  # of users / mean think time
