@@ -192,6 +192,31 @@ def parse_shape(spec: str) -> tuple[ShapeStep, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Spike:
+    """From `at_s` for `duration_s` seconds the sim model's latency is multiplied by `factor`."""
+
+    at_s: float
+    duration_s: float
+    factor: float
+
+    @classmethod
+    def parse(cls, text: str) -> Spike:
+        """`AT_S:DURATION_S:FACTOR`, e.g. 30:10:5 (five times slower from 30 s to 40 s)."""
+        try:
+            at_s, duration_s, factor = (float(part) for part in text.split(":"))
+        except ValueError:
+            raise ValueError(
+                f"bad spike {text!r}; use AT_S:DURATION_S:FACTOR, e.g. 30:10:5"
+            ) from None
+        if not (at_s >= 0 and duration_s > 0 and factor > 0):
+            raise ValueError(f"spike {text!r} needs AT_S >= 0, DURATION_S > 0 and FACTOR > 0")
+        return cls(at_s, duration_s, factor)
+
+    def active(self, elapsed: float) -> bool:
+        return self.at_s <= elapsed < self.at_s + self.duration_s
+
+
+@dataclass(frozen=True, slots=True)
 class LoadOptions:
     """What load to drive. Every field has a default that gives a moderate, mixed demo."""
 
@@ -219,6 +244,8 @@ class LoadOptions:
     attack_rate: float = 10.0  # attempts per second per attacker
     # Model faults for the sim backend; they live in EngineConfig.sim (see `apply_faults`).
     faults: SimSettings | None = None
+    # Latency spikes on the sim backend during the run (the engine's set_sim, live).
+    spikes: tuple[Spike, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -255,14 +282,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "faults": SimSettings(
             median_latency_s=0.2, p99_latency_s=2.5, error_rate=0.02, timeout_rate=0.005
         ),
+        "spikes": (Spike(60.0, 15.0, 4.0),),  # a minute in, the model slows down for 15 s
     },
     # Ordinary users only, on the engine's own sim settings.
-    "steady": {"hogs": 0, "chatty": 0, "attackers": 0, "faults": None},
+    "steady": {"hogs": 0, "chatty": 0, "attackers": 0, "faults": None, "spikes": ()},
 }
 
 
 def apply_faults(config: EngineConfig, options: LoadOptions) -> EngineConfig:
-    """The engine config with the options' model faults; the generator cannot change them live."""
+    """The engine config with the options' model faults (spikes then change latency live)."""
     if options.faults is None:
         return config
     sim = options.faults
@@ -748,6 +776,8 @@ class LoadGenerator:
         self._next_index = 0
         self._spawn_rate = options.spawn_rate
         self._manual_users: int | None = None
+        self._spike: Spike | None = None
+        self._calm_sim: SimSettings | None = None  # the sim settings outside any spike
         self._target = 0
         self._ramping_down = False
         self._allowance = 1.0
@@ -811,6 +841,7 @@ class LoadGenerator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._controller
             self._controller = None
+        self._end_spike()
         self._stop_users()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
@@ -938,6 +969,7 @@ class LoadGenerator:
             await asyncio.sleep(CONTROL_TICK_S)
             now = time.monotonic()
             self._steer(now - last)
+            self._apply_spikes(now - self._started_at)
             last = now
             second = int(now - self._started_at)
             if second > sampled:
@@ -946,8 +978,31 @@ class LoadGenerator:
             if duration is not None and now - self._started_at >= duration:
                 # Users stop by themselves, so a console that never calls stop() sees the end.
                 self._finished.set()
+                self._end_spike()
                 self._stop_users()
                 return
+
+    def _end_spike(self) -> None:
+        if self._spike is not None and self._calm_sim is not None:
+            self.engine.set_sim(self._calm_sim)
+        self._spike = None
+
+    def _apply_spikes(self, elapsed: float) -> None:
+        """Multiply the sim model's latency while a spike is active; restore it after."""
+        spike = next((s for s in self.options.spikes if s.active(elapsed)), None)
+        if spike is self._spike:
+            return
+        if self._calm_sim is None:
+            self._calm_sim = self.engine.sim_settings
+        calm = self._calm_sim
+        self.engine.set_sim(
+            calm if spike is None else dataclasses.replace(
+                calm,
+                median_latency_s=calm.median_latency_s * spike.factor,
+                p99_latency_s=calm.p99_latency_s * spike.factor,
+            )
+        )
+        self._spike = spike
 
     def _desired(self, elapsed: float) -> tuple[int, float]:
         """Target ordinary users now and the rate to move at; the end of the run ramps down."""
@@ -1409,6 +1464,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="step load AT_S:USERS[:RATE],... or a file of such lines; replaces "
                         "--users (default: none)")
     g.add_argument("--seed", type=int, help="replay a run exactly (default: random, reported)")
+    g.add_argument("--spike", type=_typed(Spike.parse), action="append", default=[],
+                   metavar="AT:DURATION:FACTOR",
+                   help="sim latency times FACTOR from AT s for DURATION s, e.g. 30:10:5; "
+                        "repeatable (default: mixed has 60:15:4)")
 
     g = p.add_argument_group("user behaviour")
     g.add_argument("--think", type=_typed(Distribution.parse), default=d.think, metavar="DIST",
@@ -1488,6 +1547,8 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
     sim_flags = {k: v for k, v in sim_flags.items() if v is not None}
     if sim_flags:
         scenario["faults"] = dataclasses.replace(scenario["faults"] or SimSettings(), **sim_flags)
+    if args.spike:
+        scenario["spikes"] = tuple(args.spike)
     if args.duration is None:
         duration = HEADLESS_DURATION_S if args.headless else None
     else:

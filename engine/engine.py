@@ -24,7 +24,7 @@ from engine.agents import load_agent_specs
 from engine.alerts import Alert
 from engine.balancer import Balancer, Move, WorkerView
 from engine.clients import ClientCacheStats
-from engine.config import EngineConfig
+from engine.config import EngineConfig, SimSettings
 from engine.errors import (
     AuthenticationError,
     EngineClosed,
@@ -400,6 +400,17 @@ class Engine:
 
     def acknowledge_alert(self, alert_id: int) -> bool:
         return self._monitor.acknowledge(alert_id)
+
+    @property
+    def sim_settings(self) -> SimSettings:
+        return self._runner.sim_settings
+
+    def set_sim(self, settings: SimSettings) -> None:
+        """Change the `sim` backend's latency and fault rates live (fault drills, load spikes).
+
+        InvalidInput for impossible settings; no effect on the `openai` backend.
+        """
+        self._runner.set_sim(settings)
 
     def rebalance(self) -> tuple[Move, ...]:
         """Even the load across workers, moving the fewest idle sessions; never a busy one."""

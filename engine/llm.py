@@ -206,19 +206,25 @@ class SimSource:
     """
 
     def __init__(self, settings: SimSettings, *, memory: int = 65_536) -> None:
+        self._memory = memory
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: SimSettings) -> None:
+        """Change latency and fault rates while running (a load test's latency spike); every
+        adapter sharing this source follows from its next call. A new seed restarts the draws."""
         _check_sim_settings(settings)
+        if not hasattr(self, "settings") or settings.seed != self.settings.seed:
+            seed = settings.seed
+            self._key = (
+                secrets.token_bytes(32) if seed is None
+                else hashlib.sha256(f"sim-seed:{seed}".encode()).digest()
+            )
         self.settings = settings
-        seed = settings.seed
-        self._key = (
-            secrets.token_bytes(32) if seed is None
-            else hashlib.sha256(f"sim-seed:{seed}".encode()).digest()
-        )
         self._sigma = (
             math.log(settings.p99_latency_s / settings.median_latency_s) / Z_99
             if settings.median_latency_s > 0 else 0.0
         )
-        self._memory = memory
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
 
     def latency(self, u: float) -> float:
         """The log-normal latency at quantile `u` in (0, 1): median * exp(sigma * z(u))."""

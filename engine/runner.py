@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from engine.agents import AgentSpec, bind_history, build_agent
 from engine.clients import ClientCache, ClientCacheStats, openai_client_cache
 from engine.clock import Clock
-from engine.config import EngineConfig
+from engine.config import EngineConfig, SimSettings
 from engine.errors import LLMError, PoolTimeout
 from engine.llm import (
     ModelAdapter,
@@ -66,6 +66,14 @@ class AgentRunner:
             for worker in workers
             for spec in specs
         }
+
+    @property
+    def sim_settings(self) -> SimSettings:
+        return self._sim_source.settings
+
+    def set_sim(self, settings: SimSettings) -> None:
+        """New simulator latency and fault rates for every pooled agent, from their next call."""
+        self._sim_source.reconfigure(settings)
 
     def prewarm(self) -> None:
         for pool in self._pools.values():

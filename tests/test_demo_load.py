@@ -7,6 +7,7 @@ counts and outcomes, never about how long anything took.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import re
@@ -22,6 +23,7 @@ from demo_load import (
     LoadGenerator,
     LoadOptions,
     ShapeStep,
+    Spike,
     apply_faults,
     parse_mix,
     parse_shape,
@@ -206,6 +208,30 @@ async def test_set_users_and_shape_steer_the_population(tmp_path):
     assert not stats.running and stats.phase == "stopped"
     assert stats.live_users == 0 and stats.sessions_open == 0
     assert len(snap.sessions) == stats.sessions_abandoned - stats.sessions_lost
+
+
+async def test_a_latency_spike_slows_the_sim_model_live_and_ends(tmp_path):
+    base = SimSettings(median_latency_s=0.001, p99_latency_s=0.002, seed=1)
+    options = LoadOptions(
+        users=3, spawn_rate=100, think=Distribution("exp", 0.05), seed=1,
+        spikes=(Spike(0.2, 0.6, 50.0),),
+    )
+    config = dataclasses.replace(roomy_config(tmp_path / "data"), sim=base)
+    async with Engine(config) as engine:
+        generator = LoadGenerator(engine, options)
+        generator.start()
+        await until(lambda: engine.sim_settings.median_latency_s == 0.05, "the spike begins")
+        assert engine.sim_settings.p99_latency_s == pytest.approx(0.1)
+        await until(lambda: engine.sim_settings == base, "the spike ends")
+        await generator.stop()
+    assert engine.sim_settings == base
+
+
+def test_spikes_parse_strictly():
+    assert Spike.parse("30:10:5") == Spike(30.0, 10.0, 5.0)
+    for bad in ("30:10", "a:b:c", "-1:10:5", "30:0:5", "30:10:0"):
+        with pytest.raises(ValueError, match="AT_S"):
+            Spike.parse(bad)
 
 
 # -- parsing -------------------------------------------------------------------------------------

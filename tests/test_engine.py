@@ -272,3 +272,16 @@ async def test_thousands_of_concurrent_turns_stay_isolated(make_config):
             assert all(s.session_id in m.content for m in history)
         snap = engine.snapshot()
         assert snap.monitor.turns == 2000 and len(snap.sessions) == 400
+
+
+async def test_sim_faults_change_live_and_back(engine, clock):
+    s = await engine.create_session("alice")
+    calm = engine.sim_settings
+    engine.set_sim(SimSettings(median_latency_s=0.0, p99_latency_s=0.0, error_rate=1.0, seed=1))
+    with pytest.raises(errors.LLMError, match="simulated model error"):
+        await engine.send(s.session_id, s.token, "during the drill")
+    with pytest.raises(errors.InvalidInput, match="error_rate"):
+        engine.set_sim(SimSettings(error_rate=2.0))
+    engine.set_sim(calm)
+    clock.advance(1.0)
+    assert (await engine.send(s.session_id, s.token, "after the drill")).text
