@@ -1570,7 +1570,7 @@ def engine_config_from_args(
     config = EngineConfig(
         data_dir=data_dir, llm=args.llm, base_url=args.base_url, api_key=args.api_key,
         openai_model=args.model, idle_timeout_s=args.idle_timeout,
-        turn_timeout_s=args.turn_timeout, seed=options.seed,
+        turn_timeout_s=args.turn_timeout,
     )
     return apply_faults(config, options)
 

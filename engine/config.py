@@ -97,7 +97,6 @@ class EngineConfig:
     tune_gc: bool = True
 
     clock: Clock = field(default_factory=SystemClock)
-    seed: int | None = None
 
     @property
     def master_key_file(self) -> Path:

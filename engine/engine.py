@@ -302,17 +302,7 @@ class Engine:
     async def rotate_token(self, session_id: str, token: str) -> str:
         """Issue a new token for the session; the presented one stops working at once."""
         self._require_open()
-        session = self._authenticate(session_id, token)
-        assert session.token is not None
-        now = self.clock.now()
-        new_token, session.token = rotate(
-            session.token, now, session.created_at + session.lifetime_s - now
-        )
-        record = session.token
-        await self.store.write(
-            TokenUpdate(session.session_id, record.token_hash, record.issued_at, record.expires_at)
-        )
-        return new_token
+        return await self._rotate(self._authenticate(session_id, token))
 
     async def end_session(self, session_id: str, token: str) -> None:
         self._require_open()
@@ -357,12 +347,7 @@ class Engine:
         session = self._registry.get(session_id)
         if session is None or session.token is None:
             return False
-        now = self.clock.now()
-        _, session.token = rotate(session.token, now, session.created_at + session.lifetime_s - now)
-        record = session.token
-        await self.store.write(
-            TokenUpdate(session.session_id, record.token_hash, record.issued_at, record.expires_at)
-        )
+        await self._rotate(session)
         return True
 
     async def rotate_master_key(self, new_key: bytes | None = None) -> RewrapReport:
@@ -675,6 +660,19 @@ class Engine:
         session.cipher = None
         session.wrapped_key = None
         session.token = None
+
+    async def _rotate(self, session: Session) -> str:
+        """Replace the session's token (same expiry) and store its hash; returns the new one."""
+        assert session.token is not None
+        now = self.clock.now()
+        new_token, record = rotate(
+            session.token, now, session.created_at + session.lifetime_s - now
+        )
+        session.token = record
+        await self.store.write(
+            TokenUpdate(session.session_id, record.token_hash, record.issued_at, record.expires_at)
+        )
+        return new_token
 
     async def _end(self, session: Session, reason: str) -> None:
         """End a session now and return once its rows and wrapped key are deleted on disk."""

@@ -211,15 +211,13 @@ class SessionRegistry:
             lifetime_s=self.lifetime_s,
             context=Context(self.context_max_messages, self.context_max_bytes),
         )
-        self._sessions[session.session_id] = session
-        self._by_user.setdefault(user_id, {})[session.session_id] = session
-        heapq.heappush(self._heap, (session.deadline, session.session_id))
+        self.adopt(session)
         self._compact_heap()
         self._emit(SessionEvent("created", session.session_id, user_id, now), session)
         return session
 
     def adopt(self, session: Session) -> None:
-        """Register a session restored from the store (no 'created' event: it already was)."""
+        """Register a session without a 'created' event: new ones via create(), or restored."""
         self._sessions[session.session_id] = session
         self._by_user.setdefault(session.user_id, {})[session.session_id] = session
         heapq.heappush(self._heap, (session.deadline, session.session_id))
