@@ -13,7 +13,7 @@ import heapq
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -197,7 +197,10 @@ class Engine:
             self.clock, self._monitor,
         )
         self._keyring: KeyRing | None = None
+        # Views are rebuilt on demand (snapshot, inspect), not per turn: a session that turns
+        # many times between two console refreshes is rebuilt once.
         self._views: dict[str, SessionView] = {}
+        self._stale_views: set[str] = set()
         self._quota_watch: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._housekeeping_passes = 0
@@ -269,7 +272,7 @@ class Engine:
         session.cipher, session.wrapped_key = self.keyring.new_data_key()
         session.tier = self._quotas.tier_of(user_id)
         session.worker = self._balancer.assign(session.session_id)
-        self._refresh_view(session)
+        self._invalidate_view(session)
         try:
             await self.store.save_session(session_row(session))
         except EngineError:
@@ -320,7 +323,7 @@ class Engine:
     def inspect(self, session_id: str) -> SessionDetail | None:
         """A session's full detail, decrypted context included; None if it is not live."""
         session = self._registry.get(session_id)
-        view = self._views.get(session_id)
+        view = self._current_views().get(session_id)
         if session is None or view is None:
             return None
         return SessionDetail(
@@ -418,7 +421,7 @@ class Engine:
         return len(expired)
 
     def snapshot(self) -> EngineSnapshot:
-        views = MappingProxyType(dict(self._views))
+        views = MappingProxyType(dict(self._current_views()))
         return EngineSnapshot(
             taken_at=self.clock.now(),
             sessions=tuple(views.values()),
@@ -454,6 +457,7 @@ class Engine:
         if record.expired(now):
             return self._refuse(session_id)
         self._registry.touch(session, now)
+        self._invalidate_view(session)
         return session
 
     def _refuse(self, session_id: object) -> NoReturn:
@@ -496,9 +500,7 @@ class Engine:
     ) -> Reply:
         self._registry.begin_turn(session)
         self._balancer.mark_busy(session.session_id, True)
-        view = self._views.get(session.session_id)
-        if view is not None:  # only the state changed: no need to recompute its metrics
-            self._views[session.session_id] = replace(view, state="busy")
+        self._invalidate_view(session)
         started = self.clock.now()
         try:
             async with session.turn_lock:
@@ -509,7 +511,7 @@ class Engine:
             if isinstance(exc, EngineError):
                 self._record_failure(session, exc, self.clock.now() - started)
             elif self._registry.get(session.session_id) is session:
-                self._refresh_view(session)
+                self._invalidate_view(session)
             raise
         latency = self.clock.now() - started
         self._end_turn(session)
@@ -540,7 +542,7 @@ class Engine:
         session = self._registry.get(move.session_id)
         if session is not None:
             session.worker = move.to_worker
-            self._refresh_view(session)
+            self._invalidate_view(session)
             self._persist_later(Assign(move.session_id, move.to_worker))
 
     def _complete_turn(
@@ -582,7 +584,7 @@ class Engine:
             model.prompt_tokens, model.completion_tokens,
         )
         self._observe_quotas(session.user_id)
-        self._refresh_view(session)
+        self._invalidate_view(session)
         return ops
 
     @staticmethod
@@ -598,7 +600,7 @@ class Engine:
             session.session_id, session.user_id, type(exc).__name__, latency
         )
         if self._registry.get(session.session_id) is session:
-            self._refresh_view(session)
+            self._invalidate_view(session)
             self._persist_later(self._touch_op(session))
 
     # -- views and quotas ------------------------------------------------------------------------
@@ -624,9 +626,27 @@ class Engine:
             for percent, user_id in heapq.nlargest(TOP_QUOTA_USERS, views)
         )
 
-    def _refresh_view(self, session: Session) -> None:
+    def _invalidate_view(self, session: Session) -> None:
+        """Mark the session's view out of date; `_current_views` rebuilds it when asked.
+
+        A session's first view is built at once, so views stay in creation order.
+        """
+        if session.session_id in self._views:
+            self._stale_views.add(session.session_id)
+        elif self._registry.get(session.session_id) is session:
+            self._views[session.session_id] = self._build_view(session)
+
+    def _current_views(self) -> dict[str, SessionView]:
+        for session_id in self._stale_views:
+            session = self._registry.get(session_id)
+            if session is not None:
+                self._views[session_id] = self._build_view(session)
+        self._stale_views.clear()
+        return self._views
+
+    def _build_view(self, session: Session) -> SessionView:
         metrics = self._monitor.session_view(session.session_id)
-        self._views[session.session_id] = SessionView(
+        return SessionView(
             session_id=session.session_id,
             user_id=session.user_id,
             tier=session.tier,
@@ -649,6 +669,7 @@ class Engine:
             return
         # ended, expired or evicted: forget everything held for the session.
         self._views.pop(session.session_id, None)
+        self._stale_views.discard(session.session_id)
         self._session_rate.forget(session.session_id)
         self._balancer.release(session.session_id)
         if not self._registry.of_user(session.user_id):
@@ -742,7 +763,7 @@ class Engine:
                 moved.append(Assign(session.session_id, worker))
             self._monitor.session_started(session.session_id, session.user_id)
             self._quotas.adjust(session.user_id, "storage_mb", session.context.bytes / BYTES_PER_MB)
-            self._refresh_view(session)
+            self._invalidate_view(session)
         for event in restored.quota:
             if self._quotas.window_of(event.user_id, event.resource) is not None:
                 self._quotas.restore(event.user_id, event.resource, event.amount, event.at)

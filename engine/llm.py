@@ -33,7 +33,7 @@ from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpe
 from engine.config import SimSettings
 from engine.errors import EngineError, InvalidInput, LLMError
 from engine.security import fingerprint
-from engine.tokens import estimate_tokens
+from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
@@ -71,34 +71,43 @@ def build_messages(
 
     praisonaiagents appends the pending user message to the history *before* calling the model
     and passes its own live list, so the prompt is added only when the history does not already
-    end with it, and the history is copied (the agent keeps appending to its list).
+    end with it, and the list is copied (the agent keeps appending to its list). The history's
+    dicts are reused, not rebuilt, unless one needs fixing: they are only read from here on.
     """
-    messages: list[ChatMessage] = []
-    if system_prompt:
-        messages.append({"role": "system", "content": system_prompt})
-    for message in chat_history or ():
-        content = message.get("content")
+    messages: list[Any] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.extend(chat_history or ())
+    if not all(map(_well_formed, messages)):
         # A failed earlier reply is stored by praisonaiagents as content None.
-        messages.append({"role": str(message["role"]), "content": "" if content is None
-                         else str(content)})
+        messages = [
+            m if _well_formed(m) else {
+                "role": str(m["role"]),
+                "content": "" if m.get("content") is None else str(m.get("content")),
+            }
+            for m in messages
+        ]
     user = {"role": "user", "content": prompt}
     if not messages or messages[-1] != user:
         messages.append(user)
     return messages
 
 
+def _well_formed(message: Mapping[str, Any]) -> bool:
+    return type(message.get("content")) is str and type(message.get("role")) is str
+
+
 def content_digest(messages: Sequence[Mapping[str, Any]]) -> bytes:
     """SHA-256 of exactly what the model received (roles and contents, in order).
 
-    Each part is length-prefixed, so different splits of the same text never collide.
+    Each part is length-prefixed, so different splits of the same text never collide. One
+    joined string and one hash update: this runs per turn over the whole context.
     """
-    parts: list[bytes] = []
-    for message in messages:
-        for part in (message.get("role"), message.get("content")):
-            data = str(part or "").encode("utf-8", errors="surrogatepass")
-            parts.append(len(data).to_bytes(8, "big"))
-            parts.append(data)
-    return hashlib.sha256(b"".join(parts)).digest()  # one update: the cost is per byte
+    text = "".join([_framed(m.get("role")) + _framed(m.get("content")) for m in messages])
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).digest()
+
+
+def _framed(part: object) -> str:
+    text = part if type(part) is str else str(part or "")
+    return f"{len(text)}:{text}"
 
 
 def simulated_reply(messages: Sequence[Mapping[str, Any]], digest: bytes | None = None) -> str:
@@ -116,8 +125,9 @@ def simulated_reply(messages: Sequence[Mapping[str, Any]], digest: bytes | None 
 
 
 def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """Token estimate of everything sent, with the same rule the quotas reserve by."""
-    return sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
+    """Token estimate of everything sent, with the rule the quotas reserve by (`estimate_tokens`
+    per message, inlined: this runs per turn over the whole context)."""
+    return sum((len(str(m.get("content") or "")) + 3) // CHARS_PER_TOKEN or 1 for m in messages)
 
 
 # --- adapters -----------------------------------------------------------------------------

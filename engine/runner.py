@@ -106,8 +106,7 @@ class AgentRunner:
         self._monitor.record_pool_wait(agent_type, loop.time() - waited_from, False)
         failed = True
         try:
-            history = [{"role": m.role, "content": m.content} for m in session.context]
-            bind_history(pooled.agent, history)
+            bind_history(pooled.agent, session.context.chat_history())
             pooled.model.begin_call()
             async with self._client_for(session.user_id, pooled.model):
                 try:

@@ -47,12 +47,18 @@ class SessionEvent:
 
 
 class Context:
-    """A conversation bounded by message count and bytes; the oldest are dropped first."""
+    """A conversation bounded by message count and bytes; the oldest are dropped first.
 
-    __slots__ = ("_messages", "bytes", "dropped", "max_bytes", "max_messages")
+    Messages are kept as the chat dicts a model receives, so a turn hands its agent a copy made
+    at C speed (`chat_history`) instead of building a dict per message in Python: with a full
+    context (200 messages) that building was the largest cost of a turn.
+    """
+
+    __slots__ = ("_chat", "_times", "bytes", "dropped", "max_bytes", "max_messages")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self._messages: deque[Message] = deque()
+        self._chat: deque[dict[str, str]] = deque()
+        self._times: deque[float] = deque()
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -60,26 +66,39 @@ class Context:
 
     def append(self, message: Message) -> int:
         """Add a message and return the bytes dropped to stay within bounds (the newest stays)."""
-        self._messages.append(message)
+        self._chat.append({"role": message.role, "content": message.content})
+        self._times.append(message.at)
         self.bytes += message.size
         freed = 0
-        while len(self._messages) > 1 and (
-            len(self._messages) > self.max_messages or self.bytes > self.max_bytes
+        while len(self._chat) > 1 and (
+            len(self._chat) > self.max_messages or self.bytes > self.max_bytes
         ):
-            old = self._messages.popleft()
-            self.bytes -= old.size
-            freed += old.size
+            old = self._chat.popleft()
+            self._times.popleft()
+            size = len(old["content"].encode("utf-8"))
+            self.bytes -= size
+            freed += size
             self.dropped += 1
         return freed
 
+    def chat_history(self) -> list[dict[str, str]]:
+        """A fresh list, oldest first, for the agent to append to.
+
+        The dicts are shared, not copied: praisonaiagents 1.7.17 never edits a history entry in
+        place (it copies one before truncating it), and tests check that a turn leaves the
+        stored context unchanged. Copying them cost more than the rest of a turn's bookkeeping.
+        """
+        return list(self._chat)
+
     def messages(self) -> tuple[Message, ...]:
-        return tuple(self._messages)
+        return tuple(self)
 
     def __len__(self) -> int:
-        return len(self._messages)
+        return len(self._chat)
 
     def __iter__(self) -> Iterator[Message]:
-        return iter(self._messages)
+        for chat, at in zip(self._chat, self._times, strict=True):
+            yield Message(chat["role"], chat["content"], at)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True, eq=False)

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
@@ -45,6 +45,7 @@ from engine import migrations
 from engine.errors import StoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_PATH = Path("data/sessions.db")
 QUOTA_BUCKETS_PER_WINDOW = 60  # the quota rings' own granularity: rebuilding loses nothing
@@ -427,7 +428,8 @@ _SELECT_METRICS = "SELECT * FROM metrics_minute WHERE minute >= ? ORDER BY minut
 # Errors caused by what one write contains rather than by the file: they fail that write only.
 _OP_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError)
 
-Statements = Iterator[tuple[str, list[tuple[Any, ...]]]]
+Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and the parameters of each execution
+Statements = Iterator[Statement]
 
 
 class Store:
@@ -521,6 +523,7 @@ class Store:
                 "batch_max and alert_keep must be >= 1, batch_ms and retention_s >= 0; got "
                 f"{batch_max=}, {batch_ms=}, {retention_s=}, {alert_keep=}"
             )
+        _check_aiosqlite()
         path = Path(path)
         await asyncio.to_thread(_check_file, path)
         db = await _connect(path, power_safe)
@@ -718,17 +721,11 @@ class Store:
     async def _commit(self, batch: list[_Queued]) -> None:
         ops = [op for queued in batch for op in queued.ops]
         started = time.perf_counter()
-        db = self._db
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._apply(ops)
-            except _OP_ERRORS:
-                # Something in one write was rejected: redo the batch write by write.
-                await db.execute("ROLLBACK")
-                await db.execute("BEGIN IMMEDIATE")
-                await self._apply_each(batch)
-            await db.execute("COMMIT")
+            commit = partial(
+                _commit_batch, self._statements(ops), [q.ops for q in batch], self._statements
+            )
+            rejected = await _on_connection_thread(self._db, commit)
         except Exception as exc:  # the writer must outlive any failure, or writers hang
             await self._rollback()
             error = _store_error(self.path, exc, f"committing {len(batch)} writes")
@@ -739,6 +736,8 @@ class Store:
             for queued in batch:
                 _fail(queued.future, error)
             return
+        for index, exc in rejected.items():
+            batch[index].error = _store_error(self.path, exc, "a write")
         self._last_commit_ms = (time.perf_counter() - started) * 1000
         self._batches += 1
         self._writes += len(batch)
@@ -755,26 +754,17 @@ class Store:
                 log.error("%s", queued.error)
             _fail(queued.future, queued.error)
 
-    async def _apply(self, ops: Sequence[Op]) -> None:
+    def _statements(self, ops: Sequence[Op]) -> list[Statement]:
+        """The statements that apply `ops`, in phase order, one executemany per statement."""
         groups: dict[type, list[Any]] = {}
         for op in ops:
             groups.setdefault(type(op), []).append(op)
-        for kind, statements in self._phases:
-            chosen = groups.get(kind)
-            if chosen:
-                for sql, params in statements(chosen):
-                    await self._db.executemany(sql, params)
-
-    async def _apply_each(self, batch: list[_Queued]) -> None:
-        db = self._db
-        for queued in batch:
-            await db.execute("SAVEPOINT one_write")
-            try:
-                await self._apply(queued.ops)
-            except _OP_ERRORS as exc:
-                await db.execute("ROLLBACK TO one_write")
-                queued.error = _store_error(self.path, exc, "a write")
-            await db.execute("RELEASE one_write")
+        return [
+            statement
+            for kind, statements in self._phases
+            if (chosen := groups.get(kind))
+            for statement in statements(chosen)
+        ]
 
     async def _run_job(self, queued: _Queued) -> None:
         assert queued.job is not None
@@ -903,6 +893,74 @@ class Store:
         await db.executemany("UPDATE sessions SET wrapped_key = ?2 WHERE session_id = ?1", updates)
         await db.execute("COMMIT")
         return RewrapReport(len(updates), tuple(failed))
+
+
+# --- one round trip per batch -------------------------------------------------------------------
+
+
+def _on_connection_thread(
+    db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
+) -> Awaitable[T]:
+    """Run `fn(raw sqlite3 connection)` on aiosqlite's connection thread, as one round trip.
+
+    Each `await db.execute(...)` is a round trip from the event loop to aiosqlite's thread and
+    back, and under a busy loop every one of them waits for a loop iteration, so a commit made of
+    several awaits acknowledges late under load. aiosqlite exposes no public way to run several
+    statements in one round trip; its private `Connection._execute(fn)` queues any callable on
+    that thread (`_check_aiosqlite` verifies it exists at open; pyproject.toml pins aiosqlite's
+    upper bound). The raw connection (`_conn`) is fetched on that thread, the only one that may
+    use it.
+    """
+    return db._execute(lambda: fn(db._conn))
+
+
+def _check_aiosqlite() -> None:
+    """Refuse to start on an aiosqlite without the internals `_on_connection_thread` uses."""
+    connection = aiosqlite.Connection
+    if not (
+        callable(getattr(connection, "_execute", None))
+        and isinstance(getattr(connection, "_conn", None), property)
+    ):
+        version = getattr(aiosqlite, "__version__", "of unknown version")
+        raise StoreError(
+            f"aiosqlite {version} lacks Connection._execute or Connection._conn, which the "
+            "store's writer uses to commit a batch in one call; install the aiosqlite version "
+            "pyproject.toml allows"
+        )
+
+
+def _commit_batch(
+    statements: list[Statement],
+    writes: list[tuple[Op, ...]],
+    statements_of: Callable[[Sequence[Op]], list[Statement]],
+    conn: sqlite3.Connection,
+) -> dict[int, Exception]:
+    """One batch's transaction, on the connection thread: apply `statements` and commit.
+
+    If one write is rejected (`_OP_ERRORS`), redo the batch write by write, each in a savepoint,
+    so the rejected ones fail alone and the rest commit. Returns the rejected writes' errors by
+    index in `writes`. Any other error propagates with the transaction left for the caller's
+    rollback: nothing of the batch is saved.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    rejected: dict[int, Exception] = {}
+    try:
+        for sql, params in statements:
+            conn.executemany(sql, params)
+    except _OP_ERRORS:
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        for index, ops in enumerate(writes):
+            conn.execute("SAVEPOINT one_write")
+            try:
+                for sql, params in statements_of(ops):
+                    conn.executemany(sql, params)
+            except _OP_ERRORS as exc:
+                conn.execute("ROLLBACK TO one_write")
+                rejected[index] = exc
+            conn.execute("RELEASE one_write")
+    conn.execute("COMMIT")
+    return rejected
 
 
 # --- opening -----------------------------------------------------------------------------------

@@ -29,6 +29,20 @@ async def test_round_trip_create_send_history_end(engine):
         await engine.history(s.session_id, s.token)
 
 
+async def test_turns_leave_the_stored_context_exactly_as_sent(engine):
+    """The agent gets the context's own message dicts (not copies): no turn may change one."""
+    s = await engine.create_session("alice")
+    expected = []
+    for i in range(4):
+        reply = await engine.send(s.session_id, s.token, f"message {i}")
+        expected += [("user", f"message {i}"), ("assistant", reply.text)]
+        # Each reply echoes what the model received: every earlier turn, verbatim.
+        assert f"ctx {2 * i + 2} msgs" in reply.text
+    history = await engine.history(s.session_id, s.token)
+    assert [(m.role, m.content) for m in history] == expected
+    assert [m.content for m in engine.inspect(s.session_id).messages] == [c for _, c in expected]
+
+
 async def test_unknown_session_and_wrong_token_are_indistinguishable(engine):
     s = await engine.create_session("alice")
     failures = []

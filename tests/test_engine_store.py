@@ -37,13 +37,14 @@ async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config,
         report = engine.restore_report
         assert report is not None and report.sessions == 1 and report.messages == 6
         assert report.clean_shutdown and report.unreadable == ()
-        assert await engine.history(s.session_id, s.token) == before_history
-        assert [u.used for u in engine.quota_usage("alice")] == pytest.approx(
-            [u.used for u in before_quota]
-        )
-        view = engine.snapshot().sessions[0]
+        view = engine.snapshot().sessions[0]  # before history(), which is activity
         assert (view.turns, view.tier, view.last_active_at) == (
             before_view.turns, "pro", before_view.last_active_at,
+        )
+        assert await engine.history(s.session_id, s.token) == before_history
+        assert engine.snapshot().sessions[0].last_active_at == clock.now()
+        assert [u.used for u in engine.quota_usage("alice")] == pytest.approx(
+            [u.used for u in before_quota]
         )
         reply = await engine.send(s.session_id, s.token, "and now?")
         assert "ctx 8 msgs" in reply.text  # system + 6 restored + this one reached the model

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from cryptography.fernet import Fernet
 
@@ -360,6 +361,76 @@ async def test_a_rejected_write_fails_alone_and_its_batch_mates_commit(store):
     assert isinstance(results[1], StoreError) and "not stored" in str(results[1])
     restored = await store.load_live(NOW)
     assert [m.seq for m in restored.messages["s1"]] == [1, 2]
+
+
+def count_round_trips(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record every call queued on the store connection's aiosqlite thread."""
+    calls: list[object] = []
+    queue_on_thread = store._db._execute
+
+    async def counted(fn, *args, **kwargs):
+        calls.append(fn)
+        return await queue_on_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store._db, "_execute", counted)
+    return calls
+
+
+async def test_a_batch_commits_in_one_round_trip_to_the_connection_thread(
+    store, db_path, monkeypatch
+):
+    calls = count_round_trips(store, monkeypatch)
+    await store.write(
+        session_row(),
+        message("s1", 1),
+        message("s1", 2),
+        Touch("s1", NOW + 5, turns=1, prompt_tokens=3),
+        QuotaEvent("alice", "tokens", NOW + 5, 40, 3600.0),
+    )
+    assert len(calls) == 1
+    assert query(db_path, "SELECT seq FROM messages ORDER BY seq") == [(1,), (2,)]
+    assert query(db_path, "SELECT turns, prompt_tokens FROM sessions") == [(1, 3)]
+    assert query(db_path, "SELECT amount FROM quota_usage") == [(40.0,)]
+    # Concurrent writes grouped into batches: still one round trip per batch.
+    before = store.stats()
+    await asyncio.gather(
+        *(store.write(message("s1", n), Touch("s1", NOW + n, turns=n)) for n in range(3, 40))
+    )
+    after = store.stats()
+    assert after.writes - before.writes == 37
+    assert len(calls) - 1 == after.batches - before.batches < 37
+
+
+async def test_a_rejected_write_fails_alone_within_the_same_round_trip(
+    store, db_path, monkeypatch
+):
+    await store.save_session(session_row())
+    calls = count_round_trips(store, monkeypatch)
+    before = store.stats()
+    results = await asyncio.gather(
+        store.write(message("s1", 1), QuotaEvent("alice", "tokens", NOW, 5, 3600.0)),
+        store.write(message("missing", 1), message("s1", 99)),
+        store.write(Touch("s1", NOW + 9, turns=4), message("s1", 2)),
+        return_exceptions=True,
+    )
+    after = store.stats()
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StoreError) and "not stored" in str(results[1])
+    assert len(calls) == 1 and after.batches - before.batches == 1
+    assert after.rejected_writes - before.rejected_writes == 1
+    assert after.failed_batches == before.failed_batches
+    assert query(db_path, "SELECT seq FROM messages ORDER BY seq") == [(1,), (2,)]
+    assert query(db_path, "SELECT turns FROM sessions") == [(4,)]
+    assert query(db_path, "SELECT amount FROM quota_usage") == [(5.0,)]
+
+
+async def test_open_refuses_an_aiosqlite_without_the_internals_the_writer_uses(
+    db_path, monkeypatch
+):
+    monkeypatch.delattr(aiosqlite.Connection, "_execute")
+    with pytest.raises(StoreError, match=f"aiosqlite {aiosqlite.__version__}.*_execute"):
+        await Store.open(db_path)
+    assert not db_path.exists()
 
 
 async def test_ops_must_be_store_ops(store):
