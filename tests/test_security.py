@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from engine.errors import InvalidInput
 from engine.security import (
+    GCM_FORMAT,
+    GCM_NONCE_BYTES,
     DecryptionFailed,
     KeyRing,
     SessionCipher,
@@ -251,6 +253,29 @@ def test_tampered_ciphertext_fails() -> None:
     with pytest.raises(DecryptionFailed) as info:
         cipher.decrypt(bytes(token))
     assert info.value.what == "message"
+
+
+def test_messages_are_aes_gcm_with_a_fresh_nonce_each_and_any_altered_byte_fails() -> None:
+    cipher = SessionCipher(Fernet.generate_key())
+    first, second = cipher.encrypt("same text"), cipher.encrypt("same text")
+    assert first[:1] == GCM_FORMAT and first != second  # a random nonce per message
+    assert len(first) == 1 + GCM_NONCE_BYTES + len("same text") + 16  # format, nonce, tag
+    for position in (0, 5, 1 + GCM_NONCE_BYTES, len(first) - 1):  # format, nonce, body, tag
+        altered = bytearray(first)
+        altered[position] ^= 0x01
+        with pytest.raises(DecryptionFailed):
+            cipher.decrypt(bytes(altered))
+    for truncated in (first[:1], first[:10], first[:-1]):
+        with pytest.raises(DecryptionFailed):
+            cipher.decrypt(truncated)
+
+
+def test_messages_stored_as_fernet_tokens_by_earlier_versions_still_decrypt() -> None:
+    data_key = Fernet.generate_key()
+    legacy = Fernet(data_key).encrypt(b"written before AES-GCM")
+    assert SessionCipher(data_key).decrypt(legacy) == "written before AES-GCM"
+    with pytest.raises(DecryptionFailed):
+        SessionCipher(Fernet.generate_key()).decrypt(legacy)  # another session's key
 
 
 def test_tampered_wrapped_key_fails() -> None:
