@@ -251,17 +251,19 @@ class SessionConsole(App[None]):
         def rows(bindings: Iterable[BindingType]) -> list[tuple[str, str]]:
             """One row per binding; the column sorts (`sort(...)`) folded into one row."""
             out: list[tuple[str, str]] = []
-            sort_keys = []
+            sort_keys, sort_columns = [], []
             for b in bindings:
                 if not isinstance(b, Binding) or not b.description:
                     continue
                 if b.action.startswith("sort("):
                     sort_keys.append(key_label(b.key))
+                    sort_columns.append(b.description.removeprefix("Sort by "))
                 else:
                     out.append((key_label(b.key), b.description))
             if sort_keys:
-                out.append((" ".join(sort_keys), "Sort by column (id user agent worker age idle "
-                            "msgs tokens errors health state); again reverses; or click a header"))
+                out.append((" ".join(sort_keys), "Sort by column, in key order: "
+                            f"{', '.join(sort_columns)}; the same key again reverses; "
+                            "or click a header"))
             return out
 
         sections = [(getattr(screen, "VIEW_NAME", "View"), rows(screen.BINDINGS))]
@@ -275,7 +277,11 @@ class SessionConsole(App[None]):
             return
         screen = self.screen
         self.push_screen(
-            HelpScreen(getattr(screen, "VIEW_NAME", "Console"), self.binding_sections(screen))
+            HelpScreen(
+                getattr(screen, "VIEW_NAME", "Console"),
+                self.binding_sections(screen),
+                filter_help=getattr(screen, "FILTER_HELP", ""),
+            )
         )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:

@@ -2,19 +2,20 @@
 
 Filtering and sorting 100,000 views costs 30-50 ms of Python, more than a whole refresh tick may
 spend. So the order is recomputed at once when the operator changes the sort or the filter, and
-otherwise only when the data changed and enough time has passed since the last reorder that
-reorders stay under `REORDER_SHARE` of the time (small tables reorder on every tick). Between
-reorders the visible rows still show live values when the snapshot offers `sessions_by_id`.
+otherwise only when the data changed and the `ReorderBudget` allows (reorders stay under
+`REORDER_SHARE` of the time; small tables reorder on every changed tick). Between reorders the
+visible rows still show live values when the snapshot offers `sessions_by_id`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+from console.filter_terms import split_terms
+from console.ordering import ReorderBudget, SortState
 from widgets import Column
 
 # At or below this many sessions every changed snapshot is reordered (deterministic for tests).
@@ -53,6 +54,13 @@ SORT_KEYS: dict[str, tuple[str, bool]] = {
     "state": ("state", False),
 }
 
+# `/` filter field names (and aliases) -> SessionFilter fields.
+FILTER_NAMES = {
+    "user": "user", "id": "session_id", "session": "session_id", "session_id": "session_id",
+    "state": "state", "agent": "agent", "worker": "worker",
+}
+FILTER_USAGE = "user:, id:, state:, agent:, worker:, health<N or a bare word"
+
 
 @dataclass(frozen=True, slots=True)
 class SessionFilter:
@@ -72,27 +80,19 @@ class SessionFilter:
 
     @classmethod
     def parse(cls, query: str) -> SessionFilter:
-        fields: dict[str, Any] = {}
-        words = []
+        health_below = None
+        rest = []
         for term in query.split():
             lowered = term.lower()
             if lowered.startswith(("health<", "h<")):
                 number = lowered.split("<", 1)[1]
                 if not number.isdigit():
                     raise ValueError(f"health filter needs a number: {term!r} (e.g. health<60)")
-                fields["health_below"] = int(number)
-            elif ":" in term:
-                name, _, value = term.partition(":")
-                name = {"id": "session_id", "session": "session_id"}.get(name.lower(), name.lower())
-                if name not in ("user", "session_id", "state", "agent", "worker") or not value:
-                    raise ValueError(
-                        f"unknown filter {term!r}: use user:, id:, state:, agent:, worker:, "
-                        "health<N or a bare word"
-                    )
-                fields[name] = value.lower()
+                health_below = int(number)
             else:
-                words.append(lowered)
-        return cls(text=" ".join(words), **fields)
+                rest.append(term)
+        words, fields = split_terms(" ".join(rest), FILTER_NAMES, FILTER_USAGE)
+        return cls(text=" ".join(words), health_below=health_below, **fields)
 
     def __bool__(self) -> bool:
         return any(
@@ -135,29 +135,21 @@ class SessionsModel:
     def __init__(
         self, *, throttle_above: int = THROTTLE_ABOVE, share: float = REORDER_SHARE
     ) -> None:
-        self.sort = "health"
-        self.reverse = False
+        self.order = SortState(SORT_KEYS, "health")
         self.filter = SessionFilter()
         self.unhealthy_only = False
         self.rows: list[Any] = []
         self.total = 0
         self.index: Mapping[str, Any] | None = None
         self.reorders = 0
-        self._throttle_above = throttle_above
-        self._share = share
+        self.budget = ReorderBudget(throttle_above, share)
         self._source: Sequence[Any] | None = None
         self._dirty = True
-        self._next_reorder_at = 0.0
 
     # -- view changes (take effect on the next update, whatever the throttle) --------------------
     def sort_by(self, column: str) -> None:
         """Sort by `column`; the same column again flips the direction."""
-        if column not in SORT_KEYS:
-            raise ValueError(f"no column {column!r}")
-        if column == self.sort:
-            self.reverse = not self.reverse
-        else:
-            self.sort, self.reverse = column, False
+        self.order.choose(column)
         self._dirty = True
 
     def set_filter(self, query: str) -> None:
@@ -178,12 +170,9 @@ class SessionsModel:
         if not self._dirty:
             if sessions is self._source or sessions == self._source:
                 return False
-            if len(sessions) > self._throttle_above and time.perf_counter() < self._next_reorder_at:
+            if not self.budget.allows(len(sessions)):
                 return False
-        started = time.perf_counter()
-        self.rows = self._reorder(sessions)
-        cost = time.perf_counter() - started
-        self._next_reorder_at = started + cost / self._share
+        self.rows = self.budget.run(lambda: self._reorder(sessions))
         self._source = sessions
         self._dirty = False
         self.reorders += 1
@@ -201,11 +190,11 @@ class SessionsModel:
             rows = [v for v in rows if v.health < HEALTHY]
         if self.filter:
             rows = list(filter(self.filter.predicate(), rows))
-        field, inverted = SORT_KEYS[self.sort]
-        return sorted(rows, key=attrgetter(field), reverse=self.reverse != inverted)
+        field, inverted = SORT_KEYS[self.order.column]
+        return sorted(rows, key=attrgetter(field), reverse=self.order.reverse != inverted)
 
     def describe(self) -> str:
-        parts = [f"sort {self.sort} {'▼' if self.reverse else '▲'}"]
+        parts = [self.order.describe()]
         if self.filter:
             parts.append(f"filter {self.describe_filter()}")
         if self.unhealthy_only:

@@ -121,7 +121,7 @@ async def test_header_click_sorts_by_that_column(engine, clock):
         table = app.screen.table
         await pilot.click(table, offset=(10, 0))  # the USER header
         await pilot.pause()
-        assert app.screen.model.sort == "user"
+        assert app.screen.model.order.column == "user"
         users = [v.user_id for v in table.rows]
         assert users == sorted(users)
 
@@ -521,6 +521,157 @@ async def test_users_view_shows_sessions_and_usage_gauges(engine, clock):
         assert "Usage of user04 (free) · 2 session(s)" in text
         calls = next(u for u in engine.quota_usage("user04") if u.resource == "api_calls")
         assert calls.percent >= 90 and f"{calls.used:.0f}/60" in text
+
+
+async def populate_users(engine, clock):
+    """Six users whose session counts, tiers and call quotas order them differently."""
+    await populate(engine, clock)  # two sessions each; odd users are pro
+    for user, extra in (("user01", 2), ("user02", 1), ("user04", 3)):
+        for _ in range(extra):
+            await engine.create_session(user)
+    engine._quotas.record("user00", "api_calls", 30)  # 50% of a free tier's calls per minute
+    engine._quotas.record("user05", "api_calls", 12)
+
+
+def users_in_table(app) -> list[str]:
+    return list(app.screen.query_one("#users-table", VirtualTable).rows)
+
+
+def percent_of(engine, user: str, resource: str) -> float:
+    return next(u.percent for u in engine.quota_usage(user) if u.resource == resource)
+
+
+async def test_users_view_sorts_by_shift_keys_and_the_same_key_reverses(engine, clock):
+    await populate_users(engine, clock)
+    app = console_for(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("u")
+        await refreshed(pilot)
+        assert isinstance(app.screen, UsersScreen)
+        worst = [max(u.percent for u in engine.quota_usage(x)) for x in users_in_table(app)]
+        assert worst == sorted(worst, reverse=True) and len(set(worst)) > 1  # the default
+        assert "sort worst ▼" in screen_text(app)
+
+        await pilot.press("S")
+        sessions = {user: 0 for user in users_in_table(app)}
+        for view in engine.snapshot().sessions:
+            sessions[view.user_id] += 1
+        expected = sorted(sorted(sessions), key=sessions.__getitem__)  # ties by user id
+        assert users_in_table(app) == expected
+        assert expected != sorted(sessions)  # not the id order: the sort did something
+        await pilot.press("S")
+        assert users_in_table(app) == sorted(
+            sorted(sessions), key=sessions.__getitem__, reverse=True
+        )
+        assert "SESS▼" in screen_text(app) and "sort sessions ▼" in screen_text(app)
+
+        await pilot.press("A")  # API calls, ascending: a quota column, from the engine's report
+        calls = [percent_of(engine, user, "api_calls") for user in users_in_table(app)]
+        assert calls == sorted(calls) and len(set(calls)) > 1
+        await pilot.press("A")
+        calls = [percent_of(engine, user, "api_calls") for user in users_in_table(app)]
+        assert calls == sorted(calls, reverse=True)
+        assert users_in_table(app)[0] == "user00"
+        assert "CALLS▼" in screen_text(app)  # the mark replaces the label's last letter
+
+        await pilot.press("T")
+        tiers = [app.screen.model.tiers[user] for user in users_in_table(app)]
+        assert tiers == ["free"] * 3 + ["pro"] * 3
+        await pilot.press("U", "U")
+        assert users_in_table(app) == [f"user{u:02d}" for u in range(5, -1, -1)]
+
+
+async def test_users_view_sorts_by_header_click(engine, clock):
+    await populate_users(engine, clock)
+    app = console_for(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("u")
+        await refreshed(pilot)
+        table = app.screen.table
+        header = table.render_line(0).text
+        await pilot.click(table, offset=(header.index("TIER"), 0))
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("tier", False)
+        assert [app.screen.model.tiers[u] for u in table.rows] == ["free"] * 3 + ["pro"] * 3
+        await pilot.click(table, offset=(header.index("TIER"), 0))
+        await pilot.pause()
+        assert (table.sort_column, table.sort_reverse) == ("tier", True)
+        assert [app.screen.model.tiers[u] for u in table.rows] == ["pro"] * 3 + ["free"] * 3
+        assert "TIER▼" in screen_text(app)
+
+
+async def test_users_view_filter_narrows_rows_and_escape_clears_then_goes_home(engine, clock):
+    await populate_users(engine, clock)
+    app = console_for(engine)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await pilot.press("u")
+        await refreshed(pilot)
+        await pilot.press("slash", *"tier:pro", "enter")
+        await pilot.pause()
+        assert set(users_in_table(app)) == {"user01", "user03", "user05"}
+        assert "Users 3 of 6" in screen_text(app) and "filter tier:pro" in screen_text(app)
+        await pilot.press("slash", "ctrl+u", *"r03", "enter")  # a bare word: part of the id
+        await pilot.pause()
+        assert users_in_table(app) == ["user03"]
+        await pilot.press("slash", "ctrl+u", *"colour:red", "enter")
+        await pilot.pause()
+        assert any("unknown filter" in n.message for n in app._notifications)
+        assert users_in_table(app) == ["user03"]  # a bad filter changes nothing
+        await pilot.press("escape")  # clears the filter, stays here
+        assert isinstance(app.screen, UsersScreen) and len(users_in_table(app)) == 6
+        await pilot.press("escape")  # nothing to clear: back to the dashboard
+        assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_users_view_keys_are_in_help_and_the_command_palette(engine, clock):
+    await populate_users(engine, clock)
+    app = console_for(engine)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("u")
+        await refreshed(pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Filter", "Sort by user", "Sort by tier", "Sort by sessions",
+                "Sort by api_calls", "Sort by worst"} <= titles
+        assert "Unhealthy" not in titles  # the dashboard's own keys stay there
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        assert "U T S A K M C W" in text and "Sort by column" in text and "tier:pro" in text
+        assert "health<60" not in text  # that is the sessions filter's syntax
+
+
+# -- side panels: no scrollbars, "+N more" instead ---------------------------------------------
+
+
+async def raise_many_alerts(engine, count: int):
+    """`count` critical alerts: an authentication burst against each of `count` sessions."""
+    for n in range(count):
+        session = await engine.create_session(f"target{n:02d}")
+        for k in range(5):
+            with pytest.raises(errors.AuthenticationError):
+                await engine.history(session.session_id, f"wrong-{k}")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (130, 24), (160, 45)])
+async def test_side_panels_never_scroll_and_count_what_they_leave_out(engine, clock, size):
+    await populate(engine, clock)
+    await raise_many_alerts(engine, 40)
+    app = console_for(engine)
+    async with app.run_test(size=size) as pilot:
+        await refreshed(pilot)
+        side = app.screen.query_one("#side")
+        for widget in (side, *side.query("*")):
+            assert not widget.show_vertical_scrollbar, widget
+        alerts = app.screen.query_one("#alerts")
+        listed = engine.snapshot().monitor.alerts_unacknowledged
+        assert listed > alerts.size.height  # more alerts than lines in the panel
+        shown = alerts.shown_rows
+        assert len(shown) == alerts.size.height - 1  # every line used; the last one counts
+        hidden = listed - len(shown)
+        assert f"+{hidden} more · a: all alerts" in screen_text(app)
+        if size == (80, 24):
+            assert "+2 more" in screen_text(app)  # the workers under the agent-type pools
 
 
 def fake_demo_load(monkeypatch):

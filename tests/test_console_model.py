@@ -6,9 +6,11 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-import console.sessions_model as model_module
+import console.ordering as ordering_module
 from console.format import count, duration, latency, redact
+from console.ordering import SortState
 from console.sessions_model import SessionFilter, SessionsModel
+from console.users_model import UserFilter, UsersModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,29 +96,29 @@ def test_unchanged_snapshot_is_not_reordered():
 
 def test_large_tables_reorder_at_most_at_their_budget(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr(model_module.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(ordering_module.time, "perf_counter", lambda: now[0])
     model = SessionsModel(throttle_above=10, share=0.5)
     data = views(20)
     assert model.update(data)  # costs 0 s on this clock: next reorder allowed at once
     now[0] += 0.0
     changed = (replace(data[0], tokens=999), *data[1:])
     assert model.update(changed)
-    model._next_reorder_at = now[0] + 1.0  # as if the last reorder cost 0.5 s
+    model.budget.next_at = now[0] + 1.0  # as if the last reorder cost 0.5 s
     assert not model.update(data)  # data changed, but within the budget: order kept
     model.toggle_unhealthy()
     assert model.update(data)  # the operator's own change applies at once
-    model._next_reorder_at = now[0] + 1.0
+    model.budget.next_at = now[0] + 1.0
     assert not model.update(changed)
     now[0] += 1.0
     assert model.update(changed)
 
 
 def test_small_tables_always_reorder(monkeypatch):
-    monkeypatch.setattr(model_module.time, "perf_counter", lambda: 0.0)
+    monkeypatch.setattr(ordering_module.time, "perf_counter", lambda: 0.0)
     model = SessionsModel(throttle_above=100)
     data = views(20)
     model.update(data)
-    model._next_reorder_at = 1e9
+    model.budget.next_at = 1e9
     assert model.update((replace(data[0], tokens=1), *data[1:]))
 
 
@@ -149,3 +151,127 @@ def test_formats():
     assert redact({"tier": "pro", "API_KEY": "sk-1", "authToken": "t"}) == {
         "tier": "pro", "API_KEY": "•••••• (hidden)", "authToken": "•••••• (hidden)",
     }
+
+
+# -- shared sort state, users model ------------------------------------------------------------
+
+
+def test_sort_state_same_column_reverses_new_column_ascends():
+    order = SortState(("a", "b"), "a")
+    order.choose("a")
+    assert (order.column, order.reverse) == ("a", True)
+    order.choose("b")
+    assert (order.column, order.reverse) == ("b", False)
+    assert order.describe() == "sort b ▲"
+    with pytest.raises(ValueError):
+        order.choose("c")
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    user_id: str
+    tier: str = "free"
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    resource: str
+    percent: float
+
+
+def user_views() -> tuple[UserView, ...]:
+    # carol 3 sessions (pro), alice 1, bob 2, dave 1 (pro)
+    names = ("carol", "alice", "carol", "bob", "dave", "carol", "bob")
+    return tuple(UserView(n, "pro" if n in ("carol", "dave") else "free") for n in names)
+
+
+def usage_table(percents: dict[str, tuple[float, float]]):
+    """user -> (api_calls %, tokens %), and a log of who was asked."""
+    asked: list[str] = []
+
+    def usage(user: str) -> tuple[Use, ...]:
+        asked.append(user)
+        calls, tokens = percents.get(user, (0.0, 0.0))
+        return (Use("api_calls", calls), Use("tokens", tokens))
+
+    return usage, asked
+
+
+@pytest.mark.parametrize(
+    ("column", "ascending", "descending"),
+    [("user", "alice bob carol dave", "dave carol bob alice"),
+     ("tier", "alice bob carol dave", "carol dave alice bob"),  # ties stay in id order
+     ("sessions", "alice dave bob carol", "carol bob alice dave"),
+     ("api_calls", "dave bob carol alice", "alice carol bob dave"),
+     ("tokens", "bob dave alice carol", "carol alice dave bob"),
+     ("worst", "dave bob carol alice", "alice carol bob dave")],
+)
+def test_users_sort_by_each_column_and_reverse(column, ascending, descending):
+    usage, _ = usage_table(
+        {"alice": (90.0, 10.0), "bob": (20.0, 0.0), "carol": (40.0, 50.0), "dave": (5.0, 5.0)}
+    )
+    model = UsersModel(usage)
+    model.sort_by(column)  # a new column ascends; `worst`, the default, was descending
+    model.update(user_views())
+    assert model.rows == ascending.split()
+    model.sort_by(column)
+    model.update(user_views())
+    assert model.rows == descending.split()
+
+
+def test_users_default_order_is_fullest_quota_first():
+    usage, _ = usage_table({"alice": (90.0, 10.0), "carol": (40.0, 50.0)})
+    model = UsersModel(usage)
+    model.update(user_views())
+    assert model.rows == ["alice", "carol", "bob", "dave"]
+    assert model.describe() == "sort worst ▼"
+    assert (model.counts["carol"], model.tiers["dave"], model.total) == (3, "pro", 4)
+
+
+def test_users_filter_by_tier_and_words():
+    usage, _ = usage_table({})
+    model = UsersModel(usage)
+    model.set_filter("tier:PRO")
+    model.update(user_views())
+    assert sorted(model.rows) == ["carol", "dave"]
+    model.set_filter("user:ar o")
+    model.update(user_views())
+    assert model.rows == ["carol"]
+    assert model.describe() == "sort worst ▼ · filter o ar"
+    with pytest.raises(ValueError, match="unknown filter"):
+        model.set_filter("state:busy")
+    assert model.rows == ["carol"] and model.describe_filter() == "o ar"
+    assert not UserFilter.parse("  ") and UserFilter.parse("tier:free")
+
+
+def test_users_quota_sort_follows_usage_without_session_changes():
+    percents = {"alice": (10.0, 0.0), "bob": (20.0, 0.0)}
+    usage, asked = usage_table(percents)
+    model = UsersModel(usage)
+    data = user_views()
+    assert model.update(data)
+    assert model.rows[:2] == ["bob", "alice"]
+    percents["alice"] = (99.0, 0.0)  # usage moves; the sessions do not
+    assert model.update(data)
+    assert model.rows[:2] == ["alice", "bob"]
+    model.sort_by("user")
+    assert model.update(data)
+    asked.clear()
+    assert not model.update(data)  # a session-only order with unchanged sessions: kept
+    assert asked == []  # and no quota report asked for
+
+
+def test_users_quota_sorts_of_many_users_wait_for_the_budget(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(ordering_module.time, "perf_counter", lambda: now[0])
+    usage, _ = usage_table({})
+    model = UsersModel(usage, throttle_above=2, share=0.5)
+    data = user_views()
+    assert model.update(data)
+    model.budget.next_at = now[0] + 1.0
+    assert not model.update(data)  # four users > 2: within the budget, the order is kept
+    model.sort_by("tokens")
+    assert model.update(data)  # the operator's own change applies at once
+    model.budget.next_at = now[0] + 1.0
+    now[0] += 1.0
+    assert model.update(data)

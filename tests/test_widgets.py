@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textual.app import App, ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Label
 
 from widgets import (
     AlertList,
@@ -200,3 +202,71 @@ def test_gauge_levels():
     assert [level_of(p) for p in (0, 79.9, 80, 99.9, 100, 150)] == [
         "ok", "ok", "warn", "warn", "bad", "bad",
     ]
+
+
+class BoxedPanelsApp(App[None]):
+    """Panels the way the dashboard's narrow layout boxes them: a fixed height, a title line."""
+
+    CSS = """
+    .box { height: 6; border: round $panel; }
+    .box > AlertList { height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="box", id="box"):
+            yield Label("Alerts")
+            yield AlertList(id="fill", more_hint="a: all alerts")
+        yield GaugeList(id="auto")
+
+
+async def test_a_panel_too_short_for_its_rows_shows_a_count_line_not_a_scrollbar():
+    app = BoxedPanelsApp()
+    async with app.run_test(size=(60, 20)) as pilot:
+        alerts = app.query_one("#fill", AlertList)
+        alerts.set_rows([AlertRow("warning", f"alert {n}") for n in range(10)])
+        await pilot.pause()
+        box = app.query_one("#box")
+        assert alerts.size.height == 3  # 6 less the border and the title
+        assert not alerts.show_vertical_scrollbar and not box.show_vertical_scrollbar
+        assert [r.message for r in alerts.shown_rows] == ["alert 0", "alert 1"]
+        lines = text_of(app)
+        assert "alert 1" in lines[3] and "+8 more · a: all alerts" in lines[4]
+        assert "alert 2" not in "\n".join(lines)
+        alerts.set_rows([AlertRow("warning", "one"), AlertRow("info", "two")])
+        await pilot.pause()
+        assert len(alerts.shown_rows) == 2 and "more" not in "\n".join(text_of(app))
+
+
+async def test_a_sized_to_content_panel_counts_rows_left_out_upstream():
+    app = BoxedPanelsApp()
+    async with app.run_test(size=(60, 20)) as pilot:
+        gauges = app.query_one("#auto", GaugeList)
+        gauges.set_rows([GaugeRow("a", 10), GaugeRow("b", 20)], total=5)
+        await pilot.pause()
+        assert gauges.size.height == 3  # two rows and the count line
+        assert "+3 more" in "\n".join(text_of(app))
+        gauges.set_rows([GaugeRow("a", 10), GaugeRow("b", 20)])
+        await pilot.pause()
+        assert gauges.size.height == 2 and "more" not in "\n".join(text_of(app))
+
+
+class NarrowColumnApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield VirtualTable(
+            (Column("name", "NAME", 6, flex=True), Column("calls", "CALLS%", 6, "right")),
+            row_key=lambda i: i.name,
+            render_row=lambda i: ((i.name, str(i.size)), None),
+        )
+
+
+async def test_virtual_table_sort_mark_stays_visible_in_a_full_width_header():
+    app = NarrowColumnApp()
+    async with app.run_test(size=(30, 6)) as pilot:
+        table = app.query_one(VirtualTable)
+        table.set_rows(items(3))
+        table.set_sort_indicator("calls", True)
+        await pilot.pause()
+        assert text_of(app)[0].split() == ["NAME", "CALLS▼"]
+        table.set_sort_indicator("name", False)
+        await pilot.pause()
+        assert text_of(app)[0].split() == ["NAME▲", "CALLS%"]

@@ -2,6 +2,10 @@
 
 Each panel keeps the data it was last given and repaints only when new data differs, so a
 refresh tick where nothing moved costs a tuple comparison per panel.
+
+Panels never scroll: a small box with a scrollbar thumb hides rows and wastes two columns. With
+`height: auto` a panel is as tall as its rows; given less height (by CSS: `1fr` or a fixed height
+in a fixed-height box) it shows the rows that fit and a last "+N more" line for the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
@@ -145,10 +150,14 @@ class FigureStrip(Horizontal):
 
 
 class _Panel(Widget):
-    """A widget that renders a tuple of rows and repaints only when the tuple changes."""
+    """A widget that renders a tuple of rows and repaints only when the tuple changes.
+
+    Rows that do not fit its height are left out and counted on a "+N more" line, followed by
+    `more_hint` (where to see them all, e.g. "a: all alerts").
+    """
 
     DEFAULT_CSS = """
-    _Panel { height: auto; text-wrap: nowrap; text-overflow: ellipsis; }
+    _Panel { height: auto; text-wrap: nowrap; text-overflow: ellipsis; overflow: hidden; }
     """
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "panel--ok",
@@ -159,16 +168,38 @@ class _Panel(Widget):
     }
     empty_text = "none"
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(
+        self, *, id: str | None = None, classes: str | None = None, more_hint: str = ""
+    ) -> None:
         super().__init__(id=id, classes=classes)
         self.rows: tuple[object, ...] = ()
+        self.total = 0
+        self.more_hint = more_hint
 
-    def set_rows(self, rows: Sequence[object]) -> None:
+    def set_rows(self, rows: Sequence[object], total: int | None = None) -> None:
+        """Show `rows`; `total` counts them all when `rows` is only the first of a longer list."""
         rows = tuple(rows)
-        if rows != self.rows:
-            resized = len(rows) != len(self.rows)
-            self.rows = rows
+        total = max(len(rows), total or 0)
+        if rows != self.rows or total != self.total:
+            resized = self._lines_wanted(rows, total) != self._lines_wanted(self.rows, self.total)
+            self.rows, self.total = rows, total
             self.refresh(layout=resized)  # a layout pass repaints the whole screen: only if needed
+
+    @staticmethod
+    def _lines_wanted(rows: tuple[object, ...], total: int) -> int:
+        return max(1, len(rows) + (total > len(rows)))
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        """`height: auto`: every row, and a "+N more" line if rows were left out upstream."""
+        return self._lines_wanted(self.rows, self.total)
+
+    @property
+    def shown_rows(self) -> tuple[object, ...]:
+        """The rows that fit the panel's height now (all of them before the first layout)."""
+        room = self.size.height
+        if not room or self._lines_wanted(self.rows, self.total) <= room:
+            return self.rows
+        return self.rows[: room - 1]  # the last line says how many more
 
     def style_of(self, name: str) -> str:
         return str(self.get_component_rich_style(f"panel--{name}", partial=True))
@@ -176,7 +207,13 @@ class _Panel(Widget):
     def render(self) -> Text:
         if not self.rows:
             return Text(self.empty_text, style=self.style_of("dim"))
-        return Text("\n").join(self.render_row(row) for row in self.rows)
+        shown = self.shown_rows
+        lines = [self.render_row(row) for row in shown]
+        hidden = self.total - len(shown)
+        if hidden > 0:
+            hint = f" · {self.more_hint}" if self.more_hint else ""
+            lines.append(Text(f"+{hidden} more{hint}", style=self.style_of("dim")))
+        return Text("\n").join(lines)
 
     def render_row(self, row: object) -> Text:
         raise NotImplementedError
@@ -266,7 +303,7 @@ class AlertList(_Panel):
     """
     empty_text = "no alerts"
 
-    def set_rows(self, rows: Sequence[object]) -> None:
+    def set_rows(self, rows: Sequence[object], total: int | None = None) -> None:
         ordered = sorted(
             rows,
             key=lambda r: (
@@ -274,7 +311,7 @@ class AlertList(_Panel):
                 SEVERITY_ORDER.get(getattr(r, "severity", ""), 3),
             ),
         )
-        super().set_rows(ordered)
+        super().set_rows(ordered, total)
 
     def render_row(self, row: object) -> Text:
         assert isinstance(row, AlertRow)

@@ -324,7 +324,9 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
         parts = []
         for column, w in layout:
             label = column.label
-            if column.key == self.sort_column:
+            if column.key == self.sort_column and w > 1:
+                # The mark matters more than the label's last letter: shorten the label for it.
+                label = set_cell_size(label, min(cell_len(label), w - 1))
                 label += "▼" if self.sort_reverse else "▲"
             parts.append(_fit(label, w, column.align))
         text = (" " * _GAP).join(parts)

@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widgets import Label, Static
 
 if TYPE_CHECKING:
     from console.app import SessionConsole
     from engine import EngineSnapshot
+
+
+def set_text(label: Label, text: str) -> None:
+    """Update a one-line, full-width label only when its text changed, without a layout pass."""
+    if str(label.content) != text:
+        label.update(text, layout=False)
 
 
 class StatusLine(Static):

@@ -13,7 +13,8 @@ from textual.widgets import Footer, Input, Label
 
 from console import format as fmt
 from console.messages import OpenSession
-from console.screens.base import LiveScreen, StatusLine
+from console.screens.base import StatusLine, set_text
+from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
 from console.sessions_model import COLUMNS, SessionsModel
 from widgets import (
     AlertList,
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 
 HEALTH_WARN = 80
 HEALTH_BAD = 50
-DASHBOARD_ALERTS = 8
+# Rows handed to the side panels: more than they ever have room for; each panel shows what fits
+# and a "+N more" line for the rest, counted from the full list.
+DASHBOARD_ALERTS = 40
 DASHBOARD_QUOTAS = 6
 SPARK_SECONDS = 180  # "the last minutes"
 
@@ -41,12 +44,6 @@ SORT_BINDINGS = (
     ("I", "id"), ("U", "user"), ("T", "agent"), ("W", "worker"), ("A", "age"), ("L", "idle"),
     ("M", "messages"), ("K", "tokens"), ("E", "errors"), ("H", "health"), ("S", "state"),
 )
-
-
-def set_text(label: Label, text: str) -> None:
-    """Update a one-line, full-width label only when its text changed, without a layout pass."""
-    if str(label.content) != text:
-        label.update(text, layout=False)
 
 
 def health_style(health: int) -> str:
@@ -158,21 +155,23 @@ def alert_rows(alerts: Iterable[Any], now: float, limit: int | None = None) -> l
     return rows if limit is None else rows[:limit]
 
 
-class DashboardScreen(LiveScreen):
+class DashboardScreen(TableScreen):
     VIEW_NAME = "Dashboard"
     EXPORT_NAME = "sessions"
+    FILTER_HELP = (
+        "Filter (/): user:ali  id:3fa9  state:busy  agent:research  worker:w1  health<60,"
+        " or a bare word (user or id prefix); Enter applies, Esc clears."
+    )
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_session", "Detail", show=True),
-        Binding("slash", "filter", "Filter"),
+        *filter_bindings(),
         Binding("ctrl+z,z", "toggle_unhealthy", "Unhealthy"),
         Binding("ctrl+d", "end_session", "End session"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
-        *(
-            Binding(key, f"sort('{column}')", f"Sort by {column}", show=False)
-            for key, column in SORT_BINDINGS
-        ),
+        *sort_bindings(SORT_BINDINGS),
     ]
+
+    model: SessionsModel
 
     def __init__(self) -> None:
         super().__init__()
@@ -205,19 +204,11 @@ class DashboardScreen(LiveScreen):
                     yield BarList(id="workers")
                 with Vertical(classes="box", id="quotas-box"):
                     yield Label("Quotas nearest their limits", classes="box-title")
-                    yield GaugeList(id="quotas")
+                    yield GaugeList(id="quotas", more_hint="u: users")
                 with Vertical(classes="box", id="alerts-box"):
                     yield Label("Alerts", classes="box-title", id="alerts-title")
-                    yield AlertList(id="alerts")
+                    yield AlertList(id="alerts", more_hint="a: all alerts")
         yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#filter", Input).display = False
-        self.table.focus()
-
-    @property
-    def table(self) -> VirtualTable[Any]:
-        return self.query_one("#sessions", VirtualTable)
 
     # -- refresh ---------------------------------------------------------------------------------
     def show(self, snapshot: EngineSnapshot) -> None:
@@ -227,7 +218,7 @@ class DashboardScreen(LiveScreen):
             self.table.set_rows(model.rows)
         else:
             self.table.refresh_rows()
-        self._show_title()
+        self.show_title()
         self.query_one(FigureStrip).update(figures(snapshot))
         types, workers = pool_rows(snapshot.pools)
         notes = worker_notes(snapshot.workers)
@@ -238,22 +229,24 @@ class DashboardScreen(LiveScreen):
              for r in workers]
         )
         self.query_one("#quotas", GaugeList).set_rows(
-            quota_rows(snapshot.quotas, snapshot.taken_at, DASHBOARD_QUOTAS)
+            quota_rows(snapshot.quotas, snapshot.taken_at, DASHBOARD_QUOTAS),
+            total=len(snapshot.quotas),
         )
         m = snapshot.monitor
         open_alerts = [a for a in m.alerts if not a.acknowledged and a.resolved_at is None]
         set_text(self.query_one("#alerts-title", Label),
                  f"Alerts  {m.alerts_unacknowledged} unacknowledged")
+        listed = open_alerts or m.alerts
         self.query_one("#alerts", AlertList).set_rows(
-            alert_rows(open_alerts or m.alerts, snapshot.taken_at, DASHBOARD_ALERTS)
+            alert_rows(listed, snapshot.taken_at, DASHBOARD_ALERTS), total=len(listed)
         )
 
-    def _show_title(self) -> None:
+    def show_title(self) -> None:
         model = self.model
         shown = len(model.rows)
         total = f"{shown:,} of {model.total:,}" if shown != model.total else f"{model.total:,}"
         set_text(self.query_one("#table-title", Label), f"Sessions {total} · {model.describe()}")
-        self.table.set_sort_indicator(model.sort, model.reverse)
+        super().show_title()
 
     def _render_row(self, view: Any) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
         live = self.model.current(view)
@@ -292,22 +285,6 @@ class DashboardScreen(LiveScreen):
         return rows
 
     # -- actions ---------------------------------------------------------------------------------
-    def _reshow(self) -> None:
-        """Apply a sort or filter change now, even when paused (it is the operator's own act)."""
-        snapshot = self.console.snapshot
-        if snapshot is not None:
-            self.show(snapshot)
-        else:
-            self._show_title()
-
-    def action_sort(self, column: str) -> None:
-        self.model.sort_by(column)
-        self._reshow()
-
-    def on_virtual_table_header_clicked(self, event: VirtualTable.HeaderClicked) -> None:
-        event.stop()
-        self.action_sort(event.column)
-
     def on_virtual_table_row_selected(self, event: VirtualTable.RowSelected) -> None:
         event.stop()
         self.post_message(OpenSession(event.key))
@@ -317,33 +294,6 @@ class DashboardScreen(LiveScreen):
 
     def action_toggle_unhealthy(self) -> None:
         self.model.toggle_unhealthy()
-        self._reshow()
-
-    def action_filter(self) -> None:
-        field = self.query_one("#filter", Input)
-        field.display = True
-        field.value = self.model.describe_filter()
-        field.focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        try:
-            self.model.set_filter(event.value)
-        except ValueError as exc:
-            self.notify(str(exc), title="Filter", severity="error")
-            return
-        event.input.display = bool(event.value.strip())
-        self.table.focus()
-        self._reshow()
-
-    def action_clear_filter(self) -> None:
-        field = self.query_one("#filter", Input)
-        if not field.display and not self.model.filter:
-            return
-        field.value = ""
-        field.display = False
-        self.model.set_filter("")
-        self.table.focus()
         self._reshow()
 
     def action_end_session(self) -> None:

@@ -13,11 +13,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
-FILTER_HELP = (
-    "Filter (/): user:ali  id:3fa9  state:busy  agent:research  worker:w1  health<60,"
-    " or a bare word (user or id prefix); Enter applies, Esc clears."
-)
-
 
 def key_label(key: str) -> str:
     """`question_mark` -> `?`, `ctrl+d` -> `^d`, as the footer would show it."""
@@ -34,24 +29,30 @@ def key_label(key: str) -> str:
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key of the current view and of the app, built from the same Binding lists."""
+    """Every key of the current view and of the app, built from the same Binding lists, and the
+    view's filter syntax when it has a `/` filter."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,question_mark,q", "dismiss", "Close help"),
     ]
 
     def __init__(
-        self, title: str, sections: Iterable[tuple[str, Iterable[tuple[str, str]]]]
+        self,
+        title: str,
+        sections: Iterable[tuple[str, Iterable[tuple[str, str]]]],
+        filter_help: str = "",
     ) -> None:
         super().__init__()
         self._title = title
         self._sections = [(name, list(rows)) for name, rows in sections]
+        self._filter_help = filter_help
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
             yield Label(f"Keys · {self._title}", id="help-title")
             with VerticalScroll():
-                yield Static(Text(FILTER_HELP, style="dim"), id="help-filter")
+                if self._filter_help:
+                    yield Static(Text(self._filter_help, style="dim"), id="help-filter")
                 yield Static(self._table(), id="help-keys")
             yield Label("esc or ? closes · ctrl+p or : opens the command palette", id="help-hint")
 

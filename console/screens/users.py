@@ -1,26 +1,28 @@
 """Users: each user's sessions and quota usage (used / limit / percent / reset), as gauges.
 
-Session counts come from the snapshot; quota reports are asked of the engine only for the rows
-on screen and the selected user, so the cost follows the screen, not the user count.
+Sorting, the header marks and the `/` filter work as on the sessions table (see `TableScreen`);
+the order and the counts live in `UsersModel`. Quota reports are asked of the engine once per
+user per tick, and only for the rows on screen and the selected user, unless a quota column is
+the sort column (then for every listed user, within the model's reorder budget).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.containers import Vertical
-from textual.widgets import Footer, Label
+from textual.widgets import Footer, Input, Label
 
-from console.screens.base import LiveScreen, StatusLine
+from console.screens.base import StatusLine, set_text
 from console.screens.detail import quota_gauges
+from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
+from console.users_model import RESOURCES, UsersModel
 from widgets import Column, GaugeList, VirtualTable, level_of
 
 if TYPE_CHECKING:
     from engine import EngineSnapshot
-
-RESOURCES = ("api_calls", "tokens", "storage_mb", "compute_seconds")
 
 USER_COLUMNS = (
     Column("user", "USER", 12, flex=True, priority=9),
@@ -33,16 +35,32 @@ USER_COLUMNS = (
     Column("worst", "WORST", 6, "right", priority=6),
 )
 
+# Shift+letter sorts by a column, as on the sessions table (U and K mean the same there); the
+# same key again reverses. C and M follow k9s (CPU, memory) for compute and storage.
+SORT_BINDINGS = (
+    ("U", "user"), ("T", "tier"), ("S", "sessions"), ("A", "api_calls"), ("K", "tokens"),
+    ("M", "storage_mb"), ("C", "compute_seconds"), ("W", "worst"),
+)
 
-class UsersScreen(LiveScreen):
+
+class UsersScreen(TableScreen):
     VIEW_NAME = "Users"
     EXPORT_NAME = "users"
+    FILTER_HELP = (
+        "Filter (/): tier:pro  user:ali, or a bare word (part of a user id);"
+        " Enter applies, Esc clears."
+    )
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *filter_bindings(),
+        *sort_bindings(SORT_BINDINGS),
+    ]
+
+    model: UsersModel
 
     def __init__(self) -> None:
         super().__init__()
-        self._source: Any = None
-        self._counts: Counter[str] = Counter()
-        self._tiers: dict[str, str] = {}
+        self.model = UsersModel(self.usage)
         self._usage: dict[str, tuple[Any, ...]] = {}
 
     def compose(self) -> ComposeResult:
@@ -55,18 +73,14 @@ class UsersScreen(LiveScreen):
             empty_text="no users with live sessions",
             id="users-table",
         )
+        yield Input(placeholder="tier:pro  user:ali  or part of a user id", id="filter")
         with Vertical(id="user-usage", classes="box"):
             yield Label("Usage", id="user-usage-title", classes="box-title")
             yield GaugeList(id="user-gauges")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.table.focus()
         self.watch(self.table, "cursor", lambda _: self._show_selected(), init=False)
-
-    @property
-    def table(self) -> VirtualTable[str]:
-        return self.query_one("#users-table", VirtualTable)
 
     def usage(self, user_id: str) -> tuple[Any, ...]:
         """Quota report for a user, asked of the engine once per tick."""
@@ -77,19 +91,22 @@ class UsersScreen(LiveScreen):
 
     def show(self, snapshot: EngineSnapshot) -> None:
         self._usage = {}
-        if snapshot.sessions is not self._source:
-            self._source = snapshot.sessions
-            self._counts = Counter(v.user_id for v in snapshot.sessions)
-            self._tiers = {v.user_id: v.tier for v in snapshot.sessions}
-            hot = [q.user_id for q in snapshot.quotas if q.user_id in self._counts]
-            rest = sorted(set(self._counts) - set(hot), key=lambda u: (-self._counts[u], u))
-            self.table.set_rows(hot + rest)
+        if self.model.update(snapshot.sessions):
+            self.table.set_rows(self.model.rows)
         else:
             self.table.refresh_rows()
-        self.query_one("#users-title", Label).update(
-            f"Users {len(self._counts):,} with live sessions · nearest their limits first"
-        )
+        self.show_title()
         self._show_selected()
+
+    def show_title(self) -> None:
+        model = self.model
+        shown, total = len(model.rows), model.total
+        count = f"{shown:,} of {total:,}" if shown != total else f"{total:,}"
+        set_text(
+            self.query_one("#users-title", Label),
+            f"Users {count} with live sessions · {model.describe()}",
+        )
+        super().show_title()
 
     def _show_selected(self) -> None:
         user = self.table.cursor_key
@@ -99,8 +116,8 @@ class UsersScreen(LiveScreen):
             title.update("Usage")
             gauges.set_rows([])
             return
-        title.update(f"Usage of {user} ({self._tiers.get(user, '?')}) · "
-                     f"{self._counts.get(user, 0)} session(s)")
+        title.update(f"Usage of {user} ({self.model.tiers.get(user, '?')}) · "
+                     f"{self.model.counts.get(user, 0)} session(s)")
         gauges.set_rows(quota_gauges(self.usage(user)))
 
     def _render_row(self, user: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
@@ -108,8 +125,8 @@ class UsersScreen(LiveScreen):
         worst = max(percents.values(), default=0.0)
         cells = (
             user,
-            self._tiers.get(user, ""),
-            str(self._counts.get(user, 0)),
+            self.model.tiers.get(user, ""),
+            str(self.model.counts.get(user, 0)),
             *(f"{percents[r]:.0f}" if r in percents else "-" for r in RESOURCES),
             f"{worst:.0f}%",
         )
@@ -125,8 +142,8 @@ class UsersScreen(LiveScreen):
         rows = []
         for user in self.table.rows:
             record: dict[str, Any] = {
-                "user_id": user, "tier": self._tiers.get(user, ""),
-                "sessions": self._counts.get(user, 0),
+                "user_id": user, "tier": self.model.tiers.get(user, ""),
+                "sessions": self.model.counts.get(user, 0),
             }
             for u in self.usage(user):
                 record[f"{u.resource}.used"] = u.used
