@@ -2,7 +2,7 @@
 
 Why it is built this way:
 
-- Every write goes through one writer task that puts whatever concurrent turns queued into one
+- Every write goes through one writer that puts whatever concurrent turns queued into one
   transaction (group commit), so one fsync covers hundreds of writes. With `durable_ack` (the
   default) `write()` returns only after the transaction holding its ops has committed, in WAL
   mode with `synchronous=FULL` (`power_safe`, the default): nothing a caller was told is saved
@@ -10,12 +10,20 @@ Why it is built this way:
   `durable_ack=False` returns as soon as the ops are queued; that is for benchmarks
   and risks the last few milliseconds of acknowledged writes on a crash, and a failed commit
   (disk full) is then only logged and counted, never reported to the writer.
+- The writer is callbacks, not a task: a batch starts from whatever finds the writer free (a
+  write arriving, the previous commit finishing) and its waiters are resolved straight from the
+  connection thread's completion, because under a busy event loop every extra hop through the
+  loop is milliseconds of acknowledgement latency.
+- Commits never checkpoint (`wal_autocheckpoint = 0`): a `_Checkpointer` thread copies the WAL
+  into the database file from its own connection (see there for how the WAL stays bounded).
 - All ops of one `write()` call commit together or not at all; an op rejected by a constraint
   (a message for a session that is not stored) fails its own `write()` only.
 - The store keeps bytes and records and knows nothing of the engine: message content arrives
   encrypted with the session's data key, the data key arrives wrapped by the master key, tokens
   arrive hashed. Deleting a session's row deletes its wrapped key (crypto-shredding), and
-  `secure_delete` zeroes the freed bytes in the file.
+  `secure_delete` zeroes the freed bytes in the file. The zeroed page reaches the database file
+  at the checkpointer's next pass (every `CHECKPOINT_S`); older -wal frames may hold the key
+  until the log restarts and new frames overwrite them, and close() empties the -wal.
 - A file that fails a check at open (not SQLite, another application's, a newer schema,
   corrupt) is inspected through a read-only connection and never modified; the `StoreError`
   names the file and what to do.
@@ -30,6 +38,7 @@ import logging
 import math
 import shutil
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -51,16 +60,20 @@ DEFAULT_PATH = Path("data/sessions.db")
 QUOTA_BUCKETS_PER_WINDOW = 60  # the quota rings' own granularity: rebuilding loses nothing
 METRICS_RESTORE_S = 3600.0  # roll-ups handed back on restore, enough for the console's charts
 BACKLOG_BATCHES = 64  # without durable_ack, writers wait once this many full batches are queued
+CHECKPOINT_S = 0.2  # how often the checkpointer copies new WAL frames into the database file
+WAL_RESTART_FRAMES = 8192  # a log this long (~32 MB) that never restarted: the writer helps
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # synchronous is set per store (power_safe). secure_delete zeroes deleted rows, so a shredded
-# wrapped key does not linger in free space.
+# wrapped key does not linger in free space. No automatic checkpoints: the commit that crossed
+# 1,000 WAL pages used to copy them all and fsync the database file (see `_Checkpointer`).
 _PRAGMAS = (
     "PRAGMA foreign_keys = ON",
     "PRAGMA busy_timeout = 5000",
     "PRAGMA secure_delete = ON",
     "PRAGMA cache_size = -32768",
     "PRAGMA journal_size_limit = 67108864",
+    "PRAGMA wal_autocheckpoint = 0",
 )
 
 # SQLite primary result codes, for advice in error messages.
@@ -316,11 +329,13 @@ class StoreStats:
     last_error: str | None
     file_bytes: int
     wal_bytes: int
+    checkpoints: int = 0
+    wal_frames: int = 0
 
 
 @dataclass(slots=True)
 class _Queued:
-    """A write (ops) or an exclusive job (load, rewrap) waiting for the writer task."""
+    """A write (ops) or an exclusive job (load, rewrap) waiting for the writer."""
 
     ops: tuple[Op, ...]
     future: asyncio.Future[Any] | None
@@ -447,6 +462,7 @@ class Store:
         alert_keep: int,
         metrics_keep_s: float,
         clean_shutdown: bool,
+        synchronous: str = "FULL",
     ) -> None:
         """Use `Store.open`, which checks the file first."""
         self.path = path
@@ -462,11 +478,12 @@ class Store:
         self._loop = asyncio.get_running_loop()
         self._queue: deque[_Queued] = deque()
         self._queued_ops = 0
-        self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
-        self._inflight: list[_Queued] = []
+        self._busy = False  # a batch or a job is in flight: the next one waits for it
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._job: asyncio.Task[None] | None = None
         self._last_batch_writes = 0
         self._closing = False
+        self._drained = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
         self._batches = self._writes = self._ops = self._failed = self._rejected = 0
         self._last_commit_ms = 0.0
@@ -488,7 +505,7 @@ class Store:
             (Prune, self._prune_sql),
         )
         self._kinds = frozenset(kind for kind, _ in self._phases)
-        self._writer = asyncio.create_task(self._run_writer(), name=f"store-writer {path}")
+        self._checkpointer = _Checkpointer(path, synchronous, CHECKPOINT_S)
 
     @classmethod
     async def open(
@@ -526,8 +543,10 @@ class Store:
         _check_aiosqlite()
         path = Path(path)
         await asyncio.to_thread(_check_file, path)
-        db = await _connect(path, power_safe)
+        synchronous = "FULL" if power_safe else "NORMAL"
+        db = await _connect(path, synchronous)
         try:
+            _check_aiosqlite(db)
             clean = await _prepare(db, path)
         except BaseException:
             await db.close()
@@ -542,6 +561,7 @@ class Store:
             alert_keep=alert_keep,
             metrics_keep_s=metrics_keep_s,
             clean_shutdown=clean,
+            synchronous=synchronous,
         )
 
     async def __aenter__(self) -> Store:
@@ -554,8 +574,8 @@ class Store:
         """Commit everything queued, mark a clean shutdown, close the file. Idempotent."""
         if self._closer is None:
             self._closing = True
-            self._wakeup.set()
-            self._full.set()
+            self._stop_lingering()
+            self._pump()
             self._closer = asyncio.create_task(self._shutdown())
         await asyncio.shield(self._closer)
 
@@ -630,9 +650,16 @@ class Store:
             last_error=self._last_error,
             file_bytes=_size(self.path),
             wal_bytes=_size(self.path.with_name(self.path.name + "-wal")),
+            checkpoints=self._checkpointer.checkpoints,
+            wal_frames=self._checkpointer.wal_frames,
         )
 
-    # -- the writer task -------------------------------------------------------------------------
+    # -- the writer ------------------------------------------------------------------------------
+    # No task: `_pump` starts the next batch from whatever finds the writer free (a write
+    # arriving, a commit finishing, the linger timer), and `_batch_done` runs straight from the
+    # connection thread. After the commit an acknowledgement costs two loop iterations (that
+    # callback, then the caller resuming) and none before it; a writer task cost one more at
+    # each end, and under a busy loop an iteration can take milliseconds.
     def _check_ops(self, ops: tuple[Op, ...]) -> None:
         for op in ops:
             if type(op) not in self._kinds:
@@ -643,14 +670,12 @@ class Store:
     ) -> asyncio.Future[Any] | None:
         if self._closing:
             raise StoreError(f"store {self.path} is closed; open it again to read or write")
-        if self._writer.done():
-            raise StoreError(f"store {self.path} stopped writing; restart the engine")
         future = self._loop.create_future() if wait else None
         self._queue.append(_Queued(ops, future, self._loop.time(), job))
         self._queued_ops += len(ops)
-        self._wakeup.set()
         if self._queued_ops >= self._batch_max:
-            self._full.set()
+            self._stop_lingering()  # the batch is full: waiting cannot make it bigger
+        self._pump()
         return future
 
     async def _submit(self, job: Callable[[], Awaitable[Any]] | None) -> Any:
@@ -659,34 +684,26 @@ class Store:
         assert future is not None
         return await future
 
-    async def _run_writer(self) -> None:
-        try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                if self._queue[0].job is not None:
-                    self._inflight = [self._queue.popleft()]
-                    await self._run_job(self._inflight[0])
-                else:
-                    await self._linger()
-                    self._inflight = self._take_batch()
-                    await self._commit(self._inflight)
-                self._inflight = []
-        finally:
-            # Never leave a caller waiting forever.
-            error = StoreError(
-                f"store {self.path} stopped before this write was confirmed; it may not be saved"
-            )
-            for queued in (*self._inflight, *self._queue):
-                _fail(queued.future, error)
-            self._queue.clear()
+    def _pump(self, linger: bool = True) -> None:
+        """Start the next batch or job unless one is in flight; closing, say when drained.
 
-    async def _linger(self) -> None:
-        """Wait up to batch_ms (counted from the oldest queued write) for a fuller batch.
+        Called whenever work arrives or finishes, so nothing waits for a task to be scheduled.
+        """
+        if self._busy or self._linger_timer is not None:
+            return
+        if not self._queue:
+            if self._closing:
+                self._drained.set()
+            return
+        if self._queue[0].job is not None:
+            self._start_job(self._queue.popleft())
+        elif linger and (delay := self._linger_delay()) > 0:
+            self._linger_timer = self._loop.call_later(delay, self._linger_over)
+        else:
+            self._start_batch(self._take_batch())
+
+    def _linger_delay(self) -> float:
+        """How much longer to wait for a fuller batch: up to batch_ms from the oldest write.
 
         Only while writes arrive concurrently: a lone writer gains nothing from waiting.
         """
@@ -696,13 +713,17 @@ class Store:
             or self._last_batch_writes < 2
             or self._queued_ops >= self._batch_max
         ):
-            return
-        delay = self._queue[0].enqueued + self._batch_s - self._loop.time()
-        if delay > 0:
-            self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._full.wait()
+            return 0.0
+        return self._queue[0].enqueued + self._batch_s - self._loop.time()
+
+    def _linger_over(self) -> None:
+        self._linger_timer = None
+        self._pump(linger=False)
+
+    def _stop_lingering(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
 
     def _take_batch(self) -> list[_Queued]:
         """Whole writes, oldest first, up to batch_max ops (a bigger single write goes alone)."""
@@ -718,30 +739,59 @@ class Store:
         self._queued_ops -= count
         return batch
 
-    async def _commit(self, batch: list[_Queued]) -> None:
-        ops = [op for queued in batch for op in queued.ops]
-        started = time.perf_counter()
+    def _start_batch(self, batch: list[_Queued]) -> None:
+        """Hand the batch to the connection thread; `_batch_done` hears how it went."""
+        self._busy = True
+        done = partial(self._batch_done, batch, time.perf_counter())
         try:
+            ops = [op for queued in batch for op in queued.ops]
             commit = partial(
-                _commit_batch, self._statements(ops), [q.ops for q in batch], self._statements
+                _commit_batch,
+                self._statements(ops),
+                [queued.ops for queued in batch],
+                self._statements,
+                self._checkpointer.take_restart(),
             )
-            rejected = await _on_connection_thread(self._db, commit)
-        except Exception as exc:  # the writer must outlive any failure, or writers hang
-            await self._rollback()
-            error = _store_error(self.path, exc, f"committing {len(batch)} writes")
-            self._failed += 1
-            self._last_error = str(error)
-            if any(queued.future is None for queued in batch):
-                log.error("%s", error)  # someone was not waiting to hear it
-            for queued in batch:
-                _fail(queued.future, error)
-            return
+            _on_connection_thread(self._db, commit, done)
+        except Exception as exc:  # an op the statements cannot take: fail it like a commit
+            self._loop.call_soon(done, None, exc)
+
+    def _batch_done(
+        self,
+        batch: list[_Queued],
+        started: float,
+        rejected: dict[int, Exception] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Resolve the batch's waiters and start the next batch: the writer outlives anything."""
+        try:
+            if error is None:
+                self._batch_committed(batch, rejected or {}, started)
+            else:
+                self._batch_failed(batch, error)
+        finally:
+            self._busy = False
+            self._pump()
+
+    def _batch_failed(self, batch: list[_Queued], exc: BaseException) -> None:
+        """Nothing of the batch was saved (rolled back on the thread): every waiter hears it."""
+        error = _store_error(self.path, exc, f"committing {len(batch)} writes")
+        self._failed += 1
+        self._last_error = str(error)
+        if any(queued.future is None for queued in batch):
+            log.error("%s", error)  # someone was not waiting to hear it
+        for queued in batch:
+            _fail(queued.future, error)
+
+    def _batch_committed(
+        self, batch: list[_Queued], rejected: dict[int, Exception], started: float
+    ) -> None:
         for index, exc in rejected.items():
             batch[index].error = _store_error(self.path, exc, "a write")
         self._last_commit_ms = (time.perf_counter() - started) * 1000
         self._batches += 1
         self._writes += len(batch)
-        self._ops += len(ops)
+        self._ops += sum(len(queued.ops) for queued in batch)
         self._last_batch_writes = len(batch)
         for queued in batch:
             if queued.error is None:
@@ -766,7 +816,12 @@ class Store:
             for statement in statements(chosen)
         ]
 
+    def _start_job(self, queued: _Queued) -> None:
+        self._busy = True
+        self._job = self._loop.create_task(self._run_job(queued))
+
     async def _run_job(self, queued: _Queued) -> None:
+        """A maintenance job, alone: no batch commits until it is done."""
         assert queued.job is not None
         try:
             result = await queued.job()
@@ -776,6 +831,11 @@ class Store:
         else:
             if queued.future is not None and not queued.future.done():
                 queued.future.set_result(result)
+        finally:
+            _fail(queued.future, StoreError(f"store {self.path}: a maintenance job was cancelled"))
+            self._job = None
+            self._busy = False
+            self._pump()
 
     async def _rollback(self) -> None:
         """After a failure SQLite may already have rolled back; never raise from here."""
@@ -784,14 +844,19 @@ class Store:
                 await self._db.execute("ROLLBACK")
 
     async def _shutdown(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        """Once everything queued has committed: stop checkpointing, mark, truncate, close."""
+        await self._drained.wait()
+        await self._checkpointer.stop()
         try:
             await self._db.execute(
                 "UPDATE store_meta SET value = 1 WHERE key = 'clean_shutdown'"
             )
         except sqlite3.Error as exc:
             log.warning("%s", _store_error(self.path, exc, "marking a clean shutdown"))
+        try:
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("%s", _store_error(self.path, exc, "the last checkpoint"))
         await self._db.close()
 
     # -- statements per op kind ------------------------------------------------------------------
@@ -899,49 +964,86 @@ class Store:
 
 
 def _on_connection_thread(
-    db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
-) -> Awaitable[T]:
-    """Run `fn(raw sqlite3 connection)` on aiosqlite's connection thread, as one round trip.
+    db: aiosqlite.Connection,
+    fn: Callable[[sqlite3.Connection], T],
+    done: Callable[[T | None, BaseException | None], object],
+) -> None:
+    """Run `fn(raw sqlite3 connection)` on aiosqlite's connection thread, as one round trip;
+    then `done(result, None)` or `done(None, error)` runs on the event loop.
 
-    Each `await db.execute(...)` is a round trip from the event loop to aiosqlite's thread and
-    back, and under a busy loop every one of them waits for a loop iteration, so a commit made of
-    several awaits acknowledges late under load. aiosqlite exposes no public way to run several
-    statements in one round trip; its private `Connection._execute(fn)` queues any callable on
-    that thread (`_check_aiosqlite` verifies it exists at open; pyproject.toml pins aiosqlite's
-    upper bound). The raw connection (`_conn`) is fetched on that thread, the only one that may
-    use it.
+    Each `await db.execute(...)` is a round trip, and under a busy loop every hop waits for a
+    loop iteration. `done` is scheduled by the thread itself (`call_soon_threadsafe`), one
+    iteration after `fn` returns; awaiting aiosqlite's future would add one for its result and
+    one for the awaiting task. aiosqlite has no public way to do this: its private `_tx` is the
+    thread's queue of (future, callable), and `_conn` is the raw connection, which only that
+    thread may use (`_check_aiosqlite` verifies both at open; pyproject.toml pins aiosqlite's
+    upper bound). The future handed over only satisfies aiosqlite's worker; nothing awaits it.
+    The store closes the connection only once nothing is queued or in flight, so `fn` runs.
     """
-    return db._execute(lambda: fn(db._conn))
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            result = fn(db._conn)
+        except BaseException as exc:  # whatever happens, `done` must hear of it
+            loop.call_soon_threadsafe(done, None, exc)
+        else:
+            loop.call_soon_threadsafe(done, result, None)
+
+    db._tx.put_nowait((loop.create_future(), run))
 
 
-def _check_aiosqlite() -> None:
-    """Refuse to start on an aiosqlite without the internals `_on_connection_thread` uses."""
-    connection = aiosqlite.Connection
-    if not (
-        callable(getattr(connection, "_execute", None))
-        and isinstance(getattr(connection, "_conn", None), property)
+def _check_aiosqlite(db: aiosqlite.Connection | None = None) -> None:
+    """Refuse to start on an aiosqlite without the internals `_on_connection_thread` uses.
+
+    `Connection._conn` is checked before anything is opened; `_tx`, an instance attribute,
+    on the opened connection `db`.
+    """
+    if isinstance(getattr(aiosqlite.Connection, "_conn", None), property) and (
+        db is None or callable(getattr(getattr(db, "_tx", None), "put_nowait", None))
     ):
-        version = getattr(aiosqlite, "__version__", "of unknown version")
-        raise StoreError(
-            f"aiosqlite {version} lacks Connection._execute or Connection._conn, which the "
-            "store's writer uses to commit a batch in one call; install the aiosqlite version "
-            "pyproject.toml allows"
-        )
+        return
+    version = getattr(aiosqlite, "__version__", "of unknown version")
+    raise StoreError(
+        f"aiosqlite {version} lacks Connection._conn or Connection._tx, which the store's "
+        "writer uses to commit a batch in one call; install the aiosqlite version "
+        "pyproject.toml allows"
+    )
 
 
 def _commit_batch(
     statements: list[Statement],
     writes: list[tuple[Op, ...]],
     statements_of: Callable[[Sequence[Op]], list[Statement]],
+    restart_wal: bool,
     conn: sqlite3.Connection,
 ) -> dict[int, Exception]:
     """One batch's transaction, on the connection thread: apply `statements` and commit.
 
     If one write is rejected (`_OP_ERRORS`), redo the batch write by write, each in a savepoint,
     so the rejected ones fail alone and the rest commit. Returns the rejected writes' errors by
-    index in `writes`. Any other error propagates with the transaction left for the caller's
-    rollback: nothing of the batch is saved.
+    index in `writes`. Any other error rolls the transaction back, here in the same round trip,
+    and propagates: nothing of the batch is saved. `restart_wal`: see `_Checkpointer`.
     """
+    if restart_wal:
+        with contextlib.suppress(sqlite3.Error):  # an optimisation; the checkpointer reports
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    try:
+        return _apply_batch(statements, writes, statements_of, conn)
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _apply_batch(
+    statements: list[Statement],
+    writes: list[tuple[Op, ...]],
+    statements_of: Callable[[Sequence[Op]], list[Statement]],
+    conn: sqlite3.Connection,
+) -> dict[int, Exception]:
+    """`_commit_batch` without the rollback on failure."""
     conn.execute("BEGIN IMMEDIATE")
     rejected: dict[int, Exception] = {}
     try:
@@ -961,6 +1063,98 @@ def _commit_batch(
             conn.execute("RELEASE one_write")
     conn.execute("COMMIT")
     return rejected
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+class _Checkpointer:
+    """Copies committed WAL frames into the database file, from its own connection and thread.
+
+    The writer runs with `wal_autocheckpoint = 0`, so no commit pays for a checkpoint (the
+    commit that crossed 1,000 WAL pages used to copy them all and fsync the database file,
+    several milliseconds on the acknowledgement path). Every `CHECKPOINT_S` this thread runs a
+    PASSIVE checkpoint, which never blocks the writer or readers and syncs the WAL before and
+    the database file after copying, as the store's `synchronous` setting asks.
+
+    Copying is not enough to bound the WAL: SQLite restarts the log from its beginning only
+    when a write transaction starts after every frame was copied, and under steady load the
+    writer keeps appending while a concurrent checkpoint runs (at 1,000 turns/s it appends
+    ~7,000 frames a second and the log never restarts by itself). So when the log has grown to
+    `WAL_RESTART_FRAMES`, this thread runs a second, short pass and `take_restart()` asks the
+    writer's next batch to checkpoint first, on its own connection: that copies only the
+    frames committed during the short pass, and the batch's transaction then restarts the
+    log (SQLite syncs the new log header at that commit). That costs one batch a few
+    milliseconds per ~32 MB of log; automatic checkpoints cost one batch the copy of a whole
+    4 MB every 4 MB. If this thread falls behind or fails (errors are logged and retried), the
+    WAL grows until a pass succeeds; the file on disk is cut back to `journal_size_limit` when
+    the log restarts, and close() truncates it.
+    """
+
+    def __init__(self, path: Path, synchronous: str, every_s: float) -> None:
+        self.path = path
+        self.checkpoints = 0  # passes run
+        self.wal_frames = 0  # frames in the log at the last pass
+        self._synchronous = synchronous
+        self._every_s = every_s
+        self._restart = False
+        self._last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"store-checkpointer {path}", daemon=True
+        )
+        self._thread.start()
+
+    def take_restart(self) -> bool:
+        """True once after a pass found the log too long: the caller checkpoints first."""
+        restart, self._restart = self._restart, False
+        return restart
+
+    async def stop(self) -> None:
+        """Finish the pass under way, if any, and close the connection."""
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(self._every_s):
+                try:
+                    conn = conn or self._connect()
+                    self._checkpoint(conn)
+                except Exception as exc:  # keep trying: the WAL only grows without this thread
+                    self._report(exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """One pass; if the log is too long, a second one right away, so that the writer's
+        catch-up has only the frames committed during that short pass left to copy."""
+        frames = self._pass(conn)
+        if frames >= WAL_RESTART_FRAMES:
+            self._pass(conn)
+            self._restart = True
+        self._last_error = None
+
+    def _pass(self, conn: sqlite3.Connection) -> int:
+        _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.checkpoints += 1
+        self.wal_frames = frames
+        return frames
+
+    def _report(self, exc: Exception) -> None:
+        """Log a failure once, not at every pass, until a pass succeeds."""
+        error = str(_store_error(self.path, exc, "a background checkpoint"))
+        if error != self._last_error:
+            log.warning("%s; the WAL grows until a checkpoint succeeds", error)
+        self._last_error = error
 
 
 # --- opening -----------------------------------------------------------------------------------
@@ -1024,13 +1218,13 @@ def _check_file(path: Path) -> None:
         conn.close()
 
 
-async def _connect(path: Path, power_safe: bool) -> aiosqlite.Connection:
+async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
     try:
         db = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise _store_error(path, exc, "opening") from exc
     try:
-        await db.execute(f"PRAGMA synchronous = {'FULL' if power_safe else 'NORMAL'}")
+        await db.execute(f"PRAGMA synchronous = {synchronous}")
         for pragma in _PRAGMAS:
             await db.execute(pragma)
         (mode,) = next(iter(await db.execute_fetchall("PRAGMA journal_mode = WAL")))

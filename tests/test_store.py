@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from engine import migrations
+from engine import store as store_module
 from engine.errors import StoreError
 from engine.security import DecryptionFailed, KeyRing, SessionCipher, hash_token, new_token
 from engine.store import (
@@ -40,6 +42,7 @@ from engine.store import (
     TokenUpdate,
     Touch,
     TrimMessages,
+    _check_aiosqlite,
 )
 
 NOW = 1_700_000_000.0
@@ -104,6 +107,33 @@ async def store(db_path: Path):
     opened = await Store.open(db_path)
     yield opened
     await opened.close()
+
+
+@contextlib.asynccontextmanager
+async def writer_held(store: Store):
+    """Keep the writer busy (an exclusive job waiting for the block to end), so that writes
+    made inside queue up and then commit as one batch, as they do under load."""
+    release = asyncio.Event()
+    held = asyncio.ensure_future(store._submit(release.wait))
+    await asyncio.sleep(0)  # the job has the writer now
+    try:
+        yield
+        await asyncio.sleep(0)  # writes started inside reach the queue
+    finally:
+        release.set()
+        await held
+
+
+def started(*writes) -> list[asyncio.Future]:
+    return [asyncio.ensure_future(write) for write in writes]
+
+
+async def checkpoint_passes(store: Store, n: int) -> None:
+    """Wait for `n` more passes of the checkpointer (a stalled one fails after 30 s)."""
+    target = store.stats().checkpoints + n
+    async with asyncio.timeout(30):
+        while store.stats().checkpoints < target:
+            await asyncio.sleep(0.01)
 
 
 # --- opening, schema, bad files ------------------------------------------------------------------
@@ -296,10 +326,13 @@ async def test_a_failed_batch_rolls_back_as_a_whole_and_every_waiter_hears_of_it
     await store.save_session(session_row())
     (pages,) = next(iter(await store._db.execute_fetchall("PRAGMA page_count")))
     await store._db.execute(f"PRAGMA max_page_count = {pages + 1}")
-    writes = [store.write(message("s1", n, os.urandom(2000))) for n in range(1, 30)]
+    failed_before = store.stats().failed_batches
+    async with writer_held(store):
+        writes = started(*(store.write(message("s1", n, os.urandom(2000))) for n in range(1, 30)))
     results = await asyncio.gather(*writes, return_exceptions=True)
     assert results and all(isinstance(r, StoreError) for r in results)
     assert "disk is full" in str(results[0])
+    assert store.stats().failed_batches == failed_before + 1
     await store._db.execute("PRAGMA max_page_count = 1073741823")
     await store.write(message("s1", 100))
     restored = await store.load_live(NOW)
@@ -363,17 +396,27 @@ async def test_a_rejected_write_fails_alone_and_its_batch_mates_commit(store):
     assert [m.seq for m in restored.messages["s1"]] == [1, 2]
 
 
+class CountingQueue:
+    """Stands in for aiosqlite's queue to its connection thread, recording what is queued."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+        self.calls: list[object] = []
+
+    def put_nowait(self, item) -> None:
+        self.calls.append(item[1])
+        self.queue.put_nowait(item)
+
+    def __getattr__(self, name: str):
+        return getattr(self.queue, name)
+
+
 def count_round_trips(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Record every call queued on the store connection's aiosqlite thread."""
-    calls: list[object] = []
-    queue_on_thread = store._db._execute
-
-    async def counted(fn, *args, **kwargs):
-        calls.append(fn)
-        return await queue_on_thread(fn, *args, **kwargs)
-
-    monkeypatch.setattr(store._db, "_execute", counted)
-    return calls
+    """Record every call queued on the store connection's aiosqlite thread (the thread keeps
+    reading the real queue)."""
+    counting = CountingQueue(store._db._tx)
+    monkeypatch.setattr(store._db, "_tx", counting)
+    return counting.calls
 
 
 async def test_a_batch_commits_in_one_round_trip_to_the_connection_thread(
@@ -407,12 +450,13 @@ async def test_a_rejected_write_fails_alone_within_the_same_round_trip(
     await store.save_session(session_row())
     calls = count_round_trips(store, monkeypatch)
     before = store.stats()
-    results = await asyncio.gather(
-        store.write(message("s1", 1), QuotaEvent("alice", "tokens", NOW, 5, 3600.0)),
-        store.write(message("missing", 1), message("s1", 99)),
-        store.write(Touch("s1", NOW + 9, turns=4), message("s1", 2)),
-        return_exceptions=True,
-    )
+    async with writer_held(store):
+        writes = started(
+            store.write(message("s1", 1), QuotaEvent("alice", "tokens", NOW, 5, 3600.0)),
+            store.write(message("missing", 1), message("s1", 99)),
+            store.write(Touch("s1", NOW + 9, turns=4), message("s1", 2)),
+        )
+    results = await asyncio.gather(*writes, return_exceptions=True)
     after = store.stats()
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], StoreError) and "not stored" in str(results[1])
@@ -424,13 +468,202 @@ async def test_a_rejected_write_fails_alone_within_the_same_round_trip(
     assert query(db_path, "SELECT amount FROM quota_usage") == [(5.0,)]
 
 
+async def test_every_durable_ack_of_a_batch_follows_its_commit(store, db_path):
+    await store.save_session(session_row())
+    seen: list[int] = []
+
+    async def turn(n: int) -> None:
+        await store.write(message("s1", n))
+        # Another connection, the moment write() returns: the row must already be committed.
+        seen.extend(seq for (seq,) in query(db_path, "SELECT seq FROM messages WHERE seq = ?",
+                                             (n,)))
+
+    async with writer_held(store):
+        turns = started(*(turn(n) for n in range(1, 60)))
+    await asyncio.gather(*turns)
+    assert sorted(seen) == list(range(1, 60))
+
+
+async def test_writes_commit_in_the_order_they_were_made_across_batches(db_path):
+    async with await Store.open(db_path, batch_max=3) as store:
+        await store.save_session(session_row())
+        order: list[int] = []
+        waits = []
+        for n in range(1, 200):
+            order.append(n)
+            if n % 3:
+                store.write_nowait(message("s1", n))
+            else:
+                waits.append(asyncio.ensure_future(store.write(message("s1", n))))
+                await asyncio.sleep(0)  # it is queued now; batches commit meanwhile
+            if n % 10 == 0:
+                store.write_nowait(TrimMessages("s1", n - 5))  # only what came before it
+                order = [k for k in order if k > n - 5]
+        await asyncio.gather(*waits)
+        await store.flush()
+        assert store.stats().batches > 200 / 3
+        assert [seq for (seq,) in query(db_path, "SELECT seq FROM messages ORDER BY id")] == order
+
+
+async def test_a_job_runs_alone_between_the_writes_queued_before_and_after_it(store, db_path):
+    await store.save_session(session_row())
+    async with writer_held(store):
+        store.write_nowait(message("s1", 1))
+        loading = asyncio.ensure_future(store.load_live(NOW))
+        await asyncio.sleep(0)  # the job is queued
+        store.write_nowait(message("s1", 2))
+    restored = await loading
+    assert [m.seq for m in restored.messages["s1"]] == [1]
+    await store.flush()
+    assert query(db_path, "SELECT seq FROM messages ORDER BY id") == [(1,), (2,)]
+
+
+async def test_a_write_the_statements_cannot_take_fails_alone_and_the_writer_goes_on(store):
+    await store.save_session(session_row())
+    with pytest.raises(StoreError, match="OverflowError"):
+        await store.write(QuotaEvent("alice", "tokens", float("inf"), 1, 60.0))
+    await store.write(message("s1", 1))
+    assert store.stats().failed_batches == 1
+    assert [m.seq for m in (await store.load_live(NOW)).messages["s1"]] == [1]
+
+
+async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(db_path):
+    store = await Store.open(db_path, batch_ms=3_600_000, batch_max=4)
+    await store.save_session(session_row())
+    async with writer_held(store):  # a batch of two writes: writes now arrive concurrently
+        first = started(store.write(message("s1", 1)), store.write(message("s1", 2)))
+    await asyncio.gather(*first)
+    store.write_nowait(message("s1", 3))  # lingers for a fuller batch, up to an hour
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert query(db_path, "SELECT count(*) FROM messages") == [(2,)]
+    async with asyncio.timeout(30):  # (not an hour)
+        await store.write(message("s1", 4), message("s1", 5), message("s1", 6))  # it is full
+    assert query(db_path, "SELECT count(*) FROM messages") == [(6,)]
+    store.write_nowait(message("s1", 7))  # lingers again; close() does not wait it out
+    async with asyncio.timeout(30):
+        await store.close()
+    assert query(db_path, "SELECT seq FROM messages ORDER BY id") == [(n,) for n in range(1, 8)]
+
+
+async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(
+    db_path, monkeypatch
+):
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)  # no background pass either
+    store = await Store.open(db_path)
+    assert await store._db.execute_fetchall("PRAGMA wal_autocheckpoint") == [(0,)]
+    await store.save_session(session_row())
+    for n in range(300):  # ~1,500 pages: an automatic checkpoint would have run at 1,000
+        await store.write(*(message("s1", 10 * n + k, os.urandom(2000)) for k in range(10)))
+    stats = store.stats()
+    assert stats.wal_bytes > 1000 * 4096 > 20 * stats.file_bytes  # all of it still in the WAL
+    await store.close()
+    assert not Path(f"{db_path}-wal").exists() or Path(f"{db_path}-wal").stat().st_size == 0
+    assert query(db_path, "SELECT count(*) FROM messages") == [(3000,)]
+
+
+async def test_the_checkpointer_copies_the_wal_into_the_file_while_the_store_is_open(
+    db_path, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 0.01)
+    async with await Store.open(db_path) as store:
+        await store.write(session_row(), *(message("s1", n, os.urandom(2000)) for n in range(200)))
+        await checkpoint_passes(store, 2)  # one began after the last commit
+        assert store.stats().wal_frames > 100
+        # The database file alone, without its WAL, now holds every committed row.
+        alone = tmp_path / "alone.db"
+        shutil.copyfile(db_path, alone)
+        assert query(alone, "SELECT count(*) FROM messages") == [(200,)]
+        checkpointer = store._checkpointer._thread
+        assert checkpointer.is_alive()
+    assert not checkpointer.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == checkpointer.name]
+
+
+def wal_frames(path: Path) -> int:
+    """Frames in the log since it last restarted: mxFrame in the wal-index header (-shm),
+    read without a connection, which could checkpoint."""
+    return int.from_bytes(Path(f"{path}-shm").read_bytes()[16:20], sys.byteorder)
+
+
+async def test_a_log_that_grew_too_long_restarts_at_the_next_batch(db_path, monkeypatch):
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)
+    async with await Store.open(db_path) as store:
+        await store.save_session(session_row())
+        for n in range(50):
+            await store.write(*(message("s1", 10 * n + k, os.urandom(2000)) for k in range(10)))
+        long_log = wal_frames(db_path)
+        await store.write(message("s1", 1000))
+        assert wal_frames(db_path) > long_log  # nobody asked: the log keeps growing
+        store._checkpointer._restart = True  # what a pass does when it finds the log too long
+        await store.write(message("s1", 1001))
+        assert wal_frames(db_path) < 10  # this batch's frames, at the start of a new log
+        assert not store._checkpointer.take_restart()  # asked once, done once
+        assert store.stats().checkpoints == 0
+        assert query(db_path, "SELECT count(*) FROM messages") == [(502,)]
+
+
+async def test_a_pass_that_finds_the_log_too_long_asks_the_writer_to_restart_it(
+    db_path, monkeypatch
+):
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)
+    async with await Store.open(db_path) as store:
+        await store.write(session_row(), *(message("s1", n, os.urandom(2000)) for n in range(20)))
+        checkpointer = store._checkpointer
+        with contextlib.closing(checkpointer._connect()) as conn:
+            monkeypatch.setattr(store_module, "WAL_RESTART_FRAMES", 10**6)
+            checkpointer._checkpoint(conn)
+            assert not checkpointer.take_restart() and checkpointer.checkpoints == 1
+            monkeypatch.setattr(store_module, "WAL_RESTART_FRAMES", 10)
+            checkpointer._checkpoint(conn)  # and a second, short pass before asking
+            assert checkpointer.take_restart() and checkpointer.checkpoints == 3
+            assert not checkpointer.take_restart()
+
+
+async def test_a_failing_pass_is_logged_once_and_the_checkpointer_goes_on(
+    db_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 0.01)
+    failures = iter([sqlite3.OperationalError("disk I/O error")] * 3)
+    real_pass = store_module._Checkpointer._pass
+
+    def flaky_pass(self, conn):
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        return real_pass(self, conn)
+
+    monkeypatch.setattr(store_module._Checkpointer, "_pass", flaky_pass)
+    async with await Store.open(db_path) as store:
+        await store.write(session_row())
+        await checkpoint_passes(store, 2)
+    warnings = [r for r in caplog.records if "background checkpoint" in r.getMessage()]
+    assert len(warnings) == 1 and "disk I/O error" in warnings[0].getMessage()
+
+
+async def test_a_shredded_key_leaves_the_database_file_at_the_next_pass(db_path, monkeypatch):
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 0.01)
+    wrapped = os.urandom(48)
+    async with await Store.open(db_path) as store:
+        await store.write(session_row(wrapped_key=wrapped), message("s1", 1))
+        await checkpoint_passes(store, 2)
+        assert wrapped in db_path.read_bytes()  # checkpointed into the file itself
+        await store.end_session("s1", NOW, "ended by owner")
+        await checkpoint_passes(store, 2)
+        assert wrapped not in db_path.read_bytes()  # zeroed there too, with the store open
+
+
 async def test_open_refuses_an_aiosqlite_without_the_internals_the_writer_uses(
     db_path, monkeypatch
 ):
-    monkeypatch.delattr(aiosqlite.Connection, "_execute")
-    with pytest.raises(StoreError, match=f"aiosqlite {aiosqlite.__version__}.*_execute"):
+    monkeypatch.delattr(aiosqlite.Connection, "_conn")
+    with pytest.raises(StoreError, match=f"aiosqlite {aiosqlite.__version__}.*_conn"):
         await Store.open(db_path)
     assert not db_path.exists()
+
+
+def test_the_writer_refuses_a_connection_without_the_queue_to_its_thread():
+    with pytest.raises(StoreError, match="_tx"):
+        _check_aiosqlite(object())  # type: ignore[arg-type]
 
 
 async def test_ops_must_be_store_ops(store):
