@@ -10,10 +10,10 @@ Why it is built this way:
   `durable_ack=False` returns as soon as the ops are queued; that is for benchmarks
   and risks the last few milliseconds of acknowledged writes on a crash, and a failed commit
   (disk full) is then only logged and counted, never reported to the writer.
-- The writer is callbacks, not a task: a batch starts from whatever finds the writer free (a
-  write arriving, the previous commit finishing) and its waiters are resolved straight from the
-  connection thread's completion, because under a busy event loop every extra hop through the
-  loop is milliseconds of acknowledgement latency.
+- The writer is callbacks, not a task: the next batch starts as the previous commit's result
+  arrives, and the waiters are resolved straight from the connection thread's completion,
+  because under a busy event loop every extra hop through the loop is milliseconds of
+  acknowledgement latency.
 - Commits never checkpoint (`wal_autocheckpoint = 0`): a `_Checkpointer` thread copies the WAL
   into the database file from its own connection (see there for how the WAL stays bounded).
 - All ops of one `write()` call commit together or not at all; an op rejected by a constraint
@@ -61,7 +61,7 @@ QUOTA_BUCKETS_PER_WINDOW = 60  # the quota rings' own granularity: rebuilding lo
 METRICS_RESTORE_S = 3600.0  # roll-ups handed back on restore, enough for the console's charts
 BACKLOG_BATCHES = 64  # without durable_ack, writers wait once this many full batches are queued
 CHECKPOINT_S = 0.2  # how often the checkpointer copies new WAL frames into the database file
-WAL_RESTART_FRAMES = 8192  # a log this long (~32 MB) that never restarted: the writer helps
+WAL_RESTART_FRAMES = 2048  # a log this long (~8 MB) that never restarted: the writer helps
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # synchronous is set per store (power_safe). secure_delete zeroes deleted rows, so a shredded
@@ -479,6 +479,7 @@ class Store:
         self._queue: deque[_Queued] = deque()
         self._queued_ops = 0
         self._busy = False  # a batch or a job is in flight: the next one waits for it
+        self._pump_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._job: asyncio.Task[None] | None = None
         self._last_batch_writes = 0
@@ -655,11 +656,11 @@ class Store:
         )
 
     # -- the writer ------------------------------------------------------------------------------
-    # No task: `_pump` starts the next batch from whatever finds the writer free (a write
-    # arriving, a commit finishing, the linger timer), and `_batch_done` runs straight from the
-    # connection thread. After the commit an acknowledgement costs two loop iterations (that
-    # callback, then the caller resuming) and none before it; a writer task cost one more at
-    # each end, and under a busy loop an iteration can take milliseconds.
+    # No task: `_pump` starts the next batch or job when the writer is free, and `_batch_done`
+    # runs straight from the connection thread. After a commit, its acknowledgements cost two
+    # loop iterations (that callback, then the callers resuming) and the next batch starts in
+    # the first; a writer task took three and two, and under a busy loop an iteration can take
+    # milliseconds. A write that finds the writer idle waits one iteration, as for the task.
     def _check_ops(self, ops: tuple[Op, ...]) -> None:
         for op in ops:
             if type(op) not in self._kinds:
@@ -675,7 +676,7 @@ class Store:
         self._queued_ops += len(ops)
         if self._queued_ops >= self._batch_max:
             self._stop_lingering()  # the batch is full: waiting cannot make it bigger
-        self._pump()
+        self._pump_soon()
         return future
 
     async def _submit(self, job: Callable[[], Awaitable[Any]] | None) -> Any:
@@ -684,11 +685,21 @@ class Store:
         assert future is not None
         return await future
 
-    def _pump(self, linger: bool = True) -> None:
-        """Start the next batch or job unless one is in flight; closing, say when drained.
+    def _pump_soon(self) -> None:
+        """Pump once the callbacks already scheduled have run, so that writes made together
+        commit together. Starting at the first would commit it alone, and then split
+        concurrent writers into two groups taking turns: half the batch, twice the fsyncs.
+        Busy or lingering, the commit's callback or the timer pumps instead."""
+        if not (self._busy or self._pump_scheduled or self._linger_timer is not None):
+            self._pump_scheduled = True
+            self._loop.call_soon(self._scheduled_pump)
 
-        Called whenever work arrives or finishes, so nothing waits for a task to be scheduled.
-        """
+    def _scheduled_pump(self) -> None:
+        self._pump_scheduled = False
+        self._pump()
+
+    def _pump(self, linger: bool = True) -> None:
+        """Start the next batch or job unless one is in flight; closing, say when drained."""
         if self._busy or self._linger_timer is not None:
             return
         if not self._queue:
@@ -717,8 +728,10 @@ class Store:
         return self._queue[0].enqueued + self._batch_s - self._loop.time()
 
     def _linger_over(self) -> None:
+        """Commit after the callbacks already scheduled: writers whose timers fired on the
+        same tick as this one then join the batch instead of waiting for the next."""
         self._linger_timer = None
-        self._pump(linger=False)
+        self._loop.call_soon(self._pump, False)
 
     def _stop_lingering(self) -> None:
         if self._linger_timer is not None:
@@ -1079,16 +1092,17 @@ class _Checkpointer:
 
     Copying is not enough to bound the WAL: SQLite restarts the log from its beginning only
     when a write transaction starts after every frame was copied, and under steady load the
-    writer keeps appending while a concurrent checkpoint runs (at 1,000 turns/s it appends
-    ~7,000 frames a second and the log never restarts by itself). So when the log has grown to
-    `WAL_RESTART_FRAMES`, this thread runs a second, short pass and `take_restart()` asks the
-    writer's next batch to checkpoint first, on its own connection: that copies only the
-    frames committed during the short pass, and the batch's transaction then restarts the
+    writer keeps appending while a concurrent checkpoint runs (at 1,000 engine turns/s it
+    appends ~7,000 frames a second and the log never restarts by itself). So when the log has
+    grown to `WAL_RESTART_FRAMES`, this thread runs a second, short pass and `take_restart()`
+    asks the writer's next batch to checkpoint first, on its own connection: that copies only
+    the frames committed during the short pass, and the batch's transaction then restarts the
     log (SQLite syncs the new log header at that commit). That costs one batch a few
-    milliseconds per ~32 MB of log; automatic checkpoints cost one batch the copy of a whole
-    4 MB every 4 MB. If this thread falls behind or fails (errors are logged and retried), the
-    WAL grows until a pass succeeds; the file on disk is cut back to `journal_size_limit` when
-    the log restarts, and close() truncates it.
+    milliseconds per ~8 MB of log; automatic checkpoints cost one batch the copy of a whole
+    4 MB every 4 MB. Restarting early matters too: commits that grow the -wal file are slower
+    than commits that overwrite a restarted log. If this thread falls behind or fails (errors
+    are logged and retried), the WAL grows until a pass succeeds; the file on disk is cut back
+    to `journal_size_limit` when the log restarts, and close() truncates it.
     """
 
     def __init__(self, path: Path, synchronous: str, every_s: float) -> None:

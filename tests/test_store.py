@@ -484,6 +484,21 @@ async def test_every_durable_ack_of_a_batch_follows_its_commit(store, db_path):
     assert sorted(seen) == list(range(1, 60))
 
 
+async def test_writes_made_together_commit_together_and_concurrent_writers_stay_in_step(store):
+    await store.save_session(session_row())
+    before = store.stats().batches
+
+    async def writer(w: int) -> None:
+        for n in range(5):
+            await store.write(message("s1", 100 * w + n))
+
+    # Ten writers start together on an idle writer, and each writes again once acknowledged:
+    # one batch per round. Committing the first write at once would split them into two
+    # groups taking turns (ten batches).
+    await asyncio.gather(*(writer(w) for w in range(10)))
+    assert store.stats().batches - before == 5
+
+
 async def test_writes_commit_in_the_order_they_were_made_across_batches(db_path):
     async with await Store.open(db_path, batch_max=3) as store:
         await store.save_session(session_row())
