@@ -33,7 +33,7 @@ from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpe
 from engine.config import SimSettings
 from engine.errors import EngineError, InvalidInput, LLMError
 from engine.security import fingerprint
-from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
+from engine.tokens import estimate_tokens
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
@@ -125,9 +125,8 @@ def simulated_reply(messages: Sequence[Mapping[str, Any]], digest: bytes | None 
 
 
 def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """Token estimate of everything sent, with the rule the quotas reserve by (`estimate_tokens`
-    per message, inlined: this runs per turn over the whole context)."""
-    return sum((len(str(m.get("content") or "")) + 3) // CHARS_PER_TOKEN or 1 for m in messages)
+    """Token estimate of everything sent, with the same rule the quotas reserve by."""
+    return sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
 
 
 # --- adapters -----------------------------------------------------------------------------

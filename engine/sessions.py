@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 EventKind = Literal["created", "ended", "expired", "evicted"]
 
 
+def utf8_size(text: str) -> int:
+    """Bytes of `text` as stored: what the context's byte bound counts."""
+    return len(text.encode("utf-8"))
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One turn of conversation, as the caller sees it in `history()`."""
@@ -34,7 +39,7 @@ class Message:
 
     @property
     def size(self) -> int:
-        return len(self.content.encode("utf-8"))
+        return utf8_size(self.content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,7 @@ class Context:
         ):
             old = self._chat.popleft()
             self._times.popleft()
-            size = len(old["content"].encode("utf-8"))
+            size = utf8_size(old["content"])
             self.bytes -= size
             freed += size
             self.dropped += 1
