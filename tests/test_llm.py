@@ -21,6 +21,7 @@ from engine.llm import (
     SimSource,
     SimulatedModel,
     build_messages,
+    content_digest,
     estimate_prompt_tokens,
     new_client,
     resolve_openai_settings,
@@ -161,6 +162,34 @@ def test_build_messages_adds_the_prompt_unless_history_ends_with_it():
     assert build_messages("q", None, HISTORY) == pending
     failed = [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]
     assert build_messages("b", None, failed)[1]["content"] == ""
+
+
+def test_digest_tells_apart_every_split_role_and_order_of_the_same_text():
+    variants = [
+        [{"role": "user", "content": "ab"}, {"role": "user", "content": "c"}],
+        [{"role": "user", "content": "a"}, {"role": "user", "content": "bc"}],
+        [{"role": "user", "content": "abc"}],
+        [{"role": "user", "content": "c"}, {"role": "user", "content": "ab"}],
+        [{"role": "assistant", "content": "ab"}, {"role": "user", "content": "c"}],
+        [{"role": "user", "content": 'a", "user'}, {"role": "user", "content": "c"}],
+    ]
+    assert len({content_digest(v) for v in variants}) == len(variants)
+
+
+def test_digest_and_tokens_read_a_failed_reply_as_empty_text():
+    failed = [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]
+    repaired = [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]
+    no_content = [{"role": "user", "content": "a"}, {"role": "assistant"}]
+    assert content_digest(failed) == content_digest(repaired) == content_digest(no_content)
+    assert estimate_prompt_tokens(failed) == estimate_prompt_tokens(repaired) == 1
+    # Lone surrogates (possible in a str) hash without error and differ from other text.
+    assert content_digest([{"role": "user", "content": "\ud800"}]) != content_digest(repaired)
+
+
+def test_prompt_tokens_are_four_characters_each_over_the_whole_prompt():
+    messages = [{"role": "system", "content": "x" * 10}, {"role": "user", "content": "y" * 7}]
+    assert estimate_prompt_tokens(messages) == 5  # 17 characters, rounded up
+    assert estimate_prompt_tokens([]) == 1  # never zero, like estimate_tokens
 
 
 # --- simulator draws ------------------------------------------------------------------------

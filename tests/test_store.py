@@ -716,6 +716,31 @@ async def test_updates_only_move_activity_and_counters_forward(store):
     assert row.deadline == NOW + 50 + 600
 
 
+async def test_a_large_batch_of_every_row_kind_lands_exactly(store):
+    """Rows go to SQLite many per statement, in chunks: any count must land, each row once."""
+    await store.write(*(session_row(f"s{i}") for i in range(301)))
+    ops: list = []
+    for i in range(301):
+        ops += [message(f"s{i}", n) for n in range(3)]
+        ops += [
+            Touch(f"s{i}", NOW + 9, turns=2, agent_type="b"),
+            Touch(f"s{i}", NOW + 5, turns=1, prompt_tokens=7, agent_type="a"),  # late, older
+            Touch(f"s{i}", NOW + 6, errors=1),
+        ]
+        ops.append(QuotaEvent(f"u{i % 7}", "tokens", NOW + 1, 1, 3600.0))
+    await store.write(*ops)
+    assert query(store.path, "SELECT count(*), count(DISTINCT session_id) FROM messages") == [
+        (903, 301)
+    ]
+    assert query(
+        store.path,
+        "SELECT DISTINCT last_active_at, turns, prompt_tokens, errors, agent_type FROM sessions",
+    ) == [(NOW + 9, 2, 7, 1, "a")]  # every field moves forward; the last agent type named wins
+    assert query(store.path, "SELECT user_id, amount FROM quota_usage ORDER BY user_id") == [
+        (f"u{k}", float(len(range(k, 301, 7)))) for k in range(7)
+    ]
+
+
 async def test_messages_come_back_in_seq_order_and_trimming_deletes_the_oldest(store):
     await store.write(session_row(), *(message("s1", n) for n in (3, 1, 2, 5, 4)))
     await store.write(TrimMessages("s1", 2))
