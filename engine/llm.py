@@ -106,12 +106,8 @@ def _flatten(messages: Sequence[Mapping[str, Any]]) -> tuple[list[str], str]:
         parts = list(chain.from_iterable(map(_ROLE_AND_CONTENT, messages)))
         return parts, "".join(parts)
     except (KeyError, TypeError):
-        parts = _text_parts(messages)
+        parts = [_text(m.get(key)) for m in messages for key in ("role", "content")]
         return parts, "".join(parts)
-
-
-def _text_parts(messages: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [_text(m.get(key)) for m in messages for key in ("role", "content")]
 
 
 def _text(part: object) -> str:
