@@ -2,9 +2,9 @@
 column.
 
 Counting sessions per user is O(sessions) and runs only when the sessions changed. Sorting by a
-quota column asks the engine for every listed user's usage (about 10 µs a user) and that order
-moves with time even when the sessions do not, so such a table reorders on every tick while it is
-small and within a `ReorderBudget` above `THROTTLE_ABOVE` users, as the sessions table does.
+quota column asks the engine for every listed user's quota percents (about 3 µs a user), and that
+order moves with time even when the sessions do not, so such a table reorders on every tick while
+it is small and within a `ReorderBudget` above `THROTTLE_ABOVE` users, as the sessions table does.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from console.ordering import ReorderBudget, SortState
 
 RESOURCES = ("api_calls", "tokens", "storage_mb", "compute_seconds")
 SORT_COLUMNS = ("user", "tier", "sessions", *RESOURCES, "worst")
-QUOTA_COLUMNS = frozenset((*RESOURCES, "worst"))  # need the engine's usage report to sort
+QUOTA_COLUMNS = frozenset((*RESOURCES, "worst"))  # need the engine's quota percents to sort
 
-THROTTLE_ABOVE = 1_000  # users: ~10 ms to sort by a quota column
+THROTTLE_ABOVE = 1_000  # users: ~3 ms to sort by a quota column
 REORDER_SHARE = 0.015
 
 FILTER_NAMES = {"user": "user", "tier": "tier"}
 FILTER_USAGE = "user:, tier: or a bare word (part of a user id)"
 
-# user id -> that user's quota report: records with `.resource` and `.percent`.
-UsageOf = Callable[[str], Sequence[Any]]
+# user id -> (resource, percent taken) for each of that user's quotas.
+PercentsOf = Callable[[str], Sequence[tuple[str, float]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,11 @@ class UsersModel:
     """
 
     def __init__(
-        self, usage: UsageOf, *, throttle_above: int = THROTTLE_ABOVE, share: float = REORDER_SHARE
+        self,
+        percents: PercentsOf,
+        *,
+        throttle_above: int = THROTTLE_ABOVE,
+        share: float = REORDER_SHARE,
     ) -> None:
         self.order = SortState(SORT_COLUMNS, "worst", reverse=True)
         self.filter = UserFilter()
@@ -77,7 +81,7 @@ class UsersModel:
         self.tiers: dict[str, str] = {}
         self.reorders = 0
         self.budget = ReorderBudget(throttle_above, share)
-        self._usage = usage
+        self._percents = percents
         self._source: Sequence[Any] | None = None
         self._dirty = True
 
@@ -117,7 +121,7 @@ class UsersModel:
     def percent(self, user_id: str, column: str) -> float:
         """The user's percent of one resource's quota, or of the fullest one for `worst`."""
         return max(
-            (u.percent for u in self._usage(user_id) if column == "worst" or u.resource == column),
+            (p for resource, p in self._percents(user_id) if column in ("worst", resource)),
             default=0.0,
         )
 

@@ -386,6 +386,11 @@ class Engine:
     def quota_usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
         return self._quotas.usage(user_id)
 
+    def quota_percents(self, user_id: str) -> tuple[tuple[str, float], ...]:
+        """(resource, percent taken) per quota: `quota_usage` without the reset times, about
+        a sixth of its cost, for ordering many users by how full their quotas are."""
+        return self._quotas.percents(user_id)
+
     def acknowledge_alert(self, alert_id: int) -> bool:
         return self._monitor.acknowledge(alert_id)
 

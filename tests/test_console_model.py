@@ -173,12 +173,6 @@ class UserView:
     tier: str = "free"
 
 
-@dataclass(frozen=True, slots=True)
-class Use:
-    resource: str
-    percent: float
-
-
 def user_views() -> tuple[UserView, ...]:
     # carol 3 sessions (pro), alice 1, bob 2, dave 1 (pro)
     names = ("carol", "alice", "carol", "bob", "dave", "carol", "bob")
@@ -189,10 +183,10 @@ def usage_table(percents: dict[str, tuple[float, float]]):
     """user -> (api_calls %, tokens %), and a log of who was asked."""
     asked: list[str] = []
 
-    def usage(user: str) -> tuple[Use, ...]:
+    def usage(user: str) -> tuple[tuple[str, float], ...]:
         asked.append(user)
         calls, tokens = percents.get(user, (0.0, 0.0))
-        return (Use("api_calls", calls), Use("tokens", tokens))
+        return (("api_calls", calls), ("tokens", tokens))
 
     return usage, asked
 

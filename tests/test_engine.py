@@ -186,6 +186,17 @@ async def test_quota_exceeded_names_resource_and_alerts(engine, clock):
     )
 
 
+async def test_quota_percents_agree_with_the_full_usage_report(engine, clock):
+    s = await engine.create_session("alice")
+    for i in range(3):
+        clock.advance(1.0)
+        await engine.send(s.session_id, s.token, f"msg {i}")
+    report = {u.resource: u.percent for u in engine.quota_usage("alice")}
+    assert dict(engine.quota_percents("alice")) == report
+    assert report["api_calls"] > 0 and report["tokens"] > 0
+    assert dict(engine.quota_percents("nobody")) == {r: 0.0 for r in report}
+
+
 async def test_model_failure_is_llm_error_and_leaves_everything_consistent(make_config, clock):
     config = make_config(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0,
                                          error_rate=0.5, seed=3))
