@@ -1,6 +1,7 @@
 """Translation between live sessions and the store's rows, both ways.
 
-Content leaves memory only as ciphertext under the session's data key; the key leaves only
+Content leaves memory only as ciphertext under the session's data key, bound to the row's
+session id, seq and role so a row moved in the file no longer decrypts; the key leaves only
 wrapped by the master key; the token only as its hash. Restoring reverses that and reports a
 session whose key or messages cannot be decrypted instead of failing the whole start-up.
 """
@@ -42,11 +43,14 @@ def session_row(session: Session) -> SessionRow:
 
 def message_row(session: Session, seq: int, message: Message) -> MessageRow:
     assert session.cipher is not None
+    ciphertext = session.cipher.encrypt(
+        message.content, session_id=session.session_id, seq=seq, role=message.role
+    )
     return MessageRow(
         session_id=session.session_id,
         seq=seq,
         role=message.role,
-        ciphertext=session.cipher.encrypt(message.content),
+        ciphertext=ciphertext,
         at=message.at,
         size=message.size,
     )
@@ -71,7 +75,14 @@ def restore_session(
 ) -> Session | Unreadable:
     try:
         cipher = keyring.unwrap(row.wrapped_key)
-        decrypted = [Message(m.role, cipher.decrypt(m.ciphertext), m.at) for m in messages]  # type: ignore[arg-type]
+        decrypted = [
+            Message(
+                m.role,  # type: ignore[arg-type]
+                cipher.decrypt(m.ciphertext, session_id=row.session_id, seq=m.seq, role=m.role),
+                m.at,
+            )
+            for m in messages
+        ]
     except DecryptionFailed as exc:
         return Unreadable(row.session_id, row.user_id, str(exc))
     context = Context(context_max_messages, context_max_bytes)

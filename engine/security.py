@@ -7,9 +7,10 @@ exist.
 
 Keys: envelope encryption. Each session gets its own Fernet data key; that key is stored only
 wrapped (encrypted) by the master ring. Messages are AES-256-GCM under a key derived from the
-data key (see `SessionCipher`). Rotating a master key rewraps the small data keys, never
-the message ciphertext. Ending a session discards its wrapped key, which makes its stored
-messages unreadable (crypto-shredding) without having to find and overwrite every row.
+data key, each bound to its session, seq and role (see `SessionCipher`). Rotating a master key
+rewraps the small data keys, never the message ciphertext. Ending a session discards its
+wrapped key, which makes its stored messages unreadable (crypto-shredding) without having to
+find and overwrite every row.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hmac
 import os
 import secrets
 import stat
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +42,18 @@ DEFAULT_KEY_FILE = Path("data/master.key")
 # and a compare, exactly like a lookup hit.
 _DUMMY_DIGEST = hashlib.sha256(secrets.token_bytes(32)).digest()
 
-# A message's ciphertext: this format byte, a random 96-bit nonce, then AES-GCM's output
-# (ciphertext and 16-byte tag). A Fernet token (earlier versions) starts with b"g" instead.
-GCM_FORMAT = b"\x01"
+# A message's ciphertext: a format byte, a random 96-bit nonce, then AES-GCM's output
+# (ciphertext and 16-byte tag). BOUND_FORMAT authenticates the row's place as associated data
+# (see `_message_context`), so a row moved to another seq, role or session fails to decrypt.
+# UNBOUND_FORMAT (no associated data) and Fernet tokens (first byte b"g") are what earlier
+# versions wrote; they still decrypt but cannot be checked against their place.
+BOUND_FORMAT = b"\x02"
+UNBOUND_FORMAT = b"\x01"
 GCM_NONCE_BYTES = 12
+# Associated data: seq as 8-byte big-endian unsigned, the UTF-8 session id's length as 2-byte
+# big-endian, the session id, then the UTF-8 role filling the rest. Fixed header plus one
+# length leaves exactly one way to split any byte string, so no two contexts collide.
+_CONTEXT_HEADER = struct.Struct(">QH")
 _MESSAGE_KEY_INFO = b"session-console message key v1"
 
 
@@ -153,8 +163,11 @@ class SessionCipher:
 
     AES-256-GCM under a key derived from the data key by HKDF-SHA256: one call into OpenSSL per
     message, about a seventh of Fernet's cost (Fernet's padding, HMAC and base64 run partly in
-    Python and were 6% of a turn's CPU at 10,000 users). Messages stored as Fernet tokens by
-    earlier versions still decrypt with the data key itself.
+    Python and were 6% of a turn's CPU at 10,000 users). Each message is bound to its place
+    (session id, seq, role) as associated data, so whoever can edit the database file still
+    cannot swap, copy or relabel a session's messages unnoticed (deleting rows is not caught).
+    Messages stored by earlier versions (unbound AES-GCM, or Fernet tokens under the data key
+    itself) still decrypt, unchecked against their place.
     """
 
     __slots__ = ("_aead", "_fernet", "_fingerprint")
@@ -168,24 +181,38 @@ class SessionCipher:
     def __repr__(self) -> str:
         return f"SessionCipher(fingerprint={self._fingerprint!r})"
 
-    def encrypt(self, plaintext: str) -> bytes:
+    def encrypt(self, plaintext: str, *, session_id: str, seq: int, role: str) -> bytes:
+        """Bound to its place: `decrypt` needs the same session id, seq and role."""
         nonce = os.urandom(GCM_NONCE_BYTES)  # random nonces: safe far beyond a session's size
-        return GCM_FORMAT + nonce + self._aead.encrypt(nonce, plaintext.encode("utf-8"), None)
+        sealed = self._aead.encrypt(
+            nonce, plaintext.encode("utf-8"), _message_context(session_id, seq, role)
+        )
+        return BOUND_FORMAT + nonce + sealed
 
-    def decrypt(self, ciphertext: bytes) -> str:
+    def decrypt(self, ciphertext: bytes, *, session_id: str, seq: int, role: str) -> str:
+        """Checks a bound message against the place it was read from; one error for any failure,
+        so it never says which part (key, bytes, session, seq or role) did not match."""
         try:
-            if ciphertext[:1] == GCM_FORMAT:
+            kind = ciphertext[:1]
+            if kind in (BOUND_FORMAT, UNBOUND_FORMAT):
                 start = 1 + GCM_NONCE_BYTES
-                plain = self._aead.decrypt(ciphertext[1:start], ciphertext[start:], None)
+                context = _message_context(session_id, seq, role) if kind == BOUND_FORMAT else None
+                plain = self._aead.decrypt(ciphertext[1:start], ciphertext[start:], context)
             else:
                 plain = self._fernet.decrypt(ciphertext)
             return plain.decode("utf-8")
-        except (InvalidTag, InvalidToken, ValueError):
+        except (InvalidTag, InvalidToken, ValueError, struct.error):
             raise DecryptionFailed(
                 "message",
                 "its ciphertext was altered or belongs to another session's key; "
                 "the stored message is unreadable",
             ) from None
+
+
+def _message_context(session_id: str, seq: int, role: str) -> bytes:
+    """A message's place as AES-GCM associated data; the layout is described at the top."""
+    sid = session_id.encode("utf-8")
+    return _CONTEXT_HEADER.pack(seq, len(sid)) + sid + role.encode("utf-8")
 
 
 class KeyRing:

@@ -24,6 +24,11 @@ Why it is built this way:
   `secure_delete` zeroes the freed bytes in the file. The zeroed page reaches the database file
   at the checkpointer's next pass (every `CHECKPOINT_S`); older -wal frames may hold the key
   until the log restarts and new frames overwrite them, and close() empties the -wal.
+- One store per file: `open` first takes an exclusive `flock` on `<path>.lock` and `close`
+  releases it, so a second engine on the same file is refused before it reads a byte, instead
+  of interleaving its sessions and shredding with the first one's. The OS drops the lock when
+  its holder dies, so a killed engine never blocks a restart. The lock file stays on disk:
+  deleting it would race with the next opener.
 - A file that fails a check at open (not SQLite, another application's, a newer schema,
   corrupt) is inspected through a read-only connection and never modified; the `StoreError`
   names the file and what to do.
@@ -33,9 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
 import math
+import os
 import shutil
 import sqlite3
 import threading
@@ -501,9 +508,10 @@ class Store:
         alert_keep: int,
         metrics_keep_s: float,
         clean_shutdown: bool,
+        lock_fd: int,
         synchronous: str = "FULL",
     ) -> None:
-        """Use `Store.open`, which checks the file first."""
+        """Use `Store.open`, which locks and checks the file first."""
         self.path = path
         self.durable_ack = durable_ack
         self.retention_s = retention_s
@@ -511,6 +519,7 @@ class Store:
         self.metrics_keep_s = metrics_keep_s
         self.clean_shutdown = clean_shutdown
         self._db = db
+        self._lock_fd = lock_fd
         self._batch_s = batch_ms / 1000
         self._batch_max = batch_max
         self._backlog = max(batch_max, BACKLOG_OPS)
@@ -560,7 +569,7 @@ class Store:
         metrics_keep_s: float = 7 * 86400.0,
         power_safe: bool = True,
     ) -> Store:
-        """Check the file, migrate it forward, and start the writer.
+        """Lock and check the file, migrate it forward, and start the writer.
 
         `power_safe` (synchronous=FULL) fsyncs the WAL at every commit, so an acknowledged
         write survives a power cut. False (synchronous=NORMAL) leaves the commit in the OS page
@@ -584,27 +593,33 @@ class Store:
             )
         _check_aiosqlite()
         path = Path(path)
-        await asyncio.to_thread(_check_file, path)
-        synchronous = "FULL" if power_safe else "NORMAL"
-        db = await _connect(path, synchronous)
+        lock_fd = _lock(path)  # before anything reads the file: it may be another engine's
         try:
-            _check_aiosqlite(db)
-            clean = await _prepare(db, path)
+            await asyncio.to_thread(_check_file, path)
+            synchronous = "FULL" if power_safe else "NORMAL"
+            db = await _connect(path, synchronous)
+            try:
+                _check_aiosqlite(db)
+                clean = await _prepare(db, path)
+                return cls(
+                    path,
+                    db,
+                    durable_ack=durable_ack,
+                    batch_ms=batch_ms,
+                    batch_max=batch_max,
+                    retention_s=retention_s,
+                    alert_keep=alert_keep,
+                    metrics_keep_s=metrics_keep_s,
+                    clean_shutdown=clean,
+                    lock_fd=lock_fd,
+                    synchronous=synchronous,
+                )
+            except BaseException:
+                await db.close()
+                raise
         except BaseException:
-            await db.close()
+            _unlock(lock_fd)
             raise
-        return cls(
-            path,
-            db,
-            durable_ack=durable_ack,
-            batch_ms=batch_ms,
-            batch_max=batch_max,
-            retention_s=retention_s,
-            alert_keep=alert_keep,
-            metrics_keep_s=metrics_keep_s,
-            clean_shutdown=clean,
-            synchronous=synchronous,
-        )
 
     async def __aenter__(self) -> Store:
         return self
@@ -613,7 +628,8 @@ class Store:
         await self.close()
 
     async def close(self) -> None:
-        """Commit everything queued, mark a clean shutdown, close the file. Idempotent."""
+        """Commit everything queued, mark a clean shutdown, close the file and release its
+        lock. Idempotent."""
         if self._closer is None:
             self._closing = True
             self._stop_lingering()
@@ -898,7 +914,8 @@ class Store:
                 await self._db.execute("ROLLBACK")
 
     async def _shutdown(self) -> None:
-        """Once everything queued has committed: stop checkpointing, mark, truncate, close."""
+        """Once everything queued has committed: stop checkpointing, mark, truncate, close,
+        unlock."""
         await self._drained.wait()
         await self._checkpointer.stop()
         try:
@@ -911,7 +928,10 @@ class Store:
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             log.warning("%s", _store_error(self.path, exc, "the last checkpoint"))
-        await self._db.close()
+        try:
+            await self._db.close()
+        finally:
+            _unlock(self._lock_fd)
 
     # -- statements per op kind ------------------------------------------------------------------
     def _sessions_sql(self, rows: list[SessionRow]) -> Statements:
@@ -1233,8 +1253,13 @@ class _Checkpointer:
 # --- opening -----------------------------------------------------------------------------------
 
 
-def _check_file(path: Path) -> None:
-    """Refuse a file that is not ours, through a read-only connection that cannot change it."""
+def _lock(path: Path) -> int:
+    """Hold `<path>.lock` exclusively until `_unlock`; refuse a file another store holds.
+
+    An flock belongs to the open file description: a second open in this process conflicts
+    too, and the OS drops the lock when the holder dies. It never blocks, so it runs on the
+    loop: in a thread, a cancelled open could leave the lock taken and its descriptor lost.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1242,6 +1267,51 @@ def _check_file(path: Path) -> None:
             f"cannot create the folder {path.parent} for store {path}: {exc.strerror}; "
             "choose a writable location"
         ) from exc
+    lock_path = Path(f"{path}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the lock file {lock_path} for store {path}: {exc.strerror}; "
+            "make the folder writable or choose a writable location"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise StoreError(
+            f"store {path} is open in another engine (pid {holder}); stop it, or give this "
+            "engine its own data_dir"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(
+            f"cannot lock {lock_path} for store {path}: {exc.strerror}; "
+            "put the store on a local file system"
+        ) from exc
+    # The pid only names the holder in a refusal. A full disk fails here first and is better
+    # reported by the first write at start-up, with the database's own advice.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """The pid the holder wrote, or "unknown" if it has not written it (yet) or could not."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+def _unlock(fd: int) -> None:
+    """Unlock before closing: a child forked meanwhile shares the lock and would keep it."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a file that is not ours, through a read-only connection that cannot change it."""
     try:
         with path.open("rb") as file:
             header = file.read(100)

@@ -14,11 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from engine import Engine, errors
 from engine.config import EngineConfig
 from engine.security import KeyRing
 from tests.conftest import INSTANT
+from tests.test_security import unbound_ciphertext
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,6 +122,78 @@ async def test_tampered_session_is_reported_alone_and_others_work(make_config):
         assert any(a.rule == "decryption" for a in engine.snapshot().monitor.alerts)
         assert len(await engine.history(good.session_id, good.token)) == 2
         await engine.send(good.session_id, good.token, "still works")
+
+
+# Edits to one session's rows made directly in the file; each moves a genuine ciphertext to a
+# place it was not written for. The session has seq 0 user, 1 assistant, 2 user, 3 assistant.
+MOVES = {
+    "swap two rows' ciphertexts": [
+        "update messages set ciphertext = (select ciphertext from messages m"
+        " where m.session_id = messages.session_id and m.seq = 1 - messages.seq)"
+        " where session_id = :sid and seq in (0, 1)",
+    ],
+    "copy a ciphertext over another seq of the same role": [
+        "update messages set ciphertext = (select ciphertext from messages m"
+        " where m.session_id = :sid and m.seq = 0) where session_id = :sid and seq = 2",
+    ],
+    "renumber two rows of the same role": [
+        "update messages set seq = -1 where session_id = :sid and seq = 0",
+        "update messages set seq = 0 where session_id = :sid and seq = 2",
+        "update messages set seq = 2 where session_id = :sid and seq = -1",
+    ],
+    "flip a row's role": [
+        "update messages set role = 'user' where session_id = :sid and seq = 1",
+    ],
+}
+
+
+@pytest.mark.parametrize("move", MOVES)
+async def test_a_message_moved_within_its_session_makes_only_that_session_unreadable(
+    make_config, move
+):
+    config = make_config()
+    async with Engine(config) as engine:
+        victim = await engine.create_session("alice")
+        for text in ("first", "second"):
+            await engine.send(victim.session_id, victim.token, text)
+        other = await engine.create_session("bob")
+        await engine.send(other.session_id, other.token, "untouched")
+        other_history = await engine.history(other.session_id, other.token)
+    with sqlite3.connect(config.db_path) as db:
+        for statement in MOVES[move]:
+            assert db.execute(statement, {"sid": victim.session_id}).rowcount >= 1
+    async with Engine(config) as engine:
+        report = engine.restore_report
+        assert report.unreadable == (victim.session_id,) and report.sessions == 1
+        assert any(a.rule == "decryption" for a in engine.snapshot().monitor.alerts)
+        with pytest.raises(errors.AuthenticationError):
+            await engine.history(victim.session_id, victim.token)
+        assert await engine.history(other.session_id, other.token) == other_history
+
+
+async def test_messages_stored_unbound_by_earlier_versions_still_restore(make_config):
+    config = make_config()
+    async with Engine(config) as engine:
+        s = await engine.create_session("alice")
+        for text in ("first", "second"):
+            await engine.send(s.session_id, s.token, text)
+        before = await engine.history(s.session_id, s.token)
+    (master,) = config.master_key_file.read_bytes().split()
+    with sqlite3.connect(config.db_path) as db:
+        (wrapped,) = db.execute("select wrapped_key from sessions").fetchone()
+        data_key = Fernet(master).decrypt(wrapped)
+        earlier = {  # what the two previous formats wrote for these rows
+            0: Fernet(data_key).encrypt(before[0].content.encode()),
+            1: unbound_ciphertext(data_key, before[1].content),
+        }
+        for seq, ciphertext in earlier.items():
+            db.execute(
+                "update messages set ciphertext = ? where session_id = ? and seq = ?",
+                (ciphertext, s.session_id, seq),
+            )
+    async with Engine(config) as engine:
+        assert engine.restore_report.unreadable == () and engine.restore_report.sessions == 1
+        assert await engine.history(s.session_id, s.token) == before
 
 
 async def test_a_foreign_file_stops_start_up_and_is_not_touched(make_config):

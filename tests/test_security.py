@@ -6,16 +6,21 @@ import base64
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import given
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from engine.errors import InvalidInput
 from engine.security import (
-    GCM_FORMAT,
+    BOUND_FORMAT,
     GCM_NONCE_BYTES,
+    UNBOUND_FORMAT,
     DecryptionFailed,
     KeyRing,
     SessionCipher,
@@ -33,6 +38,8 @@ NOW = 1_700_000_000.0
 TTL = 3600.0
 ENV = "SESSION_CONSOLE_MASTER_KEY"
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+# Where a message sits in the store: its ciphertext is bound to exactly this.
+PLACE: dict[str, Any] = {"session_id": "0123456789abcdef0123456789abcdef", "seq": 3, "role": "user"}
 
 
 @pytest.fixture
@@ -210,11 +217,11 @@ def test_comma_separated_env_keys_unwrap_data_from_an_old_key(
     old, new = Fernet.generate_key(), Fernet.generate_key()
     monkeypatch.setenv(ENV, old.decode())
     cipher, wrapped = KeyRing.load(key_file=tmp_path / "k").new_data_key()
-    message = cipher.encrypt("hello")
+    message = cipher.encrypt("hello", **PLACE)
     monkeypatch.setenv(ENV, f"{new.decode()}, {old.decode()},")
     ring = KeyRing.load(key_file=tmp_path / "k")
     assert ring.fingerprints() == [fingerprint(new), fingerprint(old)]
-    assert ring.unwrap(wrapped).decrypt(message) == "hello"
+    assert ring.unwrap(wrapped).decrypt(message, **PLACE) == "hello"
 
 
 def test_malformed_env_key_names_the_variable_not_the_value(
@@ -241,41 +248,119 @@ def test_empty_ring_is_invalid_input() -> None:
 
 def test_session_cipher_round_trip() -> None:
     cipher, _ = KeyRing([Fernet.generate_key()]).new_data_key()
-    token = cipher.encrypt("héllo wörld")
+    token = cipher.encrypt("héllo wörld", **PLACE)
     assert b"llo" not in token
-    assert cipher.decrypt(token) == "héllo wörld"
+    assert cipher.decrypt(token, **PLACE) == "héllo wörld"
 
 
 def test_tampered_ciphertext_fails() -> None:
     cipher, _ = KeyRing([Fernet.generate_key()]).new_data_key()
-    token = bytearray(cipher.encrypt("hello"))
+    token = bytearray(cipher.encrypt("hello", **PLACE))
     token[20] ^= 0x01
     with pytest.raises(DecryptionFailed) as info:
-        cipher.decrypt(bytes(token))
+        cipher.decrypt(bytes(token), **PLACE)
     assert info.value.what == "message"
 
 
 def test_messages_are_aes_gcm_with_a_fresh_nonce_each_and_any_altered_byte_fails() -> None:
     cipher = SessionCipher(Fernet.generate_key())
-    first, second = cipher.encrypt("same text"), cipher.encrypt("same text")
-    assert first[:1] == GCM_FORMAT and first != second  # a random nonce per message
+    first, second = cipher.encrypt("same text", **PLACE), cipher.encrypt("same text", **PLACE)
+    assert first[:1] == BOUND_FORMAT and first != second  # a random nonce per message
     assert len(first) == 1 + GCM_NONCE_BYTES + len("same text") + 16  # format, nonce, tag
     for position in (0, 5, 1 + GCM_NONCE_BYTES, len(first) - 1):  # format, nonce, body, tag
         altered = bytearray(first)
         altered[position] ^= 0x01
         with pytest.raises(DecryptionFailed):
-            cipher.decrypt(bytes(altered))
+            cipher.decrypt(bytes(altered), **PLACE)
     for truncated in (first[:1], first[:10], first[:-1]):
         with pytest.raises(DecryptionFailed):
-            cipher.decrypt(truncated)
+            cipher.decrypt(truncated, **PLACE)
+    with pytest.raises(DecryptionFailed):  # relabelled as unbound, to skip the place check
+        cipher.decrypt(UNBOUND_FORMAT + first[1:], **PLACE)
+
+
+def failure_of(cipher: SessionCipher, ciphertext: bytes, place: dict[str, Any]) -> str:
+    with pytest.raises(DecryptionFailed) as info:
+        cipher.decrypt(ciphertext, **place)
+    return str(info.value)
+
+
+def test_a_message_decrypts_only_in_its_own_place_and_the_error_never_says_why() -> None:
+    cipher = SessionCipher(Fernet.generate_key())
+    sealed = cipher.encrypt("move me", **PLACE)
+    assert cipher.decrypt(sealed, **PLACE) == "move me"
+    elsewhere = [
+        {**PLACE, "seq": 2},
+        {**PLACE, "seq": 4},
+        {**PLACE, "seq": -1},  # not even a valid seq: still only "unreadable"
+        {**PLACE, "role": "assistant"},
+        {**PLACE, "session_id": "f" * 32},
+        # The same bytes split differently between session id and role must not match.
+        {**PLACE, "session_id": PLACE["session_id"] + "u", "role": "ser"},
+    ]
+    reasons = {failure_of(cipher, sealed, place) for place in elsewhere}
+    tampered = bytearray(sealed)
+    tampered[-1] ^= 0x01
+    reasons.add(failure_of(cipher, bytes(tampered), PLACE))
+    reasons.add(failure_of(cipher, sealed[:-1], PLACE))
+    assert reasons == {failure_of(SessionCipher(Fernet.generate_key()), sealed, PLACE)}
+
+
+PLACE_FIELDS = {
+    "session_id": st.text(max_size=40),
+    "seq": st.integers(0, 2**64 - 1),
+    "role": st.text(max_size=12),
+}
+# A place and one near it: each field kept or redrawn, so near misses are common.
+place_pairs = st.fixed_dictionaries(PLACE_FIELDS).flatmap(
+    lambda here: st.tuples(
+        st.just(here),
+        st.fixed_dictionaries(
+            {name: st.just(here[name]) | field for name, field in PLACE_FIELDS.items()}
+        ),
+    )
+)
+
+
+@given(place_pairs)
+@example(({"session_id": "ab", "seq": 1, "role": "c"}, {"session_id": "a", "seq": 1, "role": "bc"}))
+def test_no_two_places_accept_the_same_ciphertext(pair: tuple[dict, dict]) -> None:
+    here, there = pair
+    cipher = SessionCipher(Fernet.generate_key())
+    sealed = cipher.encrypt("text", **here)
+    if here == there:
+        assert cipher.decrypt(sealed, **there) == "text"
+    else:
+        with pytest.raises(DecryptionFailed):
+            cipher.decrypt(sealed, **there)
+
+
+def unbound_ciphertext(data_key: bytes, text: str) -> bytes:
+    """Exactly what the previous version wrote: its key derivation, no associated data."""
+    key = HKDF(SHA256(), 32, salt=None, info=b"session-console message key v1").derive(data_key)
+    nonce = os.urandom(GCM_NONCE_BYTES)
+    return UNBOUND_FORMAT + nonce + AESGCM(key).encrypt(nonce, text.encode(), None)
+
+
+def test_unbound_aes_gcm_messages_from_earlier_versions_still_decrypt() -> None:
+    data_key = Fernet.generate_key()
+    legacy = unbound_ciphertext(data_key, "written before binding")
+    cipher = SessionCipher(data_key)
+    assert cipher.decrypt(legacy, **PLACE) == "written before binding"
+    altered = bytearray(legacy)
+    altered[-1] ^= 0x01
+    with pytest.raises(DecryptionFailed):
+        cipher.decrypt(bytes(altered), **PLACE)
+    with pytest.raises(DecryptionFailed):
+        SessionCipher(Fernet.generate_key()).decrypt(legacy, **PLACE)  # another session's key
 
 
 def test_messages_stored_as_fernet_tokens_by_earlier_versions_still_decrypt() -> None:
     data_key = Fernet.generate_key()
     legacy = Fernet(data_key).encrypt(b"written before AES-GCM")
-    assert SessionCipher(data_key).decrypt(legacy) == "written before AES-GCM"
+    assert SessionCipher(data_key).decrypt(legacy, **PLACE) == "written before AES-GCM"
     with pytest.raises(DecryptionFailed):
-        SessionCipher(Fernet.generate_key()).decrypt(legacy)  # another session's key
+        SessionCipher(Fernet.generate_key()).decrypt(legacy, **PLACE)  # another session's key
 
 
 def test_tampered_wrapped_key_fails() -> None:
@@ -291,7 +376,7 @@ def test_another_sessions_cipher_cannot_read() -> None:
     alice, _ = ring.new_data_key()
     bob, _ = ring.new_data_key()
     with pytest.raises(DecryptionFailed):
-        bob.decrypt(alice.encrypt("alice's secret"))
+        bob.decrypt(alice.encrypt("alice's secret", **PLACE), **PLACE)
 
 
 def test_ring_without_the_master_key_cannot_unwrap() -> None:
@@ -305,16 +390,16 @@ def test_rotate_rewrap_drop_keeps_data_readable() -> None:
     old_key, new_key = Fernet.generate_key(), Fernet.generate_key()
     old_ring = KeyRing([old_key])
     cipher, wrapped = old_ring.new_data_key()
-    message = cipher.encrypt("kept")
+    message = cipher.encrypt("kept", **PLACE)
 
     ring = old_ring.rotate(new_key)
     assert ring.fingerprints() == [fingerprint(new_key), fingerprint(old_key)]
-    assert ring.unwrap(wrapped).decrypt(message) == "kept"
+    assert ring.unwrap(wrapped).decrypt(message, **PLACE) == "kept"
 
     rewrapped = ring.rewrap(wrapped)
     final = ring.drop_old_keys()
     assert final.fingerprints() == [fingerprint(new_key)]
-    assert final.unwrap(rewrapped).decrypt(message) == "kept"  # message bytes never changed
+    assert final.unwrap(rewrapped).decrypt(message, **PLACE) == "kept"  # bytes never changed
     with pytest.raises(DecryptionFailed):
         old_ring.unwrap(rewrapped)
 
@@ -347,7 +432,7 @@ def test_reprs_and_errors_show_no_key_material(tmp_path: Path) -> None:
     with pytest.raises(DecryptionFailed) as unwrap_error:
         KeyRing([Fernet.generate_key()]).unwrap(wrapped)
     with pytest.raises(DecryptionFailed) as decrypt_error:
-        cipher.decrypt(b"garbage")
+        cipher.decrypt(b"garbage", **PLACE)
     texts = [
         repr(ring),
         str(ring),

@@ -83,6 +83,15 @@ def message(session_id: str, seq: int, ciphertext: bytes | None = None) -> Messa
     return MessageRow(session_id, seq, "user", ciphertext, NOW + seq, 10)
 
 
+def sealed(cipher: SessionCipher, session_id: str, seq: int, text: str) -> bytes:
+    """A real ciphertext bound to the place `message` puts it."""
+    return cipher.encrypt(text, session_id=session_id, seq=seq, role="user")
+
+
+def opened(cipher: SessionCipher, row: MessageRow) -> str:
+    return cipher.decrypt(row.ciphertext, session_id=row.session_id, seq=row.seq, role=row.role)
+
+
 def query(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
     """Through a separate plain sqlite3 connection: what any other reader would see."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -168,7 +177,7 @@ async def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(db_path):
         await Store.open(db_path)
     assert str(db_path) in str(caught.value)
     assert db_path.read_bytes() == junk
-    assert sorted(p.name for p in db_path.parent.iterdir()) == ["sessions.db"]
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["sessions.db", "sessions.db.lock"]
 
 
 async def test_another_applications_sqlite_file_is_refused_and_left_untouched(db_path):
@@ -194,6 +203,76 @@ async def test_a_newer_schema_is_refused_and_left_untouched(db_path):
         await Store.open(db_path)
     assert str(db_path) in str(caught.value)
     assert db_path.read_bytes() == before
+
+
+# A process that takes the lock a store takes, and writes its pid there as a store does.
+LOCK_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.ftruncate(fd, 0)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def folder_state(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.parent.iterdir()}
+
+
+async def test_a_second_store_on_an_open_file_is_refused_and_the_file_left_untouched(
+    db_path, monkeypatch
+):
+    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)  # no pass moves bytes meanwhile
+    async with await Store.open(db_path) as first:
+        await first.save_session(session_row())
+        before = disk_bytes(db_path)
+        with pytest.raises(StoreError, match="is open in another engine") as caught:
+            await Store.open(db_path)
+        assert str(db_path) in str(caught.value)
+        assert f"(pid {os.getpid()})" in str(caught.value)
+        assert "data_dir" in str(caught.value)
+        assert disk_bytes(db_path) == before
+        await first.save_session(session_row("s2"))  # the holder is unaffected
+    async with await Store.open(db_path) as again:  # close released the lock
+        restored = await again.load_live(NOW)
+    assert [s.session_id for s in restored.sessions] == ["s1", "s2"]
+
+
+async def test_a_store_held_by_another_process_is_refused_until_that_process_is_killed(db_path):
+    async with await Store.open(db_path) as store:
+        await store.save_session(session_row())
+    lock = Path(f"{db_path}.lock")
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LOCK_HOLDER, str(lock),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"locked\n"
+        before = folder_state(db_path)
+        with pytest.raises(StoreError, match=rf"is open in another engine \(pid {holder.pid}\)"):
+            await Store.open(db_path)
+        assert folder_state(db_path) == before  # not even a -wal or -shm was created
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    async with await Store.open(db_path) as store:  # the OS dropped the dead holder's lock
+        assert [s.session_id for s in (await store.load_live(NOW)).sessions] == ["s1"]
+        assert lock.read_text() == f"{os.getpid()}\n"  # rewritten whole, nothing of the old pid
+
+
+async def test_an_open_that_fails_its_checks_releases_the_lock(db_path):
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(b"not a database" * 100)
+    for _ in range(2):  # a lock kept by the first refusal would make the second one differ
+        with pytest.raises(StoreError, match="not a SQLite database"):
+            await Store.open(db_path)
+    db_path.unlink()
+    async with await Store.open(db_path) as store:
+        await store.save_session(session_row())
 
 
 def _overwrite_page_2(path: Path) -> None:
@@ -828,11 +907,11 @@ async def test_a_tampered_message_fails_only_its_own_session(db_path):
             cipher = SessionCipher(key)
             await store.write(
                 session_row(sid),
-                *(message(sid, n, cipher.encrypt(f"{sid} says {n}")) for n in range(1, 4)),
+                *(message(sid, n, sealed(cipher, sid, n, f"{sid} says {n}")) for n in range(1, 4)),
             )
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         conn.execute("UPDATE messages SET ciphertext = ? WHERE session_id = 'a' AND seq = 2",
-                     (SessionCipher(keys["b"]).encrypt("forged"),))
+                     (sealed(SessionCipher(keys["b"]), "a", 2, "forged"),))
         conn.commit()
     async with await Store.open(db_path) as store:  # a tampered row is not corruption
         restored = await store.load_live(NOW)
@@ -840,7 +919,7 @@ async def test_a_tampered_message_fails_only_its_own_session(db_path):
     for sid, rows in restored.messages.items():
         cipher = SessionCipher(keys[sid])
         try:
-            readable[sid] = [cipher.decrypt(row.ciphertext) for row in rows]
+            readable[sid] = [opened(cipher, row) for row in rows]
         except DecryptionFailed:
             readable[sid] = None
     assert readable == {"a": None, "b": ["b says 1", "b says 2", "b says 3"]}
@@ -892,7 +971,7 @@ async def test_rotation_rewraps_every_key_and_leaves_ciphertext_alone(store):
         ciphers[sid], wrapped = ring.new_data_key()
         await store.write(
             session_row(sid, wrapped_key=wrapped),
-            *(message(sid, n, ciphers[sid].encrypt(f"{sid}/{n}")) for n in range(1, 3)),
+            *(message(sid, n, sealed(ciphers[sid], sid, n, f"{sid}/{n}")) for n in range(1, 3)),
         )
     await store.write(session_row("lost", wrapped_key=b"not a wrapped key"))
     before = await store.load_live(NOW)
@@ -911,7 +990,7 @@ async def test_rotation_rewraps_every_key_and_leaves_ciphertext_alone(store):
             continue
         assert row.wrapped_key != keys_before[row.session_id]
         cipher = new_only.unwrap(row.wrapped_key)
-        assert [cipher.decrypt(m.ciphertext) for m in after.messages[row.session_id]] == [
+        assert [opened(cipher, m) for m in after.messages[row.session_id]] == [
             f"{row.session_id}/1", f"{row.session_id}/2",
         ]
 
@@ -930,7 +1009,7 @@ async def test_no_plaintext_token_or_key_is_ever_written_to_disk(db_path):
     async with await Store.open(db_path) as store:
         await store.write(session_row(wrapped_key=wrapped, token_hash=hash_token(token)))
         for n, text in enumerate(texts):
-            await store.write(message("s1", n, cipher.encrypt(text)))
+            await store.write(message("s1", n, sealed(cipher, "s1", n, text)))
         on_disk = disk_bytes(db_path)
         assert Path(f"{db_path}-wal").stat().st_size > 0
         assert hash_token(token) in on_disk  # the check can see what is there
