@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# An operator's stop (load panel) or quit cancels the calls still running after this long: a
+# model call can take up to the turn timeout, and the console should not hang on it.
+STOP_GRACE_S = 2.0
+
 
 class LoadController:
     """Creates `demo_load.LoadGenerator(engine, options)` on first use and forwards to it."""
@@ -52,7 +56,7 @@ class LoadController:
     async def stop(self) -> bool:
         if not self.running:
             return False
-        await self.generator.stop()
+        await self.generator.stop(STOP_GRACE_S)
         return True
 
     def set_users(self, users: int) -> None:

@@ -13,6 +13,7 @@ from textual.command import CommandPalette
 
 import engine.sessions
 from console.app import SessionConsole
+from console.load import STOP_GRACE_S
 from console.screens.alerts import AlertsScreen
 from console.screens.dashboard import DashboardScreen
 from console.screens.detail import SessionDetailScreen
@@ -694,8 +695,8 @@ def fake_demo_load(monkeypatch):
             calls.append(("start",))
             self.running = True
 
-        async def stop(self):
-            calls.append(("stop",))
+        async def stop(self, grace_s=10.0):
+            calls.append(("stop", grace_s))
             self.running = False
 
         def set_users(self, n):
@@ -739,7 +740,8 @@ async def test_load_panel_starts_stops_and_sets_users_and_rate(engine, monkeypat
         assert "load running" in text
         await pilot.press("x")
         await pilot.pause()
-        assert ("stop",) in calls and not app.load.running
+        # An operator's stop does not wait out a slow model call.
+        assert ("stop", STOP_GRACE_S) in calls and not app.load.running
         await pilot.press("e", "j")
         await app.workers.wait_for_complete()
         rows = json.loads(app.last_export.read_text())
@@ -781,7 +783,7 @@ async def test_load_options_start_the_generator_with_the_console(engine, monkeyp
     app = console_for(engine, load_options=options)
     async with app.run_test(size=(100, 30)):
         assert ("init", options) in calls and ("start",) in calls
-    assert ("stop",) in calls
+    assert ("stop", STOP_GRACE_S) in calls  # quitting does not wait out a slow model call
 
 
 # -- lifecycle, layout, themes -----------------------------------------------------------------
