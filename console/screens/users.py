@@ -1,9 +1,10 @@
 """Users: each user's sessions and quota usage (used / limit / percent / reset), as gauges.
 
 Sorting, the header marks and the `/` filter work as on the sessions table (see `TableScreen`);
-the order and the counts live in `UsersModel`. Quota reports are asked of the engine once per
-user per tick, and only for the rows on screen and the selected user, unless a quota column is
-the sort column (then for every listed user, within the model's reorder budget).
+the order and the counts live in `UsersModel`. Full quota reports (with reset times) are asked
+of the engine once per user per tick, and only for the rows on screen and the selected user;
+sorting by a quota column asks every listed user's cheaper `quota_percents` instead, within the
+model's reorder budget.
 """
 
 from __future__ import annotations
