@@ -256,7 +256,8 @@ class Engine:
 
     @property
     def turns_in_flight(self) -> int:
-        return self._turns_in_flight
+        """Turns running or waiting for their session's running turn."""
+        return len(self._turn_tasks)
 
     async def drain(self, grace_s: float) -> int:
         """Stop taking turns, give those in flight `grace_s` to finish, then cancel the rest.
@@ -392,7 +393,8 @@ class Engine:
     # The console runs in-process as a trusted operator: these take no session token.
     @property
     def store(self) -> Store:
-        self._require_open()
+        if self._state != "draining":  # turns in flight still commit while draining
+            self._require_open()
         assert self._store is not None
         return self._store
 
@@ -604,16 +606,16 @@ class Engine:
                     model = await self._runner.run(session, agent_type, text, on_delta)
                 finally:
                     session.running_turn = None
-        except BaseException:
+        except BaseException as exc:
             # Cancelled by a newer turn alone (not by its own caller too): say why.
             interrupted = task in self._interrupted and task.cancelling() == 1
             self._quotas.release(reservation)
             self._end_turn(session, task)
             if interrupted:
                 task.uncancel()
-                exc = Interrupted()
-                self._record_failure(session, exc, self.clock.now() - started)
-                raise exc from None
+                interruption = Interrupted()
+                self._record_failure(session, interruption, self.clock.now() - started)
+                raise interruption from None
             if isinstance(exc, EngineError):
                 self._record_failure(session, exc, self.clock.now() - started)
             elif self._registry.get(session.session_id) is session:

@@ -80,6 +80,7 @@ class GatewayApp:
         self.monitor = GatewayMonitor(engine.clock, self.registry)
         self._turns = TurnHistograms(self.registry)
         self._openapi = json.dumps(openapi_document(engine.agent_types)).encode()
+        self.route_names: list[str] = []  # "METHOD /template" of every route, as recorded
         ep = self._endpoint
         self.asgi = Starlette(
             routes=[
@@ -274,6 +275,7 @@ class GatewayApp:
     def _endpoint(self, route: str, handler: Handler, *, openai: bool = False) -> Handler:
         """Time the handler, turn its exceptions into error responses, record it once."""
         record = self.monitor.record
+        self.route_names.append(route)
 
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()

@@ -65,6 +65,10 @@ class Gateway:
         log.info("gateway listening on http://%s (app keys from %s)", self.address, keys.source)
         return self.address
 
+    def route_names(self) -> list[str]:
+        """"METHOD /template" of every route served (stats and metrics use these names)."""
+        return list(self._app.route_names) if self._app is not None else []
+
     def stats(self) -> GatewayStats | None:
         if self._app is None or self._server is None:
             return None
