@@ -31,6 +31,7 @@ from console.screens.detail import SessionDetailScreen
 from console.screens.load import LoadScreen
 from console.screens.modals import ConfirmScreen, ExportScreen, HelpScreen, key_label
 from console.screens.users import UsersScreen
+from console.terminal import TerminalGuard
 from engine import Engine, EngineConfig, EngineSnapshot
 from engine.errors import EngineError
 from engine.gateway import Gateway, GatewayStats
@@ -85,6 +86,7 @@ class SessionConsole(App[None]):
         listen: str | None = None,
     ) -> None:
         super().__init__()
+        self.terminal_guard = TerminalGuard.attach(self)  # terminal loss and signals quit cleanly
         self._owns_engine = engine is None
         self.engine = engine if engine is not None else Engine(config or EngineConfig())
         self.export_dir = export_dir or self.engine.config.data_dir / "exports"
