@@ -27,9 +27,9 @@ from engine.clients import ClientCacheStats
 from engine.config import EngineConfig, SimSettings
 from engine.errors import (
     AuthenticationError,
+    ConfigurationError,
     EngineClosed,
     EngineError,
-    InvalidInput,
     QuotaExceeded,
     SessionExpired,
 )
@@ -360,7 +360,7 @@ class Engine:
         key readable; once all are re-wrapped it holds the new key alone.
         """
         if os.environ.get(self.config.master_key_env):
-            raise InvalidInput(
+            raise ConfigurationError(
                 f"master keys come from {self.config.master_key_env}: put a new key first in "
                 "that variable (comma-separated, old keys after it) and restart to rotate"
             )
@@ -401,7 +401,7 @@ class Engine:
     def set_sim(self, settings: SimSettings) -> None:
         """Change the `sim` backend's latency and fault rates live (fault drills, load spikes).
 
-        InvalidInput for impossible settings; no effect on the `openai` backend.
+        ConfigurationError for impossible settings; no effect on the `openai` backend.
         """
         self._runner.set_sim(settings)
 
@@ -601,9 +601,7 @@ class Engine:
 
     def _record_failure(self, session: Session, exc: EngineError, latency: float | None) -> None:
         session.errors += 1
-        self._monitor.record_error(
-            session.session_id, session.user_id, type(exc).__name__, latency
-        )
+        self._monitor.record_error(session.session_id, session.user_id, exc, latency)
         if self._registry.get(session.session_id) is session:
             self._invalidate_view(session)
             self._persist_later(self._touch_op(session))

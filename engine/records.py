@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from engine.security import DecryptionFailed, KeyRing, TokenRecord
+from engine.errors import DecryptionFailed
+from engine.security import KeyRing, TokenRecord
 from engine.sessions import Context, Message, Session
 from engine.store import MessageRow, SessionRow
 

@@ -305,7 +305,7 @@ async def test_sim_faults_change_live_and_back(engine, clock):
     engine.set_sim(SimSettings(median_latency_s=0.0, p99_latency_s=0.0, error_rate=1.0, seed=1))
     with pytest.raises(errors.LLMError, match="simulated model error"):
         await engine.send(s.session_id, s.token, "during the drill")
-    with pytest.raises(errors.InvalidInput, match="error_rate"):
+    with pytest.raises(errors.ConfigurationError, match="error_rate"):
         engine.set_sim(SimSettings(error_rate=2.0))
     engine.set_sim(calm)
     clock.advance(1.0)
