@@ -31,6 +31,7 @@ from engine.clock import Clock
 from engine.errors import ConfigurationError, InvalidInput, QuotaExceeded
 
 RESOURCES = ("api_calls", "tokens", "storage_mb", "compute_seconds")
+BYTES_PER_MB = 1_000_000  # storage_mb counts decimal megabytes of stored content
 
 RESERVATION_RETRY_S = 1.0
 
