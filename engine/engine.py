@@ -32,7 +32,8 @@ from engine.errors import (
     SessionExpired,
 )
 from engine.monitor import Monitor
-from engine.quotas import BYTES_PER_MB, QuotaManager, QuotaUsage, Reservation
+from engine.operator import Operator
+from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.ratelimit import RateLimiter
 from engine.records import message_row, session_row
 from engine.restore import adopt_restored
@@ -61,7 +62,6 @@ from engine.views import (
     QuotaView,
     Reply,
     RestoreReport,
-    SessionDetail,
     SessionViews,
 )
 
@@ -110,6 +110,10 @@ class Engine:
         )
         self._keyring: KeyRing | None = None
         self._views = SessionViews(self._registry, self._monitor)
+        self.operator = Operator(
+            registry=self._registry, views=self._views, monitor=self._monitor,
+            quotas=self._quotas, end=self._end, rotate=self._rotate,
+        )
         self._quota_watch: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._housekeeping_passes = 0
@@ -221,46 +225,13 @@ class Engine:
         session = self._authenticate(session_id, token)
         await self._end(session, "ended by owner")
 
-    # -- operator surface ------------------------------------------------------------------------
-    # The console runs in-process as a trusted operator: these take no session token.
+    # -- engine-wide controls --------------------------------------------------------------------
+    # Per-session, per-user and per-alert actions without a token are on `self.operator`.
     @property
     def store(self) -> Store:
         self._require_open()
         assert self._store is not None
         return self._store
-
-    def inspect(self, session_id: str) -> SessionDetail | None:
-        """A session's full detail, decrypted context included; None if it is not live."""
-        session = self._registry.get(session_id)
-        view = self._views.current().get(session_id)
-        if session is None or view is None:
-            return None
-        return SessionDetail(
-            view=view,
-            metadata=session.metadata,
-            messages=session.context.messages(),
-            dropped_messages=session.context.dropped,
-            metrics=self._monitor.session_view(session_id),
-            quota=self._quotas.usage(session.user_id),
-            alerts=tuple(
-                a for a in self._monitor.alerts() if a.subject in (session_id, session.user_id)
-            ),
-        )
-
-    async def operator_end_session(self, session_id: str) -> bool:
-        session = self._registry.get(session_id)
-        if session is None:
-            return False
-        await self._end(session, "ended by operator")
-        return True
-
-    async def operator_rotate_token(self, session_id: str) -> bool:
-        """Invalidate the token; the new one is never shown, so the user must start over."""
-        session = self._registry.get(session_id)
-        if session is None or session.token is None:
-            return False
-        await self._rotate(session)
-        return True
 
     async def rotate_master_key(self, new_key: bytes | None = None) -> RewrapReport:
         """Re-wrap every session key under a new master key; message ciphertext is untouched.
@@ -285,23 +256,6 @@ class Engine:
             self._keyring = ring.drop_old_keys()
             await asyncio.to_thread(self._keyring.save, key_file)
         return report
-
-    def acknowledge_all(self, severity: str | None = None) -> int:
-        return self._monitor.acknowledge_all(severity)  # type: ignore[arg-type]
-
-    def set_tier(self, user_id: str, tier: str) -> None:
-        self._quotas.set_tier(user_id, tier)
-
-    def quota_usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
-        return self._quotas.usage(user_id)
-
-    def quota_percents(self, user_id: str) -> tuple[tuple[str, float], ...]:
-        """(resource, percent taken) per quota: `quota_usage` without the reset times, about
-        a sixth of its cost, for ordering many users by how full their quotas are."""
-        return self._quotas.percents(user_id)
-
-    def acknowledge_alert(self, alert_id: int) -> bool:
-        return self._monitor.acknowledge(alert_id)
 
     @property
     def sim_settings(self) -> SimSettings:

@@ -213,11 +213,11 @@ async def test_end_session_from_the_table_asks_first(engine, clock):
         await pilot.press("ctrl+d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
-        assert engine.inspect(target) is not None
+        assert engine.operator.inspect(target) is not None
         await pilot.press("ctrl+d", "y")
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert engine.inspect(target) is None
+        assert engine.operator.inspect(target) is None
         assert target not in table_ids(app)
         assert len(created) == 2
 
@@ -407,11 +407,11 @@ async def test_detail_end_session_with_confirmation(engine, clock):
         await pilot.press("ctrl+d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("escape")
-        assert engine.inspect(target.session_id) is not None
+        assert engine.operator.inspect(target.session_id) is not None
         await pilot.press("ctrl+d", "y")
         await app.workers.wait_for_complete()
         await refreshed(pilot)
-        assert engine.inspect(target.session_id) is None
+        assert engine.operator.inspect(target.session_id) is None
         assert detail.ended
         assert "Session ended" in screen_text(app)
         with pytest.raises(errors.AuthenticationError):
@@ -431,7 +431,7 @@ async def test_detail_rotate_token_invalidates_the_old_one_and_shows_no_token(en
             await engine.history(target.session_id, target.token)
         messages = [n.message for n in app._notifications]
         assert any("old one no longer works" in m for m in messages)
-        assert engine.inspect(target.session_id) is not None
+        assert engine.operator.inspect(target.session_id) is not None
 
 
 async def test_detail_acknowledges_its_alerts(engine, clock):
@@ -520,7 +520,7 @@ async def test_users_view_shows_sessions_and_usage_gauges(engine, clock):
         await pilot.pause()
         text = screen_text(app)
         assert "Usage of user04 (free) · 2 session(s)" in text
-        calls = next(u for u in engine.quota_usage("user04") if u.resource == "api_calls")
+        calls = next(u for u in engine.operator.quota_usage("user04") if u.resource == "api_calls")
         assert calls.percent >= 90 and f"{calls.used:.0f}/60" in text
 
 
@@ -539,7 +539,7 @@ def users_in_table(app) -> list[str]:
 
 
 def percent_of(engine, user: str, resource: str) -> float:
-    return next(u.percent for u in engine.quota_usage(user) if u.resource == resource)
+    return next(u.percent for u in engine.operator.quota_usage(user) if u.resource == resource)
 
 
 async def test_users_view_sorts_by_shift_keys_and_the_same_key_reverses(engine, clock):
@@ -549,7 +549,8 @@ async def test_users_view_sorts_by_shift_keys_and_the_same_key_reverses(engine, 
         await pilot.press("u")
         await refreshed(pilot)
         assert isinstance(app.screen, UsersScreen)
-        worst = [max(u.percent for u in engine.quota_usage(x)) for x in users_in_table(app)]
+        usage = engine.operator.quota_usage
+        worst = [max(u.percent for u in usage(x)) for x in users_in_table(app)]
         assert worst == sorted(worst, reverse=True) and len(set(worst)) > 1  # the default
         assert "sort worst ▼" in screen_text(app)
 
