@@ -120,7 +120,7 @@ class SessionConsole(App[None]):
             self._timer.stop()
         await self.load.stop()
         if self._owns_engine:
-            await self.engine.close()
+            await self.engine.aclose()
 
     # -- the refresh loop ------------------------------------------------------------------------
     def _arm(self) -> None:

@@ -144,7 +144,8 @@ class Engine:
         self._state = "open"
         return self
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop housekeeping, flush and close the store, close the model clients."""
         self._state = "closed"
         if self._housekeeping is not None:
             self._housekeeping.cancel()
@@ -159,7 +160,7 @@ class Engine:
         return await self.open()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self.aclose()
 
     @property
     def keyring(self) -> KeyRing:

@@ -147,7 +147,7 @@ async def test_calls_before_open_and_after_close_are_refused(make_config):
         await engine.create_session("alice")
     await engine.open()
     s = await engine.create_session("alice")
-    await engine.close()
+    await engine.aclose()
     with pytest.raises(errors.EngineClosed, match="closed"):
         await engine.send(s.session_id, s.token, "hi")
 
