@@ -1,5 +1,7 @@
 """Agent types and the praisonaiagents `Agent` objects built from them.
 
+This is the one module that imports praisonaiagents or touches its private members (the cost
+counters, the persistence and guardrail hooks): an upgrade of the library is checked here.
 Every constructor argument is explicit and `rules=False`, so files in the working directory
 (AGENTS.md, CLAUDE.md, .praisonai/) can never enter a prompt or change a default.
 """
@@ -14,6 +16,8 @@ from typing import Any
 
 from engine.errors import ConfigurationError
 
+# Read by praisonaiagents while its package is imported, so it is set here, before the import
+# below, rather than in EngineConfig.from_env(), which runs later. An explicit setting wins.
 os.environ.setdefault("PRAISONAI_TELEMETRY_DISABLED", "true")
 
 from praisonaiagents import Agent

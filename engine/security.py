@@ -154,10 +154,9 @@ class SessionCipher:
     """Encrypts one session's messages with its own data key.
 
     AES-256-GCM under a key derived from the data key by HKDF-SHA256: one call into OpenSSL per
-    message, about a seventh of Fernet's cost (Fernet's padding, HMAC and base64 run partly in
-    Python and were 6% of a turn's CPU at 10,000 users). Each message is bound to its place
-    (session id, seq, role) as associated data, so whoever can edit the database file still
-    cannot swap, copy or relabel a session's messages unnoticed (deleting rows is not caught).
+    message, where Fernet's padding, HMAC and base64 run partly in Python. Each message is bound to
+    its place (session id, seq, role) as associated data, so whoever can edit the database file
+    still cannot swap, copy or relabel a session's messages unnoticed (deleting rows is not caught).
     Messages stored by earlier versions (unbound AES-GCM, or Fernet tokens under the data key
     itself) still decrypt, unchecked against their place.
     """
