@@ -52,7 +52,7 @@ class SessionConsole(App[None]):
     """The console. Give it a config (it opens and closes the engine) or an open engine."""
 
     TITLE = "Session Console"
-    CSS_PATH = "console.tcss"
+    CSS_PATH = Path(__file__).with_name("console.tcss")  # absolute: subclasses elsewhere share it
     MODES: ClassVar[dict[str, Any]] = {
         "dashboard": DashboardScreen,
         "alerts": AlertsScreen,
@@ -90,11 +90,11 @@ class SessionConsole(App[None]):
         start_load: bool | None = None,
     ) -> None:
         super().__init__()
-        self._owns_engine = engine is None
+        self.owns_engine = engine is None  # then the app opens it on mount and closes it after
         self.engine = engine if engine is not None else Engine(config or EngineConfig())
         self.export_dir = export_dir or self.engine.config.data_dir / "exports"
         self.load = LoadController(self.engine, load_options)
-        self._start_load = load_options is not None if start_load is None else start_load
+        self.start_load = load_options is not None if start_load is None else start_load  # on mount
         self.refresh_hz = refresh_hz
         self.paused = False
         self.snapshot: EngineSnapshot | None = None
@@ -107,10 +107,10 @@ class SessionConsole(App[None]):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_mount(self) -> None:
-        if self._owns_engine:
+        if self.owns_engine:
             await self.engine.open()
         self._engine_ready = True
-        if self._start_load and self.load.ensure() is not None:
+        if self.start_load and self.load.ensure() is not None:
             self.load.start()
         self.refresh_data(force=True)
         self._arm()
@@ -119,7 +119,7 @@ class SessionConsole(App[None]):
         if self._timer is not None:
             self._timer.stop()
         await self.load.stop()
-        if self._owns_engine:
+        if self.owns_engine:
             await self.engine.aclose()
 
     # -- the refresh loop ------------------------------------------------------------------------
