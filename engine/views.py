@@ -59,6 +59,7 @@ class SessionView:
     errors: int
     health: int
     health_reasons: tuple[str, ...]
+    origin: str = "python"  # "http" for sessions created through the gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,4 +165,5 @@ class SessionViews:
             errors=session.errors,
             health=metrics.health if metrics is not None else 100,
             health_reasons=metrics.health_reasons if metrics is not None else (),
+            origin=session.origin,
         )
