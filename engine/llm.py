@@ -34,7 +34,7 @@ import httpx2
 from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI
 
 from engine.config import SimSettings
-from engine.errors import EngineError, InvalidInput, LLMError
+from engine.errors import ConfigurationError, EngineError, LLMError
 from engine.security import fingerprint
 from engine.tokens import estimate_tokens, estimate_tokens_of_length
 
@@ -293,14 +293,14 @@ class SimSource:
 
 def _check_sim_settings(s: SimSettings) -> None:
     if not (s.median_latency_s >= 0 and s.p99_latency_s >= s.median_latency_s):
-        raise InvalidInput(
+        raise ConfigurationError(
             "sim latency needs 0 <= median_latency_s <= p99_latency_s "
             f"(got median {s.median_latency_s:g}, p99 {s.p99_latency_s:g})"
         )
     for name in ("error_rate", "timeout_rate"):
         rate = getattr(s, name)
         if not 0.0 <= rate <= 1.0:
-            raise InvalidInput(f"sim {name} must be between 0 and 1 (got {rate:g})")
+            raise ConfigurationError(f"sim {name} must be between 0 and 1 (got {rate:g})")
 
 
 class SimulatedModel(ModelAdapter):
@@ -325,7 +325,7 @@ class SimulatedModel(ModelAdapter):
         if source is None:
             source = SimSource(settings or SimSettings())
         elif settings is not None and settings != source.settings:
-            raise InvalidInput("SimulatedModel got settings that differ from its source's")
+            raise ConfigurationError("SimulatedModel got settings that differ from its source's")
         self.source = source
         self.timeout_s = timeout_s
 
@@ -407,7 +407,7 @@ def resolve_openai_settings(
     env = os.environ if env is None else env
     key = api_key or env.get("OPENAI_API_KEY")
     if not key:
-        raise InvalidInput(
+        raise ConfigurationError(
             "llm='openai' needs an API key: set EngineConfig.api_key or OPENAI_API_KEY "
             "(local OpenAI-compatible servers accept any placeholder, e.g. 'sk-local')"
         )
@@ -455,7 +455,7 @@ class OpenAICompatModel(ModelAdapter):
     ) -> None:
         super().__init__(model)
         if max_retries < 0 or timeout_s <= 0:
-            raise InvalidInput("OpenAICompatModel needs max_retries >= 0 and timeout_s > 0")
+            raise ConfigurationError("OpenAICompatModel needs max_retries >= 0 and timeout_s > 0")
         self.client = client
         self.max_retries = max_retries
         self.timeout_s = timeout_s

@@ -9,6 +9,7 @@ import sys
 import types
 
 import pytest
+from rendered import screen_text
 from textual.command import CommandPalette
 
 import engine.sessions
@@ -61,13 +62,21 @@ async def make_unhealthy(engine, session):
                 return
 
 
-def console_for(engine, **kwargs) -> SessionConsole:
+class NotingConsole(SessionConsole):
+    """The console, keeping the text of every notification it shows."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notices: list[str] = []
+
+    def notify(self, message: str, **kwargs) -> None:
+        self.notices.append(message)
+        super().notify(message, **kwargs)
+
+
+def console_for(engine, **kwargs) -> NotingConsole:
     kwargs.setdefault("refresh_hz", 0.25)  # tests drive refreshes themselves
-    return SessionConsole(engine=engine, **kwargs)
-
-
-def screen_text(app) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+    return NotingConsole(engine=engine, **kwargs)
 
 
 def table_ids(app) -> list[str]:
@@ -154,7 +163,7 @@ async def test_bad_filter_is_reported_and_changes_nothing(engine, clock):
         await pilot.press("slash", *"colour:red", "enter")
         await pilot.pause()
         assert len(table_ids(app)) == 12
-        assert any("unknown filter" in n.message for n in app._notifications)
+        assert any("unknown filter" in n for n in app.notices)
 
 
 async def test_unhealthy_toggle_shows_only_sessions_with_health_reasons(engine, clock):
@@ -213,11 +222,11 @@ async def test_end_session_from_the_table_asks_first(engine, clock):
         await pilot.press("ctrl+d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
-        assert engine.inspect(target) is not None
+        assert engine.operator.inspect(target) is not None
         await pilot.press("ctrl+d", "y")
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert engine.inspect(target) is None
+        assert engine.operator.inspect(target) is None
         assert target not in table_ids(app)
         assert len(created) == 2
 
@@ -276,10 +285,16 @@ async def test_timer_refreshes_and_modals_stop_it(engine, clock):
 async def test_refresh_never_nests(engine):
     app = console_for(engine)
     async with app.run_test(size=(100, 30)):
-        app._refreshing = True
-        assert app.refresh_data(force=True) is False
-        app._refreshing = False
+        screen, nested = app.screen, []
+        show = screen.show
+
+        def show_and_refresh_again(snapshot):
+            nested.append(app.refresh_data(force=True))  # e.g. a view reacting to its own update
+            show(snapshot)
+
+        screen.show = show_and_refresh_again
         assert app.refresh_data(force=True) is True
+        assert nested == [False]
 
 
 # -- help, command palette, export -------------------------------------------------------------
@@ -330,7 +345,7 @@ async def test_export_writes_the_current_view_and_names_the_file(engine, clock, 
         path = app.last_export
         assert path is not None and path.parent == tmp_path / "exports"
         assert path.suffix == f".{fmt}"
-        assert any(str(path) in n.message for n in app._notifications)
+        assert any(str(path) in n for n in app.notices)
         content = path.read_text()
         assert SECRET not in content
         parse = json.loads if fmt == "json" else lambda t: list(csv.DictReader(t.splitlines()))
@@ -407,11 +422,11 @@ async def test_detail_end_session_with_confirmation(engine, clock):
         await pilot.press("ctrl+d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("escape")
-        assert engine.inspect(target.session_id) is not None
+        assert engine.operator.inspect(target.session_id) is not None
         await pilot.press("ctrl+d", "y")
         await app.workers.wait_for_complete()
         await refreshed(pilot)
-        assert engine.inspect(target.session_id) is None
+        assert engine.operator.inspect(target.session_id) is None
         assert detail.ended
         assert "Session ended" in screen_text(app)
         with pytest.raises(errors.AuthenticationError):
@@ -429,9 +444,9 @@ async def test_detail_rotate_token_invalidates_the_old_one_and_shows_no_token(en
         await pilot.pause()
         with pytest.raises(errors.AuthenticationError):
             await engine.history(target.session_id, target.token)
-        messages = [n.message for n in app._notifications]
+        messages = app.notices
         assert any("old one no longer works" in m for m in messages)
-        assert engine.inspect(target.session_id) is not None
+        assert engine.operator.inspect(target.session_id) is not None
 
 
 async def test_detail_acknowledges_its_alerts(engine, clock):
@@ -520,7 +535,7 @@ async def test_users_view_shows_sessions_and_usage_gauges(engine, clock):
         await pilot.pause()
         text = screen_text(app)
         assert "Usage of user04 (free) · 2 session(s)" in text
-        calls = next(u for u in engine.quota_usage("user04") if u.resource == "api_calls")
+        calls = next(u for u in engine.operator.quota_usage("user04") if u.resource == "api_calls")
         assert calls.percent >= 90 and f"{calls.used:.0f}/60" in text
 
 
@@ -539,7 +554,7 @@ def users_in_table(app) -> list[str]:
 
 
 def percent_of(engine, user: str, resource: str) -> float:
-    return next(u.percent for u in engine.quota_usage(user) if u.resource == resource)
+    return next(u.percent for u in engine.operator.quota_usage(user) if u.resource == resource)
 
 
 async def test_users_view_sorts_by_shift_keys_and_the_same_key_reverses(engine, clock):
@@ -549,7 +564,8 @@ async def test_users_view_sorts_by_shift_keys_and_the_same_key_reverses(engine, 
         await pilot.press("u")
         await refreshed(pilot)
         assert isinstance(app.screen, UsersScreen)
-        worst = [max(u.percent for u in engine.quota_usage(x)) for x in users_in_table(app)]
+        usage = engine.operator.quota_usage
+        worst = [max(u.percent for u in usage(x)) for x in users_in_table(app)]
         assert worst == sorted(worst, reverse=True) and len(set(worst)) > 1  # the default
         assert "sort worst ▼" in screen_text(app)
 
@@ -616,7 +632,7 @@ async def test_users_view_filter_narrows_rows_and_escape_clears_then_goes_home(e
         assert users_in_table(app) == ["user03"]
         await pilot.press("slash", "ctrl+u", *"colour:red", "enter")
         await pilot.pause()
-        assert any("unknown filter" in n.message for n in app._notifications)
+        assert any("unknown filter" in n for n in app.notices)
         assert users_in_table(app) == ["user03"]  # a bad filter changes nothing
         await pilot.press("escape")  # clears the filter, stays here
         assert isinstance(app.screen, UsersScreen) and len(users_in_table(app)) == 6
@@ -855,7 +871,7 @@ def test_command_line_and_run_console_open_the_console(monkeypatch, tmp_path):
     opened = []
 
     def fake_run(app):
-        opened.append((app._owns_engine, app._start_load, app.refresh_hz, app.engine.config))
+        opened.append((app.owns_engine, app.start_load, app.refresh_hz, app.engine.config))
 
     monkeypatch.setattr(SessionConsole, "run", fake_run)
     main(["--data-dir", str(tmp_path), "--refresh-hz", "4"])

@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 from praisonaiagents import Agent
 
 from engine.config import SimSettings
-from engine.errors import InvalidInput, LLMError
+from engine.errors import ConfigurationError, LLMError
 from engine.llm import (
     ModelAdapter,
     OpenAICompatModel,
@@ -234,16 +234,16 @@ def test_pooled_adapters_share_one_source():
     source = SimSource(SimSettings(seed=9))
     a, b = SimulatedModel(source=source), SimulatedModel(source=source)
     assert a.source is b.source
-    with pytest.raises(InvalidInput):
+    with pytest.raises(ConfigurationError):
         SimulatedModel(SimSettings(seed=10), source=source)
 
 
 def test_zero_median_means_no_latency_and_bad_settings_are_refused():
     source = SimSource(INSTANT)
     assert {source.draw(_digest(i)).latency_s for i in range(100)} == {0.0}
-    with pytest.raises(InvalidInput, match="median"):
+    with pytest.raises(ConfigurationError, match="median"):
         SimSource(SimSettings(median_latency_s=1.0, p99_latency_s=0.5))
-    with pytest.raises(InvalidInput, match="error_rate"):
+    with pytest.raises(ConfigurationError, match="error_rate"):
         SimSource(SimSettings(error_rate=1.5))
 
 
@@ -411,5 +411,5 @@ def test_resolve_openai_settings_reads_the_environment_and_hides_the_key():
     assert (explicit.base_url, explicit.api_key, explicit.model) == (
         "http://h/v1", "sk-local", "llama3",
     )
-    with pytest.raises(InvalidInput, match="OPENAI_API_KEY"):
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
         resolve_openai_settings(env={})
