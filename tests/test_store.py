@@ -29,6 +29,7 @@ from engine.security import DecryptionFailed, KeyRing, SessionCipher, hash_token
 from engine.store import (
     AlertRow,
     Assign,
+    Backend,
     EndSession,
     MessageRow,
     MetricsRow,
@@ -754,6 +755,11 @@ async def test_a_failed_open_leaves_no_thread_and_no_lock_behind(db_path, monkey
     monkeypatch.undo()
     async with await Store.open(db_path) as store:  # the lock was released
         assert (await store.load_live(NOW)).counts.sessions == 0
+
+
+async def test_the_sqlite_backend_has_every_member_of_the_backend_interface(store):
+    assert isinstance(store.backend, Backend)
+    assert not isinstance(object(), Backend)
 
 
 async def test_ops_must_be_store_ops(store):

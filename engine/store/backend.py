@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from engine.errors import StoreError
 from engine.store.ops import Op, Restored, RewrapReport
@@ -37,6 +37,7 @@ class StorageFigures:
     wal_frames: int = 0
 
 
+@runtime_checkable
 class Backend(Protocol):
     """An open database holding the store's records. The writer calls one method at a time:
     no `commit` starts before the previous one's `done` ran, and no job overlaps a commit."""
