@@ -1,9 +1,10 @@
-"""Load generator script: simulated concurrent users against an in-process engine.
+"""Load generator script: simulated concurrent users against an engine.
 
 `python demo_load.py` opens the console with load running (what `make demo` calls);
 `python demo_load.py --headless` prints a live stats table, writes JSON/CSV reports and exits
-non-zero when a `--fail-on` condition is met, for CI. The generator itself is the `loadgen`
-package; this script only chooses between the console and a headless run.
+non-zero when a `--fail-on` condition is met, for CI; `--target URL --app-key KEY` drives a
+running gateway over HTTP the same way. The generator itself is the `loadgen` package; this
+script only chooses between the console and a headless run.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from loadgen.cli import (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = not args.headless and sys.stdout.isatty()
-    if not args.headless and not console:
+    console = not args.headless and args.target is None and sys.stdout.isatty()
+    if not (args.headless or args.target or console):
         print("no terminal for the console; running headless", file=sys.stderr)
     try:
         options = options_from_args(args, headless=not console)

@@ -2,14 +2,16 @@
 
 Modules, one concept each (as Locust splits them): `options` (what load), `shapes` (user-count
 steps and latency spikes over time), `stats` (request figures), `transport` (how users reach the
-engine), `environment` (what a user sees of the run), `users` (the simulated user kinds),
-`runner` (`LoadGenerator`: spawn control), `report` (table, JSON, CSV, fail-on), `headless`
-(a run with no UI) and `cli` (flags). Import from here; `demo_load.py` is the script.
+engine: `EngineTransport` in-process, `http.GatewayTransport` over HTTP), `environment` (what a
+user sees of the run), `users` (the simulated user kinds), `runner` (`LoadGenerator`: spawn
+control), `report` (table, JSON, CSV, fail-on), `headless` (a run with no UI) and `cli`
+(flags). Import from here; `demo_load.py` is the script.
 Dependency direction: loadgen -> engine, never console.
 """
 
 from loadgen.environment import Environment
-from loadgen.headless import run_headless
+from loadgen.headless import run_headless, run_headless_http
+from loadgen.http import GatewayTransport
 from loadgen.options import SCENARIOS, Distribution, LoadOptions, apply_faults, parse_mix
 from loadgen.report import FailCondition, build_report, render_stats, write_csv
 from loadgen.runner import LoadGenerator
@@ -24,6 +26,7 @@ __all__ = [
     "Environment",
     "FailCondition",
     "FailureCount",
+    "GatewayTransport",
     "HistoryPoint",
     "LoadGenerator",
     "LoadOptions",
@@ -40,5 +43,6 @@ __all__ = [
     "parse_shape",
     "render_stats",
     "run_headless",
+    "run_headless_http",
     "write_csv",
 ]

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,12 +16,15 @@ from typing import TypeVar
 from engine import EngineConfig
 from engine.config import SimSettings
 from engine.errors import EngineError
-from loadgen.headless import run_headless
+from loadgen.headless import run_headless, run_headless_http
+from loadgen.http import AppKeyRefused, ClientTimeout, ConnectionFailed, UnexpectedReply
 from loadgen.options import SCENARIOS, Distribution, LoadOptions, apply_faults, parse_mix
 from loadgen.report import METRICS, FailCondition
 from loadgen.shapes import Spike, parse_shape
 
 HEADLESS_DURATION_S = 30.0  # a headless run with no --duration
+APP_KEY_ENV = "SESSION_CONSOLE_APP_KEY"  # the app key for --target when --app-key is not given
+SIM_FLAGS = ("spike", "error_rate", "timeout_rate", "latency_median", "latency_p99")
 
 T = TypeVar("T")
 
@@ -40,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="demo_load.py",
         description="Drive simulated concurrent users against an in-process engine, "
-                    "in the console (default) or --headless.",
+                    "in the console (default) or --headless, or against a running gateway "
+                    "over HTTP (--target).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  python demo_load.py                                   console with load\n"
@@ -48,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                "      --report run.json --csv run --fail-on 'failure_ratio>0.05' "
                "--fail-on 'send:p99_ms>500'\n"
                "  python demo_load.py --headless --shape 0:10,20:100,40:20 --duration 60\n"
+               "  python demo_load.py --target http://127.0.0.1:8080 --app-key KEY "
+               "--users 50 --duration 60\n"
                "exit codes: 0 ok, 1 a --fail-on condition met or an attack succeeded, "
                "2 usage or configuration error",
     )
@@ -66,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when [OPERATION:]METRIC(>|>=|<|<=)NUMBER holds at the end, e.g. "
                         f"failure_ratio>0.05 or send:p99_ms>500; metrics {', '.join(METRICS)}; "
                         "repeatable (default: none)")
+
+    g.add_argument("--target", metavar="URL",
+                   help="drive a running gateway over HTTP (headless) instead of an in-process "
+                        "engine, e.g. http://127.0.0.1:8080 (default: in-process)")
+    g.add_argument("--app-key", metavar="KEY",
+                   help=f"the gateway's app key for --target (default: ${APP_KEY_ENV})")
+    g.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
+                   help="--target: a request without a reply after this fails "
+                        "(default: %(default)s)")
 
     g = p.add_argument_group("load shape")
     g.add_argument("--users", type=int, default=d.users, metavar="N",
@@ -164,6 +180,12 @@ def options_from_args(args: argparse.Namespace, *, headless: bool) -> LoadOption
         scenario["faults"] = dataclasses.replace(scenario["faults"] or SimSettings(), **sim_flags)
     if args.spike:
         scenario["spikes"] = tuple(args.spike)
+    if args.target is not None:
+        given = [f"--{name.replace('_', '-')}" for name in SIM_FLAGS if getattr(args, name)]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the in-process sim model; a gateway's "
+                             "model is its own (drop them, or drop --target)")
+        scenario["faults"], scenario["spikes"] = None, ()
     if args.duration is None:
         duration = HEADLESS_DURATION_S if headless else None
     else:
@@ -202,6 +224,8 @@ def engine_data_dir(args: argparse.Namespace) -> Iterator[Path]:
 
 def headless_main(args: argparse.Namespace, options: LoadOptions) -> int:
     """The headless run the flags describe; its exit code (2 on a configuration error)."""
+    if args.target is not None:
+        return _gateway_main(args, options)
     with engine_data_dir(args) as data_dir:
         config = engine_config_from_args(args, options, data_dir)
         try:
@@ -212,3 +236,23 @@ def headless_main(args: argparse.Namespace, options: LoadOptions) -> int:
         except (EngineError, ValueError) as exc:
             print(f"demo_load: {exc}", file=sys.stderr)
             return 2
+
+
+def _gateway_main(args: argparse.Namespace, options: LoadOptions) -> int:
+    app_key = args.app_key or os.environ.get(APP_KEY_ENV)
+    if not app_key:
+        print(f"demo_load: --target needs the gateway's app key: --app-key KEY or "
+              f"${APP_KEY_ENV}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_headless_http(
+            args.target, app_key, options, request_timeout_s=args.request_timeout,
+            stats_interval_s=args.stats_interval, report=args.report, csv_prefix=args.csv,
+            fail_on=args.fail_on,
+        ))
+    except (EngineError, ValueError) as exc:
+        print(f"demo_load: {exc}", file=sys.stderr)
+        return 2
+    except (AppKeyRefused, ConnectionFailed, ClientTimeout, UnexpectedReply) as exc:
+        print(f"demo_load: cannot use the gateway at {args.target}: {exc}", file=sys.stderr)
+        return 2

@@ -119,6 +119,5 @@ class Environment:
         else:
             stats.finish(recorder, elapsed, None)
             if isinstance(value, TurnReply):
-                engine_s = elapsed if value.engine_s is None else value.engine_s
-                stats.overhead.record(max(0.0, engine_s - value.model_s))
+                stats.turn(elapsed, value.engine_s, value.model_s)
         return value, None

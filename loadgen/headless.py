@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from engine import Engine, EngineConfig
+from loadgen.http import GatewayTransport
 from loadgen.options import LoadOptions
 from loadgen.report import (
     FailCondition,
@@ -57,8 +58,25 @@ class EngineView:
         self.engine.housekeep()  # sessions due by now count as expired in the final snapshot
         snap = self.engine.snapshot()
         return render_engine(snap), {
-            "engine_config": engine_config_section(self.config), "engine": engine_section(snap),
+            "target": "in-process",
+            "engine_config": engine_config_section(self.config),
+            "engine": engine_section(snap),
         }
+
+
+class GatewayView:
+    """A gateway over HTTP: its engine's counts are its own (its /metrics); the report names it."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: GatewayTransport) -> None:
+        self.transport = transport
+
+    def live_line(self) -> None:
+        return None
+
+    def final(self) -> tuple[str, dict[str, Any]]:
+        return f"gateway: {self.transport.target}", {"target": self.transport.target}
 
 
 async def run_headless(
@@ -78,6 +96,35 @@ async def run_headless(
             end_grace_s=config.turn_timeout_s + 1.0, stats_interval_s=stats_interval_s,
             report=report, csv_prefix=csv_prefix, fail_on=fail_on, out=out,
         )
+
+
+async def run_headless_http(
+    base_url: str,
+    app_key: str,
+    options: LoadOptions,
+    *,
+    request_timeout_s: float = 30.0,
+    stats_interval_s: float = 2.0,
+    report: Path | None = None,
+    csv_prefix: str | None = None,
+    fail_on: Sequence[FailCondition] = (),
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run the load against a running gateway at `base_url` with no UI; see `drive`."""
+    async with GatewayTransport(
+        base_url, app_key, connections=peak_users(options), timeout_s=request_timeout_s
+    ) as transport:
+        return await drive(
+            LoadGenerator(transport, options), GatewayView(transport),
+            end_grace_s=request_timeout_s + 1.0, stats_interval_s=stats_interval_s,
+            report=report, csv_prefix=csv_prefix, fail_on=fail_on, out=out,
+        )
+
+
+def peak_users(options: LoadOptions) -> int:
+    """The most users a run has at once: each has at most one request in flight."""
+    ordinary = max([options.users, *(step.users for step in options.shape)])
+    return ordinary + options.hogs + options.chatty + options.attackers
 
 
 async def drive(

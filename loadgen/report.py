@@ -102,9 +102,11 @@ def render_stats(stats: LoadStats, *, final: bool = False) -> str:
         f"{stats.sessions_abandoned}, lost {stats.sessions_lost})"
     )
     lines.append(
-        f"engine overhead per turn p50/p95/p99 {stats.overhead_p50_ms:.2f}/"
-        f"{stats.overhead_p95_ms:.2f}/{stats.overhead_p99_ms:.2f} ms  attacks succeeded "
-        f"{stats.attacks_succeeded}"
+        f"turns p50/p95/p99: client {stats.client_turn_p50_ms:.2f}/{stats.client_turn_p95_ms:.2f}"
+        f"/{stats.client_turn_p99_ms:.2f} ms, engine overhead {stats.overhead_p50_ms:.2f}/"
+        f"{stats.overhead_p95_ms:.2f}/{stats.overhead_p99_ms:.2f} ms, outside the engine "
+        f"{stats.outside_engine_p50_ms:.2f}/{stats.outside_engine_p95_ms:.2f}/"
+        f"{stats.outside_engine_p99_ms:.2f} ms  attacks succeeded {stats.attacks_succeeded}"
     )
     return "\n".join(lines)
 
@@ -185,7 +187,9 @@ def build_report(
                      "special_users", "spawn_rate", "sessions_open", "sessions_opened",
                      "sessions_ended", "sessions_abandoned", "sessions_lost", "failures",
                      "attacks_succeeded", "overhead_p50_ms", "overhead_p95_ms",
-                     "overhead_p99_ms")
+                     "overhead_p99_ms", "client_turn_p50_ms", "client_turn_p95_ms",
+                     "client_turn_p99_ms", "outside_engine_p50_ms", "outside_engine_p95_ms",
+                     "outside_engine_p99_ms")
     }
     summary["operations"] = [_operation_dict(op, stats.elapsed_s) for op in stats.operations]
     summary["total"] = _operation_dict(stats.total, stats.elapsed_s)

@@ -156,6 +156,8 @@ class LoadGenerator:
         rec = self.env.stats
         sessions = self.env.sessions
         overhead = rec.overhead.percentiles()
+        client = rec.client_turn.percentiles()
+        outside = rec.outside_engine.percentiles()
         return LoadStats(
             running=self.running,
             phase=self._phase(),
@@ -178,6 +180,12 @@ class LoadGenerator:
             overhead_p50_ms=overhead.p50 * 1000,
             overhead_p95_ms=overhead.p95 * 1000,
             overhead_p99_ms=overhead.p99 * 1000,
+            client_turn_p50_ms=client.p50 * 1000,
+            client_turn_p95_ms=client.p95 * 1000,
+            client_turn_p99_ms=client.p99 * 1000,
+            outside_engine_p50_ms=outside.p50 * 1000,
+            outside_engine_p95_ms=outside.p95 * 1000,
+            outside_engine_p99_ms=outside.p99 * 1000,
             history=tuple(self._history),
         )
 

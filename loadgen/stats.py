@@ -95,10 +95,17 @@ class LoadStats:
     total: OperationStats
     failures: tuple[FailureCount, ...]  # most frequent first
     attacks_succeeded: int
-    # Engine overhead of successful turns: the engine's time minus the model's share.
-    overhead_p50_ms: float
+    # Successful turns split: the client's round trip = engine overhead + the model's share +
+    # what lies outside the engine (HTTP, the gateway, queueing; zero in-process).
+    overhead_p50_ms: float  # the engine's time minus the model's
     overhead_p95_ms: float
     overhead_p99_ms: float
+    client_turn_p50_ms: float  # the round trip the client measured
+    client_turn_p95_ms: float
+    client_turn_p99_ms: float
+    outside_engine_p50_ms: float  # the round trip minus the engine's time
+    outside_engine_p95_ms: float
+    outside_engine_p99_ms: float
     history: tuple[HistoryPoint, ...]
 
     @property
@@ -148,13 +155,18 @@ class OperationRecorder:
 class RequestRecorder:
     """All request figures of one run; a reset swaps in a fresh one."""
 
-    __slots__ = ("attacks_succeeded", "current", "errors", "ops", "overhead", "sampled", "total")
+    __slots__ = ("attacks_succeeded", "client_turn", "current", "errors", "ops", "outside_engine",
+                 "overhead", "sampled", "total")
 
     def __init__(self, clock: Clock) -> None:
         self.ops = {name: OperationRecorder(name, clock) for name in OPERATIONS}
         self.total = OperationRecorder(AGGREGATED, clock)
         self.current = WindowedHistogram(clock, window_s=RATE_WINDOW_S, slots=RATE_WINDOW_S)
-        self.overhead = LatencyHistogram()  # engine time minus model time, successful turns
+        # Successful turns: engine time minus model time, the client's round trip, and the
+        # round trip minus the engine's time.
+        self.overhead = LatencyHistogram()
+        self.client_turn = LatencyHistogram()
+        self.outside_engine = LatencyHistogram()
         self.errors: Counter[tuple[str, str]] = Counter()
         self.attacks_succeeded = 0
         self.sampled = (0, 0, time.monotonic())  # requests, failures, when: for history deltas
@@ -173,6 +185,14 @@ class RequestRecorder:
             self.errors[recorder.name, error] += 1
             if error == ATTACK_SUCCEEDED:
                 self.attacks_succeeded += 1
+
+    def turn(self, round_trip_s: float, engine_s: float | None, model_s: float) -> None:
+        """Split a successful turn; `engine_s` None: the round trip is the engine's time."""
+        engine = round_trip_s if engine_s is None else engine_s
+        self.client_turn.record(round_trip_s)
+        self.overhead.record(max(0.0, engine - model_s))
+        if engine_s is not None:
+            self.outside_engine.record(max(0.0, round_trip_s - engine_s))
 
     def failures(self) -> tuple[FailureCount, ...]:
         """Failure counts, most frequent first."""
