@@ -1,10 +1,11 @@
 """Load generator script: simulated concurrent users against an engine.
 
-`python demo_load.py` opens the console with load running (what `make demo` calls);
-`python demo_load.py --headless` prints a live stats table, writes JSON/CSV reports and exits
-non-zero when a `--fail-on` condition is met, for CI; `--target URL --app-key KEY` drives a
-running gateway over HTTP the same way. The generator itself is the `loadgen` package; this
-script only chooses between the console and a headless run.
+`python demo_load.py` opens the console with load running and the HTTP gateway listening
+(what `make demo` calls); `python demo_load.py --headless` prints a live stats table, writes
+JSON/CSV reports and exits non-zero when a `--fail-on` condition is met, for CI;
+`--target URL --app-key KEY` drives a running gateway over HTTP the same way. The generator
+itself is the `loadgen` package; this script only chooses between the console and a headless
+run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from console.app import run_console
 
     with engine_data_dir(args) as data_dir:
-        run_console(engine_config_from_args(args, options, data_dir), options)
+        run_console(engine_config_from_args(args, options, data_dir), options, listen=args.listen)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine import EngineConfig
-from engine.config import SimSettings
+from engine.config import GatewaySettings, SimSettings
 from engine.errors import EngineError
 from loadgen.headless import run_headless, run_headless_http
 from loadgen.http import AppKeyRefused, ClientTimeout, ConnectionFailed, UnexpectedReply
@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"failure_ratio>0.05 or send:p99_ms>500; metrics {', '.join(METRICS)}; "
                         "repeatable (default: none)")
 
+    g.add_argument("--listen", default=GatewaySettings().listen, metavar="HOST:PORT",
+                   help="with the console, also serve the HTTP gateway there, the next free "
+                        "port if taken (default: %(default)s)")
+    g.add_argument("--no-listen", dest="listen", action="store_const", const=None,
+                   help="with the console, no HTTP gateway")
     g.add_argument("--target", metavar="URL",
                    help="drive a running gateway over HTTP (headless) instead of an in-process "
                         "engine, e.g. http://127.0.0.1:8080 (default: in-process)")
