@@ -663,15 +663,11 @@ class OpenAICompatModel(ModelAdapter):
                         f"than the {self.retry_after_cap_s:g}s this backend waits; retry later"
                     ) from None
                 delay = self._backoff(attempts) if retry_after is None else retry_after
-            except APIError as exc:  # an error event inside a stream
-                what = f"server error: {_redacted(client, exc.message)[:SERVER_MESSAGE_CHARS]}"
-                failure = LLMError(
-                    f"{where} broke off its stream ({what}) after {tried}; "
-                    "retry, and check the server if it persists"
+            except (APIError, _StreamCut) as exc:  # an error event, or an early end
+                what = (
+                    str(exc) if isinstance(exc, _StreamCut)
+                    else f"server error: {_redacted(client, exc.message)[:SERVER_MESSAGE_CHARS]}"
                 )
-                delay = self._backoff(attempts)
-            except _StreamCut as exc:
-                what = str(exc)
                 failure = LLMError(
                     f"{where} broke off its stream ({what}) after {tried}; "
                     "retry, and check the server if it persists"

@@ -47,6 +47,7 @@ DEFAULT_MAX_RECORDED = 100_000
 SHUTDOWN_GRACE_S = 1.0
 
 FaultKind = Literal["status", "body", "malformed", "hang", "delay", "midstream"]
+CutKind = Literal["error", "drop", "end"]
 DONE = b"data: [DONE]\n\n"
 
 
@@ -61,7 +62,7 @@ class Fault:
     message: str = "simulated server error"
     payload: Any = None  # the JSON body of a "body" fault
     after_pieces: int = 0  # content pieces a "midstream" fault lets through
-    drop: bool = False  # a "midstream" fault drops the connection instead of an error event
+    cut: CutKind = "error"  # how a "midstream" fault breaks off
 
     @classmethod
     def error(cls, status: int = 500, message: str = "simulated server error") -> Fault:
@@ -93,14 +94,16 @@ class Fault:
 
     @classmethod
     def midstream(
-        cls, after_pieces: int = 1, *, drop: bool = False, message: str = "simulated stream error"
+        cls, after_pieces: int = 1, *, cut: CutKind = "error",
+        message: str = "simulated stream error",
     ) -> Fault:
-        """Stream `after_pieces` content pieces, then break off: an error event in OpenAI's
-        shape (`data: {"error": {...}}`) and the end of the body, or with `drop` a dropped
-        connection. A request that does not stream gets HTTP 500 with `message`."""
+        """Stream `after_pieces` content pieces, then break off. `cut`: "error" sends an error
+        event in OpenAI's shape (`data: {"error": {...}}`) and ends the body; "drop" drops the
+        connection; "end" ends the body cleanly with neither a finish_reason nor [DONE]. A
+        request that does not stream gets HTTP 500 with `message`."""
         if after_pieces < 0:
             raise InvalidInput(f"Fault.midstream needs after_pieces >= 0 (got {after_pieces})")
-        return cls("midstream", status=500, message=message, after_pieces=after_pieces, drop=drop)
+        return cls("midstream", status=500, message=message, after_pieces=after_pieces, cut=cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,12 +275,13 @@ class SimServer:
                 await response.write(_event(answer.chunk({"content": piece})))
                 sent += 1
             if cut is not None:
-                if cut.drop:
+                if cut.cut == "drop":
                     assert request.transport is not None
                     request.transport.abort()
                     return response
-                error = {"message": cut.message, "type": "server_error", "code": cut.status}
-                await response.write(_event({"error": error}))
+                if cut.cut == "error":
+                    error = {"message": cut.message, "type": "server_error", "code": cut.status}
+                    await response.write(_event({"error": error}))
             else:
                 await response.write(_event(answer.chunk({}, "stop")))
                 if answer.include_usage:

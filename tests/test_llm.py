@@ -460,9 +460,9 @@ async def test_openai_adapter_streams_under_a_real_agent(server, client):
 
 @pytest.mark.parametrize(
     "fault",
-    [Fault.midstream(0), Fault.midstream(0, drop=True), Fault.error(503),
-     Fault.rate_limited(0.01)],
-    ids=["error-event", "dropped", "http-503", "http-429"],
+    [Fault.midstream(0), Fault.midstream(0, cut="drop"), Fault.midstream(0, cut="end"),
+     Fault.error(503), Fault.rate_limited(0.01)],
+    ids=["error-event", "dropped", "ended-early", "http-503", "http-429"],
 )
 async def test_a_stream_failing_before_its_first_piece_is_retried(server, client, fault):
     server.inject(fault)
@@ -487,12 +487,14 @@ async def test_streams_failing_before_a_piece_are_retried_a_bounded_number_of_ti
 
 
 @pytest.mark.parametrize(
-    ("drop", "cause"), [(False, "server error: model crashed"), (True, "connection lost")]
+    ("cut", "cause"),
+    [("error", "server error: model crashed"), ("drop", "connection lost"),
+     ("end", "it ended without a finish_reason")],
 )
 async def test_a_stream_failing_after_a_piece_is_an_llm_error_never_a_retry(
-    server, client, drop, cause
+    server, client, cut, cause
 ):
-    server.inject(Fault.midstream(2, drop=drop, message="model crashed"))
+    server.inject(Fault.midstream(2, cut=cut, message="model crashed"))
     model = compat(client, max_retries=5)
     pieces = streaming(model)
     assert await model.get_response_async("hi") is None

@@ -137,7 +137,7 @@ async def test_midstream_fault_sends_an_error_event_after_its_pieces(server, htt
 
 
 async def test_midstream_drop_cuts_the_connection_after_its_pieces(server, sdk):
-    server.inject(Fault.midstream(after_pieces=3, drop=True))
+    server.inject(Fault.midstream(after_pieces=3, cut="drop"))
     received = []
     stream = await sdk.chat.completions.create(model="m1", messages=MESSAGES, stream=True)
     with pytest.raises(APIConnectionError):
@@ -147,6 +147,14 @@ async def test_midstream_drop_cuts_the_connection_after_its_pieces(server, sdk):
     # The server is still fine for the next request.
     completion = await sdk.chat.completions.create(model="m1", messages=MESSAGES)
     assert completion.choices[0].message.content == simulated_reply(MESSAGES)
+
+
+async def test_midstream_end_stops_without_finish_reason_or_done(server, http):
+    server.inject(Fault.midstream(after_pieces=1, cut="end"))
+    status, _, events = await read_events(http, server, STREAM)
+    chunks = [json.loads(e) for e in events]  # no [DONE]
+    assert status == 200 and len(chunks) == 2
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
 
 
 async def test_midstream_fault_on_a_plain_request_is_http_500(server, http):

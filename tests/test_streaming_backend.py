@@ -73,14 +73,14 @@ async def test_a_turn_without_on_delta_does_not_ask_for_a_stream(engine, server)
     assert reply.text == simulated_reply(server.requests[-1].body["messages"])
 
 
-@pytest.mark.parametrize("drop", [False, True], ids=["error-event", "dropped"])
+@pytest.mark.parametrize("cut", ["error", "drop", "end"])
 async def test_a_stream_broken_after_a_piece_fails_the_turn_and_keeps_nothing(
-    engine, server, drop
+    engine, server, cut
 ):
     s = await engine.create_session("alice")
     first = await engine.send(s.session_id, s.token, "first turn")
     before = len(server.requests)
-    server.inject(Fault.midstream(after_pieces=2, drop=drop))
+    server.inject(Fault.midstream(after_pieces=2, cut=cut))
     pieces: list[str] = []
     with pytest.raises(errors.LLMError, match="broke off the reply after 2 streamed pieces"):
         await engine.send(s.session_id, s.token, "second turn", on_delta=pieces.append)
