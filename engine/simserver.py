@@ -276,8 +276,8 @@ class SimServer:
                 sent += 1
             if cut is not None:
                 if cut.cut == "drop":
-                    assert request.transport is not None
-                    request.transport.abort()
+                    if request.transport is not None:
+                        request.transport.abort()
                     return response
                 if cut.cut == "error":
                     error = {"message": cut.message, "type": "server_error", "code": cut.status}
