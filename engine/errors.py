@@ -23,6 +23,22 @@ class AuthenticationError(EngineError):
         super().__init__(self.MESSAGE)
 
 
+class AuthBackoff(AuthenticationError):
+    """Refused without checking the token: this caller, session id or token kept failing.
+
+    An `AuthenticationError`, so a caller's one `except` still covers it, and it says no more
+    than one: an unknown session and a wrong token get it alike, and `retry_after` depends only
+    on the presenter's own failures. A right token is never refused this way (see
+    engine/admission.py). HTTP: 429 with Retry-After.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        EngineError.__init__(
+            self, f"{self.MESSAGE}; too many failed attempts, retry after {retry_after:.2f}s"
+        )
+
+
 class SessionExpired(EngineError):
     """The token was right but the session passed its idle or absolute limit."""
 
