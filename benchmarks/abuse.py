@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from demo_load import Distribution, LoadGenerator, LoadOptions
 from engine import Engine, EngineConfig
 from engine.config import SimSettings
-from engine.errors import AuthenticationError, EngineError
+from engine.errors import AuthenticationError, EngineError, RateLimited
 from engine.metrics import LatencyHistogram
 from engine.quotas import QuotaLimit
 from engine.ratelimit import RateLimit
@@ -153,6 +154,12 @@ class Tally:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def error_name(exc: EngineError) -> str:
+    """The error's type, and a rate limit's scope (a turn shed for overload is one)."""
+    name = type(exc).__name__
+    return f"{name}:{exc.scope}" if isinstance(exc, RateLimited) else name
+
+
 def config_for(folder: str, **overrides: object) -> EngineConfig:
     return EngineConfig(data_dir=Path(folder), **overrides)  # type: ignore[arg-type]
 
@@ -164,7 +171,7 @@ async def quiet_user(engine: Engine, index: int, tally: Tally, stop: asyncio.Eve
         try:
             await engine.send(session.session_id, session.token, "how are things today?")
         except EngineError as exc:
-            tally.errors[type(exc).__name__] += 1
+            tally.errors[error_name(exc)] += 1
         else:
             tally.ok += 1
             tally.latencies.append(time.perf_counter() - started)
@@ -179,7 +186,7 @@ async def storm_client(
         try:
             await engine.send(session_id, token, "more, faster")
         except EngineError as exc:
-            tally.errors[type(exc).__name__] += 1
+            tally.errors[error_name(exc)] += 1
             tally.auth_failures += isinstance(exc, AuthenticationError)
             await asyncio.sleep(RETRY_S)
         else:
@@ -241,6 +248,8 @@ async def storm(alone_s: float, storm_s: float) -> dict:
             stop.set()
             await asyncio.gather(*clients)
             lag.stop()
+            overload_stats = engine.overload_stats()
+            auth_stats = engine.auth_failure_stats()
     bound = P95_FACTOR * alone.percentile(0.95) + P95_SLACK_S
     return {
         "noisy_users": NOISY_USERS,
@@ -257,6 +266,8 @@ async def storm(alone_s: float, storm_s: float) -> dict:
         "failed_auth_per_s": round(stale.auth_failures / wall, 1),
         "stale_errors_by_type": dict(stale.errors),
         "process_cpu_share": round(cpu / wall, 2),
+        "auth_failures": dataclasses.asdict(auth_stats),
+        "overload": dataclasses.asdict(overload_stats) if overload_stats else None,
         "loop_lag": lag.report(),
     }
 
@@ -353,6 +364,8 @@ async def overload(seconds: float) -> dict:
         "overhead_p99_ms": stats.overhead_p99_ms,
         "loop_lag": lag.report(),
         "gc_pauses": pauses.report(),
+        "gc_threshold": gc.get_threshold(),
+        "gc_frozen_objects": gc.get_freeze_count(),
     }
 
 

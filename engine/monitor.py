@@ -27,10 +27,10 @@ REJECTIONS = frozenset(
 )
 _MAX_AUTH_IDS = 1024  # presented session ids tracked for bursts; attacker-chosen, so bounded
 _MAX_ID_CHARS = 64
-# An open auth-burst alert is refreshed (its count, message and stored row) at most this often:
+# An auth-burst alert is raised or refreshed (count, message, stored row) at most this often:
 # refreshing it on every failure cost two store writes per failed authentication, which under
 # a storm of stale tokens filled the commit queue and starved every turn (issue 15).
-_AUTH_ALERT_REFRESH_S = 1.0
+_AUTH_ALERT_REFRESH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ class LoadShedder:
         self._total = 0.0  # the users' scores summed, as of `_total_at`
         self._total_at = clock.now()
         self._late = 0  # late readings in a row
-        self._heaviest = 0.0  # highest score seen since the last probe reading
+        self._heaviest = 0.0  # highest score seen since the ceiling last moved
         self._ceiling = math.inf  # users scoring above it are shed
         self._overloaded_until = -math.inf
         self._last_lag = 0.0
@@ -95,11 +95,13 @@ class LoadShedder:
                 self._episodes += 1
                 self._ceiling = math.inf
             self._overloaded_until = now + policy.hold_s
-            if self._heaviest > 0:  # no attempts since the last reading: nobody to shed yet
-                self._ceiling = max(self._floor, min(self._ceiling, self._heaviest) / 2)
+            # Halve from the heaviest score seen since the ceiling last moved.
+            reference = min(self._ceiling, self._heaviest or self._ceiling)
+            if reference < math.inf:
+                self._ceiling = max(self._floor, reference / 2)
+            self._heaviest = 0.0
         elif now >= self._overloaded_until:
             self._ceiling = math.inf
-        self._heaviest = 0.0
 
     def admit(self, user_id: str) -> None:
         """Count one turn attempt by `user_id`; RateLimited when it is shed."""
