@@ -105,7 +105,7 @@ def attempts(shed: LoadShedder, user: str, n: int) -> int:
 
 
 def test_nothing_is_shed_until_the_loop_is_late_several_readings_in_a_row():
-    clock, shed = shedder()
+    _, shed = shedder()
     attempts(shed, "quiet", 1)
     assert attempts(shed, "heavy", 100) == 0
     shed.observe(0.2, 0)  # one late reading: a collector pause, not overload
