@@ -4,10 +4,10 @@ A client retrying a dead session's token (a browser tab left open, or an attacke
 same way again and again. Two bounded tables of strikes follow who keeps failing, each with
 its own exponential backoff once `free_failures` are spent:
 
-- a presentation: the session id together with the token. A dead token sent
-  again while in backoff is refused at once, before the token is hashed and before the session
-  is looked up, so the work and the answer are the same whether the session exists or not. A
-  right token never failed, so it is never in this table and cannot be refused by it.
+- a presentation: the session id together with the token. A dead token sent again while in
+  backoff is refused at once, before the token is hashed and before the session is looked up,
+  so the work and the answer are the same whether the session exists or not. A right token
+  never failed, so it is never in this table and cannot be refused by it.
 - a client (an HTTP address, or the in-process caller): a failure from a client in backoff is
   answered with `AuthBackoff` and its retry_after. The token is still checked first (one
   SHA-256, less than a successful call costs), because a right token must always work: an
