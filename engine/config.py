@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from engine.admission import AuthBackoffPolicy
 from engine.clock import Clock, SystemClock
+from engine.overload import OverloadPolicy
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
 
@@ -103,6 +105,11 @@ class EngineConfig:
     session_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=2.0, burst=10))
     user_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=5.0, burst=20))
     quota_watch_percent: float = 50.0
+    # Presenters that keep failing authentication are refused with a backoff (admission.py).
+    auth_backoff: AuthBackoffPolicy = field(default_factory=AuthBackoffPolicy)
+    # While the loop lags or the store's queue is long, the heaviest users' turns are shed
+    # (engine/overload.py). None: never shed (tests whose timing is the machine's, not theirs).
+    overload: OverloadPolicy | None = field(default_factory=OverloadPolicy)
 
     # Monitoring.
     max_alerts: int = 500

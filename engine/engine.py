@@ -19,11 +19,13 @@ from typing import Any, Literal, NoReturn, get_args
 from cryptography.fernet import Fernet
 
 from engine import validation
+from engine.admission import IN_PROCESS, AuthFailures, AuthFailureStats, presentation_key
 from engine.agents import load_agent_specs
 from engine.alerts import Alert
 from engine.balancer import Balancer, Move
 from engine.config import EngineConfig, SimSettings
 from engine.errors import (
+    AuthBackoff,
     AuthenticationError,
     ConfigurationError,
     EngineClosed,
@@ -37,6 +39,7 @@ from engine.errors import (
 )
 from engine.monitor import Monitor
 from engine.operator import Operator
+from engine.overload import LoadShedder, OverloadStats
 from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.ratelimit import RateLimiter
 from engine.records import message_row, session_row
@@ -105,6 +108,11 @@ class Engine:
         self._user_rate = RateLimiter(
             self.clock, config.user_rate.rate_per_s, config.user_rate.burst, "user"
         )
+        self._auth_failures = AuthFailures(self.clock, config.auth_backoff)
+        self._shedder = (
+            LoadShedder(self.clock, config.overload) if config.overload is not None else None
+        )
+        self._overload_probe: asyncio.Task[None] | None = None
         self._monitor = Monitor(
             self.clock, max_alerts=config.max_alerts, cooldown_s=config.alert_cooldown_s,
             on_alert=self._on_alert,
@@ -155,6 +163,11 @@ class Engine:
         if self.config.tune_gc:
             prepare_for_serving()
         self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
+        if self._shedder is not None:
+            store = self._store
+            self._overload_probe = asyncio.create_task(
+                self._shedder.watch(lambda: store.stats().queue_depth), name="overload probe"
+            )
         self._state = "open"
         return self
 
@@ -195,6 +208,9 @@ class Engine:
     async def aclose(self) -> None:
         """Stop housekeeping, flush and close the store, close the model clients."""
         self._state = "closed"
+        if self._overload_probe is not None:
+            self._overload_probe.cancel()
+            self._overload_probe = None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -253,13 +269,16 @@ class Engine:
         agent_type: str = "assistant",
         multitask_strategy: MultitaskStrategy = "enqueue",
         on_delta: Callable[[str], None] | None = None,
+        client: str | None = None,
     ) -> Reply:
         """Run one user turn and return the assistant's reply.
 
         `multitask_strategy` says what happens when the session already has a turn in flight
         (see MultitaskStrategy); a waiting turn is rate-limited and quota-reserved on arrival.
         `on_delta` receives the reply's text in pieces as the model produces them; the Reply
-        still carries the whole text.
+        still carries the whole text. `client` names the caller (the gateway passes the HTTP
+        client's address) so that one that keeps failing authentication is backed off; None
+        is the in-process caller.
         """
         self._require_open()
         text = validation.text(text, self.config.max_text_bytes)
@@ -269,7 +288,9 @@ class Engine:
                 f"multitask_strategy must be one of {', '.join(MULTITASK_STRATEGIES)} "
                 f"(got {multitask_strategy!r})"
             )
-        session = self._authenticate(session_id, token)
+        session = self._authenticate(session_id, token, client)
+        if self._shedder is not None:
+            self._shedder.admit(session.user_id)  # while overloaded, heaviest users first
         try:
             self._admit(session, multitask_strategy)
             self._check_rates(session)
@@ -282,26 +303,30 @@ class Engine:
             session.running_turn.cancel()
         return await self._run_turn(session, agent_type, text, reservation, on_delta)
 
-    async def check(self, session_id: str, token: str) -> float:
+    async def check(self, session_id: str, token: str, *, client: str | None = None) -> float:
         """Authenticate only (a gateway route that needs a caller's session); returns when the
         session expires at the latest. Raises as every call does; counts as activity."""
         self._require_open()
-        return self._authenticate(session_id, token).deadline
+        return self._authenticate(session_id, token, client).deadline
 
-    async def history(self, session_id: str, token: str) -> list[Message]:
+    async def history(
+        self, session_id: str, token: str, *, client: str | None = None
+    ) -> list[Message]:
         """The session's context, oldest first."""
         self._require_open()
-        session = self._authenticate(session_id, token)
+        session = self._authenticate(session_id, token, client)
         return list(session.context)
 
-    async def rotate_token(self, session_id: str, token: str) -> str:
+    async def rotate_token(self, session_id: str, token: str, *, client: str | None = None) -> str:
         """Issue a new token for the session; the presented one stops working at once."""
         self._require_open()
-        return await self._rotate(self._authenticate(session_id, token))
+        return await self._rotate(self._authenticate(session_id, token, client))
 
-    async def end_session(self, session_id: str, token: str) -> None:
+    async def end_session(
+        self, session_id: str, token: str, *, client: str | None = None
+    ) -> None:
         self._require_open()
-        session = self._authenticate(session_id, token)
+        session = self._authenticate(session_id, token, client)
         await self._end(session, "ended by owner")
 
     # -- engine-wide controls --------------------------------------------------------------------
@@ -336,6 +361,14 @@ class Engine:
             self._keyring = ring.drop_old_keys()
             await asyncio.to_thread(self._keyring.save, key_file)
         return report
+
+    def auth_failure_stats(self) -> AuthFailureStats:
+        """Presenters that kept failing authentication and how many were refused unchecked."""
+        return self._auth_failures.stats()
+
+    def overload_stats(self) -> OverloadStats | None:
+        """Whether turns are being shed now, and how many were; None when shedding is off."""
+        return self._shedder.stats() if self._shedder is not None else None
 
     @property
     def sim_settings(self) -> SimSettings:
@@ -386,30 +419,44 @@ class Engine:
         )
 
     # -- the turn --------------------------------------------------------------------------------
-    def _authenticate(self, session_id: object, token: object) -> Session:
+    def _authenticate(self, session_id: object, token: object, client: str | None) -> Session:
         """Unknown session, wrong, revoked or expired token: one error, one cost.
 
         A right token on a session past its idle or absolute limit is `SessionExpired`, which
-        reveals nothing: only the token's holder can see it.
+        reveals nothing: only the token's holder can see it. A session id and token that
+        already failed and are backing off are refused before anything else (AuthBackoff).
         """
+        presentation = presentation_key(session_id, token)
+        wait = self._auth_failures.refuse_unchecked(presentation)
+        if wait > 0:
+            self._refuse(session_id, wait)
         now = self.clock.now()
         session = self._registry.get(session_id) if isinstance(session_id, str) else None
         record = session.token if session is not None else None
         if not check_token(record, token):
-            return self._refuse(session_id)
+            self._refuse_checked(session_id, presentation, client)
         assert session is not None and record is not None
         reason = session.expiry_reason(now)
         if reason is not None and not session.busy:
             self._registry.remove(session.session_id, "expired", now, reason)
             raise SessionExpired(reason)
         if record.expired(now):
-            return self._refuse(session_id)
+            self._refuse_checked(session_id, presentation, client)
         self._registry.touch(session, now)
         self._invalidate_view(session)
         return session
 
-    def _refuse(self, session_id: object) -> NoReturn:
+    def _refuse_checked(
+        self, session_id: object, presentation: int, client: str | None
+    ) -> NoReturn:
+        """The token was checked and is not right: strike its presenters, then refuse."""
+        wait = self._auth_failures.failed(presentation, client or IN_PROCESS)
+        self._refuse(session_id, wait)
+
+    def _refuse(self, session_id: object, retry_after: float) -> NoReturn:
         self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
+        if retry_after > 0:
+            raise AuthBackoff(retry_after)
         raise AuthenticationError()
 
     def _admit(self, session: Session, strategy: MultitaskStrategy) -> None:

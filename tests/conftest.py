@@ -26,6 +26,7 @@ def make_config(tmp_path, clock):
     def make(**overrides) -> EngineConfig:
         overrides.setdefault("sim", INSTANT)
         overrides.setdefault("tune_gc", False)  # process-wide; tests open hundreds of engines
+        overrides.setdefault("overload", None)  # sheds on the machine's real loop lag
         return EngineConfig(data_dir=tmp_path / "data", clock=clock, **overrides)
 
     return make

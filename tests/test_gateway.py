@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from engine import Engine, EngineConfig
+from engine.admission import AuthBackoffPolicy
 from engine.config import GatewaySettings, SimSettings
 from engine.gateway import Gateway
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
@@ -128,7 +129,7 @@ async def test_creating_a_session_needs_an_app_key(serve):
 
 
 async def test_unknown_session_and_wrong_token_give_identical_bodies(serve):
-    async with serve() as s:
+    async with serve(auth_backoff=AuthBackoffPolicy(free_failures=100)) as s:
         sid, token = await s.session()
         other, _ = await s.session("bob")
         cases = [
@@ -161,6 +162,18 @@ async def test_unknown_session_and_wrong_token_give_identical_bodies(serve):
         assert chat[0].content == chat[1].content
         assert error_of(chat[0])["type"] == "authentication_error"
         assert set(error_of(chat[0])) == {"message", "type", "param", "code"}
+
+
+async def test_a_client_that_keeps_failing_gets_429_yet_a_right_token_still_works(serve):
+    async with serve(auth_backoff=AuthBackoffPolicy(free_failures=3)) as s:
+        sid, token = await s.session()
+        statuses = [(await s.send(sid, "wrong")).status_code for _ in range(5)]
+        assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429
+        backoff = await s.send("0" * 32, "also-wrong")  # an unknown session: the same answer
+        assert backoff.status_code == 429 and int(backoff.headers["retry-after"]) >= 1
+        assert error_of(backoff)["type"] == "rate_limited"
+        assert error_of(backoff)["code"] == "auth_backoff"
+        assert (await s.send(sid, token)).status_code == 200
 
 
 # -- bad input ----------------------------------------------------------------------------------

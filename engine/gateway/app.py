@@ -127,7 +127,9 @@ class GatewayApp:
         )
 
     async def messages(self, request: Request) -> Response:
-        history = await self.engine.history(_session_id(request), _bearer(request))
+        history = await self.engine.history(
+            _session_id(request), _bearer(request), client=_client(request)
+        )
         return _json(
             {"messages": [{"role": m.role, "content": m.content, "created_at": m.at}
                           for m in history]}
@@ -141,11 +143,12 @@ class GatewayApp:
         session_id, token = _session_id(request), _bearer(request)
         if not field(body, "stream", bool, False):
             reply = await self.engine.send(
-                session_id, token, content, agent_type=agent_type, multitask_strategy=strategy
+                session_id, token, content, agent_type=agent_type, multitask_strategy=strategy,
+                client=_client(request),
             )
             self._turns.observe(reply.agent_type, reply.latency_s, reply.model_latency_s)
             return _json(_reply_object(reply), headers=_server_timing(reply))
-        stream = await self._start(session_id, token, content, agent_type, strategy)
+        stream = await self._start(request, session_id, token, content, agent_type, strategy)
 
         async def events() -> Any:
             async for piece in self._pieces(stream):
@@ -161,11 +164,15 @@ class GatewayApp:
         return _event_stream(events())
 
     async def rotate_token(self, request: Request) -> Response:
-        token = await self.engine.rotate_token(_session_id(request), _bearer(request))
+        token = await self.engine.rotate_token(
+            _session_id(request), _bearer(request), client=_client(request)
+        )
         return _json({"token": token})
 
     async def end_session(self, request: Request) -> Response:
-        await self.engine.end_session(_session_id(request), _bearer(request))
+        await self.engine.end_session(
+            _session_id(request), _bearer(request), client=_client(request)
+        )
         return Response(status_code=204)
 
     # -- OpenAI-compatible -------------------------------------------------------------------
@@ -194,7 +201,8 @@ class GatewayApp:
         created = int(time.time())
         if not field(body, "stream", bool, False):
             reply = await self.engine.send(
-                session_id, token, content, agent_type=model, multitask_strategy=strategy
+                session_id, token, content, agent_type=model, multitask_strategy=strategy,
+                client=_client(request),
             )
             self._turns.observe(reply.agent_type, reply.latency_s, reply.model_latency_s)
             return _json(
@@ -213,7 +221,7 @@ class GatewayApp:
                 headers=_server_timing(reply),
             )
         include_usage = field(body, "stream_options", dict, {}).get("include_usage") is True
-        stream = await self._start(session_id, token, content, model, strategy)
+        stream = await self._start(request, session_id, token, content, model, strategy)
 
         def chunk(delta: dict[str, str], finish: str | None) -> bytes:
             payload: dict[str, Any] = {
@@ -248,7 +256,9 @@ class GatewayApp:
     async def models(self, request: Request) -> Response:
         presented = _bearer(request)
         if not self.app_keys.verify(presented):
-            await self.engine.check(request.headers.get("x-session-id", ""), presented)
+            await self.engine.check(
+                request.headers.get("x-session-id", ""), presented, client=_client(request)
+            )
         return _json({
             "object": "list",
             "data": [
@@ -305,14 +315,20 @@ class GatewayApp:
         )
 
     async def _start(
-        self, session_id: str, token: str, content: str, agent_type: str, strategy: str
+        self,
+        request: Request,
+        session_id: str,
+        token: str,
+        content: str,
+        agent_type: str,
+        strategy: str,
     ) -> _Stream:
         """Start a streamed turn; a failure before its first piece raises here (a status)."""
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         turn = asyncio.create_task(self.engine.send(
             session_id, token, content, agent_type=agent_type,
             multitask_strategy=strategy,  # type: ignore[arg-type]
-            on_delta=pieces.put_nowait,
+            on_delta=pieces.put_nowait, client=_client(request),
         ))
         turn.add_done_callback(lambda _: pieces.put_nowait(None))
         first = await pieces.get()
@@ -351,6 +367,11 @@ def _bearer(request: Request) -> str:
     """The bearer credential, or "" (which no token or key matches)."""
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     return credential.strip() if scheme.lower() == "bearer" else ""
+
+
+def _client(request: Request) -> str:
+    """Who is calling, for backing off failed authentication: the peer's address."""
+    return f"http:{request.client.host}" if request.client is not None else "http:unknown"
 
 
 def _session_id(request: Request) -> str:
