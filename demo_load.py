@@ -38,9 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TextIO
 
-from engine import Engine, EngineConfig, EngineSnapshot, Reply
+from engine import (
+    Engine,
+    EngineConfig,
+    EngineSnapshot,
+    LLMSettings,
+    Reply,
+    SessionSettings,
+    SimSettings,
+    StoreSettings,
+)
 from engine.clock import Clock, SystemClock
-from engine.config import SimSettings
 from engine.errors import AuthenticationError, EngineClosed, EngineError, SessionExpired
 from engine.metrics import LatencyHistogram, RateRing, WindowedHistogram
 
@@ -242,7 +250,7 @@ class LoadOptions:
     chatty: int = 0  # burst past the rate limits
     attackers: int = 0  # wrong tokens and other users' session ids; must never succeed
     attack_rate: float = 10.0  # attempts per second per attacker
-    # Model faults for the sim backend; they live in EngineConfig.sim (see `apply_faults`).
+    # Model faults for the sim backend; they live in EngineConfig.llm.sim (see `apply_faults`).
     faults: SimSettings | None = None
     # Latency spikes on the sim backend during the run (the engine's set_sim, live).
     spikes: tuple[Spike, ...] = ()
@@ -296,7 +304,7 @@ def apply_faults(config: EngineConfig, options: LoadOptions) -> EngineConfig:
     sim = options.faults
     if sim.seed is None and options.seed is not None:
         sim = dataclasses.replace(sim, seed=options.seed)
-    return dataclasses.replace(config, sim=sim)
+    return dataclasses.replace(config, llm=dataclasses.replace(config.llm, sim=sim))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -486,7 +494,7 @@ class _User:
         self.gen = gen
         self.user_id = f"{self.kind}-{index:05d}"
         self.rng = random.Random(f"{gen.seed}:{self.kind}:{index}")
-        self.tier = gen.engine.config.default_tier
+        self.tier = gen.engine.config.limits.default_tier
         self.held: list[_Held] = []
         self.stopping = False
         self.closed = False  # the engine closed under us: nothing left to end
@@ -949,7 +957,7 @@ class LoadGenerator:
     # -- spawning ---------------------------------------------------------------------------------
     def _check_against_engine(self) -> None:
         agent_types = self.engine.agent_types
-        tiers = self.engine.config.tiers
+        tiers = self.engine.config.limits.tiers
         unknown_agents = set(self._agents.names) - set(agent_types)
         unknown_tiers = set(self._tiers.names) - set(tiers)
         if unknown_agents or unknown_tiers:
@@ -1274,9 +1282,10 @@ def build_report(
     return {
         "seed": stats.seed,
         "options": _jsonable(options),
-        "engine_config": {"llm": config.llm, "base_url": config.base_url,
-                          "sim": _jsonable(config.sim), "idle_timeout_s": config.idle_timeout_s,
-                          "turn_timeout_s": config.turn_timeout_s},
+        "engine_config": {"llm": config.llm.backend, "base_url": config.llm.base_url,
+                          "sim": _jsonable(config.llm.sim),
+                          "idle_timeout_s": config.sessions.idle_timeout_s,
+                          "turn_timeout_s": config.llm.turn_timeout_s},
         "summary": summary,
         "engine": {
             "sessions": len(snap.sessions),
@@ -1378,7 +1387,7 @@ async def run_headless(
                     waiter.cancel()
             # Ctrl-C: the operator wants out, so calls still running after a moment are
             # cancelled; at the end of the duration every call may finish, for exact counts.
-            grace = INTERRUPT_GRACE_S if interrupted.is_set() else config.turn_timeout_s + 1.0
+            grace = INTERRUPT_GRACE_S if interrupted.is_set() else config.llm.turn_timeout_s + 1.0
             stats = await generator.stop(grace)
             engine.housekeep()  # sessions due by now count as expired in the final snapshot
             snap = engine.snapshot()
@@ -1567,10 +1576,13 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
 def engine_config_from_args(
     args: argparse.Namespace, options: LoadOptions, data_dir: Path
 ) -> EngineConfig:
-    config = EngineConfig(
-        data_dir=data_dir, llm=args.llm, base_url=args.base_url, api_key=args.api_key,
-        openai_model=args.model, idle_timeout_s=args.idle_timeout,
-        turn_timeout_s=args.turn_timeout,
+    config = EngineConfig.from_env(
+        store=StoreSettings(data_dir=data_dir),
+        llm=LLMSettings(
+            backend=args.llm, base_url=args.base_url, api_key=args.api_key, model=args.model,
+            turn_timeout_s=args.turn_timeout,
+        ),
+        sessions=SessionSettings(idle_timeout_s=args.idle_timeout),
     )
     return apply_faults(config, options)
 
