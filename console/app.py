@@ -23,7 +23,7 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 
 from console.export import write_export
-from console.load import LoadController
+from console.load import STOP_GRACE_S, LoadController
 from console.messages import (
     AcknowledgeAlerts,
     AcknowledgeAllAlerts,
@@ -141,9 +141,11 @@ class SessionConsole(App[None]):
     async def on_unmount(self) -> None:
         if self._timer is not None:
             self._timer.stop()
-        if self.gateway is not None:
-            await self.gateway.stop()
         await self.load.stop()
+        if self.gateway is not None:
+            if self.owns_engine:  # HTTP turns in flight finish, new ones get 503
+                await self.engine.drain(STOP_GRACE_S)
+            await self.gateway.stop()
         if self.owns_engine:
             await self.engine.aclose()
 
