@@ -152,7 +152,7 @@ class Engine:
         try:
             self.restore_report = await self._restore()
         except BaseException:
-            await self._store.close()
+            await self._store.aclose()
             raise
         self._runner.prewarm()
         if self.config.tune_gc:
@@ -204,7 +204,7 @@ class Engine:
                 await self._housekeeping
             self._housekeeping = None
         if self._store is not None:
-            await self._store.close()
+            await self._store.aclose()
         await self._runner.aclose()
 
     async def __aenter__(self) -> Engine:
