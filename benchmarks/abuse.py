@@ -41,13 +41,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from demo_load import Distribution, LoadGenerator, LoadOptions
-from engine import Engine, EngineConfig
-from engine.config import SimSettings
+from engine import Engine, EngineConfig, LimitSettings, LLMSettings, SimSettings, StoreSettings
 from engine.errors import AuthenticationError, EngineError, RateLimited
 from engine.metrics import LatencyHistogram
 from engine.quotas import QuotaLimit
 from engine.ratelimit import RateLimit
+from loadgen import Distribution, EngineTransport, LoadGenerator, LoadOptions
 
 NOISY_USERS = 30
 SESSIONS_PER_NOISY_USER = 20
@@ -166,8 +165,9 @@ def error_name(exc: EngineError) -> str:
     return f"{name}:{exc.scope}" if isinstance(exc, RateLimited) else name
 
 
-def config_for(folder: str, **overrides: object) -> EngineConfig:
-    return EngineConfig(data_dir=Path(folder), **overrides)  # type: ignore[arg-type]
+def config_for(folder: str, *, durable_ack: bool = True, **parts: object) -> EngineConfig:
+    store = StoreSettings(data_dir=Path(folder), durable_ack=durable_ack)
+    return EngineConfig(store=store, **parts)  # type: ignore[arg-type]
 
 
 async def quiet_user(engine: Engine, index: int, tally: Tally, stop: asyncio.Event) -> None:
@@ -336,13 +336,15 @@ async def overload(seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         config = config_for(
             folder,
-            sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1),
-            tiers=UNLIMITED, default_tier="unlimited",
-            session_rate=RateLimit(1e9, 10**9), user_rate=RateLimit(1e9, 10**9),
+            llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+            limits=LimitSettings(
+                tiers=UNLIMITED, default_tier="unlimited",
+                session_rate=RateLimit(1e9, 10**9), user_rate=RateLimit(1e9, 10**9),
+            ),
             durable_ack=False,
         )
         async with Engine(config) as engine:
-            generator = LoadGenerator(engine, options)
+            generator = LoadGenerator(EngineTransport(engine), options)
             lag = LoopLag()
             with GcPauses() as pauses:
                 lag.start()

@@ -15,15 +15,24 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Engine, EngineConfig
+from engine import (
+    Engine,
+    EngineConfig,
+    LimitSettings,
+    LLMSettings,
+    PoolSettings,
+    QuotaLimit,
+    RateLimit,
+    SimSettings,
+    StoreSettings,
+)
 from engine.clock import ManualClock
-from engine.config import SimSettings
-from engine.quotas import QuotaLimit, QuotaManager
-from engine.ratelimit import RateLimit
+from engine.quotas import QuotaManager
 
 UNLIMITED = {
     "unlimited": {
@@ -45,17 +54,17 @@ def big_pools(folder: Path, size: int = 1000) -> Path:
     return path
 
 
-def config(data_dir: Path, **overrides) -> EngineConfig:
+def config(data_dir: Path) -> EngineConfig:
     return EngineConfig(
-        data_dir=data_dir,
-        agent_types_file=big_pools(data_dir),
-        workers=1,
-        sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1),
-        tiers=UNLIMITED,
-        default_tier="unlimited",
-        session_rate=RateLimit(1e9, 10**9),
-        user_rate=RateLimit(1e9, 10**9),
-        **overrides,
+        store=StoreSettings(data_dir=data_dir),
+        pools=PoolSettings(agent_types_file=big_pools(data_dir), workers=1),
+        llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+        limits=LimitSettings(
+            tiers=UNLIMITED,
+            default_tier="unlimited",
+            session_rate=RateLimit(1e9, 10**9),
+            user_rate=RateLimit(1e9, 10**9),
+        ),
     )
 
 
@@ -64,7 +73,9 @@ def per_second(count: int, seconds: float) -> float:
 
 
 async def bench_create(data_dir: Path, n: int) -> float:
-    async with Engine(config(data_dir, max_sessions_per_user=10**9)) as engine:
+    base = config(data_dir)
+    many = replace(base, sessions=replace(base.sessions, max_per_user=10**9))
+    async with Engine(many) as engine:
         start = time.perf_counter()
         for i in range(n):
             await engine.create_session(f"user{i % 1000}")
@@ -98,7 +109,7 @@ def bench_quota_check(events_in_window: int, checks: int = 50_000) -> float:
 
 async def bench_expiry_and_snapshot(data_dir: Path, n: int) -> dict[str, float]:
     clock = ManualClock()
-    async with Engine(config(data_dir, clock=clock)) as engine:
+    async with Engine(replace(config(data_dir), clock=clock)) as engine:
         for i in range(n):
             await engine.create_session(f"user{i}")
         rounds = 10_000
@@ -139,7 +150,12 @@ async def bench_bytes_per_session(data_dir: Path, n: int = 2000, turns: int = 10
 async def bench_engine_restore(data_dir: Path, sessions: int = 10_000, turns: int = 10) -> float:
     """Seconds for Engine.open() to restore `sessions` live sessions of 2*turns messages each:
     store checks, reading rows, unwrapping keys and decrypting every message."""
-    config_ = config(data_dir / "restore", durable_ack=False, context_max_messages=1000)
+    base = config(data_dir / "restore")
+    config_ = replace(
+        base,
+        store=replace(base.store, durable_ack=False),
+        sessions=replace(base.sessions, context_max_messages=1000),
+    )
     async with Engine(config_) as engine:
         created = [await engine.create_session(f"user{i}") for i in range(sessions)]
 

@@ -97,7 +97,7 @@ class SessionConsole(App[None]):
         self.terminal_guard = TerminalGuard.attach(self)  # terminal loss and signals quit cleanly
         self.owns_engine = engine is None  # then the app opens it on mount and closes it after
         self.engine = engine if engine is not None else Engine(config or EngineConfig())
-        self.export_dir = export_dir or self.engine.config.data_dir / "exports"
+        self.export_dir = export_dir or self.engine.config.store.data_dir / "exports"
         self.load = LoadController(self.engine, load_options)
         self.start_load = load_options is not None if start_load is None else start_load  # on mount
         self.refresh_hz = refresh_hz
@@ -134,7 +134,7 @@ class SessionConsole(App[None]):
             self.notify(f"gateway not started on {listen}: {exc}", severity="error", timeout=10)
             return
         self.gateway = gateway
-        where = self.engine.config.app_keys_file
+        where = self.engine.config.store.app_keys_file
         created = "created " if gateway.key_file_created else ""
         self.notify(f"gateway on http://{address} · app keys: {created}{where}", timeout=8)
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn, get_args
@@ -23,7 +22,7 @@ from engine.admission import IN_PROCESS, AuthFailures, AuthFailureStats, present
 from engine.agents import load_agent_specs
 from engine.alerts import Alert
 from engine.balancer import Balancer, Move
-from engine.config import EngineConfig, SimSettings
+from engine.config import MASTER_KEY_ENV, EngineConfig, SimSettings
 from engine.errors import (
     AuthBackoff,
     AuthenticationError,
@@ -92,37 +91,40 @@ class Engine:
         self.config = config = config or EngineConfig()
         self.clock = config.clock
         self._registry = SessionRegistry(
-            max_per_user=config.max_sessions_per_user,
-            idle_timeout_s=config.idle_timeout_s,
-            lifetime_s=config.session_lifetime_s,
-            context_max_messages=config.context_max_messages,
-            context_max_bytes=config.context_max_bytes,
+            max_per_user=config.sessions.max_per_user,
+            idle_timeout_s=config.sessions.idle_timeout_s,
+            lifetime_s=config.sessions.lifetime_s,
+            context_max_messages=config.sessions.context_max_messages,
+            context_max_bytes=config.sessions.context_max_bytes,
         )
         self._registry.subscribe(self._on_session_event)
         self._quotas = QuotaManager(
-            self.clock, tiers=config.tiers, default_tier=config.default_tier
+            self.clock, tiers=config.limits.tiers, default_tier=config.limits.default_tier
         )
+        limits = config.limits
         self._session_rate = RateLimiter(
-            self.clock, config.session_rate.rate_per_s, config.session_rate.burst, "session"
+            self.clock, limits.session_rate.rate_per_s, limits.session_rate.burst, "session"
         )
         self._user_rate = RateLimiter(
-            self.clock, config.user_rate.rate_per_s, config.user_rate.burst, "user"
+            self.clock, config.limits.user_rate.rate_per_s, config.limits.user_rate.burst, "user"
         )
-        self._auth_failures = AuthFailures(self.clock, config.auth_backoff)
+        self._auth_failures = AuthFailures(self.clock, config.limits.auth_backoff)
         self._shedder = (
-            LoadShedder(self.clock, config.overload) if config.overload is not None else None
+            None if config.limits.overload is None
+            else LoadShedder(self.clock, config.limits.overload)
         )
         self._overload_probe: asyncio.Task[None] | None = None
         self._monitor = Monitor(
-            self.clock, max_alerts=config.max_alerts, cooldown_s=config.alert_cooldown_s,
+            self.clock, max_alerts=config.monitor.max_alerts,
+            cooldown_s=config.monitor.alert_cooldown_s,
             on_alert=self._on_alert,
         )
         self._store: Store | None = None
         self._rolled_up = (0, 0, 0, 0)  # turns, errors, tokens in/out at the last roll-up
         self.restore_report: RestoreReport | None = None
-        specs = load_agent_specs(config.agent_types_file)
+        specs = load_agent_specs(config.pools.agent_types_file)
         self.agent_types = tuple(specs)
-        self._balancer = Balancer(config.workers, on_move=self._on_move)
+        self._balancer = Balancer(config.pools.workers, on_move=self._on_move)
         self._runner = AgentRunner(
             config, specs.values(), (w.worker_id for w in self._balancer.snapshot()),
             self.clock, self._monitor,
@@ -145,19 +147,21 @@ class Engine:
     async def open(self) -> Engine:
         if self._state != "new":
             raise EngineClosed("engine was already opened; create a new Engine")
+        store = self.config.store
         self._keyring = await asyncio.to_thread(
-            KeyRing.load, env_var=self.config.master_key_env, key_file=self.config.master_key_file
+            KeyRing.load, store.master_key_file, store.master_keys,
+            given_source=f"StoreSettings.master_keys ({MASTER_KEY_ENV})",
         )
         self._store = await Store.open(
-            self.config.db_path,
-            durable_ack=self.config.durable_ack,
-            retention_s=self.config.audit_retention_s,
-            power_safe=self.config.durability == "power",
+            store.db_path,
+            durable_ack=store.durable_ack,
+            retention_s=store.audit_retention_s,
+            power_safe=store.durability == "power",
         )
         try:
             self.restore_report = await self._restore()
         except BaseException:
-            await self._store.close()
+            await self._store.aclose()
             raise
         self._runner.prewarm()
         if self.config.tune_gc:
@@ -217,7 +221,7 @@ class Engine:
                 await self._housekeeping
             self._housekeeping = None
         if self._store is not None:
-            await self._store.close()
+            await self._store.aclose()
         await self._runner.aclose()
 
     async def __aenter__(self) -> Engine:
@@ -239,15 +243,15 @@ class Engine:
         """A new session for `user_id`; `origin` labels who created it in the console."""
         self._require_open()
         cfg = self.config
-        user_id = validation.user_id(user_id, cfg.max_user_id_chars)
-        meta = validation.metadata(metadata, cfg.max_metadata_bytes)
+        user_id = validation.user_id(user_id, cfg.sessions.max_user_id_chars)
+        meta = validation.metadata(metadata, cfg.sessions.max_metadata_bytes)
         tier = meta.get("tier")
         if tier is not None:
             self._quotas.set_tier(user_id, tier)  # validates before anything is created
         now = self.clock.now()
         session = self._registry.create(user_id, meta, now)
         session.origin = origin
-        token, record = issue_token(now, cfg.session_lifetime_s)
+        token, record = issue_token(now, cfg.sessions.lifetime_s)
         session.token = record
         session.cipher, session.wrapped_key = self.keyring.new_data_key()
         session.tier = self._quotas.tier_of(user_id)
@@ -281,7 +285,7 @@ class Engine:
         is the in-process caller.
         """
         self._require_open()
-        text = validation.text(text, self.config.max_text_bytes)
+        text = validation.text(text, self.config.sessions.max_text_bytes)
         agent_type = validation.agent_type(agent_type, self.agent_types)
         if multitask_strategy not in MULTITASK_STRATEGIES:
             raise InvalidInput(
@@ -344,12 +348,12 @@ class Engine:
         The key file first holds the new key and the old ones, so a crash mid-way leaves every
         key readable; once all are re-wrapped it holds the new key alone.
         """
-        if os.environ.get(self.config.master_key_env):
+        if self.config.store.master_keys:
             raise ConfigurationError(
-                f"master keys come from {self.config.master_key_env}: put a new key first in "
+                f"master keys come from {MASTER_KEY_ENV}: put a new key first in "
                 "that variable (comma-separated, old keys after it) and restart to rotate"
             )
-        key_file = self.config.master_key_file
+        key_file = self.config.store.master_key_file
         ring = self.keyring.rotate(new_key or Fernet.generate_key())
         await asyncio.to_thread(ring.save, key_file)
         self._keyring = ring
@@ -462,7 +466,8 @@ class Engine:
     def _admit(self, session: Session, strategy: MultitaskStrategy) -> None:
         """Refuse a turn its session's multitask strategy does not let in (SessionBusy)."""
         waiting = session.in_flight - (session.running_turn is not None)
-        if (strategy == "reject" and session.busy) or waiting >= self.config.max_queued_turns:
+        queue_full = waiting >= self.config.sessions.max_queued_turns
+        if (strategy == "reject" and session.busy) or queue_full:
             raise SessionBusy(strategy, waiting)
 
     def _check_rates(self, session: Session) -> None:
@@ -479,15 +484,15 @@ class Engine:
     def _reserve(self, session: Session, text: str) -> Reservation:
         history_tokens = session.context.bytes // CHARS_PER_TOKEN
         text_bytes = len(text.encode("utf-8", errors="surrogatepass"))
-        reply_bytes = self.config.max_completion_tokens * CHARS_PER_TOKEN
+        reply_bytes = self.config.llm.max_completion_tokens * CHARS_PER_TOKEN
         try:
             return self._quotas.reserve(
                 session.user_id,
                 {
                     "api_calls": 1,
                     "tokens": history_tokens + estimate_tokens(text)
-                    + self.config.max_completion_tokens,
-                    "compute_seconds": self.config.compute_reserve_s,
+                    + self.config.llm.max_completion_tokens,
+                    "compute_seconds": self.config.limits.compute_reserve_s,
                     "storage_mb": (text_bytes + reply_bytes) / BYTES_PER_MB,
                 },
             )
@@ -630,7 +635,7 @@ class Engine:
         for resource, percent in self._quotas.percents(user_id):
             self._monitor.observe_quota(user_id, resource, percent)
             highest = max(highest, percent)
-        if highest >= self.config.quota_watch_percent:
+        if highest >= self.config.monitor.quota_watch_percent:
             self._quota_watch.add(user_id)
 
     def _hot_quotas(self) -> tuple[QuotaView, ...]:
@@ -638,7 +643,7 @@ class Engine:
         views = []
         for user_id in list(self._quota_watch):
             percent = self._quotas.highest_percent(user_id)
-            if percent < self.config.quota_watch_percent:
+            if percent < self.config.monitor.quota_watch_percent:
                 self._quota_watch.discard(user_id)
                 continue
             views.append((percent, user_id))
@@ -733,10 +738,10 @@ class Engine:
         report, moved = adopt_restored(
             restored, self._keyring,
             registry=self._registry, quotas=self._quotas, balancer=self._balancer,
-            monitor=self._monitor, tiers=frozenset(self.config.tiers),
-            default_tier=self.config.default_tier,
-            context_max_messages=self.config.context_max_messages,
-            context_max_bytes=self.config.context_max_bytes,
+            monitor=self._monitor, tiers=frozenset(self.config.limits.tiers),
+            default_tier=self.config.limits.default_tier,
+            context_max_messages=self.config.sessions.context_max_messages,
+            context_max_bytes=self.config.sessions.context_max_bytes,
         )
         for session in self._registry:
             self._invalidate_view(session)
@@ -746,7 +751,7 @@ class Engine:
 
     async def _housekeep_forever(self) -> None:
         while True:
-            await self.clock.sleep(self.config.housekeeping_interval_s)
+            await self.clock.sleep(self.config.monitor.housekeeping_interval_s)
             try:
                 self.housekeep()
             except Exception:

@@ -56,7 +56,7 @@ async def evicted_sessions(engine: Engine, user: str, opened: int):
 async def test_a_dead_token_sent_again_is_refused_before_hashing_with_retry_after(
     make_config, clock, hashes
 ):
-    async with Engine(make_config(auth_backoff=BACKOFF)) as engine:
+    async with Engine(make_config(limits={"auth_backoff": BACKOFF})) as engine:
         evicted, _ = await evicted_sessions(engine, "alice", 8)
         dead = evicted[0]
         for _ in range(BACKOFF.free_failures):
@@ -78,7 +78,7 @@ async def test_a_dead_token_sent_again_is_refused_before_hashing_with_retry_afte
 
 
 async def test_a_right_token_works_during_a_storm_against_its_own_id(make_config, hashes):
-    async with Engine(make_config(auth_backoff=BACKOFF)) as engine:
+    async with Engine(make_config(limits={"auth_backoff": BACKOFF})) as engine:
         victim = await engine.create_session("victim")
         for i in range(40):  # wrong tokens on the victim's id, from the victim's own caller
             await refused(engine.history(victim.session_id, f"guess-{i % 3}"))
@@ -93,7 +93,7 @@ async def test_a_right_token_works_during_a_storm_against_its_own_id(make_config
 
 
 async def test_unknown_id_and_wrong_token_stay_indistinguishable_in_backoff(make_config, hashes):
-    async with Engine(make_config(auth_backoff=BACKOFF)) as engine:
+    async with Engine(make_config(limits={"auth_backoff": BACKOFF})) as engine:
         live = await engine.create_session("alice")
         presentations = {
             "unknown id": ("f" * 32, "some-token"),
@@ -116,7 +116,7 @@ async def test_unknown_id_and_wrong_token_stay_indistinguishable_in_backoff(make
 
 
 async def test_a_client_that_keeps_failing_backs_off_but_its_right_tokens_pass(make_config):
-    async with Engine(make_config(auth_backoff=BACKOFF)) as engine:
+    async with Engine(make_config(limits={"auth_backoff": BACKOFF})) as engine:
         mine = await engine.create_session("bob")
         errors_seen = [
             await refused(engine.history(f"{i:032x}", "t", client="10.0.0.5")) for i in range(6)
@@ -129,7 +129,7 @@ async def test_a_client_that_keeps_failing_backs_off_but_its_right_tokens_pass(m
 
 
 async def test_evicted_sessions_storm_leaves_live_sessions_untouched(make_config, clock):
-    async with Engine(make_config(auth_backoff=BACKOFF)) as engine:
+    async with Engine(make_config(limits={"auth_backoff": BACKOFF})) as engine:
         stale, live = [], []
         for user in ("u1", "u2", "u3"):
             evicted, kept = await evicted_sessions(engine, user, 9)
@@ -179,14 +179,14 @@ UNLIMITED_TIER = {
 
 
 async def test_a_lagging_loop_sheds_the_heaviest_user_and_keeps_the_quiet_one(make_config, clock):
-    config = make_config(
+    config = make_config(limits={
         # A bound well above this machine's own noise: only the stall below crosses it.
-        overload=OverloadPolicy(
+        "overload": OverloadPolicy(
             lag_bound_s=0.3, late_readings=1, probe_interval_s=0.01, hold_s=5.0
         ),
-        tiers=UNLIMITED_TIER, default_tier="unlimited",
-        session_rate=RateLimit(1e6, 10**6), user_rate=RateLimit(1e6, 10**6),
-    )
+        "tiers": UNLIMITED_TIER, "default_tier": "unlimited",
+        "session_rate": RateLimit(1e6, 10**6), "user_rate": RateLimit(1e6, 10**6),
+    })
     async with Engine(config) as engine:
         heavy = await engine.create_session("heavy")
         quiet = await engine.create_session("quiet")

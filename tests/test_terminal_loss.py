@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, SessionSettings, StoreSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 HANG_GUARD_S = 90.0  # start-up on a busy machine, and exit; never a measure of speed
@@ -118,7 +118,11 @@ def lock_is_free(data_dir: Path) -> bool:
 
 
 def engine_config(data_dir: Path) -> EngineConfig:
-    return EngineConfig(data_dir=data_dir, idle_timeout_s=IDLE_S, tune_gc=False)
+    return EngineConfig(
+        store=StoreSettings(data_dir=data_dir),
+        sessions=SessionSettings(idle_timeout_s=IDLE_S),
+        tune_gc=False,
+    )
 
 
 def acknowledged_turn(data_dir: Path) -> tuple[str, str]:

@@ -205,7 +205,7 @@ class Restored:
 
     `messages` maps session id to its messages, oldest first. `max_alert_id` lets the alert
     list continue numbering after the stored alerts. `clean_shutdown` is False when the last
-    run ended without `close()` (a crash or kill).
+    run ended without `aclose()` (a crash or kill).
     """
 
     sessions: list[SessionRow]
