@@ -12,7 +12,9 @@ of reach, so nothing is refused) and sends turns back to back:
 - closed loop: no pause between turns; turns/s = turns completed in the window / its length.
   The server saturates, so latencies there are mostly queueing (Little's law), not cost.
 - fixed rate: each client thinks an exponential time between turns so all clients together
-  offer a fixed rate (default 500 turns/s) below capacity; the latency figures come from here.
+  offer a fixed rate below capacity: half the HTTP closed-loop rate of the first client count
+  (or --rate), the same for every later run. The latency figures come from here; a run whose
+  achieved rate falls short of 90% of the offered one says `below_capacity: false`.
 
 Per turn: round trip (client-observed), engine time (the whole `engine.send` call, timed in
 the server process; sent back as Server-Timing `engine;dur`), model time (`model;dur`).
@@ -53,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 APP_KEY = "http-gateway-benchmark-app-key"
 SIZE = (160, 45)  # the console's terminal in the 2 Hz run
-FIXED_RATE = 500.0  # turns/s offered by all clients together in the fixed-rate runs
+RATE_SHARE = 0.5  # the fixed rate, as a share of the HTTP closed-loop rate, unless --rate
+BELOW_CAPACITY = 0.9  # a fixed-rate run is below capacity if it achieves this share of its rate
 WARMUP_S = 3.0
 TEXT = "What changed in my account since yesterday, and what should I do next?"
 TARGETS = {
@@ -119,6 +122,14 @@ class Window:
 
 def think_mean_s(clients: int, rate: float | None) -> float:
     return 0.0 if rate is None else clients / rate
+
+
+def rates(offered: float | None, achieved: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"turns_per_s": round(achieved, 1)}
+    if offered is not None:
+        out["offered_turns_per_s"] = offered
+        out["below_capacity"] = achieved >= BELOW_CAPACITY * offered
+    return out
 
 
 async def pause(rng: random.Random, mean_s: float) -> None:
@@ -353,8 +364,7 @@ class HttpLoad:
         turns = len(round_trips)
         result: dict[str, Any] = {
             "clients": self.clients,
-            "offered_turns_per_s": rate,
-            "turns_per_s": round(turns / elapsed, 1),
+            **rates(rate, turns / elapsed),
             "turns": turns,
             "errors_by_status": dict(errors),
             "round_trip_ms": percentiles_ms(round_trips),
@@ -366,6 +376,7 @@ class HttpLoad:
             result["engine_overhead_ms"] = percentiles_ms(overhead)
         result["server_cpu_percent"] = round(100 * server_cpu / elapsed, 1)
         result["server_cpu_ms_per_turn"] = round(1000 * server_cpu / turns, 3) if turns else None
+        result["turns_per_server_cpu_s"] = round(turns / server_cpu, 1) if server_cpu else None
         result["client_cpu_percent"] = round(100 * client_cpu / elapsed, 1)
         return result
 
@@ -405,13 +416,13 @@ async def in_process_run(clients: int, duration: float, rate: float | None,
             used = time.process_time() - cpu["at"]
     return {
         "clients": clients,
-        "offered_turns_per_s": rate,
-        "turns_per_s": round(len(totals) / elapsed, 1),
+        **rates(rate, len(totals) / elapsed),
         "turns": len(totals),
         "send_ms": percentiles_ms(totals),
         "engine_overhead_ms": percentiles_ms(overhead),
         "cpu_percent": round(100 * used / elapsed, 1),
         "cpu_ms_per_turn": round(1000 * used / len(totals), 3) if totals else None,
+        "turns_per_cpu_s": round(len(totals) / used, 1) if used else None,
     }
 
 
@@ -438,14 +449,20 @@ def progress(message: str) -> None:
     print(f"[http_gateway {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-async def http_runs(mode: str, clients: int, duration: float, rate: float, durable_ack: bool,
-                    extra: bool) -> dict[str, Any]:
-    """One server: closed loop, fixed rate, and (with `extra`) the two SSE routes."""
+async def http_runs(mode: str, clients: int, duration: float, rate: float | None,
+                    durable_ack: bool, extra: bool = False,
+                    closed: bool = True) -> dict[str, Any]:
+    """One server: closed loop, fixed rate (None: RATE_SHARE of the closed loop's), and (with
+    `extra`) the two SSE routes."""
     server = ServerProcess(mode, durable_ack)
+    out: dict[str, Any] = {}
     try:
         async with HttpLoad(server, clients) as load:
-            progress(f"{mode} server, {clients} clients: closed loop")
-            out: dict[str, Any] = {"closed_loop": await load.run(duration, None)}
+            if closed:
+                progress(f"{mode} server, {clients} clients: closed loop")
+                out["closed_loop"] = await load.run(duration, None)
+            if rate is None:
+                rate = max(10.0, round(RATE_SHARE * out["closed_loop"]["turns_per_s"]))
             progress(f"{mode} server, {clients} clients: fixed rate {rate:g} turns/s")
             out["fixed_rate"] = await load.run(duration, rate)
             if extra:
@@ -462,7 +479,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-async def orchestrate(counts: list[int], duration: float, rate: float,
+def difference(a: float | None, b: float | None) -> float | None:
+    return round(a - b, 3) if a is not None and b is not None else None
+
+
+async def orchestrate(counts: list[int], duration: float, rate: float | None,
                       fast_ack: bool) -> dict[str, Any]:
     began = time.perf_counter()
     load_before = round(os.getloadavg()[0], 2)
@@ -474,7 +495,7 @@ async def orchestrate(counts: list[int], duration: float, rate: float,
             "durability": "process",
             "warmup_s": WARMUP_S,
             "duration_s": duration,
-            "fixed_rate_turns_per_s": rate,
+            "fixed_rate_turns_per_s": rate,  # set below once derived
             "client": "aiohttp, one keep-alive connection per client, separate process",
             "added_definition": "client round trip - whole engine.send time (Server-Timing "
                                 "engine;dur from a wrapped Engine.send, commit wait included)",
@@ -485,10 +506,11 @@ async def orchestrate(counts: list[int], duration: float, rate: float,
     }
     for clients in counts:
         key = f"clients_{clients}"
+        http = await http_runs("headless", clients, duration, rate, True, extra=clients == 100)
+        rate = out["settings"]["fixed_rate_turns_per_s"] = http["fixed_rate"]["offered_turns_per_s"]
         progress(f"in-process baseline, {clients} callers")
         base = in_process(clients, duration, rate, True)
         out["in_process"][key] = base
-        http = await http_runs("headless", clients, duration, rate, True, extra=clients == 100)
         sse = {k: http.pop(k) for k in ("sse_messages", "sse_chat") if k in http}
         if sse:
             out["sse_ttfb_ms"] = {
@@ -503,19 +525,27 @@ async def orchestrate(counts: list[int], duration: float, rate: float,
         http["http_over_in_process_turns_ratio"] = ratio(
             http["closed_loop"]["turns_per_s"], base["closed_loop"]["turns_per_s"]
         )
+        http["gateway_cpu_ms_per_turn"] = difference(
+            http["closed_loop"]["server_cpu_ms_per_turn"], base["closed_loop"]["cpu_ms_per_turn"]
+        )
         out["http"][key] = http
     if 100 in counts:
         progress("console at 2 Hz, 100 clients")
-        console = await http_runs("console", 100, duration, rate, True, extra=False)
+        console = await http_runs("console", 100, duration, rate, True)
+        # Headless again right after, at the same rate: the pair shares the machine's weather.
+        progress("headless again, paired with the console run")
+        paired = await http_runs("headless", 100, duration, rate, True, closed=False)
         headless = out["http"]["clients_100"]
         out["console_2hz"] = {
             "clients": 100,
             "fixed_rate": {
                 "offered_turns_per_s": rate,
                 "console_overhead_p99_ms": console["fixed_rate"]["engine_overhead_ms"]["p99"],
-                "headless_overhead_p99_ms": headless["fixed_rate"]["engine_overhead_ms"]["p99"],
+                "headless_overhead_p99_ms": paired["fixed_rate"]["engine_overhead_ms"]["p99"],
                 "console_overhead_p50_ms": console["fixed_rate"]["engine_overhead_ms"]["p50"],
-                "headless_overhead_p50_ms": headless["fixed_rate"]["engine_overhead_ms"]["p50"],
+                "headless_overhead_p50_ms": paired["fixed_rate"]["engine_overhead_ms"]["p50"],
+                "console_below_capacity": console["fixed_rate"]["below_capacity"],
+                "headless_below_capacity": paired["fixed_rate"]["below_capacity"],
             },
             "closed_loop": {
                 "console_turns_per_s": console["closed_loop"]["turns_per_s"],
@@ -523,7 +553,8 @@ async def orchestrate(counts: list[int], duration: float, rate: float,
                 "console_overhead_p99_ms": console["closed_loop"]["engine_overhead_ms"]["p99"],
                 "headless_overhead_p99_ms": headless["closed_loop"]["engine_overhead_ms"]["p99"],
             },
-            "runs": console,
+            "console_runs": console,
+            "headless_run": paired["fixed_rate"],
         }
         fixed = out["console_2hz"]["fixed_rate"]
         fixed["ratio"] = ratio(fixed["console_overhead_p99_ms"], fixed["headless_overhead_p99_ms"])
@@ -531,7 +562,7 @@ async def orchestrate(counts: list[int], duration: float, rate: float,
         progress("durable_ack=False, 100 clients")
         out["without_durable_ack"] = {
             "in_process": in_process(100, duration, rate, False),
-            "http": await http_runs("headless", 100, duration, rate, False, extra=False),
+            "http": await http_runs("headless", 100, duration, rate, False),
         }
     out["targets"] = targets(out)
     out["machine"] = {
@@ -571,7 +602,7 @@ def main() -> None:
                         help="seconds measured per run, after the warm-up (default: %(default)s)")
     parser.add_argument("--clients", default="100,1000",
                         help="client counts, comma-separated (default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=FIXED_RATE,
+    parser.add_argument("--rate", type=float, default=None,
                         help="turns/s all clients offer together in the fixed-rate runs "
                              "(default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="4 s runs, 100 clients")
