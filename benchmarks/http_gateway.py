@@ -115,9 +115,22 @@ class Window:
     start: float = float("inf")
     end: float = float("inf")
     stopping: bool = False
+    thinking: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
 
     def holds(self, started: float, finished: float) -> bool:
         return started >= self.start and finished <= self.end
+
+    async def pause(self, rng: random.Random, mean_s: float) -> None:
+        """Think; with no think time still yield, as a caller doing I/O would: a turn that
+        never suspends (zero-latency model, no commit wait) would otherwise hold the loop.
+        A thinking client is cancelled when the window ends (its next turn is not waited for)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.thinking.add(task)
+        try:
+            await asyncio.sleep(rng.expovariate(1 / mean_s) if mean_s > 0 else 0)
+        finally:
+            self.thinking.discard(task)
 
 
 def think_mean_s(clients: int, rate: float | None) -> float:
@@ -132,12 +145,6 @@ def rates(offered: float | None, achieved: float) -> dict[str, Any]:
     return out
 
 
-async def pause(rng: random.Random, mean_s: float) -> None:
-    """Think; with no think time still yield, as a caller doing I/O would: a turn that never
-    suspends (zero-latency model, no commit wait) would otherwise hold the loop."""
-    await asyncio.sleep(rng.expovariate(1 / mean_s) if mean_s > 0 else 0)
-
-
 async def run_window(window: Window, workers: list[asyncio.Task[Any]], duration: float,
                      on_start: Any = None) -> float:
     """Warm up, measure `duration`, stop the workers; returns the window's length."""
@@ -148,12 +155,15 @@ async def run_window(window: Window, workers: list[asyncio.Task[Any]], duration:
     await asyncio.sleep(duration)
     window.end = time.perf_counter()
     window.stopping = True
-    _, pending = await asyncio.wait(workers, timeout=30)
+    for task in window.thinking:
+        task.cancel()
+    _, pending = await asyncio.wait(workers, timeout=60)  # turns in flight finish
     for task in pending:
         task.cancel()
-    for task in workers:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+    outcomes = await asyncio.gather(*workers, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
     return window.end - window.start
 
 
@@ -321,7 +331,7 @@ class HttpLoad:
         async def client(n: int) -> None:
             url, body, headers = self._request(n, route, stream)
             rng = random.Random(n)
-            await pause(rng, think * rng.random())  # spread the first turns
+            await window.pause(rng, think * rng.random())  # spread the first turns
             while not window.stopping:
                 started = time.perf_counter()
                 first = 0.0
@@ -350,7 +360,7 @@ class HttpLoad:
                         round_trips.append(finished - started)
                         added.append(finished - started - engine_s)
                         overhead.append(engine_s - model_s)
-                await pause(rng, think)
+                await window.pause(rng, think)
 
         cpu: dict[str, float] = {}
 
@@ -398,7 +408,7 @@ async def in_process_run(clients: int, duration: float, rate: float | None,
             async def client(n: int) -> None:
                 session = sessions[n]
                 rng = random.Random(n)
-                await pause(rng, think * rng.random())
+                await window.pause(rng, think * rng.random())
                 while not window.stopping:
                     started = time.perf_counter()
                     reply = await engine.send(session.session_id, session.token, TEXT)
@@ -406,7 +416,7 @@ async def in_process_run(clients: int, duration: float, rate: float | None,
                     if window.holds(started, finished):
                         totals.append(finished - started)
                         overhead.append(finished - started - reply.model_latency_s)
-                    await pause(rng, think)
+                    await window.pause(rng, think)
 
             cpu: dict[str, float] = {}
             workers = [asyncio.create_task(client(n)) for n in range(clients)]
