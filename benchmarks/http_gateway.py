@@ -110,15 +110,16 @@ def percentiles_ms(values: list[float]) -> dict[str, float]:
 
 @dataclasses.dataclass(slots=True)
 class Window:
-    """The measured window: turns that start and finish inside it count."""
+    """The measured window: turns that finish inside it count (a closed loop's round trips
+    can be as long as the window itself, so "started inside it too" would undercount)."""
 
     start: float = float("inf")
     end: float = float("inf")
     stopping: bool = False
     thinking: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
 
-    def holds(self, started: float, finished: float) -> bool:
-        return started >= self.start and finished <= self.end
+    def holds(self, finished: float) -> bool:
+        return self.start <= finished <= self.end
 
     async def pause(self, rng: random.Random, mean_s: float) -> None:
         """Think; with no think time still yield, as a caller doing I/O would: a turn that
@@ -349,7 +350,7 @@ class HttpLoad:
                         timing = r.headers.get("server-timing", "")
                     status = r.status
                 finished = time.perf_counter()
-                if window.holds(started, finished):
+                if window.holds(finished):
                     if status != 200:
                         errors[str(status)] += 1
                     elif stream:
@@ -413,7 +414,7 @@ async def in_process_run(clients: int, duration: float, rate: float | None,
                     started = time.perf_counter()
                     reply = await engine.send(session.session_id, session.token, TEXT)
                     finished = time.perf_counter()
-                    if window.holds(started, finished):
+                    if window.holds(finished):
                         totals.append(finished - started)
                         overhead.append(finished - started - reply.model_latency_s)
                     await window.pause(rng, think)
