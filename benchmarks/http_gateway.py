@@ -353,6 +353,8 @@ class HttpLoad:
                 if window.holds(finished):
                     if status != 200:
                         errors[str(status)] += 1
+                    elif stream and not first:
+                        errors["200 without an event"] += 1
                     elif stream:
                         round_trips.append(finished - started)
                         ttfb.append(first - started)
