@@ -176,24 +176,6 @@ async def run_window(window: Window, workers: list[asyncio.Task[Any]], duration:
 
 
 # -- the server process ------------------------------------------------------------------------
-def time_whole_send() -> None:
-    """Make Reply.latency_s (Server-Timing `engine;dur`) the whole `Engine.send` call.
-
-    The product's figure stops before the durable commit wait; the gateway's added latency is
-    round trip minus all of the engine's time, so this process reports the whole call.
-    """
-    from engine.engine import Engine
-
-    original = Engine.send
-
-    async def send(self: Engine, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        reply = await original(self, *args, **kwargs)
-        return dataclasses.replace(reply, latency_s=time.perf_counter() - started)
-
-    Engine.send = send  # type: ignore[method-assign]
-
-
 async def serve_console(config: Any) -> None:
     """The console at 2 Hz, headless, with the gateway in its loop, until SIGTERM."""
     from console.app import SessionConsole
@@ -213,7 +195,6 @@ async def serve_console(config: Any) -> None:
 
 
 def serve_main(mode: str, data_dir: Path, durable_ack: bool) -> int:
-    time_whole_send()
     config = bench_config(data_dir, durable_ack)
     if mode == "console":
         asyncio.run(serve_console(config))
@@ -518,7 +499,7 @@ async def orchestrate(counts: list[int], duration: float, rate: float | None,
             "fixed_rate_turns_per_s": rate,  # set below once derived
             "client": "aiohttp, one keep-alive connection per client, separate process",
             "added_definition": "client round trip - whole engine.send time (Server-Timing "
-                                "engine;dur from a wrapped Engine.send, commit wait included)",
+                                "engine;dur: the whole engine.send call, commit wait included)",
             "overhead_definition": "whole engine.send time - model time",
         },
         "in_process": {},
