@@ -4,8 +4,9 @@ Why this module exists (issue 15). When the terminal goes away (an SSH drop, a c
 window), Textual's Linux driver does not notice: its output thread dies on the first failed
 write (EIO) and the app's loop then blocks for ever putting the next frame into that thread's
 full queue, while its input thread spins on the tty's end of file. The process stays, at full
-CPU, holding the store's lock. And a SIGHUP, SIGTERM or SIGINT kills the process outright
-(Python's defaults) without stopping the load or closing the store.
+CPU, holding the store's lock. And SIGHUP or SIGTERM kill the process outright (SIGINT raises
+KeyboardInterrupt wherever the loop happens to be), without stopping the load or closing the
+store.
 
 `TerminalGuard` fixes both at the root, with no Textual private attribute except one adapter
 (`_guard_driver_output`):
@@ -22,7 +23,7 @@ CPU, holding the store's lock. And a SIGHUP, SIGTERM or SIGINT kills the process
   stuck shutdown can never again hold the lock for ever;
 - once Textual has restored the terminal, one line on stderr says what happened.
 
-Only a real terminal gets a guard: under `run_test()` (headless) nothing is installed.
+Under `run_test()` (Textual's headless driver) nothing is installed.
 """
 
 from __future__ import annotations
