@@ -33,6 +33,8 @@ from console.screens.modals import ConfirmScreen, ExportScreen, HelpScreen, key_
 from console.screens.users import UsersScreen
 from console.terminal import TerminalGuard
 from engine import Engine, EngineConfig, EngineSnapshot
+from engine.errors import EngineError
+from engine.gateway import Gateway, GatewayStats
 from widgets import VirtualTable
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class SessionConsole(App[None]):
         refresh_hz: float = DEFAULT_REFRESH_HZ,
         export_dir: Path | None = None,
         start_load: bool | None = None,
+        listen: str | None = None,
     ) -> None:
         super().__init__()
         self.terminal_guard = TerminalGuard.attach(self)  # terminal loss and signals quit cleanly
@@ -98,20 +101,40 @@ class SessionConsole(App[None]):
         self._timer: Timer | None = None
         self._refresh_failed = False
         self.last_export: Path | None = None
+        # The HTTP gateway, when asked to listen: served from this app's loop, next to the engine.
+        self._listen = listen
+        self.gateway: Gateway | None = None
+        self.gateway_stats: GatewayStats | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_mount(self) -> None:
         if self._owns_engine:
             await self.engine.open()
         self._engine_ready = True
+        if self._listen is not None:
+            await self._start_gateway(self._listen)
         if self._start_load and self.load.ensure() is not None:
             self.load.start()
         self.refresh_data(force=True)
         self._arm()
 
+    async def _start_gateway(self, listen: str) -> None:
+        gateway = Gateway(self.engine)
+        try:
+            address = await gateway.start(listen, next_free_port=True)
+        except (OSError, EngineError) as exc:
+            self.notify(f"gateway not started on {listen}: {exc}", severity="error", timeout=10)
+            return
+        self.gateway = gateway
+        where = self.engine.config.app_keys_file
+        created = "created " if gateway.key_file_created else ""
+        self.notify(f"gateway on http://{address} · app keys: {created}{where}", timeout=8)
+
     async def on_unmount(self) -> None:
         if self._timer is not None:
             self._timer.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
         await self.load.stop()
         if self._owns_engine:
             await self.engine.close()
@@ -148,6 +171,8 @@ class SessionConsole(App[None]):
         self._refreshing = True
         try:
             snapshot = self.snapshot = self.engine.snapshot()
+            if self.gateway is not None:
+                self.gateway_stats = self.gateway.stats()
             self.refreshes += 1
             screen = self.screen
             if isinstance(screen, LiveScreen):
@@ -161,7 +186,8 @@ class SessionConsole(App[None]):
     def status_text(self, view: str) -> str:
         state = "PAUSED (p resumes)" if self.paused else f"{self.refresh_hz:g} Hz"
         load = " · load running" if self.load.running else ""
-        return f"Session Console · {view} · {state}{load} · ? help"
+        http = f" · http://{self.gateway.address}" if self.gateway is not None else ""
+        return f"Session Console · {view} · {state}{load}{http} · ? help"
 
     def _update_status(self) -> None:
         self.sub_title = "paused" if self.paused else f"{self.refresh_hz:g} Hz"
@@ -306,6 +332,11 @@ class SessionConsole(App[None]):
         self.call_later(self.run_action, action, target)
 
 
-def run_console(engine_config: EngineConfig | None = None, load_options: Any | None = None) -> None:
-    """Open the console on a new engine (blocking); with `load_options`, load starts at once."""
-    SessionConsole(engine_config, load_options=load_options).run()
+def run_console(
+    engine_config: EngineConfig | None = None,
+    load_options: Any | None = None,
+    listen: str | None = None,
+) -> None:
+    """Open the console on a new engine (blocking); with `load_options`, load starts at once;
+    with `listen` (HOST:PORT, the next free port if taken), the HTTP gateway serves it too."""
+    SessionConsole(engine_config, load_options=load_options, listen=listen).run()

@@ -57,9 +57,9 @@ SORT_KEYS: dict[str, tuple[str, bool]] = {
 # `/` filter field names (and aliases) -> SessionFilter fields.
 FILTER_NAMES = {
     "user": "user", "id": "session_id", "session": "session_id", "session_id": "session_id",
-    "state": "state", "agent": "agent", "worker": "worker",
+    "state": "state", "agent": "agent", "worker": "worker", "via": "origin",
 }
-FILTER_USAGE = "user:, id:, state:, agent:, worker:, health<N or a bare word"
+FILTER_USAGE = "user:, id:, state:, agent:, worker:, via:http, health<N or a bare word"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,8 @@ class SessionFilter:
     """`/` filter: space-separated terms, all must match.
 
     `user:ali` (user id contains), `id:3fa9` (session id prefix), `state:busy`, `agent:research`,
-    `worker:w1`, `health<60`; a bare word matches a user id substring or a session id prefix.
+    `worker:w1`, `via:http` (created through the gateway), `health<60`; a bare word matches a
+    user id substring or a session id prefix.
     """
 
     text: str = ""
@@ -76,6 +77,7 @@ class SessionFilter:
     state: str | None = None
     agent: str | None = None
     worker: str | None = None
+    origin: str | None = None
     health_below: int | None = None
 
     @classmethod
@@ -99,14 +101,14 @@ class SessionFilter:
             value not in (None, "")
             for value in (
                 self.text, self.user, self.session_id, self.state, self.agent, self.worker,
-                self.health_below,
+                self.origin, self.health_below,
             )
         )
 
     def predicate(self) -> Callable[[Any], bool]:
         words = self.text.split()
         user, prefix, state = self.user, self.session_id, self.state
-        agent, worker, below = self.agent, self.worker, self.health_below
+        agent, worker, below, origin = self.agent, self.worker, self.health_below, self.origin
 
         def match(v: Any) -> bool:
             if below is not None and v.health >= below:
@@ -120,6 +122,8 @@ class SessionFilter:
             if agent is not None and v.agent_type != agent:
                 return False
             if worker is not None and worker not in v.worker.lower():
+                return False
+            if origin is not None and v.origin != origin:
                 return False
             for word in words:
                 if word not in v.user_id.lower() and not v.session_id.startswith(word):

@@ -35,6 +35,20 @@ class TenantCredentials:
     base_url: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The HTTP gateway's edge: where it listens and what it bounds for every client."""
+
+    listen: str = "127.0.0.1:8080"
+    max_request_bytes: int = 1024 * 1024  # larger bodies get 413, refused from Content-Length
+    max_connections: int = 2048  # open connections (and requests) beyond this get 503
+    header_timeout_s: float = 10.0  # a client must send a request's headers within this
+    body_timeout_s: float = 30.0  # ...and its body within this after the headers
+    keep_alive_s: float = 75.0  # an idle keep-alive connection is closed after this
+    drain_grace_s: float = 10.0  # on SIGTERM, turns in flight get this long to finish
+    app_keys_env: str = "SESSION_CONSOLE_APP_KEYS"
+
+
 @dataclass(slots=True)
 class EngineConfig:
     # Where state lives. ./data is git-ignored.
@@ -79,6 +93,8 @@ class EngineConfig:
     max_user_id_chars: int = 128
     max_text_bytes: int = 32 * 1024
     max_metadata_bytes: int = 4096
+    # Turns that wait behind a session's running turn (multitask_strategy "enqueue").
+    max_queued_turns: int = 4
 
     # Quotas and rate limits.
     tiers: Mapping[str, Mapping[str, QuotaLimit]] = field(default_factory=lambda: DEFAULT_TIERS)
@@ -96,11 +112,17 @@ class EngineConfig:
     # Freeze start-up objects out of the collector's passes (engine/runtime.py): process-wide.
     tune_gc: bool = True
 
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+
     clock: Clock = field(default_factory=SystemClock)
 
     @property
     def master_key_file(self) -> Path:
         return self.data_dir / "master.key"
+
+    @property
+    def app_keys_file(self) -> Path:
+        return self.data_dir / "app.keys"
 
     @property
     def db_path(self) -> Path:

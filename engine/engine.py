@@ -12,10 +12,10 @@ import contextlib
 import heapq
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args
 
 from cryptography.fernet import Fernet
 
@@ -29,9 +29,12 @@ from engine.errors import (
     AuthenticationError,
     EngineClosed,
     EngineError,
+    Interrupted,
     InvalidInput,
     QuotaExceeded,
+    SessionBusy,
     SessionExpired,
+    StoreError,
 )
 from engine.monitor import Monitor, MonitorSnapshot, SessionMetrics
 from engine.pool import PoolView
@@ -65,6 +68,12 @@ BYTES_PER_MB = 1_000_000
 TOP_QUOTA_USERS = 20
 PRUNE_EVERY = 60  # housekeeping passes, about a minute
 WINDOWED = ("api_calls", "tokens", "compute_seconds")
+
+# What a turn sent while its session has one in flight does (LangGraph's double-texting names):
+# "reject" refuses it, "enqueue" waits its turn (bounded by max_queued_turns), "interrupt"
+# cancels the running turn, which keeps nothing, and then runs.
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
+MULTITASK_STRATEGIES: tuple[str, ...] = get_args(MultitaskStrategy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,7 @@ class SessionView:
     errors: int
     health: int
     health_reasons: tuple[str, ...]
+    origin: str = "python"  # "http" for sessions created through the gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +214,9 @@ class Engine:
         self._quota_watch: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._housekeeping_passes = 0
+        self._turn_tasks: set[asyncio.Task[Any]] = set()  # tasks running a turn (drain)
+        self._interrupted: set[asyncio.Task[Any]] = set()  # turns cancelled by a newer one
+        self._store_ok = True  # the last durable write committed (readiness)
         self._state = "new"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -231,6 +244,40 @@ class Engine:
         self._state = "open"
         return self
 
+    @property
+    def state(self) -> str:
+        """new, open, draining or closed."""
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """Serving turns: open, not draining, and the store committing (for /readyz)."""
+        return self._state == "open" and self._store_ok
+
+    @property
+    def turns_in_flight(self) -> int:
+        """Turns running or waiting for their session's running turn."""
+        return len(self._turn_tasks)
+
+    async def drain(self, grace_s: float) -> int:
+        """Stop taking turns, give those in flight `grace_s` to finish, then cancel the rest.
+
+        New calls fail with EngineClosed from here on; returns how many turns were cancelled.
+        Call `close()` afterwards to flush the store.
+        """
+        if self._state == "open":
+            self._state = "draining"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._turn_tasks and loop.time() < deadline:
+            await asyncio.wait(set(self._turn_tasks), timeout=deadline - loop.time())
+        cancelled = list(self._turn_tasks)
+        for task in cancelled:
+            task.cancel("engine draining: grace period over")
+        if cancelled:
+            await asyncio.wait(cancelled)
+        return len(cancelled)
+
     async def close(self) -> None:
         self._state = "closed"
         if self._housekeeping is not None:
@@ -256,8 +303,9 @@ class Engine:
 
     # -- sessions --------------------------------------------------------------------------------
     async def create_session(
-        self, user_id: str, metadata: Mapping[str, Any] | None = None
+        self, user_id: str, metadata: Mapping[str, Any] | None = None, *, origin: str = "python"
     ) -> CreatedSession:
+        """A new session for `user_id`; `origin` labels who created it in the console."""
         self._require_open()
         cfg = self.config
         user_id = validation.user_id(user_id, cfg.max_user_id_chars)
@@ -267,6 +315,7 @@ class Engine:
             self._quotas.set_tier(user_id, tier)  # validates before anything is created
         now = self.clock.now()
         session = self._registry.create(user_id, meta, now)
+        session.origin = origin
         token, record = issue_token(now, cfg.session_lifetime_s)
         session.token = record
         session.cipher, session.wrapped_key = self.keyring.new_data_key()
@@ -274,27 +323,55 @@ class Engine:
         session.worker = self._balancer.assign(session.session_id)
         self._invalidate_view(session)
         try:
-            await self.store.save_session(session_row(session))
+            await self._committed(self.store.save_session(session_row(session)))
         except EngineError:
             self._registry.remove(session.session_id, "ended", now, "could not be saved")
             raise
         return CreatedSession(session.session_id, user_id, token, session.deadline)
 
     async def send(
-        self, session_id: str, token: str, text: str, *, agent_type: str = "assistant"
+        self,
+        session_id: str,
+        token: str,
+        text: str,
+        *,
+        agent_type: str = "assistant",
+        multitask_strategy: MultitaskStrategy = "enqueue",
+        on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Run one user turn and return the assistant's reply."""
+        """Run one user turn and return the assistant's reply.
+
+        `multitask_strategy` says what happens when the session already has a turn in flight
+        (see MultitaskStrategy); a waiting turn is rate-limited and quota-reserved on arrival.
+        `on_delta` receives the reply's text in pieces as the model produces them; the Reply
+        still carries the whole text.
+        """
         self._require_open()
         text = validation.text(text, self.config.max_text_bytes)
         agent_type = validation.agent_type(agent_type, self.agent_types)
+        if multitask_strategy not in MULTITASK_STRATEGIES:
+            raise InvalidInput(
+                f"multitask_strategy must be one of {', '.join(MULTITASK_STRATEGIES)} "
+                f"(got {multitask_strategy!r})"
+            )
         session = self._authenticate(session_id, token)
         try:
+            self._admit(session, multitask_strategy)
             self._check_rates(session)
             reservation = self._reserve(session, text)
         except EngineError as exc:
             self._record_failure(session, exc, None)
             raise
-        return await self._run_turn(session, agent_type, text, reservation)
+        if multitask_strategy == "interrupt" and session.running_turn is not None:
+            self._interrupted.add(session.running_turn)
+            session.running_turn.cancel()
+        return await self._run_turn(session, agent_type, text, reservation, on_delta)
+
+    async def check(self, session_id: str, token: str) -> float:
+        """Authenticate only (a gateway route that needs a caller's session); returns when the
+        session expires at the latest. Raises as every call does; counts as activity."""
+        self._require_open()
+        return self._authenticate(session_id, token).deadline
 
     async def history(self, session_id: str, token: str) -> list[Message]:
         """The session's context, oldest first."""
@@ -316,7 +393,8 @@ class Engine:
     # The console runs in-process as a trusted operator: these take no session token.
     @property
     def store(self) -> Store:
-        self._require_open()
+        if self._state != "draining":  # turns in flight still commit while draining
+            self._require_open()
         assert self._store is not None
         return self._store
 
@@ -469,6 +547,12 @@ class Engine:
         self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
         raise AuthenticationError()
 
+    def _admit(self, session: Session, strategy: MultitaskStrategy) -> None:
+        """Refuse a turn its session's multitask strategy does not let in (SessionBusy)."""
+        waiting = session.in_flight - (session.running_turn is not None)
+        if (strategy == "reject" and session.busy) or waiting >= self.config.max_queued_turns:
+            raise SessionBusy(strategy, waiting)
+
     def _check_rates(self, session: Session) -> None:
         # Peek both before consuming either, so a refusal by one does not spend the other.
         for limiter, key in (
@@ -501,25 +585,44 @@ class Engine:
             raise
 
     async def _run_turn(
-        self, session: Session, agent_type: str, text: str, reservation: Reservation
+        self,
+        session: Session,
+        agent_type: str,
+        text: str,
+        reservation: Reservation,
+        on_delta: Callable[[str], None] | None,
     ) -> Reply:
         self._registry.begin_turn(session)
         self._balancer.mark_busy(session.session_id, True)
         self._invalidate_view(session)
+        task = asyncio.current_task()
+        assert task is not None
+        self._turn_tasks.add(task)
         started = self.clock.now()
         try:
             async with session.turn_lock:
-                model = await self._runner.run(session, agent_type, text)
+                session.running_turn = task
+                try:
+                    model = await self._runner.run(session, agent_type, text, on_delta)
+                finally:
+                    session.running_turn = None
         except BaseException as exc:
+            # Cancelled by a newer turn alone (not by its own caller too): say why.
+            interrupted = task in self._interrupted and task.cancelling() == 1
             self._quotas.release(reservation)
-            self._end_turn(session)
+            self._end_turn(session, task)
+            if interrupted:
+                task.uncancel()
+                interruption = Interrupted()
+                self._record_failure(session, interruption, self.clock.now() - started)
+                raise interruption from None
             if isinstance(exc, EngineError):
                 self._record_failure(session, exc, self.clock.now() - started)
             elif self._registry.get(session.session_id) is session:
                 self._invalidate_view(session)
             raise
         latency = self.clock.now() - started
-        self._end_turn(session)
+        self._end_turn(session, task)
         self._quotas.settle(
             reservation,
             {
@@ -531,13 +634,16 @@ class Engine:
         )
         ops = self._complete_turn(session, agent_type, text, model, latency)
         if ops:
-            await self.store.write(*ops)  # durable acknowledgement: the reply follows the commit
+            # Durable acknowledgement: the reply follows the commit.
+            await self._committed(self.store.write(*ops))
         return Reply(
             session.session_id, agent_type, model.text,
             model.prompt_tokens, model.completion_tokens, latency, model.model_latency_s,
         )
 
-    def _end_turn(self, session: Session) -> None:
+    def _end_turn(self, session: Session, task: asyncio.Task[Any]) -> None:
+        self._turn_tasks.discard(task)
+        self._interrupted.discard(task)
         self._registry.end_turn(session, self.clock.now())
         if not session.busy and self._registry.get(session.session_id) is session:
             self._balancer.mark_busy(session.session_id, False)
@@ -666,6 +772,7 @@ class Engine:
             errors=session.errors,
             health=metrics.health if metrics is not None else 100,
             health_reasons=metrics.health_reasons if metrics is not None else (),
+            origin=session.origin,
         )
 
     def _on_session_event(self, event: SessionEvent, session: Session) -> None:
@@ -704,6 +811,15 @@ class Engine:
         """End a session now and return once its rows and wrapped key are deleted on disk."""
         self._registry.remove(session.session_id, "ended", self.clock.now(), reason)
         await self.store.flush()
+
+    async def _committed(self, write: Awaitable[None]) -> None:
+        """Await a store write, remembering whether the store is committing (readiness)."""
+        try:
+            await write
+        except StoreError:
+            self._store_ok = False
+            raise
+        self._store_ok = True
 
     def _persist_later(self, *ops: Op) -> None:
         """Queue ops without making the caller wait (events raised outside any request).
@@ -804,4 +920,7 @@ class Engine:
             return
         if self._state == "new":
             raise EngineClosed("engine is not open; use `async with Engine(config)` or open()")
+        if self._state == "draining":
+            raise EngineClosed("engine is draining for shutdown; retry on another instance")
         raise EngineClosed()
+

@@ -78,6 +78,29 @@ class PoolTimeout(EngineError):
         )
 
 
+class SessionBusy(EngineError):
+    """A turn arrived while the session had one in flight and its multitask strategy refused it."""
+
+    def __init__(self, strategy: str, queued: int) -> None:
+        self.strategy = strategy
+        self.queued = queued
+        advice = (
+            "wait for the running turn's reply, or send with multitask_strategy 'enqueue'"
+            if strategy == "reject"
+            else f"{queued} turns already wait; retry after a reply arrives"
+        )
+        super().__init__(f"session has a turn in flight ({strategy}); {advice}")
+
+
+class Interrupted(EngineError):
+    """This turn was cancelled by a later turn sent with multitask_strategy 'interrupt'."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "turn interrupted by a newer turn on the same session; nothing of it was kept"
+        )
+
+
 class InvalidInput(EngineError):
     """An argument was malformed; the message names it."""
 
@@ -91,7 +114,7 @@ class StoreError(EngineError):
 
 
 class EngineClosed(EngineError):
-    """The engine was used after `close()`."""
+    """The engine is not serving: not yet open, draining for shutdown, or closed."""
 
     def __init__(self, message: str = "engine is closed; open a new Engine to continue") -> None:
         super().__init__(message)

@@ -23,7 +23,7 @@ import random
 import secrets
 from array import array
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from statistics import NormalDist
@@ -45,6 +45,10 @@ REPLY_ECHO_CHARS = 120
 Z_99 = NormalDist().inv_cdf(0.99)  # the 99th percentile of a standard normal, ~2.326
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 SERVER_MESSAGE_CHARS = 200
+# Streaming from the simulator: the first piece comes after this share of the call's latency,
+# the rest spread over what remains, in at most STREAM_PIECES pieces (each a loop wake-up).
+FIRST_PIECE_SHARE = 0.3
+STREAM_PIECES = 16
 
 ChatMessage = dict[str, str]
 
@@ -163,10 +167,16 @@ class ModelAdapter:
     def __init__(self, model: str) -> None:
         self.model = model
         self.outcome = CallOutcome()
+        self.on_delta: Callable[[str], None] | None = None
 
-    def begin_call(self) -> None:
-        """Start a fresh outcome; the engine calls this before each `agent.achat(...)`."""
+    def begin_call(self, on_delta: Callable[[str], None] | None = None) -> None:
+        """Start a fresh outcome; the engine calls this before each `agent.achat(...)`.
+
+        `on_delta` receives the reply in pieces as they are produced (streaming): the adapter
+        is the one place that sees them, since praisonaiagents hands back only the whole reply.
+        """
         self.outcome = CallOutcome()
+        self.on_delta = on_delta
 
     def result(self, reply: str | None) -> str:
         """The turn's reply, or the `LLMError` that praisonaiagents hid behind a `None` reply."""
@@ -332,7 +342,8 @@ class SimulatedModel(ModelAdapter):
                 f"{settings.timeout_rate:g}); send again, or lower the simulator's timeout_rate"
             )
         outcome.model_seconds += draw.latency_s
-        if draw.latency_s > 0:
+        on_delta = self.on_delta
+        if draw.latency_s > 0 and (on_delta is None or draw.fault == "error"):
             await asyncio.sleep(draw.latency_s)
         if draw.fault == "error":
             raise LLMError(
@@ -340,9 +351,28 @@ class SimulatedModel(ModelAdapter):
                 "send again, or lower the simulator's error_rate"
             )
         reply = simulated_reply(messages, digest)
+        if on_delta is not None:
+            await _stream_pieces(reply, draw.latency_s, on_delta)
         outcome.prompt_tokens += _prompt_tokens_of(parts)
         outcome.completion_tokens += estimate_tokens(reply)
         return reply
+
+
+async def _stream_pieces(reply: str, latency_s: float, on_delta: Callable[[str], None]) -> None:
+    """Hand `reply` to `on_delta` in word-aligned pieces spread over `latency_s`."""
+    words = reply.split(" ")
+    per_piece = max(1, math.ceil(len(words) / STREAM_PIECES))
+    pieces = [
+        " ".join(words[i:i + per_piece]) + (" " if i + per_piece < len(words) else "")
+        for i in range(0, len(words), per_piece)
+    ]
+    first_wait = latency_s * FIRST_PIECE_SHARE
+    gap = (latency_s - first_wait) / max(1, len(pieces) - 1)
+    for index, piece in enumerate(pieces):
+        wait = first_wait if index == 0 else gap
+        if wait > 0:
+            await asyncio.sleep(wait)
+        on_delta(piece)
 
 
 # --- OpenAI-compatible endpoints ------------------------------------------------------------
@@ -457,6 +487,8 @@ class OpenAICompatModel(ModelAdapter):
         reply, prompt_tokens, completion_tokens = self._parse(client, data)
         outcome.prompt_tokens += prompt_tokens or estimate_prompt_tokens(messages)
         outcome.completion_tokens += completion_tokens or estimate_tokens(reply)
+        if self.on_delta is not None:
+            self.on_delta(reply)  # not streamed from the endpoint yet: one piece, at the end
         return reply
 
     async def _post_with_retries(self, client: AsyncOpenAI, body: dict[str, Any]) -> Any:

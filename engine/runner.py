@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from engine.agents import AgentSpec, bind_history, build_agent
@@ -93,8 +93,15 @@ class AgentRunner:
         if self._clients is not None:
             await self._clients.aclose(wait=True, timeout_s=self._config.turn_timeout_s)
 
-    async def run(self, session: Session, agent_type: str, text: str) -> ModelReply:
-        """One turn on a pooled agent bound to this session's context only."""
+    async def run(
+        self,
+        session: Session,
+        agent_type: str,
+        text: str,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> ModelReply:
+        """One turn on a pooled agent bound to this session's context only; `on_delta` gets
+        the reply's pieces as the model produces them."""
         pool = self._pools[(session.worker, agent_type)]
         loop = asyncio.get_running_loop()
         waited_from = loop.time()
@@ -107,7 +114,7 @@ class AgentRunner:
         failed = True
         try:
             bind_history(pooled.agent, session.context.chat_history())
-            pooled.model.begin_call()
+            pooled.model.begin_call(on_delta)
             async with self._client_for(session.user_id, pooled.model):
                 try:
                     async with asyncio.timeout(self._config.turn_timeout_s):

@@ -127,10 +127,12 @@ class Session:
     worker: str = ""
     next_seq: int = 0  # sequence number of the next stored message
     tier: str = ""
+    origin: str = "python"  # who created it: "python" (in-process caller) or "http" (gateway)
     token: TokenRecord | None = None
     wrapped_key: bytes | None = field(default=None, repr=False)
     cipher: SessionCipher | None = field(default=None, repr=False)
     _turn_lock: asyncio.Lock | None = None
+    running_turn: asyncio.Task[Any] | None = None  # the task whose turn holds turn_lock
 
     @property
     def busy(self) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Input, Label
+from textual.widgets import Footer, Input, Label, Static
 
 from console import format as fmt
 from console.messages import OpenSession
@@ -30,6 +30,7 @@ from widgets import (
 
 if TYPE_CHECKING:
     from engine import EngineSnapshot
+    from engine.gateway import GatewayStats
 
 HEALTH_WARN = 80
 HEALTH_BAD = 50
@@ -38,6 +39,8 @@ HEALTH_BAD = 50
 DASHBOARD_ALERTS = 40
 DASHBOARD_QUOTAS = 6
 SPARK_SECONDS = 180  # "the last minutes"
+HTTP_MARK = "↗"  # sessions created through the HTTP gateway (filter: via:http)
+GATEWAY_ROUTES = 6  # routes listed in the gateway panel, busiest first
 
 # Shift+letter sorts by a column, as in k9s; the same key again reverses.
 SORT_BINDINGS = (
@@ -71,6 +74,7 @@ def session_record(view: Any, now: float) -> dict[str, Any]:
         "health": view.health,
         "health_reasons": "; ".join(view.health_reasons),
         "state": view.state,
+        "origin": view.origin,
     }
 
 
@@ -92,6 +96,25 @@ def figures(snapshot: EngineSnapshot) -> list[Figure]:
             sub=f"p95 {fmt.latency(lat.p95)} p99 {fmt.latency(lat.p99)}",
         ),
     ]
+
+
+def gateway_title(stats: GatewayStats) -> str:
+    state = "" if stats.ready else " · NOT READY"
+    return (f"Gateway http://{stats.listen}{state}  {fmt.rate(stats.requests_per_s)} req/s · "
+            f"{stats.connections} conn · {stats.streams} streams")
+
+
+def gateway_lines(stats: GatewayStats, limit: int) -> str:
+    """Busiest routes first: requests/s, errors/s and totals."""
+    if not stats.routes:
+        return "no requests yet: curl it (README, 'The gateway')"
+    lines = [
+        f"{r.route:<31.31} {fmt.rate(r.requests_per_s):>6}/s {fmt.rate(r.errors_per_s):>5} err/s"
+        for r in stats.routes[:limit]
+    ]
+    if len(stats.routes) > limit:
+        lines.append(f"+{len(stats.routes) - limit} more routes · GET /metrics for all")
+    return "\n".join(lines)
 
 
 def _series(values: Sequence[float]) -> tuple[float, ...]:
@@ -208,6 +231,9 @@ class DashboardScreen(TableScreen):
                 with Vertical(classes="box", id="alerts-box"):
                     yield Label("Alerts", classes="box-title", id="alerts-title")
                     yield AlertList(id="alerts", more_hint="a: all alerts")
+                with Vertical(classes="box", id="gateway-box"):
+                    yield Label("Gateway", classes="box-title", id="gateway-title")
+                    yield Static("", id="gateway")
         yield Footer()
 
     # -- refresh ---------------------------------------------------------------------------------
@@ -240,6 +266,18 @@ class DashboardScreen(TableScreen):
         self.query_one("#alerts", AlertList).set_rows(
             alert_rows(listed, snapshot.taken_at, DASHBOARD_ALERTS), total=len(listed)
         )
+        self._show_gateway(self.console.gateway_stats)
+
+    def _show_gateway(self, stats: GatewayStats | None) -> None:
+        box = self.query_one("#gateway-box")
+        box.display = stats is not None
+        if stats is None:
+            return
+        set_text(self.query_one("#gateway-title", Label), gateway_title(stats))
+        lines = gateway_lines(stats, GATEWAY_ROUTES)
+        gateway = self.query_one("#gateway", Static)
+        if str(gateway.content) != lines:
+            gateway.update(lines)
 
     def show_title(self) -> None:
         model = self.model
@@ -257,7 +295,7 @@ class DashboardScreen(TableScreen):
             return cells, ("dim",) * len(cells)
         v = live
         cells = (
-            v.session_id[:8],
+            HTTP_MARK + v.session_id[:7] if v.origin == "http" else v.session_id[:8],
             v.user_id,
             v.agent_type or "-",
             v.worker,

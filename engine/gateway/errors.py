@@ -1,0 +1,110 @@
+"""Engine errors as HTTP responses: one status, type and body per failure (DESIGN "HTTP gateway").
+
+Bodies are `{"error": {"type", "message", ...}}`; the OpenAI-compatible route gets OpenAI's
+shape (`message`, `type`, `param`, `code`) with the same `type` names, so its client raises
+the right exception class. An unknown session and a wrong token map to the same constant body,
+byte for byte. A failure that is not an engine error is logged and answered 500 with no detail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+
+from starlette.responses import Response
+
+from engine import errors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPFailure:
+    status: int
+    type: str
+    message: str
+    retry_after: float | None = None
+    code: str | None = None
+    param: str | None = None
+    has_retry_after: bool = False  # a 429 whose retry_after is known (else clients must not retry)
+
+
+class GatewayError(Exception):
+    """Raised by the gateway's own checks (body, headers, routing) with its HTTP failure."""
+
+    def __init__(self, failure: HTTPFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def invalid_input(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(HTTPFailure(400, "invalid_input", message, param=param))
+
+
+def invalid_value(message: str, param: str) -> GatewayError:
+    """422: a well-formed field whose value is not one the route accepts."""
+    return GatewayError(HTTPFailure(422, "invalid_value", message, param=param))
+
+
+AUTHENTICATION = HTTPFailure(401, "authentication_error", errors.AuthenticationError.MESSAGE)
+APP_KEY_REQUIRED = HTTPFailure(
+    401, "authentication_error",
+    "a valid app key is required: send 'Authorization: Bearer <app key>'",
+)
+
+
+def failure_of(exc: BaseException) -> HTTPFailure:
+    """The HTTP failure for an exception raised while serving a request."""
+    match exc:
+        case GatewayError():
+            return exc.failure
+        case errors.AuthenticationError():
+            return AUTHENTICATION
+        case errors.SessionExpired():
+            return HTTPFailure(401, "session_expired", str(exc))
+        case errors.InvalidInput():
+            return HTTPFailure(400, "invalid_input", str(exc))
+        case errors.SessionBusy():
+            return HTTPFailure(409, "session_busy", str(exc))
+        case errors.Interrupted():
+            return HTTPFailure(409, "interrupted", str(exc))
+        case errors.SessionLimitReached():
+            return HTTPFailure(409, "session_limit", str(exc))
+        case errors.RateLimited():
+            return HTTPFailure(429, "rate_limited", str(exc), exc.retry_after, has_retry_after=True)
+        case errors.QuotaExceeded() if math.isinf(exc.retry_after):
+            return HTTPFailure(429, "quota_exceeded", str(exc), code="insufficient_quota")
+        case errors.QuotaExceeded():
+            return HTTPFailure(
+                429, "quota_exceeded", str(exc), exc.retry_after, has_retry_after=True
+            )
+        case errors.LLMError():
+            return HTTPFailure(502, "llm_error", str(exc))
+        case errors.EngineClosed() | errors.StoreError():
+            return HTTPFailure(503, "unavailable", str(exc))
+        case errors.PoolTimeout():
+            return HTTPFailure(504, "pool_timeout", str(exc))
+    log.error("internal error serving a request", exc_info=exc)
+    return HTTPFailure(500, "internal_error", "internal error; the server logged its cause")
+
+
+def error_object(failure: HTTPFailure, *, openai: bool = False) -> dict[str, object]:
+    body: dict[str, object] = {"type": failure.type, "message": failure.message}
+    if openai or failure.status == 429:
+        body["code"] = failure.code
+    if openai or failure.param is not None:
+        body["param"] = failure.param
+    if failure.status == 429:
+        body["retry_after"] = failure.retry_after
+    return body
+
+
+def error_response(failure: HTTPFailure, *, openai: bool = False) -> Response:
+    headers = {}
+    if failure.has_retry_after and failure.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(failure.retry_after)))
+    body = json.dumps({"error": error_object(failure, openai=openai)}, separators=(",", ":"))
+    body = body.encode()
+    return Response(body, failure.status, headers, media_type="application/json")
