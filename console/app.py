@@ -22,7 +22,7 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 
 from console.export import write_export
-from console.load import LoadController
+from console.load import STOP_GRACE_S, LoadController
 from console.messages import OpenSession
 from console.screens.alerts import AlertsScreen
 from console.screens.base import LiveScreen
@@ -133,9 +133,12 @@ class SessionConsole(App[None]):
     async def on_unmount(self) -> None:
         if self._timer is not None:
             self._timer.stop()
+        await self.load.stop()
+        if self._owns_engine:  # turns from the gateway finish (new ones get 503) before it stops
+            drain = self.engine.config.gateway.drain_grace_s
+            await self.engine.drain(drain if self.terminal_guard.asked_to_drain else STOP_GRACE_S)
         if self.gateway is not None:
             await self.gateway.stop()
-        await self.load.stop()
         if self._owns_engine:
             await self.engine.close()
 
