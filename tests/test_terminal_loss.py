@@ -158,7 +158,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def running(request: pytest.FixtureRequest):
+def running():
     """Starts programs on ptys and kills any the test left running."""
     started: list[Pty] = []
 
@@ -209,15 +209,17 @@ def test_sighup_quits_cleanly_and_says_why(running, data_dir):
     assert lock_is_free(data_dir)
 
 
-def test_sigterm_drains_keeps_acknowledged_turns_and_exits_0(running, data_dir):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_drains_keeps_acknowledged_turns_and_exits_0(running, data_dir, sig):
     session_id, token = acknowledged_turn(data_dir)
     app = running(demo(data_dir))
     app.wait_for(b"load running")
 
-    app.process.send_signal(signal.SIGTERM)
+    app.process.send_signal(sig)
 
     assert app.wait_exit() == 0
-    assert b"session-console: SIGTERM: load stopped, engine closed cleanly" in app.output
+    said = f"session-console: {sig.name}: load stopped, engine closed cleanly".encode()
+    assert said in app.output
     assert b"\x1b[?1049l" in app.output  # Textual left the alternate screen: terminal restored
     assert lock_is_free(data_dir)
     messages = history(data_dir, session_id, token)
