@@ -3,8 +3,9 @@
 The app reads `engine.snapshot()` on a one-shot timer re-armed after each refresh (so a slow
 refresh never overlaps the next), hands the plain snapshot to the visible view, and skips the
 refresh while paused or while a modal (help, confirm, export, command palette) is open.
-Operator actions go straight to the engine's operator methods: the console is trusted and
-in-process, and never sees or shows a session token.
+Screens read through `engine.operator` and post `console.messages` for every act, which the app
+handles below in one place: the console is trusted and in-process, and never sees or shows a
+session token.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from textual.timer import Timer
 
 from console.export import write_export
 from console.load import STOP_GRACE_S, LoadController
-from console.messages import OpenSession
+from console.messages import (
+    AcknowledgeAlerts,
+    AcknowledgeAllAlerts,
+    EndSession,
+    OpenSession,
+    RotateToken,
+)
 from console.screens.alerts import AlertsScreen
 from console.screens.base import LiveScreen
 from console.screens.dashboard import DashboardScreen
@@ -35,6 +42,7 @@ from console.terminal import TerminalGuard
 from engine import Engine, EngineConfig, EngineSnapshot
 from engine.errors import EngineError
 from engine.gateway import Gateway, GatewayStats
+from engine.operator import Operator
 from widgets import VirtualTable
 
 log = logging.getLogger(__name__)
@@ -47,7 +55,7 @@ class SessionConsole(App[None]):
     """The console. Give it a config (it opens and closes the engine) or an open engine."""
 
     TITLE = "Session Console"
-    CSS_PATH = "console.tcss"
+    CSS_PATH = Path(__file__).with_name("console.tcss")  # absolute: subclasses elsewhere share it
     MODES: ClassVar[dict[str, Any]] = {
         "dashboard": DashboardScreen,
         "alerts": AlertsScreen,
@@ -87,11 +95,11 @@ class SessionConsole(App[None]):
     ) -> None:
         super().__init__()
         self.terminal_guard = TerminalGuard.attach(self)  # terminal loss and signals quit cleanly
-        self._owns_engine = engine is None
+        self.owns_engine = engine is None  # then the app opens it on mount and closes it after
         self.engine = engine if engine is not None else Engine(config or EngineConfig())
         self.export_dir = export_dir or self.engine.config.data_dir / "exports"
         self.load = LoadController(self.engine, load_options)
-        self._start_load = load_options is not None if start_load is None else start_load
+        self.start_load = load_options is not None if start_load is None else start_load  # on mount
         self.refresh_hz = refresh_hz
         self.paused = False
         self.snapshot: EngineSnapshot | None = None
@@ -108,12 +116,12 @@ class SessionConsole(App[None]):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_mount(self) -> None:
-        if self._owns_engine:
+        if self.owns_engine:
             await self.engine.open()
         self._engine_ready = True
         if self._listen is not None:
             await self._start_gateway(self._listen)
-        if self._start_load and self.load.ensure() is not None:
+        if self.start_load and self.load.ensure() is not None:
             self.load.start()
         self.refresh_data(force=True)
         self._arm()
@@ -134,13 +142,16 @@ class SessionConsole(App[None]):
         if self._timer is not None:
             self._timer.stop()
         await self.load.stop()
-        if self._owns_engine:  # turns from the gateway finish (new ones get 503) before it stops
-            drain = self.engine.config.gateway.drain_grace_s
-            await self.engine.drain(drain if self.terminal_guard.asked_to_drain else STOP_GRACE_S)
         if self.gateway is not None:
+            if self.owns_engine:  # HTTP turns in flight finish, new ones get 503
+                # SIGTERM/SIGINT give them the configured drain grace; q or a lost terminal 2 s
+                grace = self.engine.config.gateway.drain_grace_s
+                await self.engine.drain(
+                    grace if self.terminal_guard.asked_to_drain else STOP_GRACE_S
+                )
             await self.gateway.stop()
-        if self._owns_engine:
-            await self.engine.close()
+        if self.owns_engine:
+            await self.engine.aclose()
 
     # -- the refresh loop ------------------------------------------------------------------------
     def _arm(self) -> None:
@@ -229,11 +240,14 @@ class SessionConsole(App[None]):
     def on_open_session(self, message: OpenSession) -> None:
         self.push_screen(SessionDetailScreen(message.session_id))
 
-    def session_exists(self, session_id: str) -> bool:
-        return self.engine.inspect(session_id) is not None
+    # -- operator actions: every screen's acts arrive here as messages ---------------------------
+    @property
+    def operator(self) -> Operator:
+        return self.engine.operator
 
-    # -- operator actions ------------------------------------------------------------------------
-    def confirm_end_session(self, session_id: str) -> None:
+    def on_end_session(self, message: EndSession) -> None:
+        session_id = message.session_id
+
         def answered(yes: bool | None) -> None:
             if yes:
                 self.run_worker(self._end_session(session_id), group="operator")
@@ -247,10 +261,31 @@ class SessionConsole(App[None]):
         )
 
     async def _end_session(self, session_id: str) -> None:
-        if await self.engine.operator_end_session(session_id):
+        if await self.operator.end_session(session_id):
             self.notify(f"Session {session_id[:8]}… ended.")
         else:
             self.notify(f"Session {session_id[:8]}… had already ended.", severity="warning")
+        self.refresh_data(force=True)
+
+    async def on_rotate_token(self, message: RotateToken) -> None:
+        if await self.operator.rotate_token(message.session_id):
+            self.notify("Token rotated; the old one no longer works.", title="Session")
+        else:
+            self.notify("Session is gone; nothing to rotate.", severity="warning")
+        self.refresh_data(force=True)
+
+    def on_acknowledge_alerts(self, message: AcknowledgeAlerts) -> None:
+        done = [a for a in message.alert_ids if self.operator.acknowledge(a)]
+        if len(done) == 1:
+            self.notify(f"Alert {done[0]} acknowledged.")
+        else:
+            self.notify(f"Acknowledged {len(done)} alerts." if done else "No alert to acknowledge.")
+        self.refresh_data(force=True)
+
+    def on_acknowledge_all_alerts(self, message: AcknowledgeAllAlerts) -> None:
+        done = self.operator.acknowledge_all(message.severity)  # type: ignore[arg-type]
+        which = f"{message.severity} " if message.severity else ""
+        self.notify(f"Acknowledged {done} {which}alert(s).")
         self.refresh_data(force=True)
 
     def action_export(self) -> None:

@@ -1,4 +1,8 @@
-"""Messages the console's screens post to the app, handled in one place (`SessionConsole`)."""
+"""Messages the console's screens post to the app, handled in one place (`SessionConsole`).
+
+Screens read through `app.operator`; every act on the engine is a message, so the app owns
+confirmation, the call itself, the notification and the refresh that follows.
+"""
 
 from __future__ import annotations
 
@@ -12,3 +16,31 @@ class OpenSession(Message):
     """Show a session's detail (Enter on a sessions row, or jump from an alert)."""
 
     session_id: str
+
+
+@dataclass
+class EndSession(Message):
+    """End a session and destroy its conversation, once the operator confirms."""
+
+    session_id: str
+
+
+@dataclass
+class RotateToken(Message):
+    """Invalidate a session's token; the new one is never shown."""
+
+    session_id: str
+
+
+@dataclass
+class AcknowledgeAlerts(Message):
+    """Acknowledge these alerts (none open among them is fine: the app says so)."""
+
+    alert_ids: tuple[int, ...]
+
+
+@dataclass
+class AcknowledgeAllAlerts(Message):
+    """Acknowledge every open alert, or every open alert of one severity."""
+
+    severity: str | None

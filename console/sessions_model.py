@@ -1,10 +1,11 @@
 """The sessions table's data half: filter and sort plain session views, at a bounded cost.
 
-Filtering and sorting 100,000 views costs 30-50 ms of Python, more than a whole refresh tick may
-spend. So the order is recomputed at once when the operator changes the sort or the filter, and
-otherwise only when the data changed and the `ReorderBudget` allows (reorders stay under
-`REORDER_SHARE` of the time; small tables reorder on every changed tick). Between reorders the
-visible rows still show live values when the snapshot offers `sessions_by_id`.
+Filtering and sorting 100,000 views in Python costs more than a whole refresh tick may spend
+(benchmarks/console_refresh.py measures it). So the order is recomputed at once when the operator
+changes the sort or the filter, and otherwise only when the data changed and the `ReorderBudget`
+allows (reorders stay under `REORDER_SHARE` of the time; small tables reorder on every changed
+tick). Between reorders the visible rows still show live values when the snapshot offers
+`sessions_by_id`.
 """
 
 from __future__ import annotations

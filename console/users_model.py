@@ -2,9 +2,9 @@
 column.
 
 Counting sessions per user is O(sessions) and runs only when the sessions changed. Sorting by a
-quota column asks the engine for every listed user's quota percents (about 3 µs a user), and that
-order moves with time even when the sessions do not, so such a table reorders on every tick while
-it is small and within a `ReorderBudget` above `THROTTLE_ABOVE` users, as the sessions table does.
+quota column asks the engine for every listed user's quota percents, and that order moves with
+time even when the sessions do not, so such a table reorders on every tick while it is small
+and within a `ReorderBudget` above `THROTTLE_ABOVE` users, as the sessions table does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ RESOURCES = ("api_calls", "tokens", "storage_mb", "compute_seconds")
 SORT_COLUMNS = ("user", "tier", "sessions", *RESOURCES, "worst")
 QUOTA_COLUMNS = frozenset((*RESOURCES, "worst"))  # need the engine's quota percents to sort
 
-THROTTLE_ABOVE = 1_000  # users: ~3 ms to sort by a quota column
+THROTTLE_ABOVE = 1_000  # users; above this, quota-column reorders share the ReorderBudget
 REORDER_SHARE = 0.015
 
 FILTER_NAMES = {"user": "user", "tier": "tier"}

@@ -2,8 +2,9 @@
 
 from engine import errors
 from engine.config import EngineConfig
-from engine.engine import CreatedSession, Engine, EngineSnapshot, Reply, SessionView
+from engine.engine import Engine
 from engine.sessions import Message
+from engine.views import CreatedSession, EngineSnapshot, Reply, SessionView
 
 __all__ = [
     "CreatedSession",

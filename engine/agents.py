@@ -1,5 +1,7 @@
 """Agent types and the praisonaiagents `Agent` objects built from them.
 
+This is the one module that imports praisonaiagents or touches its private members (the cost
+counters, the persistence and guardrail hooks): an upgrade of the library is checked here.
 Every constructor argument is explicit and `rules=False`, so files in the working directory
 (AGENTS.md, CLAUDE.md, .praisonai/) can never enter a prompt or change a default.
 """
@@ -12,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InvalidInput
+from engine.errors import ConfigurationError
 
+# Read by praisonaiagents while its package is imported, so it is set here, before the import
+# below, rather than in EngineConfig.from_env(), which runs later. An explicit setting wins.
 os.environ.setdefault("PRAISONAI_TELEMETRY_DISABLED", "true")
 
 from praisonaiagents import Agent
@@ -42,28 +46,30 @@ def load_agent_specs(path: Path | None = None) -> dict[str, AgentSpec]:
     try:
         table = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidInput(f"cannot read agent types from {source}: {exc}") from None
+        raise ConfigurationError(f"cannot read agent types from {source}: {exc}") from None
     specs = {name: _spec(name, fields, source) for name, fields in table.items()}
     if not specs:
-        raise InvalidInput(f"{source} defines no agent types; add at least one [name] table")
+        raise ConfigurationError(f"{source} defines no agent types; add at least one [name] table")
     return specs
 
 
 def _spec(name: str, fields: Any, source: str) -> AgentSpec:
     if not isinstance(fields, dict):
-        raise InvalidInput(f"{source}: [{name}] must be a table of fields")
+        raise ConfigurationError(f"{source}: [{name}] must be a table of fields")
     missing = [f for f in REQUIRED if not isinstance(fields.get(f), str) or not fields[f]]
     if missing:
-        raise InvalidInput(f"{source}: [{name}] needs text fields {', '.join(missing)}")
+        raise ConfigurationError(f"{source}: [{name}] needs text fields {', '.join(missing)}")
     unknown = set(fields) - set(AgentSpec.__slots__)
     if unknown:
-        raise InvalidInput(f"{source}: [{name}] has unknown fields {', '.join(sorted(unknown))}")
+        raise ConfigurationError(
+            f"{source}: [{name}] has unknown fields {', '.join(sorted(unknown))}"
+        )
     try:
         spec = AgentSpec(name=name, **fields)
     except TypeError as exc:
-        raise InvalidInput(f"{source}: [{name}] {exc}") from None
+        raise ConfigurationError(f"{source}: [{name}] {exc}") from None
     if not 0 <= spec.min_instances <= spec.max_instances or spec.max_instances < 1:
-        raise InvalidInput(
+        raise ConfigurationError(
             f"{source}: [{name}] needs 0 <= min_instances <= max_instances and max >= 1"
         )
     return spec

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from engine.clock import Clock
+from engine.errors import ConfigurationError
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -106,7 +107,7 @@ class AlertManager:
         on_change: Callable[[Alert], None] | None = None,
     ) -> None:
         if max_alerts < 1:
-            raise ValueError("max_alerts must be at least 1")
+            raise ConfigurationError("max_alerts must be at least 1")
         self._clock = clock
         self.max_alerts = max_alerts
         self.cooldown_s = cooldown_s

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from engine.clock import Clock, SystemClock
-from engine.errors import EngineClosed, InvalidInput, LLMError
+from engine.errors import ConfigurationError, EngineClosed, LLMError
 from engine.security import fingerprint
 
 if TYPE_CHECKING:
@@ -92,7 +92,9 @@ async def close_client(client: Any) -> None:
 def check_api_key(api_key: object) -> str:
     if not isinstance(api_key, str) or not api_key.strip():
         # Never echo the value: it may be a real key with a typo.
-        raise InvalidInput("api_key must be a non-empty string; check the tenant's credentials")
+        raise ConfigurationError(
+            "api_key must be a non-empty string; check the tenant's credentials"
+        )
     return api_key
 
 
@@ -100,18 +102,20 @@ def check_base_url(base_url: object) -> str | None:
     if base_url is None:
         return None
     if not isinstance(base_url, str):
-        raise InvalidInput(f"base_url must be a string or None, got {type(base_url).__name__}")
+        raise ConfigurationError(
+            f"base_url must be a string or None, got {type(base_url).__name__}"
+        )
     try:
         parts = urlsplit(base_url)
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(
+        raise ConfigurationError(
             "base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, or None"
         )
     if parts.username is not None or parts.password is not None:
         # The URL is shown in stats; credentials belong in api_key.
-        raise InvalidInput("base_url must not contain credentials; pass the key as api_key")
+        raise ConfigurationError("base_url must not contain credentials; pass the key as api_key")
     return base_url
 
 
@@ -173,7 +177,9 @@ class ClientCache(Generic[C]):
         clock: Clock | None = None,
     ) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise InvalidInput(f"client cache capacity must be an integer >= 1, got {capacity!r}")
+            raise ConfigurationError(
+                f"client cache capacity must be an integer >= 1, got {capacity!r}"
+            )
         self._factory = factory
         self._closer = closer
         self._capacity = capacity
@@ -341,7 +347,7 @@ def openai_client_cache(
     from openai import AsyncOpenAI
 
     if not timeout_s > 0:
-        raise InvalidInput(f"client timeout_s must be a positive number, got {timeout_s!r}")
+        raise ConfigurationError(f"client timeout_s must be a positive number, got {timeout_s!r}")
 
     def build(api_key: str, base_url: str | None) -> AsyncOpenAI:
         return AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)

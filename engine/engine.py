@@ -13,7 +13,6 @@ import heapq
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn, get_args
 
@@ -22,11 +21,11 @@ from cryptography.fernet import Fernet
 from engine import validation
 from engine.agents import load_agent_specs
 from engine.alerts import Alert
-from engine.balancer import Balancer, Move, WorkerView
-from engine.clients import ClientCacheStats
+from engine.balancer import Balancer, Move
 from engine.config import EngineConfig, SimSettings
 from engine.errors import (
     AuthenticationError,
+    ConfigurationError,
     EngineClosed,
     EngineError,
     Interrupted,
@@ -36,11 +35,12 @@ from engine.errors import (
     SessionExpired,
     StoreError,
 )
-from engine.monitor import Monitor, MonitorSnapshot, SessionMetrics
-from engine.pool import PoolView
-from engine.quotas import QuotaManager, QuotaUsage, Reservation
+from engine.monitor import Monitor
+from engine.operator import Operator
+from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.ratelimit import RateLimiter
-from engine.records import Unreadable, message_row, restore_session, session_row
+from engine.records import message_row, session_row
+from engine.restore import adopt_restored
 from engine.runner import AgentRunner, ModelReply
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, check_token, issue_token, rotate
@@ -55,20 +55,24 @@ from engine.store import (
     QuotaEvent,
     RewrapReport,
     Store,
-    StoreStats,
     TokenUpdate,
     Touch,
     TrimMessages,
 )
 from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
+from engine.views import (
+    CreatedSession,
+    EngineSnapshot,
+    QuotaView,
+    Reply,
+    RestoreReport,
+    SessionViews,
+)
 
 log = logging.getLogger(__name__)
 
-BYTES_PER_MB = 1_000_000
 TOP_QUOTA_USERS = 20
 PRUNE_EVERY = 60  # housekeeping passes, about a minute
-WINDOWED = ("api_calls", "tokens", "compute_seconds")
-
 # What a turn sent while its session has one in flight does (LangGraph's double-texting names):
 # "reject" refuses it, "enqueue" waits its turn (bounded by max_queued_turns), "interrupt"
 # cancels the running turn, which keeps nothing, and then runs.
@@ -76,97 +80,6 @@ MultitaskStrategy = Literal["reject", "enqueue", "interrupt"]
 MULTITASK_STRATEGIES: tuple[str, ...] = get_args(MultitaskStrategy)
 
 
-@dataclass(frozen=True, slots=True)
-class CreatedSession:
-    """What `create_session` returns. The token is shown once here and stored only as a hash."""
-
-    session_id: str
-    user_id: str
-    token: str = field(repr=False)
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    session_id: str
-    agent_type: str
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-    model_latency_s: float  # the model's share of latency_s; the rest is engine overhead
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    """One row of the console's sessions table: no content, no secrets."""
-
-    session_id: str
-    user_id: str
-    tier: str
-    agent_type: str
-    worker: str
-    state: str
-    created_at: float
-    last_active_at: float
-    messages: int
-    turns: int
-    tokens: int
-    errors: int
-    health: int
-    health_reasons: tuple[str, ...]
-    origin: str = "python"  # "http" for sessions created through the gateway
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaView:
-    user_id: str
-    tier: str
-    highest_percent: float
-    usage: tuple[QuotaUsage, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreReport:
-    """What `open()` brought back from the store."""
-
-    sessions: int
-    messages: int
-    purged: int
-    quota_buckets: int
-    unreadable: tuple[str, ...]  # session ids whose key or messages failed to decrypt
-    clean_shutdown: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SessionDetail:
-    """Everything the operator may see of one session, content included (console detail view)."""
-
-    view: SessionView
-    metadata: Mapping[str, Any]
-    messages: tuple[Message, ...]
-    dropped_messages: int
-    metrics: SessionMetrics | None
-    quota: tuple[QuotaUsage, ...]
-    alerts: tuple[Alert, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSnapshot:
-    """Plain immutable data for the console; building it costs O(sessions) pointer copies."""
-
-    taken_at: float
-    sessions: tuple[SessionView, ...]
-    sessions_by_id: Mapping[str, SessionView]
-    users: int
-    quotas: tuple[QuotaView, ...]
-    monitor: MonitorSnapshot
-    session_events: Mapping[str, int]
-    pools: tuple[PoolView, ...]
-    workers: tuple[WorkerView, ...]
-    moves_total: int
-    clients: ClientCacheStats | None
-    store: StoreStats | None
 
 
 class Engine:
@@ -207,10 +120,11 @@ class Engine:
             self.clock, self._monitor,
         )
         self._keyring: KeyRing | None = None
-        # Views are rebuilt on demand (snapshot, inspect), not per turn: a session that turns
-        # many times between two console refreshes is rebuilt once.
-        self._views: dict[str, SessionView] = {}
-        self._stale_views: set[str] = set()
+        self._views = SessionViews(self._registry, self._monitor)
+        self.operator = Operator(
+            registry=self._registry, views=self._views, monitor=self._monitor,
+            quotas=self._quotas, end=self._end, rotate=self._rotate,
+        )
         self._quota_watch: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._housekeeping_passes = 0
@@ -263,7 +177,7 @@ class Engine:
         """Stop taking turns, give those in flight `grace_s` to finish, then cancel the rest.
 
         New calls fail with EngineClosed from here on; returns how many turns were cancelled.
-        Call `close()` afterwards to flush the store.
+        Call `aclose()` afterwards to flush the store.
         """
         if self._state == "open":
             self._state = "draining"
@@ -278,7 +192,8 @@ class Engine:
             await asyncio.wait(cancelled)
         return len(cancelled)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop housekeeping, flush and close the store, close the model clients."""
         self._state = "closed"
         if self._housekeeping is not None:
             self._housekeeping.cancel()
@@ -293,7 +208,7 @@ class Engine:
         return await self.open()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self.aclose()
 
     @property
     def keyring(self) -> KeyRing:
@@ -389,47 +304,14 @@ class Engine:
         session = self._authenticate(session_id, token)
         await self._end(session, "ended by owner")
 
-    # -- operator surface ------------------------------------------------------------------------
-    # The console runs in-process as a trusted operator: these take no session token.
+    # -- engine-wide controls --------------------------------------------------------------------
+    # Per-session, per-user and per-alert actions without a token are on `self.operator`.
     @property
     def store(self) -> Store:
         if self._state != "draining":  # turns in flight still commit while draining
             self._require_open()
         assert self._store is not None
         return self._store
-
-    def inspect(self, session_id: str) -> SessionDetail | None:
-        """A session's full detail, decrypted context included; None if it is not live."""
-        session = self._registry.get(session_id)
-        view = self._current_views().get(session_id)
-        if session is None or view is None:
-            return None
-        return SessionDetail(
-            view=view,
-            metadata=session.metadata,
-            messages=session.context.messages(),
-            dropped_messages=session.context.dropped,
-            metrics=self._monitor.session_view(session_id),
-            quota=self._quotas.usage(session.user_id),
-            alerts=tuple(
-                a for a in self._monitor.alerts() if a.subject in (session_id, session.user_id)
-            ),
-        )
-
-    async def operator_end_session(self, session_id: str) -> bool:
-        session = self._registry.get(session_id)
-        if session is None:
-            return False
-        await self._end(session, "ended by operator")
-        return True
-
-    async def operator_rotate_token(self, session_id: str) -> bool:
-        """Invalidate the token; the new one is never shown, so the user must start over."""
-        session = self._registry.get(session_id)
-        if session is None or session.token is None:
-            return False
-        await self._rotate(session)
-        return True
 
     async def rotate_master_key(self, new_key: bytes | None = None) -> RewrapReport:
         """Re-wrap every session key under a new master key; message ciphertext is untouched.
@@ -438,7 +320,7 @@ class Engine:
         key readable; once all are re-wrapped it holds the new key alone.
         """
         if os.environ.get(self.config.master_key_env):
-            raise InvalidInput(
+            raise ConfigurationError(
                 f"master keys come from {self.config.master_key_env}: put a new key first in "
                 "that variable (comma-separated, old keys after it) and restart to rotate"
             )
@@ -455,23 +337,6 @@ class Engine:
             await asyncio.to_thread(self._keyring.save, key_file)
         return report
 
-    def acknowledge_all(self, severity: str | None = None) -> int:
-        return self._monitor.acknowledge_all(severity)  # type: ignore[arg-type]
-
-    def set_tier(self, user_id: str, tier: str) -> None:
-        self._quotas.set_tier(user_id, tier)
-
-    def quota_usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
-        return self._quotas.usage(user_id)
-
-    def quota_percents(self, user_id: str) -> tuple[tuple[str, float], ...]:
-        """(resource, percent taken) per quota: `quota_usage` without the reset times, about
-        a sixth of its cost, for ordering many users by how full their quotas are."""
-        return self._quotas.percents(user_id)
-
-    def acknowledge_alert(self, alert_id: int) -> bool:
-        return self._monitor.acknowledge(alert_id)
-
     @property
     def sim_settings(self) -> SimSettings:
         return self._runner.sim_settings
@@ -479,7 +344,7 @@ class Engine:
     def set_sim(self, settings: SimSettings) -> None:
         """Change the `sim` backend's latency and fault rates live (fault drills, load spikes).
 
-        InvalidInput for impossible settings; no effect on the `openai` backend.
+        ConfigurationError for impossible settings; no effect on the `openai` backend.
         """
         self._runner.set_sim(settings)
 
@@ -504,7 +369,7 @@ class Engine:
         return len(expired)
 
     def snapshot(self) -> EngineSnapshot:
-        views = MappingProxyType(dict(self._current_views()))
+        views = MappingProxyType(dict(self._views.current()))
         return EngineSnapshot(
             taken_at=self.clock.now(),
             sessions=tuple(views.values()),
@@ -707,9 +572,7 @@ class Engine:
 
     def _record_failure(self, session: Session, exc: EngineError, latency: float | None) -> None:
         session.errors += 1
-        self._monitor.record_error(
-            session.session_id, session.user_id, type(exc).__name__, latency
-        )
+        self._monitor.record_error(session.session_id, session.user_id, exc, latency)
         if self._registry.get(session.session_id) is session:
             self._invalidate_view(session)
             self._persist_later(self._touch_op(session))
@@ -738,50 +601,14 @@ class Engine:
         )
 
     def _invalidate_view(self, session: Session) -> None:
-        """Mark the session's view out of date; `_current_views` rebuilds it when asked.
-
-        A session's first view is built at once, so views stay in creation order.
-        """
-        if session.session_id in self._views:
-            self._stale_views.add(session.session_id)
-        elif self._registry.get(session.session_id) is session:
-            self._views[session.session_id] = self._build_view(session)
-
-    def _current_views(self) -> dict[str, SessionView]:
-        for session_id in self._stale_views:
-            session = self._registry.get(session_id)
-            if session is not None:
-                self._views[session_id] = self._build_view(session)
-        self._stale_views.clear()
-        return self._views
-
-    def _build_view(self, session: Session) -> SessionView:
-        metrics = self._monitor.session_view(session.session_id)
-        return SessionView(
-            session_id=session.session_id,
-            user_id=session.user_id,
-            tier=session.tier,
-            agent_type=session.agent_type,
-            worker=session.worker,
-            state="busy" if session.busy else "idle",
-            created_at=session.created_at,
-            last_active_at=session.last_active_at,
-            messages=len(session.context),
-            turns=session.turns,
-            tokens=session.prompt_tokens + session.completion_tokens,
-            errors=session.errors,
-            health=metrics.health if metrics is not None else 100,
-            health_reasons=metrics.health_reasons if metrics is not None else (),
-            origin=session.origin,
-        )
+        self._views.invalidate(session)
 
     def _on_session_event(self, event: SessionEvent, session: Session) -> None:
         if event.kind == "created":
             self._monitor.session_started(session.session_id, session.user_id)
             return
         # ended, expired or evicted: forget everything held for the session.
-        self._views.pop(session.session_id, None)
-        self._stale_views.discard(session.session_id)
+        self._views.forget(session.session_id)
         self._session_rate.forget(session.session_id)
         self._balancer.release(session.session_id)
         if not self._registry.of_user(session.user_id):
@@ -856,56 +683,19 @@ class Engine:
         """Bring back live sessions, their contexts and the users' quota windows."""
         assert self._store is not None and self._keyring is not None
         restored = await self._store.load_live(self.clock.now())
-        self._monitor.alert_manager.continue_after(restored.max_alert_id)
-        unreadable: list[Unreadable] = []
-        moved: list[Op] = []
-        for row in restored.sessions:
-            session = restore_session(
-                row, restored.messages.get(row.session_id, []), self._keyring,
-                context_max_messages=self.config.context_max_messages,
-                context_max_bytes=self.config.context_max_bytes,
-            )
-            if isinstance(session, Unreadable):
-                unreadable.append(session)
-                continue
-            self._registry.adopt(session)
-            if session.tier not in self.config.tiers:
-                self._monitor.alert_manager.fire(
-                    f"tier:{session.tier}", "configuration", "warning",
-                    f"restored sessions use tier {session.tier!r}, which is no longer "
-                    f"configured; their users get {self.config.default_tier!r}",
-                )
-                session.tier = self.config.default_tier
-            if session.tier != self._quotas.tier_of(session.user_id):
-                self._quotas.set_tier(session.user_id, session.tier)
-            worker = self._balancer.assign(session.session_id)
-            if worker != session.worker:
-                session.worker = worker
-                moved.append(Assign(session.session_id, worker))
-            self._monitor.session_started(session.session_id, session.user_id)
-            self._quotas.adjust(session.user_id, "storage_mb", session.context.bytes / BYTES_PER_MB)
+        report, moved = adopt_restored(
+            restored, self._keyring,
+            registry=self._registry, quotas=self._quotas, balancer=self._balancer,
+            monitor=self._monitor, tiers=frozenset(self.config.tiers),
+            default_tier=self.config.default_tier,
+            context_max_messages=self.config.context_max_messages,
+            context_max_bytes=self.config.context_max_bytes,
+        )
+        for session in self._registry:
             self._invalidate_view(session)
-        for event in restored.quota:
-            if self._quotas.window_of(event.user_id, event.resource) is not None:
-                self._quotas.restore(event.user_id, event.resource, event.amount, event.at)
-        for lost in unreadable:
-            self._monitor.alert_manager.fire(
-                f"unreadable:{lost.session_id}", "decryption", "critical",
-                f"session {lost.session_id[:8]} of user {lost.user_id!r} cannot be decrypted "
-                f"and was not restored: {lost.reason}",
-                lost.session_id,
-            )
         if moved:
             await self._store.write(*moved)
-        counts = restored.counts
-        return RestoreReport(
-            sessions=counts.sessions - len(unreadable),
-            messages=counts.messages,
-            purged=counts.purged,
-            quota_buckets=counts.quota_buckets,
-            unreadable=tuple(u.session_id for u in unreadable),
-            clean_shutdown=restored.clean_shutdown,
-        )
+        return report
 
     async def _housekeep_forever(self) -> None:
         while True:

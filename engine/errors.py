@@ -2,7 +2,24 @@
 
 Every public call fails with a subclass of `EngineError` whose message says what was wrong and
 what to do about it. Structured fields (resource, retry_after, ...) let callers react without
-parsing text.
+parsing text, and the families let them branch with one `except`:
+
+    EngineError
+    ├── AuthenticationError      unknown session or wrong token: one type and message for both
+    ├── Refusal                  refused by policy or for the caller's mistake; not a failure
+    │   ├── RateLimited
+    │   ├── QuotaExceeded
+    │   ├── InvalidInput
+    │   ├── SessionExpired
+    │   └── SessionLimitReached
+    ├── ConfigurationError       a setting, key or agent type file is unusable (also a ValueError)
+    ├── PoolTimeout
+    ├── SessionBusy              a turn in flight and the multitask strategy refused this one
+    ├── Interrupted              cancelled by a newer turn sent with multitask_strategy interrupt
+    ├── LLMError
+    ├── StoreError
+    ├── DecryptionFailed
+    └── EngineClosed
 """
 
 from __future__ import annotations
@@ -23,7 +40,15 @@ class AuthenticationError(EngineError):
         super().__init__(self.MESSAGE)
 
 
-class SessionExpired(EngineError):
+class Refusal(EngineError):
+    """A turn or call refused by policy or for the caller's own mistake.
+
+    Refusals count as errors but not as failures: failure rates and health are about the engine
+    and its backends, not about callers over their limits.
+    """
+
+
+class SessionExpired(Refusal):
     """The token was right but the session passed its idle or absolute limit."""
 
     def __init__(self, reason: str) -> None:
@@ -31,7 +56,7 @@ class SessionExpired(EngineError):
         super().__init__(f"session expired ({reason}); create a new session to continue")
 
 
-class SessionLimitReached(EngineError):
+class SessionLimitReached(Refusal):
     """A user is at their session cap and every one of their sessions is mid-turn."""
 
     def __init__(self, user_id: str, cap: int) -> None:
@@ -43,7 +68,7 @@ class SessionLimitReached(EngineError):
         )
 
 
-class QuotaExceeded(EngineError):
+class QuotaExceeded(Refusal):
     """A per-user quota would be exceeded by this call."""
 
     def __init__(self, resource: str, limit: float, retry_after: float) -> None:
@@ -58,13 +83,24 @@ class QuotaExceeded(EngineError):
         super().__init__(f"quota exceeded for {resource} (limit {limit:g}); {when}")
 
 
-class RateLimited(EngineError):
+class RateLimited(Refusal):
     """Requests arrive faster than the session's or user's rate allows."""
 
     def __init__(self, scope: str, retry_after: float) -> None:
         self.scope = scope
         self.retry_after = retry_after
         super().__init__(f"{scope} rate limit reached; retry after {retry_after:.2f}s")
+
+
+class InvalidInput(Refusal):
+    """An argument was malformed; the message names it."""
+
+
+class ConfigurationError(EngineError, ValueError):
+    """A setting, a master key or an agent type file cannot be used; the message names it.
+
+    Also a `ValueError`: it is raised for a bad value, wherever that value was constructed.
+    """
 
 
 class PoolTimeout(EngineError):
@@ -101,16 +137,20 @@ class Interrupted(EngineError):
         )
 
 
-class InvalidInput(EngineError):
-    """An argument was malformed; the message names it."""
-
-
 class LLMError(EngineError):
     """The model backend failed after bounded retries."""
 
 
 class StoreError(EngineError):
     """The database is corrupt, foreign, newer than this code, or unwritable."""
+
+
+class DecryptionFailed(EngineError):
+    """A data key or a message could not be decrypted: tampered, wrong key, or key shredded."""
+
+    def __init__(self, what: str, advice: str) -> None:
+        self.what = what
+        super().__init__(f"{what} could not be decrypted; {advice}")
 
 
 class EngineClosed(EngineError):

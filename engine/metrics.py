@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.clock import Clock
+from engine.errors import ConfigurationError
 
 _MAX_US = 10**10  # ~2.8 hours; longer values count as this, which bounds the number of keys
 _QUANTILES = (0.5, 0.95, 0.99)
@@ -119,7 +120,7 @@ class WindowedHistogram:
 
     def __init__(self, clock: Clock, window_s: float = 60.0, slots: int = 6) -> None:
         if window_s <= 0 or slots < 1:
-            raise ValueError("window_s must be positive and slots at least 1")
+            raise ConfigurationError("window_s must be positive and slots at least 1")
         self._clock = clock
         self.window_s = window_s
         self.slots = slots
@@ -167,7 +168,7 @@ class RateRing:
 
     def __init__(self, clock: Clock, seconds: int = 300) -> None:
         if seconds < 2:
-            raise ValueError("a rate ring needs at least 2 seconds")
+            raise ConfigurationError("a rate ring needs at least 2 seconds")
         self._clock = clock
         self.seconds = seconds
         self._slots = [0.0] * seconds

@@ -18,13 +18,9 @@ from dataclasses import dataclass, field
 
 from engine.alerts import DEFAULT_RULES, Alert, AlertManager, AlertRules, Severity
 from engine.clock import Clock
+from engine.errors import ConfigurationError, EngineError, RateLimited, Refusal
 from engine.metrics import LatencyHistogram, Percentiles, RateRing, WindowedHistogram
 
-# Turns refused by policy or for the caller's own mistake: they count as errors, but not as
-# failures in error rates, which are about the engine and its backends.
-REJECTIONS = frozenset(
-    {"RateLimited", "QuotaExceeded", "InvalidInput", "SessionExpired", "SessionLimitReached"}
-)
 _MAX_AUTH_IDS = 1024  # presented session ids tracked for bursts; attacker-chosen, so bounded
 _MAX_ID_CHARS = 64
 
@@ -97,7 +93,7 @@ class MonitorSnapshot:
     users: int
     turns: int
     errors: int
-    failures: int  # errors not in REJECTIONS
+    failures: int  # errors that are not refusals (errors.Refusal)
     errors_by_type: tuple[tuple[str, int], ...]
     prompt_tokens: int
     completion_tokens: int
@@ -178,7 +174,7 @@ class Monitor:
         on_alert: Callable[[Alert], None] | None = None,
     ) -> None:
         if alert_rules.error_rate is not None and alert_rules.error_rate.window_s > history_s:
-            raise ValueError("error_rate.window_s cannot exceed history_s")
+            raise ConfigurationError("error_rate.window_s cannot exceed history_s")
         self._clock = clock
         self._rules = alert_rules
         self._policy = health_policy
@@ -283,10 +279,11 @@ class Monitor:
         stats.version += 1
 
     def record_error(
-        self, session_id: str, user_id: str, error_type: str, latency_s: float | None
+        self, session_id: str, user_id: str, error: EngineError, latency_s: float | None
     ) -> None:
-        """Count a failed turn; `error_type` is the exception class name ("LLMError", ...)."""
-        failure = error_type not in REJECTIONS
+        """Count a failed turn, by its error's class name; a `Refusal` is not a failure."""
+        failure = not isinstance(error, Refusal)
+        error_type = type(error).__name__
         self._errors += 1
         self._errors_by_type[error_type] = self._errors_by_type.get(error_type, 0) + 1
         self._errors_ring.add()
@@ -309,7 +306,7 @@ class Monitor:
         if latency_s is not None:
             stats.latencies.append(latency_s)
             stats.latency.record(latency_s)
-        if error_type == "RateLimited":
+        if isinstance(error, RateLimited):
             stats.rate_limited_at.append(self._clock.now())
         stats.version += 1
 

@@ -28,9 +28,10 @@ from types import EllipsisType, MappingProxyType
 from typing import ClassVar
 
 from engine.clock import Clock
-from engine.errors import InvalidInput, QuotaExceeded
+from engine.errors import ConfigurationError, InvalidInput, QuotaExceeded
 
 RESOURCES = ("api_calls", "tokens", "storage_mb", "compute_seconds")
+BYTES_PER_MB = 1_000_000  # storage_mb counts decimal megabytes of stored content
 
 RESERVATION_RETRY_S = 1.0
 
@@ -44,9 +45,13 @@ class QuotaLimit:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.limit) and self.limit >= 0):
-            raise ValueError(f"quota limit must be a finite number >= 0, got {self.limit!r}")
+            raise ConfigurationError(
+                f"quota limit must be a finite number >= 0, got {self.limit!r}"
+            )
         if self.window_s is not None and not (math.isfinite(self.window_s) and self.window_s > 0):
-            raise ValueError(f"quota window must be None or > 0 seconds, got {self.window_s!r}")
+            raise ConfigurationError(
+                f"quota window must be None or > 0 seconds, got {self.window_s!r}"
+            )
 
 
 def _tier(
@@ -195,13 +200,13 @@ class QuotaManager:
         for name, limits in tiers.items():
             if set(limits) != set(RESOURCES):
                 wanted = ", ".join(RESOURCES)
-                raise ValueError(
+                raise ConfigurationError(
                     f"tier {name!r} must define exactly {wanted}; got {sorted(limits)}"
                 )
         if default_tier not in tiers:
-            raise ValueError(f"default tier {default_tier!r} is not one of {sorted(tiers)}")
+            raise ConfigurationError(f"default tier {default_tier!r} is not one of {sorted(tiers)}")
         if buckets_per_window < 1:
-            raise ValueError(f"buckets_per_window must be >= 1, got {buckets_per_window}")
+            raise ConfigurationError(f"buckets_per_window must be >= 1, got {buckets_per_window}")
         self._clock = clock
         self._tiers = {name: dict(limits) for name, limits in tiers.items()}
         self._default_tier = default_tier

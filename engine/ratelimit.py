@@ -12,14 +12,14 @@ import math
 from dataclasses import dataclass
 
 from engine.clock import Clock
-from engine.errors import RateLimited
+from engine.errors import ConfigurationError, RateLimited
 
 
 def _validate(rate_per_s: float, burst: int) -> None:
     if not (math.isfinite(rate_per_s) and rate_per_s > 0):
-        raise ValueError(f"rate_per_s must be a finite number > 0, got {rate_per_s!r}")
+        raise ConfigurationError(f"rate_per_s must be a finite number > 0, got {rate_per_s!r}")
     if burst < 1:
-        raise ValueError(f"burst must be >= 1, got {burst!r}")
+        raise ConfigurationError(f"burst must be >= 1, got {burst!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ A running engine holds hundreds of thousands of objects that live as long as it 
 Agents, imported modules, sessions). The collector's full passes walk all of them and stall
 the event loop for tens of milliseconds, the tail of every turn. Freezing what exists after
 start-up takes it out of those passes; a larger first threshold makes passes rarer.
-benchmarks/agent_turns.py measured overhead p99 at 1,000 users falling from 14.5 ms to 3.1 ms.
 """
 
 from __future__ import annotations

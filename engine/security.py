@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from engine.errors import EngineError, InvalidInput
+from engine.errors import ConfigurationError, DecryptionFailed, InvalidInput
 
 MAX_TOKEN_CHARS = 256
 DEFAULT_ENV_VAR = "SESSION_CONSOLE_MASTER_KEY"
@@ -55,14 +55,6 @@ GCM_NONCE_BYTES = 12
 # length leaves exactly one way to split any byte string, so no two contexts collide.
 _CONTEXT_HEADER = struct.Struct(">QH")
 _MESSAGE_KEY_INFO = b"session-console message key v1"
-
-
-class DecryptionFailed(EngineError):
-    """A data key or a message could not be decrypted: tampered, wrong key, or key shredded."""
-
-    def __init__(self, what: str, advice: str) -> None:
-        self.what = what
-        super().__init__(f"{what} could not be decrypted; {advice}")
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -151,7 +143,7 @@ def _parse_key(raw: bytes, source: str, index: int) -> Fernet:
     try:
         return Fernet(raw)
     except (ValueError, TypeError):
-        raise InvalidInput(
+        raise ConfigurationError(
             f"master key #{index + 1} from {source} is not a valid Fernet key "
             "(44 url-safe base64 characters); generate one with "
             "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'`"
@@ -162,10 +154,9 @@ class SessionCipher:
     """Encrypts one session's messages with its own data key.
 
     AES-256-GCM under a key derived from the data key by HKDF-SHA256: one call into OpenSSL per
-    message, about a seventh of Fernet's cost (Fernet's padding, HMAC and base64 run partly in
-    Python and were 6% of a turn's CPU at 10,000 users). Each message is bound to its place
-    (session id, seq, role) as associated data, so whoever can edit the database file still
-    cannot swap, copy or relabel a session's messages unnoticed (deleting rows is not caught).
+    message, where Fernet's padding, HMAC and base64 run partly in Python. Each message is bound to
+    its place (session id, seq, role) as associated data, so whoever can edit the database file
+    still cannot swap, copy or relabel a session's messages unnoticed (deleting rows is not caught).
     Messages stored by earlier versions (unbound AES-GCM, or Fernet tokens under the data key
     itself) still decrypt, unchecked against their place.
     """
@@ -223,7 +214,7 @@ class KeyRing:
     def __init__(self, master_keys: Sequence[bytes], *, source: str = "master_keys") -> None:
         keys = tuple(key.strip() for key in master_keys)
         if not keys:
-            raise InvalidInput(f"{source} holds no master key; give at least one Fernet key")
+            raise ConfigurationError(f"{source} holds no master key; give at least one Fernet key")
         self._multi = MultiFernet([_parse_key(key, source, i) for i, key in enumerate(keys)])
         self._keys = keys
 
@@ -233,7 +224,7 @@ class KeyRing:
 
         With neither, a fresh key is written to `key_file`, created with mode 0o600 in one
         `os.open` so it is never readable by others, not even briefly. An existing key file
-        that group or others can access is refused (InvalidInput asking for `chmod 600`)
+        that group or others can access is refused (ConfigurationError asking for `chmod 600`)
         rather than silently used: a readable master key defeats encryption at rest. An
         empty or unset env var counts as absent.
         """
@@ -261,7 +252,7 @@ class KeyRing:
     def _read_key_file(cls, key_file: Path) -> KeyRing:
         mode = key_file.stat().st_mode
         if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidInput(
+            raise ConfigurationError(
                 f"key file {key_file} is accessible by group or others "
                 f"(mode {stat.S_IMODE(mode):#o}); run `chmod 600 {key_file}` and retry"
             )

@@ -10,7 +10,7 @@ import pytest
 
 from engine.clients import ClientCache, ClientCacheStats, openai_client_cache
 from engine.clock import ManualClock
-from engine.errors import EngineClosed, InvalidInput, LLMError
+from engine.errors import ConfigurationError, EngineClosed, LLMError
 from engine.security import fingerprint
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -258,7 +258,7 @@ async def test_no_client_is_ever_closed_under_a_running_call(rec):
 
 @pytest.mark.parametrize("bad", ["", "   ", None, 42, b"sk-bytes"])
 async def test_api_key_must_be_a_non_empty_string(cache, bad):
-    with pytest.raises(InvalidInput, match="api_key"):
+    with pytest.raises(ConfigurationError, match="api_key"):
         cache.lease(bad)
 
 
@@ -267,14 +267,14 @@ async def test_api_key_must_be_a_non_empty_string(cache, bad):
     ["ftp://example.com", "example.com/v1", "http://", 7, f"https://user:{SECRET}@host/v1"],
 )
 async def test_base_url_must_be_an_http_url_without_credentials(cache, url):
-    with pytest.raises(InvalidInput, match="base_url") as info:
+    with pytest.raises(ConfigurationError, match="base_url") as info:
         cache.lease("k", url)
     assert SECRET not in str(info.value)
 
 
 @pytest.mark.parametrize("capacity", [0, -1, 1.5, True])
 def test_capacity_must_be_a_positive_integer(rec, capacity):
-    with pytest.raises(InvalidInput, match="capacity"):
+    with pytest.raises(ConfigurationError, match="capacity"):
         ClientCache(rec.factory, rec.closer, capacity=capacity)
 
 
@@ -320,5 +320,5 @@ async def test_stats_is_a_frozen_snapshot(cache):
 
 
 async def test_openai_cache_validates_its_timeout():
-    with pytest.raises(InvalidInput, match="timeout_s"):
+    with pytest.raises(ConfigurationError, match="timeout_s"):
         openai_client_cache(timeout_s=0)

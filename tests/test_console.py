@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import sys
 import types
 
 import pytest
+from rendered import screen_text
 from textual.command import CommandPalette
 
+import console.load
 import engine.sessions
 from console.app import SessionConsole
 from console.load import STOP_GRACE_S
@@ -21,6 +22,7 @@ from console.screens.load import LoadScreen
 from console.screens.modals import ConfirmScreen, ExportScreen, HelpScreen
 from console.screens.users import UsersScreen
 from engine import errors
+from loadgen import LoadOptions
 from widgets import VirtualTable
 
 SECRET = "sk-live-do-not-show-0123456789"
@@ -61,13 +63,21 @@ async def make_unhealthy(engine, session):
                 return
 
 
-def console_for(engine, **kwargs) -> SessionConsole:
+class NotingConsole(SessionConsole):
+    """The console, keeping the text of every notification it shows."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notices: list[str] = []
+
+    def notify(self, message: str, **kwargs) -> None:
+        self.notices.append(message)
+        super().notify(message, **kwargs)
+
+
+def console_for(engine, **kwargs) -> NotingConsole:
     kwargs.setdefault("refresh_hz", 0.25)  # tests drive refreshes themselves
-    return SessionConsole(engine=engine, **kwargs)
-
-
-def screen_text(app) -> str:
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+    return NotingConsole(engine=engine, **kwargs)
 
 
 def table_ids(app) -> list[str]:
@@ -154,7 +164,7 @@ async def test_bad_filter_is_reported_and_changes_nothing(engine, clock):
         await pilot.press("slash", *"colour:red", "enter")
         await pilot.pause()
         assert len(table_ids(app)) == 12
-        assert any("unknown filter" in n.message for n in app._notifications)
+        assert any("unknown filter" in n for n in app.notices)
 
 
 async def test_unhealthy_toggle_shows_only_sessions_with_health_reasons(engine, clock):
@@ -213,11 +223,11 @@ async def test_end_session_from_the_table_asks_first(engine, clock):
         await pilot.press("ctrl+d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
-        assert engine.inspect(target) is not None
+        assert engine.operator.inspect(target) is not None
         await pilot.press("ctrl+d", "y")
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert engine.inspect(target) is None
+        assert engine.operator.inspect(target) is None
         assert target not in table_ids(app)
         assert len(created) == 2
 
@@ -276,10 +286,16 @@ async def test_timer_refreshes_and_modals_stop_it(engine, clock):
 async def test_refresh_never_nests(engine):
     app = console_for(engine)
     async with app.run_test(size=(100, 30)):
-        app._refreshing = True
-        assert app.refresh_data(force=True) is False
-        app._refreshing = False
+        screen, nested = app.screen, []
+        show = screen.show
+
+        def show_and_refresh_again(snapshot):
+            nested.append(app.refresh_data(force=True))  # e.g. a view reacting to its own update
+            show(snapshot)
+
+        screen.show = show_and_refresh_again
         assert app.refresh_data(force=True) is True
+        assert nested == [False]
 
 
 # -- help, command palette, export -------------------------------------------------------------
@@ -330,7 +346,7 @@ async def test_export_writes_the_current_view_and_names_the_file(engine, clock, 
         path = app.last_export
         assert path is not None and path.parent == tmp_path / "exports"
         assert path.suffix == f".{fmt}"
-        assert any(str(path) in n.message for n in app._notifications)
+        assert any(str(path) in n for n in app.notices)
         content = path.read_text()
         assert SECRET not in content
         parse = json.loads if fmt == "json" else lambda t: list(csv.DictReader(t.splitlines()))
@@ -407,11 +423,11 @@ async def test_detail_end_session_with_confirmation(engine, clock):
         await pilot.press("ctrl+d")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("escape")
-        assert engine.inspect(target.session_id) is not None
+        assert engine.operator.inspect(target.session_id) is not None
         await pilot.press("ctrl+d", "y")
         await app.workers.wait_for_complete()
         await refreshed(pilot)
-        assert engine.inspect(target.session_id) is None
+        assert engine.operator.inspect(target.session_id) is None
         assert detail.ended
         assert "Session ended" in screen_text(app)
         with pytest.raises(errors.AuthenticationError):
@@ -429,9 +445,9 @@ async def test_detail_rotate_token_invalidates_the_old_one_and_shows_no_token(en
         await pilot.pause()
         with pytest.raises(errors.AuthenticationError):
             await engine.history(target.session_id, target.token)
-        messages = [n.message for n in app._notifications]
+        messages = app.notices
         assert any("old one no longer works" in m for m in messages)
-        assert engine.inspect(target.session_id) is not None
+        assert engine.operator.inspect(target.session_id) is not None
 
 
 async def test_detail_acknowledges_its_alerts(engine, clock):
@@ -520,7 +536,7 @@ async def test_users_view_shows_sessions_and_usage_gauges(engine, clock):
         await pilot.pause()
         text = screen_text(app)
         assert "Usage of user04 (free) · 2 session(s)" in text
-        calls = next(u for u in engine.quota_usage("user04") if u.resource == "api_calls")
+        calls = next(u for u in engine.operator.quota_usage("user04") if u.resource == "api_calls")
         assert calls.percent >= 90 and f"{calls.used:.0f}/60" in text
 
 
@@ -539,7 +555,7 @@ def users_in_table(app) -> list[str]:
 
 
 def percent_of(engine, user: str, resource: str) -> float:
-    return next(u.percent for u in engine.quota_usage(user) if u.resource == resource)
+    return next(u.percent for u in engine.operator.quota_usage(user) if u.resource == resource)
 
 
 async def test_users_view_sorts_by_shift_keys_and_the_same_key_reverses(engine, clock):
@@ -549,7 +565,8 @@ async def test_users_view_sorts_by_shift_keys_and_the_same_key_reverses(engine, 
         await pilot.press("u")
         await refreshed(pilot)
         assert isinstance(app.screen, UsersScreen)
-        worst = [max(u.percent for u in engine.quota_usage(x)) for x in users_in_table(app)]
+        usage = engine.operator.quota_usage
+        worst = [max(u.percent for u in usage(x)) for x in users_in_table(app)]
         assert worst == sorted(worst, reverse=True) and len(set(worst)) > 1  # the default
         assert "sort worst ▼" in screen_text(app)
 
@@ -616,7 +633,7 @@ async def test_users_view_filter_narrows_rows_and_escape_clears_then_goes_home(e
         assert users_in_table(app) == ["user03"]
         await pilot.press("slash", "ctrl+u", *"colour:red", "enter")
         await pilot.pause()
-        assert any("unknown filter" in n.message for n in app._notifications)
+        assert any("unknown filter" in n for n in app.notices)
         assert users_in_table(app) == ["user03"]  # a bad filter changes nothing
         await pilot.press("escape")  # clears the filter, stays here
         assert isinstance(app.screen, UsersScreen) and len(users_in_table(app)) == 6
@@ -675,8 +692,8 @@ async def test_side_panels_never_scroll_and_count_what_they_leave_out(engine, cl
             assert "+2 more" in screen_text(app)  # the workers under the agent-type pools
 
 
-def fake_demo_load(monkeypatch):
-    """A stand-in with demo_load's API, so the panel's wiring is tested in isolation."""
+def fake_load_generator(monkeypatch):
+    """A stand-in with LoadGenerator's API, so the panel's wiring is tested in isolation."""
     calls: list[tuple] = []
 
     def op(name, requests):
@@ -715,15 +732,15 @@ def fake_demo_load(monkeypatch):
                 failures=(types.SimpleNamespace(operation="send", error="RateLimited", count=2),),
             )
 
-    module = types.ModuleType("demo_load")
-    module.LoadGenerator = LoadGenerator
-    module.LoadOptions = lambda: types.SimpleNamespace(users=0, spawn_rate=0.0)
-    monkeypatch.setitem(sys.modules, "demo_load", module)
+    monkeypatch.setattr(console.load, "LoadGenerator", LoadGenerator)
+    monkeypatch.setattr(
+        console.load, "LoadOptions", lambda: types.SimpleNamespace(users=0, spawn_rate=0.0)
+    )
     return calls
 
 
 async def test_load_panel_starts_stops_and_sets_users_and_rate(engine, monkeypatch, tmp_path):
-    calls = fake_demo_load(monkeypatch)
+    calls = fake_load_generator(monkeypatch)
     app = console_for(engine, export_dir=tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("l")
@@ -749,8 +766,7 @@ async def test_load_panel_starts_stops_and_sets_users_and_rate(engine, monkeypat
 
 
 async def test_load_panel_drives_the_real_generator(engine):
-    demo_load = pytest.importorskip("demo_load")
-    options = demo_load.LoadOptions(users=2, spawn_rate=50.0, seed=3)
+    options = LoadOptions(users=2, spawn_rate=50.0, seed=3)
     app = console_for(engine, load_options=options, start_load=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("l")
@@ -766,19 +782,20 @@ async def test_load_panel_drives_the_real_generator(engine):
         assert not app.load.running
 
 
-async def test_load_panel_says_when_the_generator_is_missing(engine, monkeypatch):
-    monkeypatch.setitem(sys.modules, "demo_load", types.ModuleType("demo_load"))
-    app = console_for(engine)
+async def test_load_panel_says_when_the_generator_cannot_run_on_the_engine(engine):
+    options = LoadOptions(agent_mix=(("no-such-agent", 1.0),))
+    app = console_for(engine, load_options=options, start_load=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("l")
+        await pilot.press("s")
         await refreshed(pilot)
         assert "load generator unavailable" in screen_text(app)
-        await pilot.press("s")
+        assert "no-such-agent" in screen_text(app)
         assert not app.load.running
 
 
 async def test_load_options_start_the_generator_with_the_console(engine, monkeypatch):
-    calls = fake_demo_load(monkeypatch)
+    calls = fake_load_generator(monkeypatch)
     options = types.SimpleNamespace(users=5, spawn_rate=2.0)
     app = console_for(engine, load_options=options)
     async with app.run_test(size=(100, 30)):
@@ -855,13 +872,13 @@ def test_command_line_and_run_console_open_the_console(monkeypatch, tmp_path):
     opened = []
 
     def fake_run(app):
-        opened.append((app._owns_engine, app._start_load, app.refresh_hz, app.engine.config))
+        opened.append((app.owns_engine, app.start_load, app.refresh_hz, app.engine.config))
 
     monkeypatch.setattr(SessionConsole, "run", fake_run)
     main(["--data-dir", str(tmp_path), "--refresh-hz", "4"])
     main(["--load"])
     config = EngineConfig(data_dir=tmp_path)
-    run_console(config, load_options=types.SimpleNamespace(users=3, spawn_rate=1.0))
+    run_console(config, load_options=LoadOptions(users=3, spawn_rate=1.0))
     (owns, load, hz, first), (_, load_flag, _, _), (_, with_options, _, given) = opened
     assert owns and not load and hz == 4 and first.data_dir == tmp_path
     assert load_flag and with_options and given is config

@@ -27,7 +27,7 @@ def fixed_session_ids(monkeypatch):
 
 async def ready(pilot) -> SessionConsole:
     app = pilot.app
-    while not app._engine_ready:
+    while app.snapshot is None:  # the engine is open and the first refresh shown
         await pilot.pause(0.01)
     return app
 

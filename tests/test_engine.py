@@ -40,7 +40,8 @@ async def test_turns_leave_the_stored_context_exactly_as_sent(engine):
         assert f"ctx {2 * i + 2} msgs" in reply.text
     history = await engine.history(s.session_id, s.token)
     assert [(m.role, m.content) for m in history] == expected
-    assert [m.content for m in engine.inspect(s.session_id).messages] == [c for _, c in expected]
+    detail = engine.operator.inspect(s.session_id)
+    assert [m.content for m in detail.messages] == [c for _, c in expected]
 
 
 async def test_unknown_session_and_wrong_token_are_indistinguishable(engine):
@@ -137,7 +138,7 @@ async def test_bad_send_arguments_consume_nothing(engine, text, agent_type, matc
     with pytest.raises(errors.InvalidInput, match=match):
         await engine.send(s.session_id, s.token, text, agent_type=agent_type)
     assert await engine.history(s.session_id, s.token) == []
-    assert all(u.used == 0 and u.reserved == 0 for u in engine.quota_usage("alice"))
+    assert all(u.used == 0 and u.reserved == 0 for u in engine.operator.quota_usage("alice"))
 
 
 async def test_calls_before_open_and_after_close_are_refused(make_config):
@@ -146,7 +147,7 @@ async def test_calls_before_open_and_after_close_are_refused(make_config):
         await engine.create_session("alice")
     await engine.open()
     s = await engine.create_session("alice")
-    await engine.close()
+    await engine.aclose()
     with pytest.raises(errors.EngineClosed, match="closed"):
         await engine.send(s.session_id, s.token, "hi")
 
@@ -157,11 +158,12 @@ async def test_session_rate_limit_gives_retry_after_and_spends_no_quota(make_con
         s = await engine.create_session("alice")
         await engine.send(s.session_id, s.token, "one")
         await engine.send(s.session_id, s.token, "two")
-        calls_before = {u.resource: u.used for u in engine.quota_usage("alice")}["api_calls"]
+        usage = engine.operator.quota_usage
+        calls_before = {u.resource: u.used for u in usage("alice")}["api_calls"]
         with pytest.raises(errors.RateLimited) as info:
             await engine.send(s.session_id, s.token, "three")
         assert info.value.scope == "session" and info.value.retry_after > 0
-        assert {u.resource: u.used for u in engine.quota_usage("alice")}["api_calls"] == (
+        assert {u.resource: u.used for u in engine.operator.quota_usage("alice")}["api_calls"] == (
             calls_before
         )
         clock.advance(info.value.retry_after)
@@ -175,9 +177,9 @@ async def test_quota_exceeded_names_resource_and_alerts(engine, clock):
             clock.advance(1.0)  # stay under the rate limits
             await engine.send(s.session_id, s.token, f"msg {i}")
     exc = info.value
-    limits = {u.resource: u.limit for u in engine.quota_usage("alice")}
+    limits = {u.resource: u.limit for u in engine.operator.quota_usage("alice")}
     assert exc.limit == limits[exc.resource] and exc.retry_after > 0
-    assert all(u.reserved == 0 for u in engine.quota_usage("alice"))
+    assert all(u.reserved == 0 for u in engine.operator.quota_usage("alice"))
     snap = engine.snapshot()
     assert snap.quotas[0].user_id == "alice" and snap.quotas[0].highest_percent >= 80
     assert any(
@@ -191,10 +193,10 @@ async def test_quota_percents_agree_with_the_full_usage_report(engine, clock):
     for i in range(3):
         clock.advance(1.0)
         await engine.send(s.session_id, s.token, f"msg {i}")
-    report = {u.resource: u.percent for u in engine.quota_usage("alice")}
-    assert dict(engine.quota_percents("alice")) == report
+    report = {u.resource: u.percent for u in engine.operator.quota_usage("alice")}
+    assert dict(engine.operator.quota_percents("alice")) == report
     assert report["api_calls"] > 0 and report["tokens"] > 0
-    assert dict(engine.quota_percents("nobody")) == {r: 0.0 for r in report}
+    assert dict(engine.operator.quota_percents("nobody")) == {r: 0.0 for r in report}
 
 
 async def test_model_failure_is_llm_error_and_leaves_everything_consistent(make_config, clock):
@@ -211,7 +213,7 @@ async def test_model_failure_is_llm_error_and_leaves_everything_consistent(make_
             except errors.LLMError as exc:
                 assert "simulated model error" in str(exc)
                 outcomes.append("error")
-            assert all(u.reserved == 0 for u in engine.quota_usage("alice"))
+            assert all(u.reserved == 0 for u in engine.operator.quota_usage("alice"))
         assert {"ok", "error"} <= set(outcomes)
         view = engine.snapshot().sessions[0]
         assert view.errors == outcomes.count("error") and view.state == "idle"
@@ -239,7 +241,7 @@ async def test_timeout_and_cancellation_release_the_turn(make_config):
         snap = engine.snapshot()
         assert view_of(engine, s.session_id).state == "idle"
         assert all(p.in_use == 0 for p in snap.pools)
-        assert all(u.reserved == 0 for u in engine.quota_usage("alice"))
+        assert all(u.reserved == 0 for u in engine.operator.quota_usage("alice"))
 
 
 async def test_session_ended_mid_turn_keeps_nothing(make_config):
@@ -271,7 +273,7 @@ async def test_unknown_agent_type_and_pool_exhaustion(make_config, tmp_path):
         await asyncio.sleep(0.01)
         with pytest.raises(errors.PoolTimeout, match="solo"):
             await engine.send(b.session_id, b.token, "hi", agent_type="solo")
-        assert all(u.reserved == 0 for u in engine.quota_usage("bob"))
+        assert all(u.reserved == 0 for u in engine.operator.quota_usage("bob"))
         await first
         assert (await engine.send(b.session_id, b.token, "now", agent_type="solo")).text
 
@@ -283,7 +285,7 @@ async def test_thousands_of_concurrent_turns_stay_isolated(make_config):
     )
     async with Engine(config) as engine:
         for user in range(200):
-            engine.set_tier(f"user{user}", "enterprise")
+            engine.operator.set_tier(f"user{user}", "enterprise")
         sessions = [await engine.create_session(f"user{i % 200}") for i in range(400)]
 
         async def converse(s, n):
@@ -305,8 +307,23 @@ async def test_sim_faults_change_live_and_back(engine, clock):
     engine.set_sim(SimSettings(median_latency_s=0.0, p99_latency_s=0.0, error_rate=1.0, seed=1))
     with pytest.raises(errors.LLMError, match="simulated model error"):
         await engine.send(s.session_id, s.token, "during the drill")
-    with pytest.raises(errors.InvalidInput, match="error_rate"):
+    with pytest.raises(errors.ConfigurationError, match="error_rate"):
         engine.set_sim(SimSettings(error_rate=2.0))
     engine.set_sim(calm)
     clock.advance(1.0)
     assert (await engine.send(s.session_id, s.token, "after the drill")).text
+
+
+async def test_the_operator_ends_and_rotates_by_id_without_a_token(engine):
+    s = await engine.create_session("alice")
+    other = await engine.create_session("bob")
+    operator = engine.operator
+    assert await operator.rotate_token(s.session_id)
+    with pytest.raises(errors.AuthenticationError):
+        await engine.history(s.session_id, s.token)
+    assert operator.session_exists(s.session_id) and operator.inspect(s.session_id) is not None
+    assert await operator.end_session(s.session_id)
+    assert not await operator.end_session(s.session_id)
+    assert not await operator.rotate_token(s.session_id)
+    assert not operator.session_exists(s.session_id) and operator.inspect(s.session_id) is None
+    assert await engine.history(other.session_id, other.token) == []

@@ -32,7 +32,7 @@ async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config,
         for i in range(3):
             await engine.send(s.session_id, s.token, f"remember {i}")
         before_history = await engine.history(s.session_id, s.token)
-        before_quota = engine.quota_usage("alice")
+        before_quota = engine.operator.quota_usage("alice")
         before_view = engine.snapshot().sessions[0]
     clock.advance(10)
     async with Engine(config) as engine:
@@ -45,7 +45,7 @@ async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config,
         )
         assert await engine.history(s.session_id, s.token) == before_history
         assert engine.snapshot().sessions[0].last_active_at == clock.now()
-        assert [u.used for u in engine.quota_usage("alice")] == pytest.approx(
+        assert [u.used for u in engine.operator.quota_usage("alice")] == pytest.approx(
             [u.used for u in before_quota]
         )
         reply = await engine.send(s.session_id, s.token, "and now?")

@@ -354,7 +354,7 @@ async def test_interrupt_cancels_the_running_turn_which_keeps_nothing(serve):
         assert [m["content"] for m in history.json()["messages"] if m["role"] == "user"] == [
             "never mind"]
         # The interrupted turn's reservation was released: only one call is charged.
-        usage = {u.resource: u for u in s.engine.quota_usage("alice")}
+        usage = {u.resource: u for u in s.engine.operator.quota_usage("alice")}
         assert usage["api_calls"].used == 1 and usage["api_calls"].reserved == 0
 
 

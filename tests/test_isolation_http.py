@@ -58,7 +58,7 @@ async def test_no_request_contains_another_sessions_content(make_config, tmp_pat
     async with Engine(http_config(make_config, tmp_path, server)) as engine:
         users = [f"user{i}" for i in range(40)]
         for user in users:
-            engine.set_tier(user, "enterprise")
+            engine.operator.set_tier(user, "enterprise")
         sessions = [await engine.create_session(users[i % len(users)]) for i in range(80)]
         rng = random.Random(5)
 
@@ -104,7 +104,7 @@ async def test_backend_faults_end_in_typed_errors_and_leave_state_consistent(
             server.faults.clear()
             snap = engine.snapshot()
             assert all(p.in_use == 0 for p in snap.pools)
-            assert all(u.reserved == 0 for u in engine.quota_usage("alice"))
+            assert all(u.reserved == 0 for u in engine.operator.quota_usage("alice"))
             assert "sk-local-default" not in repr(snap)
         server.inject(Fault.rate_limited(0.01), times=1)  # one 429, then the retry succeeds
         reply = await engine.send(s.session_id, s.token, "still usable")

@@ -6,7 +6,12 @@ import pytest
 
 from engine.alerts import AlertRules, AuthBurstRule, ErrorRateRule, LatencyRule
 from engine.clock import ManualClock
+from engine.errors import LLMError, QuotaExceeded, RateLimited
 from engine.monitor import Monitor
+
+LLM_DOWN = LLMError("backend down")
+RATE_LIMITED = RateLimited("session", 1.0)
+QUOTA_EXCEEDED = QuotaExceeded("tokens", 100, 5.0)
 
 
 def monitor(**overrides) -> tuple[ManualClock, Monitor]:
@@ -30,8 +35,8 @@ def test_turns_errors_and_tokens_are_counted_per_session_user_and_globally():
     mon.record_turn("s1", "alice", 0.2, 100, 20)
     clock.advance(1)
     mon.record_turn("s1", "alice", 0.4, 150, 30)
-    mon.record_error("s1", "alice", "LLMError", 1.5)
-    mon.record_error("s1", "alice", "RateLimited", None)
+    mon.record_error("s1", "alice", LLM_DOWN, 1.5)
+    mon.record_error("s1", "alice", RATE_LIMITED, None)
     view = mon.session_view("s1")
     assert (view.turns, view.errors, view.prompt_tokens, view.completion_tokens) == (2, 2, 250, 50)
     assert view.last_error == "RateLimited" and view.last_turn_at == clock.now()
@@ -61,7 +66,7 @@ def test_rates_are_per_second_over_recent_completed_seconds():
 def test_records_for_an_unknown_session_count_globally_but_keep_no_session_state():
     _, mon = monitor()
     mon.record_turn("ghost", "alice", 0.1, 1, 1)
-    mon.record_error("ghost", "alice", "LLMError", None)
+    mon.record_error("ghost", "alice", LLM_DOWN, None)
     assert mon.session_view("ghost") is None and mon.health("ghost") is None
     snap = mon.snapshot()
     assert (snap.turns, snap.errors, snap.sessions) == (1, 1, 0)
@@ -82,7 +87,7 @@ def test_consecutive_errors_lower_health_with_reasons_and_successes_restore_it()
     _, mon = started()
     assert mon.health("s1").score == 100 and mon.health("s1").reasons == ()
     for _ in range(3):
-        mon.record_error("s1", "alice", "LLMError", None)
+        mon.record_error("s1", "alice", LLM_DOWN, None)
     health = mon.health("s1")
     assert health.score < 50
     assert "3 consecutive errors" in health.reasons
@@ -102,7 +107,7 @@ def test_consecutive_errors_lower_health_with_reasons_and_successes_restore_it()
 def test_rejections_do_not_count_as_failures_in_health():
     _, mon = started()
     for _ in range(5):
-        mon.record_error("s1", "alice", "QuotaExceeded", None)
+        mon.record_error("s1", "alice", QUOTA_EXCEEDED, None)
     assert mon.health("s1").score == 100
 
 
@@ -130,7 +135,7 @@ def test_user_quota_shows_in_every_session_of_the_user():
 def test_rate_limited_reason_ages_out_without_new_records():
     clock, mon = started()
     for _ in range(5):
-        mon.record_error("s1", "alice", "RateLimited", None)
+        mon.record_error("s1", "alice", RATE_LIMITED, None)
         clock.advance(1)
     assert "rate limited 5 times in last 60s" in mon.health("s1").reasons
     clock.advance(56)  # now 61 s after the first: the first two fall out of the minute
@@ -141,7 +146,7 @@ def test_rate_limited_reason_ages_out_without_new_records():
 
 def test_health_is_cached_while_nothing_changes():
     _, mon = started()
-    mon.record_error("s1", "alice", "LLMError", None)
+    mon.record_error("s1", "alice", LLM_DOWN, None)
     assert mon.health("s1") is mon.health("s1")
 
 
@@ -149,7 +154,7 @@ def test_health_is_cached_while_nothing_changes():
 def test_global_error_rate_fires_critical_on_tick_and_resolves():
     clock, mon = started(alert_rules=AlertRules(error_rate=ErrorRateRule(20.0, 60, 20)))
     for _ in range(10):
-        mon.record_error("s1", "alice", "LLMError", None)
+        mon.record_error("s1", "alice", LLM_DOWN, None)
     mon.tick()
     assert alerts_of(mon, "error_rate") == []  # 10 samples: below the minimum
     for _ in range(20):
@@ -168,7 +173,7 @@ def test_global_error_rate_fires_critical_on_tick_and_resolves():
 def test_rejections_do_not_raise_the_error_rate_alert():
     _, mon = started()
     for _ in range(100):
-        mon.record_error("s1", "alice", "RateLimited", None)
+        mon.record_error("s1", "alice", RATE_LIMITED, None)
     mon.tick()
     assert alerts_of(mon, "error_rate") == []
 
@@ -285,7 +290,7 @@ def test_ended_sessions_and_idle_users_leave_nothing_behind():
         sid, uid = f"s{i}", f"u{i % 2500}"
         mon.session_started(sid, uid)
         mon.record_turn(sid, uid, 0.1, 5, 5)
-        mon.record_error(sid, uid, "RateLimited", None)
+        mon.record_error(sid, uid, RATE_LIMITED, None)
         mon.health(sid)
         mon.session_ended(sid)
     assert len(mon._sessions) == 0

@@ -16,12 +16,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from engine.errors import InvalidInput
+from engine.errors import ConfigurationError, DecryptionFailed, InvalidInput
 from engine.security import (
     BOUND_FORMAT,
     GCM_NONCE_BYTES,
     UNBOUND_FORMAT,
-    DecryptionFailed,
     KeyRing,
     SessionCipher,
     TokenRecord,
@@ -169,7 +168,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, no_env: None) ->
     key_file = tmp_path / "master.key"
     key_file.write_bytes(key + b"\n")
     key_file.chmod(0o644)
-    with pytest.raises(InvalidInput, match="chmod 600") as info:
+    with pytest.raises(ConfigurationError, match="chmod 600") as info:
         KeyRing.load(key_file=key_file)
     assert_no_key_material(str(info.value), key)
 
@@ -179,18 +178,18 @@ def test_malformed_key_file_names_the_file_not_the_key(tmp_path: Path, no_env: N
     bad = b"not-a-fernet-key-but-secret-looking-AAAAAAAA"
     key_file.write_bytes(bad + b"\n")
     key_file.chmod(0o600)
-    with pytest.raises(InvalidInput) as info:
+    with pytest.raises(ConfigurationError) as info:
         KeyRing.load(key_file=key_file)
     assert str(key_file) in str(info.value)
     assert bad.decode() not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_empty_key_file_is_invalid_input(tmp_path: Path, no_env: None) -> None:
+def test_empty_key_file_is_a_configuration_error(tmp_path: Path, no_env: None) -> None:
     key_file = tmp_path / "master.key"
     key_file.write_bytes(b"\n\n")
     key_file.chmod(0o600)
-    with pytest.raises(InvalidInput, match="no master key"):
+    with pytest.raises(ConfigurationError, match="no master key"):
         KeyRing.load(key_file=key_file)
 
 
@@ -230,7 +229,7 @@ def test_malformed_env_key_names_the_variable_not_the_value(
     good = Fernet.generate_key()
     bad = "s3cret-but-malformed-key-material"
     monkeypatch.setenv(ENV, f"{good.decode()},{bad}")
-    with pytest.raises(InvalidInput) as info:
+    with pytest.raises(ConfigurationError) as info:
         KeyRing.load(key_file=tmp_path / "k")
     message = str(info.value)
     assert ENV in message and "#2" in message
@@ -238,8 +237,8 @@ def test_malformed_env_key_names_the_variable_not_the_value(
     assert_no_key_material(message, good)
 
 
-def test_empty_ring_is_invalid_input() -> None:
-    with pytest.raises(InvalidInput, match="no master key"):
+def test_empty_ring_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="no master key"):
         KeyRing([])
 
 
@@ -418,8 +417,8 @@ def test_rotate_to_an_existing_key_does_not_duplicate_it() -> None:
     assert ring.fingerprints() == [fingerprint(b), fingerprint(a)]
 
 
-def test_rotate_to_malformed_key_is_invalid_input() -> None:
-    with pytest.raises(InvalidInput, match="rotate"):
+def test_rotate_to_malformed_key_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="rotate"):
         KeyRing([Fernet.generate_key()]).rotate(b"short")
 
 

@@ -18,20 +18,18 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import aiosqlite
 import pytest
 from cryptography.fernet import Fernet
 
-from engine import migrations
-from engine import store as store_module
 from engine.errors import StoreError
 from engine.security import DecryptionFailed, KeyRing, SessionCipher, hash_token, new_token
 from engine.store import (
     AlertRow,
     Assign,
+    Backend,
     EndSession,
     MessageRow,
     MetricsRow,
@@ -42,8 +40,9 @@ from engine.store import (
     TokenUpdate,
     Touch,
     TrimMessages,
-    _check_aiosqlite,
 )
+from engine.store.sqlite import checkpointer as checkpointing
+from engine.store.sqlite import migrations
 
 NOW = 1_700_000_000.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +130,12 @@ async def writer_held(store: Store):
     finally:
         release.set()
         await held
+
+
+async def on_writer_connection(store: Store, sql: str) -> tuple | None:
+    """Run `sql` on the store's own connection, in its thread (settings such as
+    max_page_count belong to one connection); returns the first row."""
+    return await store.backend.connection.run(lambda conn: conn.execute(sql).fetchone())
 
 
 def started(*writes) -> list[asyncio.Future]:
@@ -224,7 +229,7 @@ def folder_state(path: Path) -> dict[str, bytes]:
 async def test_a_second_store_on_an_open_file_is_refused_and_the_file_left_untouched(
     db_path, monkeypatch
 ):
-    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)  # no pass moves bytes meanwhile
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)  # no pass moves bytes meanwhile
     async with await Store.open(db_path) as first:
         await first.save_session(session_row())
         before = disk_bytes(db_path)
@@ -403,8 +408,8 @@ async def test_a_full_disk_stops_start_up_with_the_path(tmp_path):
 async def test_a_failed_batch_rolls_back_as_a_whole_and_every_waiter_hears_of_it(store):
     """SQLITE_FULL without root: cap the file's page count (fault injection)."""
     await store.save_session(session_row())
-    (pages,) = next(iter(await store._db.execute_fetchall("PRAGMA page_count")))
-    await store._db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    (pages,) = await on_writer_connection(store, "PRAGMA page_count")
+    await on_writer_connection(store, f"PRAGMA max_page_count = {pages + 1}")
     failed_before = store.stats().failed_batches
     async with writer_held(store):
         writes = started(*(store.write(message("s1", n, os.urandom(2000))) for n in range(1, 30)))
@@ -412,7 +417,7 @@ async def test_a_failed_batch_rolls_back_as_a_whole_and_every_waiter_hears_of_it
     assert results and all(isinstance(r, StoreError) for r in results)
     assert "disk is full" in str(results[0])
     assert store.stats().failed_batches == failed_before + 1
-    await store._db.execute("PRAGMA max_page_count = 1073741823")
+    await on_writer_connection(store, "PRAGMA max_page_count = 1073741823")
     await store.write(message("s1", 100))
     restored = await store.load_live(NOW)
     assert [m.seq for m in restored.messages["s1"]] == [100]
@@ -475,33 +480,15 @@ async def test_a_rejected_write_fails_alone_and_its_batch_mates_commit(store):
     assert [m.seq for m in restored.messages["s1"]] == [1, 2]
 
 
-class CountingQueue:
-    """Stands in for aiosqlite's queue to its connection thread, recording what is queued."""
-
-    def __init__(self, queue) -> None:
-        self.queue = queue
-        self.calls: list[object] = []
-
-    def put_nowait(self, item) -> None:
-        self.calls.append(item[1])
-        self.queue.put_nowait(item)
-
-    def __getattr__(self, name: str):
-        return getattr(self.queue, name)
+def count_round_trips(store: Store) -> Callable[[], int]:
+    """Calls handed to the store's connection thread from now on."""
+    connection = store.backend.connection
+    before = connection.round_trips
+    return lambda: connection.round_trips - before
 
 
-def count_round_trips(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Record every call queued on the store connection's aiosqlite thread (the thread keeps
-    reading the real queue)."""
-    counting = CountingQueue(store._db._tx)
-    monkeypatch.setattr(store._db, "_tx", counting)
-    return counting.calls
-
-
-async def test_a_batch_commits_in_one_round_trip_to_the_connection_thread(
-    store, db_path, monkeypatch
-):
-    calls = count_round_trips(store, monkeypatch)
+async def test_a_batch_commits_in_one_round_trip_to_the_connection_thread(store, db_path):
+    calls = count_round_trips(store)
     await store.write(
         session_row(),
         message("s1", 1),
@@ -509,7 +496,7 @@ async def test_a_batch_commits_in_one_round_trip_to_the_connection_thread(
         Touch("s1", NOW + 5, turns=1, prompt_tokens=3),
         QuotaEvent("alice", "tokens", NOW + 5, 40, 3600.0),
     )
-    assert len(calls) == 1
+    assert calls() == 1
     assert query(db_path, "SELECT seq FROM messages ORDER BY seq") == [(1,), (2,)]
     assert query(db_path, "SELECT turns, prompt_tokens FROM sessions") == [(1, 3)]
     assert query(db_path, "SELECT amount FROM quota_usage") == [(40.0,)]
@@ -520,14 +507,12 @@ async def test_a_batch_commits_in_one_round_trip_to_the_connection_thread(
     )
     after = store.stats()
     assert after.writes - before.writes == 37
-    assert len(calls) - 1 == after.batches - before.batches < 37
+    assert calls() - 1 == after.batches - before.batches < 37
 
 
-async def test_a_rejected_write_fails_alone_within_the_same_round_trip(
-    store, db_path, monkeypatch
-):
+async def test_a_rejected_write_fails_alone_within_the_same_round_trip(store, db_path):
     await store.save_session(session_row())
-    calls = count_round_trips(store, monkeypatch)
+    calls = count_round_trips(store)
     before = store.stats()
     async with writer_held(store):
         writes = started(
@@ -539,7 +524,7 @@ async def test_a_rejected_write_fails_alone_within_the_same_round_trip(
     after = store.stats()
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], StoreError) and "not stored" in str(results[1])
-    assert len(calls) == 1 and after.batches - before.batches == 1
+    assert calls() == 1 and after.batches - before.batches == 1
     assert after.rejected_writes - before.rejected_writes == 1
     assert after.failed_batches == before.failed_batches
     assert query(db_path, "SELECT seq FROM messages ORDER BY seq") == [(1,), (2,)]
@@ -643,9 +628,9 @@ async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(db_path
 async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(
     db_path, monkeypatch
 ):
-    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)  # no background pass either
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)  # no background pass either
     store = await Store.open(db_path)
-    assert await store._db.execute_fetchall("PRAGMA wal_autocheckpoint") == [(0,)]
+    assert await on_writer_connection(store, "PRAGMA wal_autocheckpoint") == (0,)
     await store.save_session(session_row())
     for n in range(300):  # ~1,500 pages: an automatic checkpoint would have run at 1,000
         await store.write(*(message("s1", 10 * n + k, os.urandom(2000)) for k in range(10)))
@@ -659,7 +644,7 @@ async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(
 async def test_the_checkpointer_copies_the_wal_into_the_file_while_the_store_is_open(
     db_path, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(store_module, "CHECKPOINT_S", 0.01)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 0.01)
     async with await Store.open(db_path) as store:
         await store.write(session_row(), *(message("s1", n, os.urandom(2000)) for n in range(200)))
         await checkpoint_passes(store, 2)  # one began after the last commit
@@ -668,7 +653,7 @@ async def test_the_checkpointer_copies_the_wal_into_the_file_while_the_store_is_
         alone = tmp_path / "alone.db"
         shutil.copyfile(db_path, alone)
         assert query(alone, "SELECT count(*) FROM messages") == [(200,)]
-        checkpointer = store._checkpointer._thread
+        checkpointer = store.backend.checkpointer._thread
         assert checkpointer.is_alive()
     assert not checkpointer.is_alive()
     assert not [t for t in threading.enumerate() if t.name == checkpointer.name]
@@ -681,7 +666,7 @@ def wal_frames(path: Path) -> int:
 
 
 async def test_a_log_that_grew_too_long_restarts_at_the_next_batch(db_path, monkeypatch):
-    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)
     async with await Store.open(db_path) as store:
         await store.save_session(session_row())
         for n in range(50):
@@ -689,10 +674,10 @@ async def test_a_log_that_grew_too_long_restarts_at_the_next_batch(db_path, monk
         long_log = wal_frames(db_path)
         await store.write(message("s1", 1000))
         assert wal_frames(db_path) > long_log  # nobody asked: the log keeps growing
-        store._checkpointer._restart = True  # what a pass does when it finds the log too long
+        store.backend.checkpointer._restart = True  # as a pass that finds the log too long does
         await store.write(message("s1", 1001))
         assert wal_frames(db_path) < 10  # this batch's frames, at the start of a new log
-        assert not store._checkpointer.take_restart()  # asked once, done once
+        assert not store.backend.checkpointer.take_restart()  # asked once, done once
         assert store.stats().checkpoints == 0
         assert query(db_path, "SELECT count(*) FROM messages") == [(502,)]
 
@@ -700,15 +685,15 @@ async def test_a_log_that_grew_too_long_restarts_at_the_next_batch(db_path, monk
 async def test_a_pass_that_finds_the_log_too_long_asks_the_writer_to_restart_it(
     db_path, monkeypatch
 ):
-    monkeypatch.setattr(store_module, "CHECKPOINT_S", 3600.0)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)
     async with await Store.open(db_path) as store:
         await store.write(session_row(), *(message("s1", n, os.urandom(2000)) for n in range(20)))
-        checkpointer = store._checkpointer
+        checkpointer = store.backend.checkpointer
         with contextlib.closing(checkpointer._connect()) as conn:
-            monkeypatch.setattr(store_module, "WAL_RESTART_FRAMES", 10**6)
+            monkeypatch.setattr(checkpointing, "WAL_RESTART_FRAMES", 10**6)
             checkpointer._checkpoint(conn)
             assert not checkpointer.take_restart() and checkpointer.checkpoints == 1
-            monkeypatch.setattr(store_module, "WAL_RESTART_FRAMES", 10)
+            monkeypatch.setattr(checkpointing, "WAL_RESTART_FRAMES", 10)
             checkpointer._checkpoint(conn)  # and a second, short pass before asking
             assert checkpointer.take_restart() and checkpointer.checkpoints == 3
             assert not checkpointer.take_restart()
@@ -717,16 +702,16 @@ async def test_a_pass_that_finds_the_log_too_long_asks_the_writer_to_restart_it(
 async def test_a_failing_pass_is_logged_once_and_the_checkpointer_goes_on(
     db_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(store_module, "CHECKPOINT_S", 0.01)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 0.01)
     failures = iter([sqlite3.OperationalError("disk I/O error")] * 3)
-    real_pass = store_module._Checkpointer._pass
+    real_pass = checkpointing.Checkpointer._pass
 
     def flaky_pass(self, conn):
         if (failure := next(failures, None)) is not None:
             raise failure
         return real_pass(self, conn)
 
-    monkeypatch.setattr(store_module._Checkpointer, "_pass", flaky_pass)
+    monkeypatch.setattr(checkpointing.Checkpointer, "_pass", flaky_pass)
     async with await Store.open(db_path) as store:
         await store.write(session_row())
         await checkpoint_passes(store, 2)
@@ -735,7 +720,7 @@ async def test_a_failing_pass_is_logged_once_and_the_checkpointer_goes_on(
 
 
 async def test_a_shredded_key_leaves_the_database_file_at_the_next_pass(db_path, monkeypatch):
-    monkeypatch.setattr(store_module, "CHECKPOINT_S", 0.01)
+    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 0.01)
     wrapped = os.urandom(48)
     async with await Store.open(db_path) as store:
         await store.write(session_row(wrapped_key=wrapped), message("s1", 1))
@@ -746,18 +731,35 @@ async def test_a_shredded_key_leaves_the_database_file_at_the_next_pass(db_path,
         assert wrapped not in db_path.read_bytes()  # zeroed there too, with the store open
 
 
-async def test_open_refuses_an_aiosqlite_without_the_internals_the_writer_uses(
-    db_path, monkeypatch
-):
-    monkeypatch.delattr(aiosqlite.Connection, "_conn")
-    with pytest.raises(StoreError, match=f"aiosqlite {aiosqlite.__version__}.*_conn"):
+def store_threads(path: Path) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.endswith(f" {path}")]
+
+
+async def test_close_ends_the_stores_threads(db_path):
+    store = await Store.open(db_path)
+    assert sorted(store_threads(db_path)) == [
+        f"store-checkpointer {db_path}", f"store-writer {db_path}"
+    ]
+    await store.close()
+    assert store_threads(db_path) == []
+
+
+async def test_a_failed_open_leaves_no_thread_and_no_lock_behind(db_path, monkeypatch):
+    async with await Store.open(db_path):
+        pass
+    clash = ("CREATE TABLE sessions (id INTEGER)",)  # a migration that cannot apply
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, clash))
+    with pytest.raises(StoreError, match="the first write at start-up"):
         await Store.open(db_path)
-    assert not db_path.exists()
+    assert store_threads(db_path) == []
+    monkeypatch.undo()
+    async with await Store.open(db_path) as store:  # the lock was released
+        assert (await store.load_live(NOW)).counts.sessions == 0
 
 
-def test_the_writer_refuses_a_connection_without_the_queue_to_its_thread():
-    with pytest.raises(StoreError, match="_tx"):
-        _check_aiosqlite(object())  # type: ignore[arg-type]
+async def test_the_sqlite_backend_has_every_member_of_the_backend_interface(store):
+    assert isinstance(store.backend, Backend)
+    assert not isinstance(object(), Backend)
 
 
 async def test_ops_must_be_store_ops(store):
@@ -795,7 +797,7 @@ async def test_updates_only_move_activity_and_counters_forward(store):
     assert row.deadline == NOW + 50 + 600
 
 
-async def test_a_large_batch_of_every_row_kind_lands_exactly(store):
+async def test_a_large_batch_of_every_row_kind_lands_exactly(store, db_path):
     """Rows go to SQLite many per statement, in chunks: any count must land, each row once."""
     await store.write(*(session_row(f"s{i}") for i in range(301)))
     ops: list = []
@@ -808,14 +810,14 @@ async def test_a_large_batch_of_every_row_kind_lands_exactly(store):
         ]
         ops.append(QuotaEvent(f"u{i % 7}", "tokens", NOW + 1, 1, 3600.0))
     await store.write(*ops)
-    assert query(store.path, "SELECT count(*), count(DISTINCT session_id) FROM messages") == [
+    assert query(db_path, "SELECT count(*), count(DISTINCT session_id) FROM messages") == [
         (903, 301)
     ]
     assert query(
-        store.path,
+        db_path,
         "SELECT DISTINCT last_active_at, turns, prompt_tokens, errors, agent_type FROM sessions",
     ) == [(NOW + 9, 2, 7, 1, "a")]  # every field moves forward; the last agent type named wins
-    assert query(store.path, "SELECT user_id, amount FROM quota_usage ORDER BY user_id") == [
+    assert query(db_path, "SELECT user_id, amount FROM quota_usage ORDER BY user_id") == [
         (f"u{k}", float(len(range(k, 301, 7)))) for k in range(7)
     ]
 
@@ -828,7 +830,7 @@ async def test_messages_come_back_in_seq_order_and_trimming_deletes_the_oldest(s
     assert restored.messages["s1"][0].ciphertext == b"ct-s1-3"
 
 
-async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(store):
+async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(store, db_path):
     await store.write(
         QuotaEvent("alice", "tokens", NOW + 1, 100, 3600.0),
         QuotaEvent("alice", "tokens", NOW + 30, 50, 3600.0),  # same 60 s bucket
@@ -841,7 +843,7 @@ async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(stor
         ("alice", "tokens", NOW + 30, 150.0, 3600.0),  # latest time of its bucket: never early
         ("alice", "tokens", NOW + 90, 7.0, 3600.0),
     ]
-    assert query(store.path, "SELECT count(*) FROM quota_usage") == [(2,)]  # pruned on load
+    assert query(db_path, "SELECT count(*) FROM quota_usage") == [(2,)]  # pruned on load
 
 
 def test_a_quota_event_needs_a_window():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rendered import screen_lines
 from textual.app import App, ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label
@@ -63,10 +64,6 @@ class TableApp(App[None]):
         self.events.append(("header", event.column))
 
 
-def text_of(app: App[None]) -> list[str]:
-    return [strip.text for strip in app.screen._compositor.render_strips()]
-
-
 def items(n: int) -> list[Item]:
     return [Item(f"row{i:06d}", i % 10, f"note {i}") for i in range(n)]
 
@@ -75,7 +72,7 @@ async def test_virtual_table_formats_only_the_rows_on_screen():
     app = TableApp(items(100_000))
     async with app.run_test(size=(60, 12)) as pilot:
         await pilot.pause()
-        lines = text_of(app)
+        lines = screen_lines(app)
         assert lines[0].split() == ["NAME", "SIZE", "NOTE"]
         assert lines[1].startswith("row000000")
         assert lines[11].startswith("row000010")
@@ -93,7 +90,7 @@ async def test_virtual_table_cursor_paging_and_selection():
         await pilot.press("G")
         assert table.cursor == 999
         await pilot.pause()
-        assert text_of(app)[-1].startswith("row000999")
+        assert screen_lines(app)[-1].startswith("row000999")
         assert table.visible_rows()[-1].name == "row000999"
         await pilot.press("home", "enter")
         await pilot.pause()
@@ -135,7 +132,7 @@ async def test_virtual_table_drops_low_priority_columns_when_narrow_and_shows_so
         table = app.query_one(VirtualTable)
         table.set_sort_indicator("size", True)
         await pilot.pause()
-        header = text_of(app)[0]
+        header = screen_lines(app)[0]
         assert "NOTE" not in header and "NAME" in header and "SIZE▼" in header
 
 
@@ -153,14 +150,14 @@ async def test_virtual_table_repaints_only_changed_rows():
         # Every visible row is formatted to compare, but only the changed one is redrawn.
         assert app.rendered.count("row000004") == 2
         assert all(app.rendered.count(r.name) == 1 for r in rows[:11] if r.name != "row000004")
-        assert "changed" in text_of(app)[5]
+        assert "changed" in screen_lines(app)[5]
 
 
 async def test_virtual_table_says_when_empty():
     app = TableApp([])
     async with app.run_test(size=(40, 6)) as pilot:
         await pilot.pause()
-        assert "nothing to show" in text_of(app)[1]
+        assert "nothing to show" in screen_lines(app)[1]
 
 
 class PanelsApp(App[None]):
@@ -188,7 +185,7 @@ async def test_panels_render_plain_rows_and_skip_unchanged_updates():
             AlertRow("warning", "old", acknowledged=True), AlertRow("warning", "hot"),
         ])
         await pilot.pause()
-        text = "\n".join(text_of(app))
+        text = "\n".join(screen_lines(app))
         assert "Turns/s 12.5" in text and "p95 1s" in text
         assert "assistant" in text and "3/1/8 +2 waiting" in text and "12 sess" in text
         assert "85.0%" in text and "120.0%" in text
@@ -229,12 +226,12 @@ async def test_a_panel_too_short_for_its_rows_shows_a_count_line_not_a_scrollbar
         assert alerts.size.height == 3  # 6 less the border and the title
         assert not alerts.show_vertical_scrollbar and not box.show_vertical_scrollbar
         assert [r.message for r in alerts.shown_rows] == ["alert 0", "alert 1"]
-        lines = text_of(app)
+        lines = screen_lines(app)
         assert "alert 1" in lines[3] and "+8 more · a: all alerts" in lines[4]
         assert "alert 2" not in "\n".join(lines)
         alerts.set_rows([AlertRow("warning", "one"), AlertRow("info", "two")])
         await pilot.pause()
-        assert len(alerts.shown_rows) == 2 and "more" not in "\n".join(text_of(app))
+        assert len(alerts.shown_rows) == 2 and "more" not in "\n".join(screen_lines(app))
 
 
 async def test_a_sized_to_content_panel_counts_rows_left_out_upstream():
@@ -244,10 +241,10 @@ async def test_a_sized_to_content_panel_counts_rows_left_out_upstream():
         gauges.set_rows([GaugeRow("a", 10), GaugeRow("b", 20)], total=5)
         await pilot.pause()
         assert gauges.size.height == 3  # two rows and the count line
-        assert "+3 more" in "\n".join(text_of(app))
+        assert "+3 more" in "\n".join(screen_lines(app))
         gauges.set_rows([GaugeRow("a", 10), GaugeRow("b", 20)])
         await pilot.pause()
-        assert gauges.size.height == 2 and "more" not in "\n".join(text_of(app))
+        assert gauges.size.height == 2 and "more" not in "\n".join(screen_lines(app))
 
 
 class NarrowColumnApp(App[None]):
@@ -266,7 +263,7 @@ async def test_virtual_table_sort_mark_stays_visible_in_a_full_width_header():
         table.set_rows(items(3))
         table.set_sort_indicator("calls", True)
         await pilot.pause()
-        assert text_of(app)[0].split() == ["NAME", "CALLS▼"]
+        assert screen_lines(app)[0].split() == ["NAME", "CALLS▼"]
         table.set_sort_indicator("name", False)
         await pilot.pause()
-        assert text_of(app)[0].split() == ["NAME▲", "CALLS%"]
+        assert screen_lines(app)[0].split() == ["NAME▲", "CALLS%"]

@@ -3,9 +3,9 @@
 `DataTable` measures and stores every cell of every row; at 10k rows a rebuild costs seconds.
 This widget keeps a reference to the caller's ordered sequence and formats a row only when
 `render_line` asks for it (Textual's Line API, as Toolong's log view does). Rendered lines are
-cached by what they show, so an unchanged row on a new tick costs one formatting call and a
-dict lookup, and a changed row costs one strip. Sorting and filtering are the caller's job, on
-plain data, before `set_rows`.
+cached by what they show (least recently used out first), so an unchanged row on a new tick
+costs one formatting call and a lookup, and a changed row costs one strip. Sorting and
+filtering are the caller's job, on plain data, before `set_rows`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -138,7 +139,7 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
         self._cursor_key: str | None = None
         self._layout: tuple[tuple[Column, int], ...] = ()
         self._layout_width = -1
-        self._lines: dict[tuple[Any, ...], Strip] = {}
+        self._lines: LRUCache[tuple[Any, ...], Strip] = LRUCache(_MAX_CACHED_LINES)
         self._shown: dict[int, tuple[Any, ...] | None] = {}  # screen line -> what it shows
 
     # -- data ------------------------------------------------------------------------------------
@@ -314,9 +315,8 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
         self._shown[y] = key
         strip = self._lines.get(key)
         if strip is None:
-            if len(self._lines) > _MAX_CACHED_LINES:
-                self._lines.clear()
-            strip = self._lines[key] = self._row_strip(layout, cells, styles, selected, width)
+            strip = self._row_strip(layout, cells, styles, selected, width)
+            self._lines.set(key, strip)
         return strip
 
     def _header(self, layout: tuple[tuple[Column, int], ...], width: int) -> Strip:

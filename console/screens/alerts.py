@@ -9,7 +9,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Label
 
 from console import format as fmt
-from console.messages import OpenSession
+from console.messages import AcknowledgeAlerts, AcknowledgeAllAlerts, OpenSession
 from console.screens.base import LiveScreen, StatusLine
 from widgets import Column, VirtualTable
 
@@ -132,17 +132,11 @@ class AlertsScreen(LiveScreen):
 
     def action_acknowledge(self) -> None:
         alert = self.table.cursor_row
-        if alert is None:
-            return
-        if self.console.engine.acknowledge_alert(alert.alert_id):
-            self.notify(f"Alert {alert.alert_id} acknowledged.")
-        self.console.refresh_data(force=True)
+        if alert is not None:
+            self.post_message(AcknowledgeAlerts((alert.alert_id,)))
 
     def action_acknowledge_all(self) -> None:
-        done = self.console.engine.acknowledge_all(self.severity)
-        which = f"{self.severity} " if self.severity else ""
-        self.notify(f"Acknowledged {done} {which}alert(s).")
-        self.console.refresh_data(force=True)
+        self.post_message(AcknowledgeAllAlerts(self.severity))
 
     def on_virtual_table_row_selected(self, event: VirtualTable.RowSelected) -> None:
         event.stop()
@@ -153,7 +147,7 @@ class AlertsScreen(LiveScreen):
         if alert is None:
             return
         subject = alert.subject
-        if subject and self.console.session_exists(subject):
+        if subject and self.console.operator.session_exists(subject):
             self.post_message(OpenSession(subject))
         elif subject:
             self.notify(f"{subject!r} is not a live session (this alert is about a user, an "

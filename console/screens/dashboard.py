@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Label, Static
 
 from console import format as fmt
-from console.messages import OpenSession
+from console.messages import EndSession, OpenSession
 from console.screens.base import StatusLine, set_text
 from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
 from console.sessions_model import COLUMNS, SessionsModel
@@ -100,7 +100,7 @@ def figures(snapshot: EngineSnapshot) -> list[Figure]:
 
 def gateway_title(stats: GatewayStats) -> str:
     state = "" if stats.ready else " · NOT READY"
-    return (f"Gateway http://{stats.listen}{state}  {fmt.rate(stats.requests_per_s)} req/s · "
+    return (f"Gateway {stats.listen}{state} · {fmt.rate(stats.requests_per_s)} req/s · "
             f"{stats.connections} conn · {stats.streams} streams")
 
 
@@ -337,4 +337,4 @@ class DashboardScreen(TableScreen):
     def action_end_session(self) -> None:
         key = self.table.cursor_key
         if key is not None:
-            self.console.confirm_end_session(key)
+            self.post_message(EndSession(key))

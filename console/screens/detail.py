@@ -13,6 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Label, Static
 
 from console import format as fmt
+from console.messages import AcknowledgeAlerts, EndSession, RotateToken
 from console.screens.base import LiveScreen, StatusLine
 from console.screens.dashboard import alert_rows, health_style, session_record
 from widgets import AlertList, GaugeList, GaugeRow
@@ -74,7 +75,7 @@ class SessionDetailScreen(LiveScreen):
     # -- refresh ---------------------------------------------------------------------------------
     def show(self, snapshot: EngineSnapshot) -> None:
         now = snapshot.taken_at
-        detail = None if self.ended else self.console.engine.inspect(self.session_id)
+        detail = None if self.ended else self.console.operator.inspect(self.session_id)
         if detail is None:
             self._show_ended()
             return
@@ -191,23 +192,14 @@ class SessionDetailScreen(LiveScreen):
 
     def action_end_session(self) -> None:
         if not self.ended:
-            self.console.confirm_end_session(self.session_id)
+            self.post_message(EndSession(self.session_id))
 
-    async def action_rotate_token(self) -> None:
-        if self.ended:
-            return
-        if await self.console.engine.operator_rotate_token(self.session_id):
-            self.notify("Token rotated; the old one no longer works.", title="Session")
-        else:
-            self.notify("Session is gone; nothing to rotate.", severity="warning")
+    def action_rotate_token(self) -> None:
+        if not self.ended:
+            self.post_message(RotateToken(self.session_id))
 
     def action_acknowledge(self) -> None:
         detail = self.detail
-        if detail is None:
-            return
-        engine = self.console.engine
-        done = sum(
-            engine.acknowledge_alert(a.alert_id) for a in detail.alerts if not a.acknowledged
-        )
-        self.notify(f"Acknowledged {done} alert(s)." if done else "No alert to acknowledge.")
-        self.console.refresh_data(force=True)
+        if detail is not None:
+            open_ids = tuple(a.alert_id for a in detail.alerts if not a.acknowledged)
+            self.post_message(AcknowledgeAlerts(open_ids))

@@ -85,13 +85,13 @@ class UsersScreen(TableScreen):
 
     def percents(self, user_id: str) -> tuple[tuple[str, float], ...]:
         """For sorting: every listed user's, once per reorder, so the cheap form."""
-        return self.console.engine.quota_percents(user_id)
+        return self.console.operator.quota_percents(user_id)
 
     def usage(self, user_id: str) -> tuple[Any, ...]:
         """Quota report for a user, asked of the engine once per tick."""
         found = self._usage.get(user_id)
         if found is None:
-            found = self._usage[user_id] = tuple(self.console.engine.quota_usage(user_id))
+            found = self._usage[user_id] = tuple(self.console.operator.quota_usage(user_id))
         return found
 
     def show(self, snapshot: EngineSnapshot) -> None:

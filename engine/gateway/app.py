@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.config import GatewaySettings
-from engine.engine import MULTITASK_STRATEGIES, Engine, Reply
+from engine.engine import MULTITASK_STRATEGIES, Engine
 from engine.gateway import sse
 from engine.gateway.appkeys import AppKeys
 from engine.gateway.body import field, read_json_object
@@ -46,6 +46,7 @@ from engine.gateway.errors import (
 from engine.gateway.openapi import openapi_document
 from engine.gateway.prometheus import EngineCollector, TurnHistograms
 from engine.gateway.stats import GatewayMonitor
+from engine.views import Reply
 
 Handler = Callable[[Request], Awaitable[Response]]
 CLOSE_AFTER = frozenset({408, 413})  # the rest of the request may be unread: do not reuse

@@ -27,7 +27,7 @@ async def serve(config: EngineConfig, listen: str | None = None) -> int:
     try:
         address = await gateway.start(listen)
     except BaseException:
-        await engine.close()
+        await engine.aclose()
         raise
     print(f"session-console: serving http://{address} (data in {config.data_dir}; "
           f"app keys: ${config.gateway.app_keys_env} or {config.app_keys_file})",
@@ -49,7 +49,7 @@ async def serve(config: EngineConfig, listen: str | None = None) -> int:
         await stopping.wait()
         cancelled = await engine.drain(config.gateway.drain_grace_s)
         await gateway.stop()
-        await engine.close()
+        await engine.aclose()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -1,0 +1,99 @@
+"""The operator's surface: what a trusted, in-process operator (the console) may do.
+
+Callers with a session token use the `Engine`'s own methods; the operator acts on any session,
+user or alert by id and takes no token, so it is handed only to code the deployment trusts.
+Reads return the same frozen views the snapshot carries; nothing here shows a token or a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from engine.alerts import Severity
+from engine.monitor import Monitor
+from engine.quotas import QuotaManager, QuotaUsage
+from engine.sessions import Session, SessionRegistry
+from engine.views import SessionDetail, SessionViews
+
+
+class Operator:
+    """End sessions, rotate their tokens, acknowledge alerts, set tiers, inspect and report."""
+
+    __slots__ = ("_end", "_monitor", "_quotas", "_registry", "_rotate", "_views")
+
+    def __init__(
+        self,
+        *,
+        registry: SessionRegistry,
+        views: SessionViews,
+        monitor: Monitor,
+        quotas: QuotaManager,
+        end: Callable[[Session, str], Awaitable[None]],
+        rotate: Callable[[Session], Awaitable[str]],
+    ) -> None:
+        self._registry = registry
+        self._views = views
+        self._monitor = monitor
+        self._quotas = quotas
+        self._end = end
+        self._rotate = rotate
+
+    # -- sessions --------------------------------------------------------------------------------
+    def inspect(self, session_id: str) -> SessionDetail | None:
+        """A session's full detail, decrypted context included; None if it is not live."""
+        session = self._registry.get(session_id)
+        view = self._views.current().get(session_id)
+        if session is None or view is None:
+            return None
+        return SessionDetail(
+            view=view,
+            metadata=session.metadata,
+            messages=session.context.messages(),
+            dropped_messages=session.context.dropped,
+            metrics=self._monitor.session_view(session_id),
+            quota=self._quotas.usage(session.user_id),
+            alerts=tuple(
+                a for a in self._monitor.alerts() if a.subject in (session_id, session.user_id)
+            ),
+        )
+
+    def session_exists(self, session_id: str) -> bool:
+        return self._registry.get(session_id) is not None
+
+    async def end_session(self, session_id: str) -> bool:
+        """End the session and shred its data; False if it had already ended."""
+        session = self._registry.get(session_id)
+        if session is None:
+            return False
+        await self._end(session, "ended by operator")
+        return True
+
+    async def rotate_token(self, session_id: str) -> bool:
+        """Invalidate the token; the new one is never shown, so the user must start over."""
+        session = self._registry.get(session_id)
+        if session is None or session.token is None:
+            return False
+        await self._rotate(session)
+        return True
+
+    # -- alerts ----------------------------------------------------------------------------------
+    def acknowledge(self, alert_id: int) -> bool:
+        """False when no such alert is held or it was already acknowledged."""
+        return self._monitor.acknowledge(alert_id)
+
+    def acknowledge_all(self, severity: Severity | None = None) -> int:
+        """Acknowledge every open alert, or those of one severity; returns how many."""
+        return self._monitor.acknowledge_all(severity)
+
+    # -- users and quotas ------------------------------------------------------------------------
+    def set_tier(self, user_id: str, tier: str) -> None:
+        """InvalidInput for a tier that is not configured."""
+        self._quotas.set_tier(user_id, tier)
+
+    def quota_usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
+        return self._quotas.usage(user_id)
+
+    def quota_percents(self, user_id: str) -> tuple[tuple[str, float], ...]:
+        """(resource, percent taken) per quota: `quota_usage` without the reset times, and much
+        cheaper, for ordering many users by how full their quotas are."""
+        return self._quotas.percents(user_id)

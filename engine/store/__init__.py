@@ -1,0 +1,59 @@
+"""Durable storage for the engine: one public face, `Store`, and the records it keeps.
+
+Callers import from here only. Inside, one module per concern:
+
+- `ops`: the records and ops a write is made of, and what `load_live` brings back.
+- `writer`: `Store`, the group-commit writer and durable acknowledgement, over any backend.
+- `backend`: `Backend`, what the writer needs of a database: the interface a PostgreSQL
+  backend for the cluster implements.
+- `sqlite/`: `SqliteBackend`, the default: one SQLite file in WAL mode, its schema and
+  migrations, the connection thread the store owns (the store does not use aiosqlite: see
+  `sqlite/connection.py` for why), the checkpointer, the file lock and the checks at open.
+"""
+
+from engine.store.backend import Backend, CommitDone, StorageFigures
+from engine.store.ops import (
+    AlertRow,
+    Assign,
+    EndSession,
+    MessageRow,
+    MetricsRow,
+    Op,
+    Prune,
+    QuotaEvent,
+    RestoreCounts,
+    Restored,
+    RewrapReport,
+    SessionRow,
+    StoreStats,
+    TokenUpdate,
+    Touch,
+    TrimMessages,
+)
+from engine.store.sqlite import SqliteBackend
+from engine.store.writer import DEFAULT_PATH, Store
+
+__all__ = [
+    "DEFAULT_PATH",
+    "AlertRow",
+    "Assign",
+    "Backend",
+    "CommitDone",
+    "EndSession",
+    "MessageRow",
+    "MetricsRow",
+    "Op",
+    "Prune",
+    "QuotaEvent",
+    "RestoreCounts",
+    "Restored",
+    "RewrapReport",
+    "SessionRow",
+    "SqliteBackend",
+    "StorageFigures",
+    "Store",
+    "StoreStats",
+    "TokenUpdate",
+    "Touch",
+    "TrimMessages",
+]

@@ -1,0 +1,156 @@
+"""The SQLite backend: one file in WAL mode, written through a connection thread the store owns.
+
+Why it is built this way:
+
+- Durability: in WAL mode with `synchronous=FULL` (`power_safe`, the default) every commit
+  fsyncs the log, so nothing the writer acknowledged is lost to `kill -9` or a power cut; with
+  `power_safe=False` (`synchronous=NORMAL`) the commit stays in the OS page cache and survives
+  the process dying, not the machine.
+- A batch is one call on the connection thread (`transactions.commit_batch`): begin, apply,
+  commit or roll back, and the thread itself schedules the writer's callback. The thread is
+  the store's own, not aiosqlite's (`connection.py` says why).
+- Commits never checkpoint (`wal_autocheckpoint = 0`): the `Checkpointer` copies the WAL into
+  the database file from its own connection and thread, and says how the WAL stays bounded.
+- Crypto-shredding: `secure_delete` zeroes the bytes a deleted session row frees, its wrapped
+  key among them. The zeroed page reaches the database file at the checkpointer's next pass
+  (every `CHECKPOINT_S`); older -wal frames may hold the key until the log restarts and new
+  frames overwrite them, and `close()` empties the -wal.
+- One store per file (`filelock.py`), and a file that fails a check at open is left untouched
+  (`checks.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+from engine.errors import StoreError
+from engine.store.backend import CommitDone, StorageFigures
+from engine.store.ops import Op, Restored, RewrapReport
+from engine.store.sqlite import filelock
+from engine.store.sqlite.checkpointer import Checkpointer
+from engine.store.sqlite.checks import check_file, store_error
+from engine.store.sqlite.connection import ConnectionThread
+from engine.store.sqlite.restore import read_live
+from engine.store.sqlite.statements import OpStatements
+from engine.store.sqlite.transactions import (
+    close_out,
+    commit_batch,
+    connect,
+    prepare,
+    purge_expired,
+    rewrap,
+)
+
+
+class SqliteBackend:
+    """`Backend` on one SQLite file. Create with `await SqliteBackend.open(path)`."""
+
+    def __init__(
+        self,
+        path: Path,
+        connection: ConnectionThread,
+        statements: OpStatements,
+        *,
+        clean_shutdown: bool,
+        lock_fd: int,
+        synchronous: str,
+    ) -> None:
+        """Use `open`, which locks, checks and migrates the file first."""
+        self.path = path
+        self.location = str(path)
+        self.clean_shutdown = clean_shutdown
+        self.connection = connection
+        self.checkpointer = Checkpointer(path, synchronous)
+        self._statements = statements
+        self._lock_fd = lock_fd
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        retention_s: float = 0.0,
+        alert_keep: int = 1000,
+        metrics_keep_s: float = 7 * 86400.0,
+        power_safe: bool = True,
+    ) -> SqliteBackend:
+        """Lock the file, check it read-only, connect, and migrate it forward.
+
+        `retention_s` > 0 keeps an audit row per ended session that long; `alert_keep` and
+        `metrics_keep_s` bound the alerts and roll-ups kept (see `Prune`).
+        """
+        lock_fd = filelock.lock(path)  # before anything reads the file: it may be another's
+        try:
+            await asyncio.to_thread(check_file, path)
+            synchronous = "FULL" if power_safe else "NORMAL"
+            connection = await ConnectionThread.open(
+                partial(connect, path, synchronous), name=f"store-writer {path}"
+            )
+            try:
+                clean = await connection.run(partial(prepare, path))
+                return cls(
+                    path,
+                    connection,
+                    OpStatements(retention_s, alert_keep, metrics_keep_s),
+                    clean_shutdown=clean,
+                    lock_fd=lock_fd,
+                    synchronous=synchronous,
+                )
+            except BaseException:
+                await connection.close()
+                raise
+        except BaseException:
+            filelock.unlock(lock_fd)
+            raise
+
+    def commit(self, writes: Sequence[tuple[Op, ...]], done: CommitDone) -> None:
+        """Statements are built here on the loop; the transaction is one connection call."""
+        statements = self._statements.of([op for ops in writes for op in ops])
+        batch = partial(
+            commit_batch,
+            statements,
+            writes,
+            self._statements.of,
+            self.checkpointer.take_restart(),
+        )
+        self.connection.call(batch, done)
+
+    async def load_live(self, now: float) -> Restored:
+        purged = await self.connection.run(partial(purge_expired, self._statements, now))
+        return await asyncio.to_thread(read_live, self.path, now, self.clean_shutdown, purged)
+
+    async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:
+        """`fn` runs on the connection thread, inside the transaction."""
+        return await self.connection.run(partial(rewrap, fn))
+
+    async def close(self) -> None:
+        """Stop checkpointing, mark a clean shutdown, empty the WAL, close, unlock."""
+        try:
+            await self.checkpointer.stop()
+            try:
+                await self.connection.run(partial(close_out, self.path))
+            finally:
+                await self.connection.close()
+        finally:
+            filelock.unlock(self._lock_fd)
+
+    def error(self, exc: BaseException, doing: str) -> StoreError:
+        return store_error(self.path, exc, doing)
+
+    def figures(self) -> StorageFigures:
+        return StorageFigures(
+            file_bytes=_size(self.path),
+            wal_bytes=_size(self.path.with_name(self.path.name + "-wal")),
+            checkpoints=self.checkpointer.checkpoints,
+            wal_frames=self.checkpointer.wal_frames,
+        )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,112 @@
+"""Checks and error advice for SQLite files: what a file is before the store touches it, and
+what a failure means to the person who must fix it.
+
+A file that fails a check at open (not SQLite, another application's, a newer schema, corrupt)
+is inspected through a read-only connection and never modified; the `StoreError` names the file
+and what to do. SQLite's result codes map to advice a person can act on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+from engine.errors import StoreError
+from engine.store.sqlite import migrations
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# SQLite primary result codes, for advice in error messages.
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
+_ADVICE = {
+    3: "permission denied: make the file and its folder accessible to this user",
+    5: "another process holds the database: stop the other engine using this file",
+    6: "another connection holds the database: stop the other engine using this file",
+    8: (
+        "it is read-only: make the file, its -wal and -shm companions and its folder writable"
+    ),
+    _SQLITE_IOERR: "the disk reported an I/O error: check the volume, then retry",
+    11: (
+        "it is corrupt: restore it from a backup, or move it away to start empty "
+        "(a file that fails the check at open is left untouched)"
+    ),
+    _SQLITE_FULL: "the disk is full: free space on the volume holding it, then retry",
+    14: "it cannot be opened: check that its folder exists and is writable",
+    19: "a write was rejected: the session it refers to is not stored (ended or never saved)",
+    26: "it is not a SQLite database or is corrupt: move it away or configure another path",
+}
+
+
+def check_file(path: Path) -> None:
+    """Refuse a file that is not ours, through a read-only connection that cannot change it."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read store {path}: {exc.strerror}; point the store at a readable file"
+        ) from exc
+    if not header:
+        return  # an empty file is an empty database to SQLite
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StoreError(
+            f"store {path} is not a SQLite database; it was left untouched: "
+            "move it away or configure another store path"
+        )
+    latest = len(migrations.MIGRATIONS)
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
+    except sqlite3.Error as exc:
+        raise store_error(path, exc, "opening read-only to check it") from exc
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        objects = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+        if app_id != migrations.APPLICATION_ID and (app_id != 0 or objects):
+            raise StoreError(
+                f"store {path} is a SQLite database that belongs to another application "
+                f"(application_id {app_id:#x}, expected {migrations.APPLICATION_ID:#x}); it "
+                "was left untouched: configure another store path"
+            )
+        if version > latest:
+            raise StoreError(
+                f"store {path} was written by a newer version of the engine (schema v{version}, "
+                f"this code knows up to v{latest}); upgrade the engine to open it. The file was "
+                "left untouched"
+            )
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"store {path} is corrupt ({'; '.join(problems)}); it was left untouched: "
+                "restore it from a backup, or move it away to start empty"
+            )
+    except sqlite3.Error as exc:
+        raise store_error(path, exc, "checking") from exc
+    finally:
+        conn.close()
+
+
+def store_error(path: Path, exc: BaseException, doing: str) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == _SQLITE_IOERR and _disk_full(path):
+        code = _SQLITE_FULL  # SQLite reports a failed -shm or -wal allocation as an I/O error
+    advice = _ADVICE.get(code, "check the file and the disk it is on")
+    return StoreError(f"store {path}: {doing} failed ({type(exc).__name__}: {exc}); {advice}")
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path.parent).free < 64 * 1024
+    except OSError:
+        return False
+
+
+def read_only_uri(path: Path) -> str:
+    return f"file:{quote(str(path.resolve()))}?mode=ro"

@@ -1,0 +1,169 @@
+"""What the engine hands out: replies to callers and plain, immutable views for the console.
+
+Nothing here holds a secret or a live object; every view is a frozen record that a console
+refresh, an export or a test can keep without holding engine state alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.alerts import Alert
+from engine.balancer import WorkerView
+from engine.clients import ClientCacheStats
+from engine.monitor import Monitor, MonitorSnapshot, SessionMetrics
+from engine.pool import PoolView
+from engine.quotas import QuotaUsage
+from engine.sessions import Message, Session, SessionRegistry
+from engine.store import StoreStats
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSession:
+    """What `create_session` returns. The token is shown once here and stored only as a hash."""
+
+    session_id: str
+    user_id: str
+    token: str = field(repr=False)
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    session_id: str
+    agent_type: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    model_latency_s: float  # the model's share of latency_s; the rest is engine overhead
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """One row of the console's sessions table: no content, no secrets."""
+
+    session_id: str
+    user_id: str
+    tier: str
+    agent_type: str
+    worker: str
+    state: str
+    created_at: float
+    last_active_at: float
+    messages: int
+    turns: int
+    tokens: int
+    errors: int
+    health: int
+    health_reasons: tuple[str, ...]
+    origin: str = "python"  # "http" for sessions created through the gateway
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaView:
+    user_id: str
+    tier: str
+    highest_percent: float
+    usage: tuple[QuotaUsage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    """What `open()` brought back from the store."""
+
+    sessions: int
+    messages: int
+    purged: int
+    quota_buckets: int
+    unreadable: tuple[str, ...]  # session ids whose key or messages failed to decrypt
+    clean_shutdown: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDetail:
+    """Everything the operator may see of one session, content included (console detail view)."""
+
+    view: SessionView
+    metadata: Mapping[str, Any]
+    messages: tuple[Message, ...]
+    dropped_messages: int
+    metrics: SessionMetrics | None
+    quota: tuple[QuotaUsage, ...]
+    alerts: tuple[Alert, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSnapshot:
+    """Plain immutable data for the console; building it costs O(sessions) pointer copies."""
+
+    taken_at: float
+    sessions: tuple[SessionView, ...]
+    sessions_by_id: Mapping[str, SessionView]
+    users: int
+    quotas: tuple[QuotaView, ...]
+    monitor: MonitorSnapshot
+    session_events: Mapping[str, int]
+    pools: tuple[PoolView, ...]
+    workers: tuple[WorkerView, ...]
+    moves_total: int
+    clients: ClientCacheStats | None
+    store: StoreStats | None
+
+
+class SessionViews:
+    """Each live session's `SessionView`, rebuilt when asked for rather than on every change.
+
+    A session that turns many times between two console refreshes is rebuilt once. A session's
+    first view is built at once, so views stay in creation order.
+    """
+
+    __slots__ = ("_monitor", "_registry", "_stale", "_views")
+
+    def __init__(self, registry: SessionRegistry, monitor: Monitor) -> None:
+        self._registry = registry
+        self._monitor = monitor
+        self._views: dict[str, SessionView] = {}
+        self._stale: set[str] = set()
+
+    def invalidate(self, session: Session) -> None:
+        """Mark the session's view out of date (or build its first one)."""
+        if session.session_id in self._views:
+            self._stale.add(session.session_id)
+        elif self._registry.get(session.session_id) is session:
+            self._views[session.session_id] = self._build(session)
+
+    def forget(self, session_id: str) -> None:
+        self._views.pop(session_id, None)
+        self._stale.discard(session_id)
+
+    def current(self) -> dict[str, SessionView]:
+        """Every live session's view, up to date; the dict is the cache itself: copy to keep."""
+        for session_id in self._stale:
+            session = self._registry.get(session_id)
+            if session is not None:
+                self._views[session_id] = self._build(session)
+        self._stale.clear()
+        return self._views
+
+    def _build(self, session: Session) -> SessionView:
+        metrics = self._monitor.session_view(session.session_id)
+        return SessionView(
+            session_id=session.session_id,
+            user_id=session.user_id,
+            tier=session.tier,
+            agent_type=session.agent_type,
+            worker=session.worker,
+            state="busy" if session.busy else "idle",
+            created_at=session.created_at,
+            last_active_at=session.last_active_at,
+            messages=len(session.context),
+            turns=session.turns,
+            tokens=session.prompt_tokens + session.completion_tokens,
+            errors=session.errors,
+            health=metrics.health if metrics is not None else 100,
+            health_reasons=metrics.health_reasons if metrics is not None else (),
+            origin=session.origin,
+        )
