@@ -144,7 +144,11 @@ class SessionConsole(App[None]):
         await self.load.stop()
         if self.gateway is not None:
             if self.owns_engine:  # HTTP turns in flight finish, new ones get 503
-                await self.engine.drain(STOP_GRACE_S)
+                # SIGTERM/SIGINT give them the configured drain grace; q or a lost terminal 2 s
+                grace = self.engine.config.gateway.drain_grace_s
+                await self.engine.drain(
+                    grace if self.terminal_guard.asked_to_drain else STOP_GRACE_S
+                )
             await self.gateway.stop()
         if self.owns_engine:
             await self.engine.aclose()
