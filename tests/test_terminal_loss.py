@@ -255,10 +255,12 @@ CONSOLE_WITH_GATEWAY = r"""
 import sys
 from pathlib import Path
 from console.app import SessionConsole
-from engine import EngineConfig
-from engine.config import SimSettings
+from engine import EngineConfig, LLMSettings, SessionSettings, SimSettings, StoreSettings
 slow = SimSettings(median_latency_s=4.0, p99_latency_s=4.5, seed=1)
-config = EngineConfig(data_dir=Path(sys.argv[1]), sim=slow, idle_timeout_s=3600.0)
+config = EngineConfig.from_env(
+    store=StoreSettings(data_dir=Path(sys.argv[1])), llm=LLMSettings(sim=slow),
+    sessions=SessionSettings(idle_timeout_s=3600.0),
+)
 SessionConsole(config, listen="127.0.0.1:0").run()
 """
 

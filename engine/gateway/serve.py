@@ -38,7 +38,7 @@ async def serve(config: EngineConfig, listen: str | None = None) -> int:
     def on_signal(signum: int) -> None:
         if stopping.is_set():
             log.warning("second %s: exiting now", signal.Signals(signum).name)
-            os._exit(1)
+            os._exit(128 + signum)  # as the console does: 143 for SIGTERM, 130 for SIGINT
         log.warning("%s: draining (grace %gs)", signal.Signals(signum).name,
                     config.gateway.drain_grace_s)
         stopping.set()
