@@ -95,6 +95,11 @@ class EngineConfig:
     max_metadata_bytes: int = 4096
     # Turns that wait behind a session's running turn (multitask_strategy "enqueue").
     max_queued_turns: int = 4
+    # The store is a session's home; memory caches the sessions in use (key unwrapped, context
+    # decrypted). An idle one leaves the cache after hot_idle_s, or sooner, least recently used
+    # first, while the cache's estimated bytes exceed hot_budget_bytes; never a busy one.
+    hot_idle_s: float = 300.0
+    hot_budget_bytes: int = 256 * 1024 * 1024
 
     # Quotas and rate limits.
     tiers: Mapping[str, Mapping[str, QuotaLimit]] = field(default_factory=lambda: DEFAULT_TIERS)
