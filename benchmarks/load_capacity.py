@@ -1,7 +1,7 @@
 """Load capacity: the most simulated users the engine sustains headless, printed as JSON.
 
 Each user holds one long session and thinks 5 s on average (exponential) between turns, driven
-by `demo_load.LoadGenerator` exactly as in a headless run, against the `sim` backend with zero
+by `loadgen.LoadGenerator` exactly as in a headless run, against the `sim` backend with zero
 model latency. Engine overhead per turn = client-observed turn time minus Reply.model_latency_s
 (zero here, so it is the whole turn, including the event loop's queueing the generator shares
 with the engine, as it does in the console). Quotas and rate limits are set out of reach so the
@@ -31,12 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from demo_load import Distribution, LoadGenerator, LoadOptions
 from engine import Engine, EngineConfig
 from engine.config import SimSettings
 from engine.metrics import LatencyHistogram
 from engine.quotas import QuotaLimit
 from engine.ratelimit import RateLimit
+from loadgen import Distribution, EngineTransport, LoadGenerator, LoadOptions
 
 STEPS = (100, 250, 500, 1000, 2500, 5000, 7500, 10_000, 15_000, 20_000)
 THINK = Distribution("exp", 5.0)
@@ -142,7 +142,7 @@ async def run_mode(
             durability=durability,
         )
         async with Engine(config) as engine:
-            generator = LoadGenerator(engine, options)
+            generator = LoadGenerator(EngineTransport(engine), options)
             lag = LoopLag()
             lag.start()
             generator.start()

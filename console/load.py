@@ -1,13 +1,13 @@
-"""The console's handle on the load generator in `demo_load.py`, imported only when needed.
+"""The console's handle on the load generator: one `loadgen.LoadGenerator` on the console's engine.
 
-The generator is optional: without it (or before it exists) the load panel says so and the
-rest of the console works.
+`unavailable` says why load cannot run on this engine (the options name agent types or tiers
+it does not know); the rest of the console works regardless.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from engine import Engine
+from loadgen import EngineTransport, LoadGenerator, LoadOptions, LoadStats
 
 # An operator's stop (load panel) or quit cancels the calls still running after this long: a
 # model call can take up to the turn timeout, and the console should not hang on it.
@@ -15,42 +15,29 @@ STOP_GRACE_S = 2.0
 
 
 class LoadController:
-    """Creates `demo_load.LoadGenerator(engine, options)` on first use and forwards to it."""
+    """Forwards the load panel's actions to a generator driving `engine` in-process."""
 
-    def __init__(self, engine: Any, options: Any | None = None) -> None:
-        self.engine = engine
-        self.options = options
-        self.generator: Any | None = None
+    def __init__(self, engine: Engine, options: LoadOptions | None = None) -> None:
+        self.options = options if options is not None else LoadOptions()
+        self.generator = LoadGenerator(EngineTransport(engine), self.options)
         self.unavailable: str | None = None
 
-    def ensure(self) -> Any | None:
-        """The generator, or None with `unavailable` saying why."""
-        if self.generator is not None or self.unavailable is not None:
-            return self.generator
-        try:
-            module = importlib.import_module("demo_load")
-        except ImportError as exc:
-            self.unavailable = f"load generator unavailable ({exc})"
-            return None
-        factory = getattr(module, "LoadGenerator", None)
-        if factory is None:
-            self.unavailable = "load generator unavailable (demo_load has no LoadGenerator)"
-            return None
-        options = self.options
-        if options is None:
-            options = self.options = module.LoadOptions()
-        self.generator = factory(self.engine, options)
-        return self.generator
+    def ensure(self) -> LoadGenerator | None:
+        """The generator, or None with `unavailable` saying why it cannot run."""
+        return self.generator if self.unavailable is None else None
 
     @property
     def running(self) -> bool:
-        return self.generator is not None and bool(self.generator.running)
+        return self.generator.running
 
     def start(self) -> bool:
-        generator = self.ensure()
-        if generator is None or self.running:
+        if self.ensure() is None or self.running:
             return False
-        generator.start()
+        try:
+            self.generator.start()
+        except ValueError as exc:  # options this engine cannot serve
+            self.unavailable = f"load generator unavailable: {exc}"
+            return False
         return True
 
     async def stop(self) -> bool:
@@ -60,15 +47,10 @@ class LoadController:
         return True
 
     def set_users(self, users: int) -> None:
-        generator = self.ensure()
-        if generator is not None:
-            generator.set_users(max(0, users))
+        self.generator.set_users(max(0, users))
 
     def set_spawn_rate(self, rate: float) -> None:
-        generator = self.ensure()
-        if generator is not None:
-            generator.set_spawn_rate(max(0.0, rate))
+        self.generator.set_spawn_rate(max(0.0, rate))
 
-    def stats(self) -> Any | None:
-        """The generator's `LoadStats`, or None before it exists."""
-        return None if self.generator is None else self.generator.stats()
+    def stats(self) -> LoadStats:
+        return self.generator.stats()

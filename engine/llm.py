@@ -23,15 +23,22 @@ import random
 import secrets
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
-from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI
+from openai import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncOpenAI,
+    AsyncStream,
+)
 
 from engine.config import SimSettings
 from engine.errors import ConfigurationError, EngineError, LLMError
@@ -51,6 +58,7 @@ FIRST_PIECE_SHARE = 0.3
 STREAM_PIECES = 16
 
 ChatMessage = dict[str, str]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -352,27 +360,35 @@ class SimulatedModel(ModelAdapter):
             )
         reply = simulated_reply(messages, digest)
         if on_delta is not None:
-            await _stream_pieces(reply, draw.latency_s, on_delta)
+            async for piece in paced_pieces(reply, draw.latency_s):
+                on_delta(piece)
         outcome.prompt_tokens += _prompt_tokens_of(parts)
         outcome.completion_tokens += estimate_tokens(reply)
         return reply
 
 
-async def _stream_pieces(reply: str, latency_s: float, on_delta: Callable[[str], None]) -> None:
-    """Hand `reply` to `on_delta` in word-aligned pieces spread over `latency_s`."""
+def reply_pieces(reply: str) -> list[str]:
+    """`reply` cut into at most STREAM_PIECES word-aligned pieces that join back to it."""
     words = reply.split(" ")
     per_piece = max(1, math.ceil(len(words) / STREAM_PIECES))
-    pieces = [
+    return [
         " ".join(words[i:i + per_piece]) + (" " if i + per_piece < len(words) else "")
         for i in range(0, len(words), per_piece)
     ]
+
+
+async def paced_pieces(reply: str, latency_s: float) -> AsyncIterator[str]:
+    """The simulators' stream: `reply_pieces(reply)`, the first after FIRST_PIECE_SHARE of
+    `latency_s`, the rest spread evenly over what remains. Shared by `SimulatedModel` and
+    `engine.simserver`, so both backends stream the same pieces at the same pace."""
+    pieces = reply_pieces(reply)
     first_wait = latency_s * FIRST_PIECE_SHARE
     gap = (latency_s - first_wait) / max(1, len(pieces) - 1)
     for index, piece in enumerate(pieces):
         wait = first_wait if index == 0 else gap
         if wait > 0:
             await asyncio.sleep(wait)
-        on_delta(piece)
+        yield piece
 
 
 # --- OpenAI-compatible endpoints ------------------------------------------------------------
@@ -425,6 +441,23 @@ def new_client(settings: OpenAISettings, *, timeout_s: float = 30.0) -> AsyncOpe
     )
 
 
+@dataclass(slots=True)
+class _Delivered:
+    """The pieces of a streamed reply that reached the caller; while there are none, a failed
+    attempt can be retried without the caller seeing any text twice."""
+
+    on_delta: Callable[[str], None]
+    parts: list[str] = field(default_factory=list)
+
+    def __call__(self, piece: str) -> None:
+        self.parts.append(piece)
+        self.on_delta(piece)
+
+
+class _StreamCut(Exception):
+    """A stream that ended without a finish_reason: the server stopped before the reply did."""
+
+
 class OpenAICompatModel(ModelAdapter):
     """The `openai` backend: one POST /chat/completions per attempt, bounded retries.
 
@@ -432,11 +465,20 @@ class OpenAICompatModel(ModelAdapter):
     building then stays flat as history grows, and every failure reaches this code instead of
     the SDK's retry loop (which is disabled per request, whatever the client's setting).
 
-    Retries: 408/409/429/5xx and connection failures, at most `max_retries` more attempts, waiting
-    the server's Retry-After (retry-after-ms or seconds) when it asks for no more than
-    `retry_after_cap_s`, else a jittered exponential backoff. A timeout is not retried: a hung
-    server tends to stay hung and the turn's time is better spent failing clearly. Every request
-    is bounded by `timeout_s`.
+    Streaming: when the turn has an `on_delta` (see `begin_call`), the request asks for
+    `"stream": true` with `stream_options.include_usage`, the SDK's `AsyncStream` decodes the
+    server-sent events (as plain dicts, `cast_to=object`: no model objects built per chunk), and
+    each content piece goes to `on_delta` as it arrives; tokens come from the usage chunk. A
+    server that answers with plain JSON instead is read as one piece. A stream that breaks off
+    (an error event, a dropped connection, an end without finish_reason) fails the call.
+
+    Retries: 408/409/429/5xx, connection failures and broken-off streams, at most `max_retries`
+    more attempts, waiting the server's Retry-After (retry-after-ms or seconds) when it asks for
+    no more than `retry_after_cap_s`, else a jittered exponential backoff. A timeout is not
+    retried: a hung server tends to stay hung and the turn's time is better spent failing
+    clearly. Once a piece of the reply has reached `on_delta`, nothing is retried (the caller
+    would get that text twice): the failure is an LLMError at once. Every attempt, stream
+    included, is bounded by `timeout_s`.
 
     The client comes from the tenant client cache: `bind(client)` before each call.
     """
@@ -478,47 +520,139 @@ class OpenAICompatModel(ModelAdapter):
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.max_completion_tokens is not None:
             body["max_tokens"] = self.max_completion_tokens
+        on_delta = self.on_delta
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            data = await self._post_with_retries(client, body)
+            if on_delta is None:
+                answer = await self._with_retries(client, lambda: self._post(client, body))
+            else:
+                body["stream"] = True
+                body["stream_options"] = {"include_usage": True}
+                delivered = _Delivered(on_delta)
+                answer = await self._with_retries(
+                    client, lambda: self._stream(client, body, delivered), delivered
+                )
         finally:
             outcome.model_seconds += loop.time() - started
-        reply, prompt_tokens, completion_tokens = self._parse(client, data)
+        reply, prompt_tokens, completion_tokens = answer
         outcome.prompt_tokens += prompt_tokens or estimate_prompt_tokens(messages)
         outcome.completion_tokens += completion_tokens or estimate_tokens(reply)
-        if self.on_delta is not None:
-            self.on_delta(reply)  # not streamed from the endpoint yet: one piece, at the end
         return reply
 
-    async def _post_with_retries(self, client: AsyncOpenAI, body: dict[str, Any]) -> Any:
+    def _options(self) -> dict[str, Any]:
+        return {"max_retries": 0, "timeout": self.timeout_s}
+
+    async def _post(self, client: AsyncOpenAI, body: dict[str, Any]) -> tuple[str, int, int]:
+        """One plain request: the whole reply and its usage."""
+        response = await client.post(
+            "/chat/completions", body=body, cast_to=httpx2.Response, options=self._options()
+        )
+        return self._parse(client, self._decode(response, self._where(client)))
+
+    async def _stream(
+        self, client: AsyncOpenAI, body: dict[str, Any], delivered: _Delivered
+    ) -> tuple[str, int, int]:
+        """One streamed request: content pieces to `delivered` as they arrive, then the reply
+        and the usage chunk's counts (0 when the server sent none)."""
+        stream = await client.post(
+            "/chat/completions", body=body, cast_to=object, stream=True,
+            stream_cls=AsyncStream[object], options=self._options(),
+        )
+        async with stream:
+            response = stream.response
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                await response.aread()  # a server that does not stream: one piece
+                reply, prompt_tokens, completion_tokens = self._parse(
+                    client, self._decode(response, self._where(client))
+                )
+                if reply:
+                    delivered(reply)
+                return reply, prompt_tokens, completion_tokens
+            usage: Mapping[str, Any] = {}
+            finished = False
+            chunks = aiter(stream)
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except ValueError:
+                    raise LLMError(
+                        f"{self._where(client)} sent a stream event that is not JSON; check "
+                        "that the endpoint is OpenAI-compatible"
+                    ) from None
+                content, finish, chunk_usage = self._chunk_parts(client, chunk)
+                if content:
+                    delivered(content)
+                finished = finished or finish
+                usage = chunk_usage or usage
+        if not finished:
+            raise _StreamCut("it ended without a finish_reason")
+        return (
+            "".join(delivered.parts),
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
+        )
+
+    def _chunk_parts(
+        self, client: AsyncOpenAI, chunk: object
+    ) -> tuple[str | None, bool, Mapping[str, Any] | None]:
+        """A chat.completion.chunk's content piece, whether it finishes the reply, its usage."""
+        if not isinstance(chunk, dict):
+            raise LLMError(
+                f"{self._where(client)} streamed an event that is not a chat.completion.chunk; "
+                "check that the endpoint is OpenAI-compatible"
+            )
+        usage = chunk.get("usage")
+        usage = usage if isinstance(usage, dict) else None
+        choices = chunk.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            return None, False, usage  # the usage chunk has no choices
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        return (
+            content if isinstance(content, str) else None,
+            bool(choice.get("finish_reason")),
+            usage,
+        )
+
+    async def _with_retries(
+        self,
+        client: AsyncOpenAI,
+        attempt: Callable[[], Awaitable[_T]],
+        delivered: _Delivered | None = None,
+    ) -> _T:
+        """Run `attempt` under `timeout_s`, again after retryable failures (see the class)."""
         where = self._where(client)
-        attempt = 0
+        attempts = 0
         while True:
-            attempt += 1
-            tried = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+            attempts += 1
+            tried = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+            delay: float | None
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    response = await client.post(
-                        "/chat/completions",
-                        body=body,
-                        cast_to=httpx2.Response,
-                        options={"max_retries": 0, "timeout": self.timeout_s},
-                    )
+                    return await attempt()
             except (TimeoutError, APITimeoutError):
-                raise LLMError(
+                what = f"no end within {self.timeout_s:g}s"
+                failure = LLMError(
                     f"{where} gave no response within {self.timeout_s:g}s; check that the "
                     "server is up and not overloaded, or raise the timeout"
-                ) from None
+                )
+                delay = None
             except APIConnectionError as exc:
                 cause = type(exc.__cause__ or exc).__name__
+                what = f"connection lost: {cause}"
                 failure = LLMError(
                     f"cannot reach {where} ({cause}) after {tried}; check that the server "
                     "is running and base_url is right"
                 )
-                delay = self._backoff(attempt)
+                delay = self._backoff(attempts)
             except APIStatusError as exc:
+                # Raised before a stream starts (the status comes first): nothing delivered yet.
                 status = exc.response.status_code
+                what = f"HTTP {status}"
                 failure = LLMError(self._status_message(client, exc, where, tried))
                 if status not in RETRY_STATUSES:
                     raise failure from None
@@ -528,10 +662,25 @@ class OpenAICompatModel(ModelAdapter):
                         f"{where} answered HTTP {status} and asks to wait {retry_after:g}s, more "
                         f"than the {self.retry_after_cap_s:g}s this backend waits; retry later"
                     ) from None
-                delay = self._backoff(attempt) if retry_after is None else retry_after
-            else:
-                return self._decode(response, where)
-            if attempt > self.max_retries:
+                delay = self._backoff(attempts) if retry_after is None else retry_after
+            except (APIError, _StreamCut) as exc:  # an error event, or an early end
+                what = (
+                    str(exc) if isinstance(exc, _StreamCut)
+                    else f"server error: {_redacted(client, exc.message)[:SERVER_MESSAGE_CHARS]}"
+                )
+                failure = LLMError(
+                    f"{where} broke off its stream ({what}) after {tried}; "
+                    "retry, and check the server if it persists"
+                )
+                delay = self._backoff(attempts)
+            if delivered is not None and delivered.parts:
+                pieces = len(delivered.parts)
+                raise LLMError(
+                    f"{where} broke off the reply after {pieces} streamed "
+                    f"piece{'s' if pieces > 1 else ''} ({what}); the partial reply is not "
+                    "kept: send again"
+                )
+            if delay is None or attempts > self.max_retries:
                 raise failure
             await asyncio.sleep(delay)
 
@@ -569,10 +718,7 @@ class OpenAICompatModel(ModelAdapter):
             return ""
         if not isinstance(text, str) or not text:
             return ""
-        api_key = client.api_key
-        if api_key:
-            text = text.replace(api_key, f"<key {_key_fingerprint(client)}>")
-        return f" ({text[:SERVER_MESSAGE_CHARS]})"
+        return f" ({_redacted(client, text)[:SERVER_MESSAGE_CHARS]})"
 
     @staticmethod
     def _decode(response: httpx2.Response, where: str) -> Any:
@@ -610,6 +756,12 @@ def _count(value: object) -> int:
 
 def _key_fingerprint(client: AsyncOpenAI) -> str:
     return fingerprint((client.api_key or "").encode("utf-8"))
+
+
+def _redacted(client: AsyncOpenAI, text: str) -> str:
+    """A server's text with the client's API key replaced by its fingerprint (some echo it)."""
+    api_key = client.api_key
+    return text.replace(api_key, f"<key {_key_fingerprint(client)}>") if api_key else text
 
 
 def _safe_url(url: str) -> str:

@@ -2,9 +2,13 @@
 
 It answers `POST /v1/chat/completions` with the same reply and token counts as the in-process
 `SimulatedModel` (see `engine.llm.simulated_reply`), so the `openai` backend can be exercised
-end to end (client cache, HTTP, retries, timeouts) without a real model or network. Every request
-body is recorded for tests, and faults (HTTP errors, 429 with Retry-After, malformed JSON, hangs,
-delays) can be queued at run time. It binds loopback addresses only: it has no authentication.
+end to end (client cache, HTTP, retries, timeouts, streaming) without a real model or network.
+With `"stream": true` it streams in OpenAI's wire format (`text/event-stream`:
+`chat.completion.chunk` events, a usage chunk when `stream_options.include_usage` is set, then
+`data: [DONE]`), the pieces paced over the simulated latency as the in-process simulator paces
+them (`engine.llm.paced_pieces`). Every request body is recorded for tests, and faults (HTTP
+errors, 429 with Retry-After, malformed JSON, hangs, delays, streams broken off midway) can be
+queued at run time. It binds loopback addresses only: it has no authentication.
 
 Standalone: `python -m engine.simserver --port 8099` prints its base URL; point the engine at it
 with `llm="openai"`, `base_url=<that URL>` and any API key, e.g. "sk-local".
@@ -33,6 +37,7 @@ from engine.llm import (
     SimSource,
     content_digest,
     estimate_prompt_tokens,
+    paced_pieces,
     simulated_reply,
 )
 from engine.security import fingerprint
@@ -41,7 +46,9 @@ from engine.tokens import estimate_tokens
 DEFAULT_MAX_RECORDED = 100_000
 SHUTDOWN_GRACE_S = 1.0
 
-FaultKind = Literal["status", "body", "malformed", "hang", "delay"]
+FaultKind = Literal["status", "body", "malformed", "hang", "delay", "midstream"]
+CutKind = Literal["error", "drop", "end"]
+DONE = b"data: [DONE]\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,8 @@ class Fault:
     delay_s: float = 0.0
     message: str = "simulated server error"
     payload: Any = None  # the JSON body of a "body" fault
+    after_pieces: int = 0  # content pieces a "midstream" fault lets through
+    cut: CutKind = "error"  # how a "midstream" fault breaks off
 
     @classmethod
     def error(cls, status: int = 500, message: str = "simulated server error") -> Fault:
@@ -82,6 +91,19 @@ class Fault:
     def delay(cls, seconds: float) -> Fault:
         """Answer normally after `seconds`."""
         return cls("delay", delay_s=seconds)
+
+    @classmethod
+    def midstream(
+        cls, after_pieces: int = 1, *, cut: CutKind = "error",
+        message: str = "simulated stream error",
+    ) -> Fault:
+        """Stream `after_pieces` content pieces, then break off. `cut`: "error" sends an error
+        event in OpenAI's shape (`data: {"error": {...}}`) and ends the body; "drop" drops the
+        connection; "end" ends the body cleanly with neither a finish_reason nor [DONE]. A
+        request that does not stream gets HTTP 500 with `message`."""
+        if after_pieces < 0:
+            raise InvalidInput(f"Fault.midstream needs after_pieces >= 0 (got {after_pieces})")
+        return cls("midstream", status=500, message=message, after_pieces=after_pieces, cut=cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,32 +196,46 @@ class SimServer:
         self.requests.append(
             RecordedRequest(request.path, body, _key_fingerprint(request), time.time())
         )
+        streaming = isinstance(body, dict) and body.get("stream") is True
         fault = self.faults.popleft() if self.faults else None
         if fault is not None:
-            faulted = await self._apply(fault)
+            faulted = await self._apply(fault, streaming)
             if faulted is not None:
                 return faulted
         messages = _messages(body)
         if messages is None:
             return _error(400, "body must be JSON with a 'messages' list of {role, content}")
         digest = content_digest(messages)
+        latency_s = 0.0
         if self._source is not None and fault is None:
             draw = self._source.draw(digest)
             if draw.fault == "timeout":
                 return await self._hang()
-            if draw.latency_s > 0:
-                await asyncio.sleep(draw.latency_s)
             if draw.fault == "error":
+                await asyncio.sleep(draw.latency_s)
                 return _error(500, "simulated model error (injected by error_rate)")
-        return web.json_response(self._completion(body, messages, digest))
+            latency_s = draw.latency_s
+        answer = _Answer(
+            f"chatcmpl-sim-{next(self._ids)}", int(time.time()),
+            str(body.get("model") or self.model), simulated_reply(messages, digest),
+            estimate_prompt_tokens(messages), streaming and _include_usage(body),
+        )
+        if not streaming:
+            if latency_s > 0:
+                await asyncio.sleep(latency_s)
+            return web.json_response(answer.completion())
+        cut = fault if fault is not None and fault.kind == "midstream" else None
+        return await self._stream(request, answer, latency_s, cut)
 
-    async def _apply(self, fault: Fault) -> web.StreamResponse | None:
+    async def _apply(self, fault: Fault, streaming: bool) -> web.StreamResponse | None:
         """The faulty response, or None when the request should then be answered normally."""
         if fault.kind == "hang":
             return await self._hang()
         if fault.kind == "delay":
             await asyncio.sleep(fault.delay_s)
             return None
+        if fault.kind == "midstream" and streaming:
+            return None  # answered by `_stream`, which breaks off
         if fault.kind == "body":
             return web.json_response(fault.payload, status=fault.status)
         if fault.kind == "malformed":
@@ -217,30 +253,112 @@ class SimServer:
         await self._stopping.wait()
         return _error(503, "simulator shutting down")
 
-    def _completion(
-        self, body: dict[str, Any], messages: list[dict[str, str]], digest: bytes
-    ) -> dict[str, Any]:
-        reply = simulated_reply(messages, digest)
-        prompt_tokens = estimate_prompt_tokens(messages)
-        completion_tokens = estimate_tokens(reply)
+    async def _stream(
+        self,
+        request: web.Request,
+        answer: _Answer,
+        latency_s: float,
+        cut: Fault | None,
+    ) -> web.StreamResponse:
+        """The reply as server-sent `chat.completion.chunk` events, paced over `latency_s`;
+        `cut` (a midstream fault) breaks it off after its number of pieces."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        try:
+            await response.write(_event(answer.chunk({"role": "assistant", "content": ""})))
+            sent = 0
+            async for piece in paced_pieces(answer.reply, latency_s):
+                if cut is not None and sent == cut.after_pieces:
+                    break
+                await response.write(_event(answer.chunk({"content": piece})))
+                sent += 1
+            if cut is not None:
+                if cut.cut == "drop":
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return response
+                if cut.cut == "error":
+                    error = {"message": cut.message, "type": "server_error", "code": cut.status}
+                    await response.write(_event({"error": error}))
+            else:
+                await response.write(_event(answer.chunk({}, "stop")))
+                if answer.include_usage:
+                    await response.write(_event(answer.usage_chunk()))
+                await response.write(DONE)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away mid-stream: nothing left to send
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One request's reply, as a chat.completion or as chat.completion.chunk events."""
+
+    id: str
+    created: int
+    model: str
+    reply: str
+    prompt_tokens: int
+    include_usage: bool = False  # OpenAI then sends "usage": null in every chunk but the last
+
+    def usage(self) -> dict[str, int]:
+        completion_tokens = estimate_tokens(self.reply)
         return {
-            "id": f"chatcmpl-sim-{next(self._ids)}",
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+    def completion(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
             "object": "chat.completion",
-            "created": int(time.time()),
-            "model": str(body.get("model") or self.model),
+            "created": self.created,
+            "model": self.model,
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply},
+                    "message": {"role": "assistant", "content": self.reply},
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": self.usage(),
         }
+
+    def chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def usage_chunk(self) -> dict[str, Any]:
+        """The last chunk under `stream_options.include_usage`: no choices, the usage."""
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": self.usage(),
+        }
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _event(payload: Any) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
 def _messages(body: Any) -> list[dict[str, str]] | None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import sys
 import types
 
 import pytest
 from rendered import screen_text
 from textual.command import CommandPalette
 
+import console.load
 import engine.sessions
 from console.app import SessionConsole
 from console.load import STOP_GRACE_S
@@ -22,6 +22,7 @@ from console.screens.load import LoadScreen
 from console.screens.modals import ConfirmScreen, ExportScreen, HelpScreen
 from console.screens.users import UsersScreen
 from engine import errors
+from loadgen import LoadOptions
 from widgets import VirtualTable
 
 SECRET = "sk-live-do-not-show-0123456789"
@@ -691,8 +692,8 @@ async def test_side_panels_never_scroll_and_count_what_they_leave_out(engine, cl
             assert "+2 more" in screen_text(app)  # the workers under the agent-type pools
 
 
-def fake_demo_load(monkeypatch):
-    """A stand-in with demo_load's API, so the panel's wiring is tested in isolation."""
+def fake_load_generator(monkeypatch):
+    """A stand-in with LoadGenerator's API, so the panel's wiring is tested in isolation."""
     calls: list[tuple] = []
 
     def op(name, requests):
@@ -731,15 +732,15 @@ def fake_demo_load(monkeypatch):
                 failures=(types.SimpleNamespace(operation="send", error="RateLimited", count=2),),
             )
 
-    module = types.ModuleType("demo_load")
-    module.LoadGenerator = LoadGenerator
-    module.LoadOptions = lambda: types.SimpleNamespace(users=0, spawn_rate=0.0)
-    monkeypatch.setitem(sys.modules, "demo_load", module)
+    monkeypatch.setattr(console.load, "LoadGenerator", LoadGenerator)
+    monkeypatch.setattr(
+        console.load, "LoadOptions", lambda: types.SimpleNamespace(users=0, spawn_rate=0.0)
+    )
     return calls
 
 
 async def test_load_panel_starts_stops_and_sets_users_and_rate(engine, monkeypatch, tmp_path):
-    calls = fake_demo_load(monkeypatch)
+    calls = fake_load_generator(monkeypatch)
     app = console_for(engine, export_dir=tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("l")
@@ -765,8 +766,7 @@ async def test_load_panel_starts_stops_and_sets_users_and_rate(engine, monkeypat
 
 
 async def test_load_panel_drives_the_real_generator(engine):
-    demo_load = pytest.importorskip("demo_load")
-    options = demo_load.LoadOptions(users=2, spawn_rate=50.0, seed=3)
+    options = LoadOptions(users=2, spawn_rate=50.0, seed=3)
     app = console_for(engine, load_options=options, start_load=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("l")
@@ -782,19 +782,20 @@ async def test_load_panel_drives_the_real_generator(engine):
         assert not app.load.running
 
 
-async def test_load_panel_says_when_the_generator_is_missing(engine, monkeypatch):
-    monkeypatch.setitem(sys.modules, "demo_load", types.ModuleType("demo_load"))
-    app = console_for(engine)
+async def test_load_panel_says_when_the_generator_cannot_run_on_the_engine(engine):
+    options = LoadOptions(agent_mix=(("no-such-agent", 1.0),))
+    app = console_for(engine, load_options=options, start_load=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("l")
+        await pilot.press("s")
         await refreshed(pilot)
         assert "load generator unavailable" in screen_text(app)
-        await pilot.press("s")
+        assert "no-such-agent" in screen_text(app)
         assert not app.load.running
 
 
 async def test_load_options_start_the_generator_with_the_console(engine, monkeypatch):
-    calls = fake_demo_load(monkeypatch)
+    calls = fake_load_generator(monkeypatch)
     options = types.SimpleNamespace(users=5, spawn_rate=2.0)
     app = console_for(engine, load_options=options)
     async with app.run_test(size=(100, 30)):
@@ -877,7 +878,7 @@ def test_command_line_and_run_console_open_the_console(monkeypatch, tmp_path):
     main(["--data-dir", str(tmp_path), "--refresh-hz", "4"])
     main(["--load"])
     config = EngineConfig(data_dir=tmp_path)
-    run_console(config, load_options=types.SimpleNamespace(users=3, spawn_rate=1.0))
+    run_console(config, load_options=LoadOptions(users=3, spawn_rate=1.0))
     (owns, load, hz, first), (_, load_flag, _, _), (_, with_options, _, given) = opened
     assert owns and not load and hz == 4 and first.data_dir == tmp_path
     assert load_flag and with_options and given is config

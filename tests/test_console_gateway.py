@@ -44,7 +44,7 @@ async def test_a_session_created_over_http_appears_marked_with_the_gateway_panel
             row = list(table.rows).index(by_user["curl-user"])
             assert (HTTP_MARK + sid[:7]) in table.render_line(1 + row).text  # line 0: header
             title = str(app.screen.query_one("#gateway-title", Label).content)
-            assert f"http://{address}" in title
+            assert f"Gateway {address}" in title and "streams" in title
             panel = str(app.screen.query_one("#gateway", Static).content)
             assert "POST /v1/sessions/{id}/messages" in panel
             assert "POST /v1/sessions " in panel

@@ -24,6 +24,8 @@ from engine.llm import (
     content_digest,
     estimate_prompt_tokens,
     new_client,
+    paced_pieces,
+    reply_pieces,
     resolve_openai_settings,
     simulated_reply,
 )
@@ -398,6 +400,134 @@ async def test_new_client_talks_to_the_server(server):
         assert await OpenAICompatModel("sim", c).get_response_async("hi")
     finally:
         await c.close()
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+def test_reply_pieces_are_word_aligned_bounded_and_join_back():
+    for reply in ("one", "a b", " x  y ", " ".join(map(str, range(100)))):
+        pieces = reply_pieces(reply)
+        assert "".join(pieces) == reply and 1 <= len(pieces) <= 16
+    assert reply_pieces("a b c") == ["a ", "b ", "c"]
+
+
+async def test_paced_pieces_yield_the_reply_pieces():
+    reply = simulated_reply(build_messages("hi", None, None))
+    assert [p async for p in paced_pieces(reply, 0.0)] == reply_pieces(reply)
+
+
+async def test_simulated_model_streams_the_pieces_it_returns():
+    model = SimulatedModel(INSTANT)
+    pieces: list[str] = []
+    model.begin_call(pieces.append)
+    reply = await model.get_response_async("stream me please")
+    assert pieces == reply_pieces(reply) and len(pieces) > 1
+
+
+def streaming(model: OpenAICompatModel) -> list[str]:
+    pieces: list[str] = []
+    model.begin_call(pieces.append)
+    return pieces
+
+
+async def test_openai_adapter_streams_pieces_and_counts_the_usage_chunk(server, client):
+    model = compat(client, max_completion_tokens=64)
+    pieces = streaming(model)
+    reply = await model.get_response_async("hello", "be brief", HISTORY)
+    messages = build_messages("hello", "be brief", HISTORY)
+    assert reply == simulated_reply(messages)
+    assert pieces == reply_pieces(reply) and len(pieces) > 1
+    assert model.outcome.prompt_tokens == estimate_prompt_tokens(messages)
+    assert model.outcome.completion_tokens == estimate_tokens(reply)
+    assert model.outcome.error is None and model.outcome.model_seconds > 0
+    (request,) = server.requests
+    assert request.body == {
+        "model": "sim", "messages": messages, "max_tokens": 64,
+        "stream": True, "stream_options": {"include_usage": True},
+    }
+
+
+async def test_openai_adapter_streams_under_a_real_agent(server, client):
+    model = compat(client)
+    agent = make_agent(model)
+    agent.chat_history = [dict(m) for m in HISTORY]
+    pieces = streaming(model)
+    reply = model.result(await agent.achat("and now?"))
+    assert "".join(pieces) == reply == simulated_reply(server.requests[-1].body["messages"])
+    assert len(pieces) > 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.midstream(0), Fault.midstream(0, cut="drop"), Fault.midstream(0, cut="end"),
+     Fault.error(503), Fault.rate_limited(0.01)],
+    ids=["error-event", "dropped", "ended-early", "http-503", "http-429"],
+)
+async def test_a_stream_failing_before_its_first_piece_is_retried(server, client, fault):
+    server.inject(fault)
+    model = compat(client)
+    pieces = streaming(model)
+    reply = await model.get_response_async("hi")
+    assert model.outcome.error is None and reply is not None
+    assert pieces == reply_pieces(reply)  # nothing twice
+    assert len(server.requests) == 2
+
+
+async def test_streams_failing_before_a_piece_are_retried_a_bounded_number_of_times(
+    server, client
+):
+    server.inject(Fault.midstream(0, message="overloaded"), times=10)
+    model = compat(client, max_retries=2)
+    pieces = streaming(model)
+    assert await model.get_response_async("hi") is None
+    assert pieces == [] and len(server.requests) == 3
+    message = str(model.outcome.error)
+    assert "broke off its stream (server error: overloaded) after 3 attempts" in message
+
+
+@pytest.mark.parametrize(
+    ("cut", "cause"),
+    [("error", "server error: model crashed"), ("drop", "connection lost"),
+     ("end", "it ended without a finish_reason")],
+)
+async def test_a_stream_failing_after_a_piece_is_an_llm_error_never_a_retry(
+    server, client, cut, cause
+):
+    server.inject(Fault.midstream(2, cut=cut, message="model crashed"))
+    model = compat(client, max_retries=5)
+    pieces = streaming(model)
+    assert await model.get_response_async("hi") is None
+    assert len(server.requests) == 1
+    assert pieces == reply_pieces(simulated_reply(build_messages("hi", None, None)))[:2]
+    message = str(model.outcome.error)
+    assert "broke off the reply after 2 streamed pieces" in message and cause in message
+    assert "not kept" in message
+    assert model.outcome.prompt_tokens == model.outcome.completion_tokens == 0
+
+
+async def test_a_plain_json_answer_to_a_stream_request_is_one_piece(server, client):
+    usage = {"prompt_tokens": 111, "completion_tokens": 7}
+    reply = {"choices": [{"message": {"role": "assistant", "content": "all at once"}}]}
+    server.inject(Fault.body(reply | {"usage": usage}))
+    model = compat(client)
+    pieces = streaming(model)
+    assert await model.get_response_async("hi") == "all at once"
+    assert pieces == ["all at once"]
+    assert (model.outcome.prompt_tokens, model.outcome.completion_tokens) == (111, 7)
+    server.inject(Fault.malformed())
+    pieces = streaming(model)
+    assert await model.get_response_async("hi") is None
+    assert "not JSON" in str(model.outcome.error) and pieces == []
+
+
+async def test_stream_error_messages_never_contain_the_api_key(server, client):
+    server.inject(Fault.midstream(1, message=f"bad key {API_KEY}"))
+    model = compat(client)
+    streaming(model)
+    assert await model.get_response_async("hi") is None
+    message = str(model.outcome.error)
+    assert API_KEY not in message and fingerprint(API_KEY.encode()) in message
 
 
 def test_resolve_openai_settings_reads_the_environment_and_hides_the_key():

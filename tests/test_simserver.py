@@ -1,18 +1,20 @@
-"""The OpenAI-compatible simulator server: shape, recording, faults, loopback only."""
+"""The OpenAI-compatible simulator server: shape, streaming, recording, faults, loopback only."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
-from openai import AsyncOpenAI
+from openai import APIConnectionError, APIError, AsyncOpenAI, InternalServerError
 
 from engine.config import SimSettings
 from engine.errors import InvalidInput
-from engine.llm import simulated_reply
+from engine.llm import estimate_prompt_tokens, reply_pieces, simulated_reply
 from engine.security import fingerprint
 from engine.simserver import Fault, SimServer, main
+from engine.tokens import estimate_tokens
 
 MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "ping"}]
 
@@ -48,6 +50,119 @@ async def test_answers_in_the_openai_shape_the_sdk_parses(server):
     assert choice.message.content == simulated_reply(MESSAGES)
     usage = completion.usage
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0
+
+
+async def read_events(http, server, body) -> tuple[int, str, list[str]]:
+    """Status, content type and the `data:` payloads of a streamed answer, in order."""
+    url = f"{server.base_url}/chat/completions"
+    async with http.post(url, json=body) as response:
+        text = await response.text()
+        kind = response.headers["Content-Type"]
+    events = text.split("\n\n")
+    assert events[-1] == ""  # every event ends with a blank line
+    assert all(e.startswith("data: ") and "\n" not in e for e in events[:-1])
+    return response.status, kind, [e.removeprefix("data: ") for e in events[:-1]]
+
+
+@pytest.fixture
+async def sdk(server):
+    client = AsyncOpenAI(api_key="sk-local", base_url=server.base_url, max_retries=0)
+    yield client
+    await client.close()
+
+
+STREAM = {"model": "m1", "messages": MESSAGES, "stream": True}
+
+
+async def test_streams_chunks_usage_and_done_in_openai_wire_format(server, http):
+    body = STREAM | {"stream_options": {"include_usage": True}}
+    status, kind, events = await read_events(http, server, body)
+    assert status == 200 and kind.startswith("text/event-stream")
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1 and {c["model"] for c in chunks} == {"m1"}
+    first, *content, stop, usage = chunks
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    pieces = [c["choices"][0]["delta"]["content"] for c in content]
+    reply = simulated_reply(MESSAGES)
+    # The same pieces as the in-process simulator streams, joining back to the same reply.
+    assert pieces == reply_pieces(reply) and "".join(pieces) == reply and len(pieces) > 1
+    assert all(c["choices"][0]["finish_reason"] is None for c in [first, *content])
+    assert stop["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert all(c["usage"] is None for c in [first, *content, stop])  # OpenAI's include_usage rule
+    assert usage["choices"] == [] and usage["usage"] == {
+        "prompt_tokens": estimate_prompt_tokens(MESSAGES),
+        "completion_tokens": estimate_tokens(reply),
+        "total_tokens": estimate_prompt_tokens(MESSAGES) + estimate_tokens(reply),
+    }
+
+
+async def test_stream_without_include_usage_has_no_usage(server, http):
+    _, _, events = await read_events(http, server, STREAM)
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert events[-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert not any("usage" in c for c in chunks)
+
+
+async def test_the_sdk_streaming_client_reads_the_stream(server, sdk):
+    stream = await sdk.chat.completions.create(
+        model="m1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == simulated_reply(MESSAGES)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == estimate_prompt_tokens(MESSAGES) + estimate_tokens(
+        text
+    )
+
+
+async def test_midstream_fault_sends_an_error_event_after_its_pieces(server, http, sdk):
+    server.inject(Fault.midstream(after_pieces=2, message="model crashed"))
+    status, _, events = await read_events(http, server, STREAM)
+    assert status == 200
+    *chunks, error = (json.loads(e) for e in events)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == [
+        "", *reply_pieces(simulated_reply(MESSAGES))[:2]
+    ]
+    assert error == {"error": {"message": "model crashed", "type": "server_error", "code": 500}}
+    server.inject(Fault.midstream(after_pieces=1, message="model crashed"))
+    received = []
+    stream = await sdk.chat.completions.create(model="m1", messages=MESSAGES, stream=True)
+    with pytest.raises(APIError, match="model crashed"):
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert received == ["", reply_pieces(simulated_reply(MESSAGES))[0]]
+
+
+async def test_midstream_drop_cuts_the_connection_after_its_pieces(server, sdk):
+    server.inject(Fault.midstream(after_pieces=3, cut="drop"))
+    received = []
+    stream = await sdk.chat.completions.create(model="m1", messages=MESSAGES, stream=True)
+    with pytest.raises(APIConnectionError):
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert received == ["", *reply_pieces(simulated_reply(MESSAGES))[:3]]
+    # The server is still fine for the next request.
+    completion = await sdk.chat.completions.create(model="m1", messages=MESSAGES)
+    assert completion.choices[0].message.content == simulated_reply(MESSAGES)
+
+
+async def test_midstream_end_stops_without_finish_reason_or_done(server, http):
+    server.inject(Fault.midstream(after_pieces=1, cut="end"))
+    status, _, events = await read_events(http, server, STREAM)
+    chunks = [json.loads(e) for e in events]  # no [DONE]
+    assert status == 200 and len(chunks) == 2
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+
+
+async def test_midstream_fault_on_a_plain_request_is_http_500(server, http):
+    server.inject(Fault.midstream(after_pieces=2, message="model crashed"))
+    status, _, text = await post(http, server, {"messages": MESSAGES})
+    assert status == 500 and "model crashed" in text
+    with pytest.raises(InvalidInput, match="after_pieces"):
+        Fault.midstream(after_pieces=-1)
 
 
 async def test_base_url_is_loopback_with_the_bound_port(server):
@@ -119,6 +234,11 @@ async def test_sim_settings_inject_errors_and_hangs():
     async with SimServer(errors) as server, aiohttp.ClientSession() as http:
         status, _, text = await post(http, server, {"messages": MESSAGES})
         assert status == 500 and "error_rate" in text
+        # A stream request fails the same way, before any event.
+        client = AsyncOpenAI(api_key="sk-local", base_url=server.base_url, max_retries=0)
+        with pytest.raises(InternalServerError, match="error_rate"):
+            await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+        await client.close()
     hangs = SimSettings(median_latency_s=0, p99_latency_s=0, timeout_rate=1.0)
     async with SimServer(hangs) as server, aiohttp.ClientSession() as http:
         with pytest.raises(asyncio.TimeoutError):

@@ -100,7 +100,7 @@ def figures(snapshot: EngineSnapshot) -> list[Figure]:
 
 def gateway_title(stats: GatewayStats) -> str:
     state = "" if stats.ready else " · NOT READY"
-    return (f"Gateway http://{stats.listen}{state}  {fmt.rate(stats.requests_per_s)} req/s · "
+    return (f"Gateway {stats.listen}{state} · {fmt.rate(stats.requests_per_s)} req/s · "
             f"{stats.connections} conn · {stats.streams} streams")
 
 
