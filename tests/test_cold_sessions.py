@@ -7,11 +7,14 @@ import asyncio
 import sqlite3
 
 import pytest
+from rendered import screen_text
 
 from engine import Engine, errors
 from engine.config import SimSettings
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
+from tests.test_console import console_for, open_detail, refreshed
+from widgets import VirtualTable
 
 
 def cache(engine: Engine):
@@ -233,3 +236,30 @@ async def test_corrupt_rows_make_only_their_session_unreadable_on_load(make_conf
             "select wrapped_key from sessions where session_id = ?", (bad.session_id,)
         ).fetchone()
         assert key == b"gAAAAA-not-a-key"
+
+
+async def test_the_console_lists_cold_sessions_and_opens_one(make_config, clock):
+    config = make_config(hot_idle_s=10)
+    async with Engine(config) as engine:
+        created = []
+        for n in range(3):
+            s = await engine.create_session(f"user{n}")
+            await engine.send(s.session_id, s.token, f"hello from user{n}")
+            created.append(s)
+        clock.advance(11)
+        engine.housekeep()
+        assert cache(engine).cold == 3
+        app = console_for(engine)
+        async with app.run_test(size=(140, 50)) as pilot:
+            await refreshed(pilot)
+            rows = app.screen.query_one("#sessions", VirtualTable).rows
+            assert sorted(v.session_id for v in rows) == sorted(s.session_id for s in created)
+            assert {v.state for v in rows} == {"cold"}
+            assert "cold 3" in screen_text(app)  # the dashboard's cache figures
+            detail = await open_detail(pilot, created[1].session_id)
+            for _ in range(50):
+                await pilot.pause()
+                if "hello from user1" in str(detail.query_one("#conversation-text").render()):
+                    break
+            assert "hello from user1" in str(detail.query_one("#conversation-text").render())
+            assert cache(engine).hot == 1 and cache(engine).cold == 2
