@@ -809,8 +809,6 @@ class Engine:
             monitor=self._monitor, tiers=frozenset(self.config.tiers),
             default_tier=self.config.default_tier,
         )
-        for session in self._registry:
-            self._invalidate_view(session)
         if moved:
             await self._store.write(*moved)
         return report

@@ -19,13 +19,16 @@ from engine.sessions import Context, Message, Session, SessionRegistry
 from engine.store import Assign, ContextFigures, Op, Restored, SessionRow, StoredSession
 from engine.views import RestoreReport
 
+NO_METADATA: MappingProxyType[str, object] = MappingProxyType({})  # most sessions: shared
+
 
 def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
     """A stored session as its compact record: no key unwrapped, no message read."""
+    metadata = row.metadata_json
     return Session(
         session_id=row.session_id,
         user_id=row.user_id,
-        metadata=MappingProxyType(json.loads(row.metadata_json)),
+        metadata=NO_METADATA if metadata == "{}" else MappingProxyType(json.loads(metadata)),
         created_at=row.created_at,
         last_active_at=row.last_active_at,
         idle_timeout_s=row.idle_timeout_s,

@@ -160,7 +160,14 @@ class SessionViews:
         self._stale.discard(session_id)
 
     def current(self) -> dict[str, SessionView]:
-        """Every live session's view, up to date; the dict is the cache itself: copy to keep."""
+        """Every live session's view, up to date; the dict is the cache itself: copy to keep.
+
+        Restored sessions get their first view here, at the first snapshot, not at start-up.
+        """
+        if len(self._views) < len(self._registry):
+            for session in self._registry:
+                if session.session_id not in self._views:
+                    self._views[session.session_id] = self._build(session)
         for session_id in self._stale:
             session = self._registry.get(session_id)
             if session is not None:
