@@ -18,16 +18,24 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Engine, EngineConfig
+from engine import (
+    Engine,
+    EngineConfig,
+    LimitSettings,
+    LLMSettings,
+    PoolSettings,
+    QuotaLimit,
+    RateLimit,
+    SimSettings,
+    StoreSettings,
+)
 from engine.agents import build_agent, load_agent_specs
-from engine.config import SimSettings
 from engine.llm import SimSource, SimulatedModel
-from engine.quotas import QuotaLimit
-from engine.ratelimit import RateLimit
 from engine.simserver import SimServer
 
 UNLIMITED = {
@@ -50,19 +58,19 @@ def big_pools(folder: Path, size: int) -> Path:
     return path
 
 
-def config(folder: Path, users: int, **overrides) -> EngineConfig:
-    settings = {
-        "data_dir": folder,
-        "tiers": UNLIMITED,
-        "default_tier": "unlimited",
-        "session_rate": RateLimit(1e9, 10**9),
-        "user_rate": RateLimit(1e9, 10**9),
-        "agent_types_file": big_pools(folder, users),
-        "workers": 1,
-        "per_user_agent_cap": 4,
-        "sim": SIM,
-    }
-    return EngineConfig(**(settings | overrides))
+def config(folder: Path, users: int) -> EngineConfig:
+    return EngineConfig(
+        store=StoreSettings(data_dir=folder),
+        limits=LimitSettings(
+            tiers=UNLIMITED,
+            default_tier="unlimited",
+            session_rate=RateLimit(1e9, 10**9),
+            user_rate=RateLimit(1e9, 10**9),
+        ),
+        pools=PoolSettings(agent_types_file=big_pools(folder, users), workers=1,
+                           per_user_agent_cap=4),
+        llm=LLMSettings(sim=SIM),
+    )
 
 
 async def drive(
@@ -135,12 +143,17 @@ async def main() -> None:
             async with Engine(config(folder, users)) as engine:
                 figures[f"sim_{users}_users_think_1s"] = await drive(engine, users, 10.0, 1.0)
             # The same without waiting for the commit: the agents' share, without the disk's.
-            async with Engine(config(folder, users, durable_ack=False)) as engine:
+            base = config(folder, users)
+            early = replace(base, store=replace(base.store, durable_ack=False))
+            async with Engine(early) as engine:
                 figures[f"sim_{users}_users_think_1s_ack_before_commit"] = await drive(
                     engine, users, 10.0, 1.0
                 )
         async with SimServer(SIM) as server:
-            http = config(folder, 100, llm="openai", base_url=server.base_url, api_key="sk-local")
+            base = config(folder, 100)
+            http = replace(base, llm=LLMSettings(
+                backend="openai", base_url=server.base_url, api_key="sk-local", sim=SIM,
+            ))
             async with Engine(http) as engine:
                 figures["http_sim_100_users"] = await drive(engine, 100, 10.0)
     figures["bytes_per_pooled_agent"] = memory_per_agent()

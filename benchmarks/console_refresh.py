@@ -23,9 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from console.app import SessionConsole
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, LLMSettings, SessionSettings, SimSettings, StoreSettings
 from engine.clock import ManualClock
-from engine.config import SimSettings
 
 SIZES = (1_000, 10_000, 100_000)
 TERMINAL = (160, 50)
@@ -66,10 +65,10 @@ def summary(values: list[float]) -> dict[str, float]:
 async def measure(sessions: int, ticks: int, data_dir: Path) -> dict[str, object]:
     clock = ManualClock()
     config = EngineConfig(
-        data_dir=data_dir,
+        store=StoreSettings(data_dir=data_dir),
         clock=clock,
-        sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1),
-        max_sessions_per_user=SESSIONS_PER_USER,
+        llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+        sessions=SessionSettings(max_per_user=SESSIONS_PER_USER),
     )
     async with Engine(config) as engine:
         started = time.perf_counter()

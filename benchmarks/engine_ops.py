@@ -24,15 +24,24 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Engine, EngineConfig
+from engine import (
+    Engine,
+    EngineConfig,
+    LimitSettings,
+    LLMSettings,
+    PoolSettings,
+    QuotaLimit,
+    RateLimit,
+    SimSettings,
+    StoreSettings,
+)
 from engine.clock import ManualClock
-from engine.config import SimSettings
-from engine.quotas import QuotaLimit, QuotaManager
-from engine.ratelimit import RateLimit
+from engine.quotas import QuotaManager
 from engine.security import KeyRing, hash_token
 from engine.store import MessageRow, SessionRow, Store
 
@@ -59,17 +68,17 @@ def big_pools(folder: Path, size: int = 1000) -> Path:
     return path
 
 
-def config(data_dir: Path, **overrides) -> EngineConfig:
+def config(data_dir: Path) -> EngineConfig:
     return EngineConfig(
-        data_dir=data_dir,
-        agent_types_file=big_pools(data_dir),
-        workers=1,
-        sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1),
-        tiers=UNLIMITED,
-        default_tier="unlimited",
-        session_rate=RateLimit(1e9, 10**9),
-        user_rate=RateLimit(1e9, 10**9),
-        **overrides,
+        store=StoreSettings(data_dir=data_dir),
+        pools=PoolSettings(agent_types_file=big_pools(data_dir), workers=1),
+        llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+        limits=LimitSettings(
+            tiers=UNLIMITED,
+            default_tier="unlimited",
+            session_rate=RateLimit(1e9, 10**9),
+            user_rate=RateLimit(1e9, 10**9),
+        ),
     )
 
 
@@ -78,7 +87,9 @@ def per_second(count: int, seconds: float) -> float:
 
 
 async def bench_create(data_dir: Path, n: int) -> float:
-    async with Engine(config(data_dir, max_sessions_per_user=10**9)) as engine:
+    base = config(data_dir)
+    many = replace(base, sessions=replace(base.sessions, max_per_user=10**9))
+    async with Engine(many) as engine:
         start = time.perf_counter()
         for i in range(n):
             await engine.create_session(f"user{i % 1000}")
@@ -112,7 +123,7 @@ def bench_quota_check(events_in_window: int, checks: int = 50_000) -> float:
 
 async def bench_expiry_and_snapshot(data_dir: Path, n: int) -> dict[str, float]:
     clock = ManualClock()
-    async with Engine(config(data_dir, clock=clock)) as engine:
+    async with Engine(replace(config(data_dir), clock=clock)) as engine:
         for i in range(n):
             await engine.create_session(f"user{i}")
         rounds = 10_000
@@ -154,10 +165,11 @@ def bench_token(i: int) -> str:
     return f"bench-token-{i:08d}"
 
 
-def stored_config(data_dir: Path, **overrides) -> EngineConfig:
-    return config(
-        data_dir, idle_timeout_s=FOREVER_S, session_lifetime_s=FOREVER_S, tune_gc=False,
-        **overrides,
+def stored_config(data_dir: Path) -> EngineConfig:
+    base = config(data_dir)
+    return replace(
+        base, tune_gc=False,
+        sessions=replace(base.sessions, idle_timeout_s=FOREVER_S, lifetime_s=FOREVER_S),
     )
 
 
@@ -165,9 +177,9 @@ async def build_store(data_dir: Path, n: int) -> float:
     """N sessions of 20 encrypted messages written through the store; seconds taken."""
     started = time.perf_counter()
     cfg = stored_config(data_dir)
-    keyring = KeyRing.load(env_var="UNSET-BENCH-KEY", key_file=cfg.master_key_file)
+    keyring = KeyRing.load(cfg.store.master_key_file)
     now = time.time()
-    async with await Store.open(cfg.db_path, durable_ack=False, power_safe=False) as store:
+    async with await Store.open(cfg.store.db_path, durable_ack=False, power_safe=False) as store:
         for start in range(0, n, 2000):
             ops: list = []
             for i in range(start, min(n, start + 2000)):

@@ -31,11 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import Engine, EngineConfig
-from engine.config import SimSettings
+from engine import (
+    Engine,
+    EngineConfig,
+    LimitSettings,
+    LLMSettings,
+    QuotaLimit,
+    RateLimit,
+    SimSettings,
+    StoreSettings,
+)
 from engine.metrics import LatencyHistogram
-from engine.quotas import QuotaLimit
-from engine.ratelimit import RateLimit
 from loadgen import Distribution, EngineTransport, LoadGenerator, LoadOptions
 
 STEPS = (100, 250, 500, 1000, 2500, 5000, 7500, 10_000, 15_000, 20_000)
@@ -132,14 +138,16 @@ async def run_mode(
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as folder:
         config = EngineConfig(
-            data_dir=Path(folder),
-            sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1),
-            tiers=UNLIMITED,
-            default_tier="unlimited",
-            session_rate=RateLimit(1e9, 10**9),
-            user_rate=RateLimit(1e9, 10**9),
-            durable_ack=durable_ack,
-            durability=durability,
+            store=StoreSettings(
+                data_dir=Path(folder), durable_ack=durable_ack, durability=durability
+            ),
+            llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+            limits=LimitSettings(
+                tiers=UNLIMITED,
+                default_tier="unlimited",
+                session_rate=RateLimit(1e9, 10**9),
+                user_rate=RateLimit(1e9, 10**9),
+            ),
         )
         async with Engine(config) as engine:
             generator = LoadGenerator(EngineTransport(engine), options)

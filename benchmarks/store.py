@@ -181,7 +181,7 @@ async def restore(folder: Path, sessions: int) -> dict:
     opened = time.perf_counter()
     restored = await store.load_live(NOW + 1)
     loaded = time.perf_counter()
-    await store.close()
+    await store.aclose()
     messages = restored.counts.messages
     assert restored.counts.sessions == sessions and messages == sessions * MESSAGES_PER_SESSION
     file_bytes = path.stat().st_size

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine import EngineConfig
+from engine import EngineConfig, StoreSettings
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -54,7 +54,8 @@ def _data_dir(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = EngineConfig() if args.data_dir is None else EngineConfig(data_dir=args.data_dir)
+    store = StoreSettings() if args.data_dir is None else StoreSettings(data_dir=args.data_dir)
+    config = EngineConfig.from_env(store=store)
     if args.command == "serve":
         from engine.gateway.serve import main as serve
 

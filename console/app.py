@@ -97,7 +97,7 @@ class SessionConsole(App[None]):
         self.terminal_guard = TerminalGuard.attach(self)  # terminal loss and signals quit cleanly
         self.owns_engine = engine is None  # then the app opens it on mount and closes it after
         self.engine = engine if engine is not None else Engine(config or EngineConfig())
-        self.export_dir = export_dir or self.engine.config.data_dir / "exports"
+        self.export_dir = export_dir or self.engine.config.store.data_dir / "exports"
         self.load = LoadController(self.engine, load_options)
         self.start_load = load_options is not None if start_load is None else start_load  # on mount
         self.refresh_hz = refresh_hz
@@ -134,7 +134,7 @@ class SessionConsole(App[None]):
             self.notify(f"gateway not started on {listen}: {exc}", severity="error", timeout=10)
             return
         self.gateway = gateway
-        where = self.engine.config.app_keys_file
+        where = self.engine.config.store.app_keys_file
         created = "created " if gateway.key_file_created else ""
         self.notify(f"gateway on http://{address} · app keys: {created}{where}", timeout=8)
 
@@ -144,7 +144,11 @@ class SessionConsole(App[None]):
         await self.load.stop()
         if self.gateway is not None:
             if self.owns_engine:  # HTTP turns in flight finish, new ones get 503
-                await self.engine.drain(STOP_GRACE_S)
+                # SIGTERM/SIGINT give them the configured drain grace; q or a lost terminal 2 s
+                grace = self.engine.config.gateway.drain_grace_s
+                await self.engine.drain(
+                    grace if self.terminal_guard.asked_to_drain else STOP_GRACE_S
+                )
             await self.gateway.stop()
         if self.owns_engine:
             await self.engine.aclose()

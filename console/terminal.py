@@ -4,8 +4,9 @@ Why this module exists (issue 15). When the terminal goes away (an SSH drop, a c
 window), Textual's Linux driver does not notice: its output thread dies on the first failed
 write (EIO) and the app's loop then blocks for ever putting the next frame into that thread's
 full queue, while its input thread spins on the tty's end of file. The process stays, at full
-CPU, holding the store's lock. And a SIGHUP, SIGTERM or SIGINT kills the process outright
-(Python's defaults) without stopping the load or closing the store.
+CPU, holding the store's lock. And SIGHUP or SIGTERM kill the process outright (SIGINT raises
+KeyboardInterrupt wherever the loop happens to be), without stopping the load or closing the
+store.
 
 `TerminalGuard` fixes both at the root, with no Textual private attribute except one adapter
 (`_guard_driver_output`):
@@ -15,14 +16,15 @@ CPU, holding the store's lock. And a SIGHUP, SIGTERM or SIGINT kills the process
   on EIO, not even Python's flush at exit), and asks the app to quit;
 - SIGHUP, SIGTERM and SIGINT, handled on the app's loop, ask the app to quit too. The app's quit
   is its normal one: load stops within its grace, turns still running after it are cancelled,
-  the engine closes (the store flushes, the lock is released);
+  the engine closes (the store flushes, the lock is released). After SIGTERM or SIGINT
+  (`asked_to_drain`) the app gives turns from the gateway the configured drain grace;
 - a second SIGTERM or SIGINT exits at once (128 + signal number): turns already acknowledged
   were committed when they were acknowledged, so nothing acknowledged is lost;
 - a backstop exits (status 1) if the quit has not finished `BACKSTOP_S` after it began, so a
   stuck shutdown can never again hold the lock for ever;
 - once Textual has restored the terminal, one line on stderr says what happened.
 
-Only a real terminal gets a guard: under `run_test()` (headless) nothing is installed.
+Under `run_test()` (Textual's headless driver) nothing is installed.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ from textual.app import App
 from textual.driver import Driver
 from textual.drivers.linux_driver import LinuxDriver
 
-# The normal quit takes about 2.5 s (load's 2 s grace, then the engine's close); past this the
-# shutdown is stuck and the process exits anyway.
-BACKSTOP_S = 10.0
+# A quit takes about 2.5 s (the load's 2 s grace, then the engine's close), a SIGTERM drain up to
+# the gateway's grace (10 s by default) more; past this the shutdown is stuck: exit anyway.
+BACKSTOP_S = 30.0
 
 # What Textual's driver writes when it leaves application mode: mouse, bracketed paste and focus
 # reports off, line wrap on, Kitty keyboard protocol off, main screen, cursor shown. Written
@@ -101,6 +103,7 @@ class TerminalGuard:
     def __init__(self, app: App[Any]) -> None:
         self.app = app
         self.cause: str | None = None  # why the console is stopping, once it is
+        self.asked_to_drain = False  # the stop is a SIGTERM or SIGINT's drain, not a lost terminal
         self._driver: LinuxDriver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._output_fds: tuple[int, ...] = ()
@@ -225,6 +228,7 @@ class TerminalGuard:
         elif self.cause is not None:
             self._exit_now(sig)  # second signal before the handler swap below took effect
         else:
+            self.asked_to_drain = True
             self._begin_stop(name)
 
     def _begin_stop(self, cause: str) -> None:

@@ -7,11 +7,11 @@ import asyncio
 import sys
 from pathlib import Path
 
-from engine import Engine, EngineConfig, errors
+from engine import Engine, EngineConfig, StoreSettings, errors
 
 
 async def rotate_key(data_dir: Path) -> int:
-    async with Engine(EngineConfig(data_dir=data_dir)) as engine:
+    async with Engine(EngineConfig.from_env(store=StoreSettings(data_dir=data_dir))) as engine:
         before = engine.keyring.fingerprints()[0]
         report = await engine.rotate_master_key()
         after = engine.keyring.fingerprints()[0]
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     rotate = commands.add_parser("rotate-key", help="re-wrap every session key under a new key")
-    rotate.add_argument("--data-dir", type=Path, default=EngineConfig().data_dir)
+    rotate.add_argument("--data-dir", type=Path, default=StoreSettings().data_dir)
     args = parser.parse_args(argv)
     try:
         return asyncio.run(rotate_key(args.data_dir))

@@ -1,15 +1,81 @@
-"""Engine configuration: every field has a default that works with no set-up."""
+"""Engine configuration: frozen settings in parts, every field defaulted to work with no set-up.
+
+`EngineConfig()` is the defaults and reads nothing; `EngineConfig.from_env()` is the one place
+that reads the process environment (master keys, app keys, the OpenAI endpoint). A variant is
+`dataclasses.replace(config, llm=replace(config.llm, backend="openai"))`.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from engine.admission import AuthBackoffPolicy
 from engine.clock import Clock, SystemClock
+from engine.overload import OverloadPolicy
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
+
+MASTER_KEY_ENV = "SESSION_CONSOLE_MASTER_KEY"  # comma-separated Fernet keys, primary first
+APP_KEYS_ENV = "SESSION_CONSOLE_APP_KEYS"  # comma-separated keys allowed to create sessions
+OPENAI_ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """How many sessions a user may hold, how long they live, and what a call may carry."""
+
+    max_per_user: int = 5
+    idle_timeout_s: float = 30 * 60
+    lifetime_s: float = 24 * 3600
+    context_max_messages: int = 200
+    context_max_bytes: int = 256 * 1024
+    max_user_id_chars: int = 128
+    max_text_bytes: int = 32 * 1024
+    max_metadata_bytes: int = 4096
+    # Turns that wait behind a session's running turn (multitask_strategy "enqueue"); a policy
+    # of the engine's send(), so it holds for in-process callers as for the gateway.
+    max_queued_turns: int = 4
+    # The store is a session's home; memory caches the sessions in use (key unwrapped, context
+    # decrypted). An idle one leaves the cache after hot_idle_s, or sooner, least recently used
+    # first, while the cache's estimated bytes exceed hot_budget_bytes; never a busy one.
+    hot_idle_s: float = 300.0
+    hot_budget_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where state lives (./data is git-ignored), how durable an acknowledgement is, the keys."""
+
+    data_dir: Path = Path("data")
+    db_file: str = "sessions.db"
+    # True: send() returns only once its messages are committed. False acknowledges before
+    # the commit (benchmarks): a crash can then lose the last few milliseconds of turns.
+    durable_ack: bool = True
+    # "power": every commit is fsynced, an acknowledged turn survives a power cut. "process":
+    # it survives the process crashing or being killed (kill -9), not the machine losing
+    # power, and an acknowledgement costs a write() instead of an fsync (lower latency).
+    durability: Literal["power", "process"] = "power"
+    audit_retention_s: float = 0.0  # >0 keeps ended sessions' metadata (no content) this long
+    # Master keys given by the deployment (from_env: SESSION_CONSOLE_MASTER_KEY), primary first;
+    # empty: the key file under data_dir, created on first run.
+    master_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def master_key_file(self) -> Path:
+        return self.data_dir / "master.key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / self.db_file
+
+    @property
+    def app_keys_file(self) -> Path:
+        """The gateway's app keys when none are given (one a line, mode 0600)."""
+        return self.data_dir / "app.keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +102,59 @@ class TenantCredentials:
 
 
 @dataclass(frozen=True, slots=True)
+class LLMSettings:
+    """The model backend: "sim" needs nothing; "openai" needs an API key (from_env reads
+    OPENAI_BASE_URL, OPENAI_API_KEY and OPENAI_MODEL for what is left unset)."""
+
+    backend: Literal["sim", "openai"] = "sim"
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None  # else each agent type's model
+    sim: SimSettings = field(default_factory=SimSettings)
+    # user_id -> credentials; users not listed use base_url/api_key.
+    tenants: Mapping[str, TenantCredentials] = field(default_factory=dict)
+    max_cached_clients: int = 8
+    max_retries: int = 2
+    turn_timeout_s: float = 60.0
+    max_completion_tokens: int = 512
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """Agent types from a TOML file (the packaged engine/agents.toml by default), a pool per
+    type on each worker lane."""
+
+    agent_types_file: Path | None = None
+    workers: int = 2
+    timeout_s: float = 10.0
+    per_user_agent_cap: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Quotas per tier and request rates per session and per user."""
+
+    tiers: Mapping[str, Mapping[str, QuotaLimit]] = field(default_factory=lambda: DEFAULT_TIERS)
+    default_tier: str = "free"
+    compute_reserve_s: float = 1.0
+    session_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=2.0, burst=10))
+    user_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=5.0, burst=20))
+    # Presenters that keep failing authentication are refused with a backoff (admission.py).
+    auth_backoff: AuthBackoffPolicy = field(default_factory=AuthBackoffPolicy)
+    # While the loop lags or the store's queue is long, the heaviest users' turns are shed
+    # (engine/overload.py). None: never shed (tests whose timing is the machine's, not theirs).
+    overload: OverloadPolicy | None = field(default_factory=OverloadPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    max_alerts: int = 500
+    alert_cooldown_s: float = 60.0
+    housekeeping_interval_s: float = 1.0
+    quota_watch_percent: float = 50.0  # users above this are shown with their quota gauges
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """The HTTP gateway's edge: where it listens and what it bounds for every client."""
 
@@ -46,89 +165,56 @@ class GatewaySettings:
     body_timeout_s: float = 30.0  # ...and its body within this after the headers
     keep_alive_s: float = 75.0  # an idle keep-alive connection is closed after this
     drain_grace_s: float = 10.0  # on SIGTERM, turns in flight get this long to finish
-    app_keys_env: str = "SESSION_CONSOLE_APP_KEYS"
+    # App keys given by the deployment (from_env: SESSION_CONSOLE_APP_KEYS); empty: the key
+    # file under the data dir, created on first run.
+    app_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
-    # Where state lives. ./data is git-ignored.
-    data_dir: Path = Path("data")
-    master_key_env: str = "SESSION_CONSOLE_MASTER_KEY"
-    db_file: str = "sessions.db"
-    # True: send() returns only once its messages are committed. False acknowledges before
-    # the commit (benchmarks): a crash can then lose the last few milliseconds of turns.
-    durable_ack: bool = True
-    # "power": every commit is fsynced, an acknowledged turn survives a power cut. "process":
-    # it survives the process crashing or being killed (kill -9), not the machine losing
-    # power, and an acknowledgement costs a write() instead of an fsync (lower latency).
-    durability: Literal["power", "process"] = "power"
-    audit_retention_s: float = 0.0  # >0 keeps ended sessions' metadata (no content) this long
-
-    # Model backend: "sim" needs nothing; "openai" reads base_url/api_key or the environment.
-    llm: Literal["sim", "openai"] = "sim"
-    base_url: str | None = None
-    api_key: str | None = None
-    openai_model: str | None = None  # else OPENAI_MODEL, else each agent type's model
-    sim: SimSettings = field(default_factory=SimSettings)
-    # user_id -> credentials; users not listed use base_url/api_key (or the environment).
-    tenants: Mapping[str, TenantCredentials] = field(default_factory=dict)
-    max_cached_clients: int = 8
-    llm_max_retries: int = 2
-
-    # Agents: types from a TOML file (the packaged engine/agents.toml by default), a pool per
-    # type on each worker lane.
-    agent_types_file: Path | None = None
-    workers: int = 2
-    pool_timeout_s: float = 10.0
-    per_user_agent_cap: int = 2
-    turn_timeout_s: float = 60.0
-    max_completion_tokens: int = 512
-
-    # Sessions.
-    max_sessions_per_user: int = 5
-    idle_timeout_s: float = 30 * 60
-    session_lifetime_s: float = 24 * 3600
-    context_max_messages: int = 200
-    context_max_bytes: int = 256 * 1024
-    max_user_id_chars: int = 128
-    max_text_bytes: int = 32 * 1024
-    max_metadata_bytes: int = 4096
-    # Turns that wait behind a session's running turn (multitask_strategy "enqueue").
-    max_queued_turns: int = 4
-    # The store is a session's home; memory caches the sessions in use (key unwrapped, context
-    # decrypted). An idle one leaves the cache after hot_idle_s, or sooner, least recently used
-    # first, while the cache's estimated bytes exceed hot_budget_bytes; never a busy one.
-    hot_idle_s: float = 300.0
-    hot_budget_bytes: int = 256 * 1024 * 1024
-
-    # Quotas and rate limits.
-    tiers: Mapping[str, Mapping[str, QuotaLimit]] = field(default_factory=lambda: DEFAULT_TIERS)
-    default_tier: str = "free"
-    compute_reserve_s: float = 1.0
-    session_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=2.0, burst=10))
-    user_rate: RateLimit = field(default_factory=lambda: RateLimit(rate_per_s=5.0, burst=20))
-    quota_watch_percent: float = 50.0
-
-    # Monitoring.
-    max_alerts: int = 500
-    alert_cooldown_s: float = 60.0
-    housekeeping_interval_s: float = 1.0
-
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    pools: PoolSettings = field(default_factory=PoolSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     # Freeze start-up objects out of the collector's passes (engine/runtime.py): process-wide.
     tune_gc: bool = True
-
-    gateway: GatewaySettings = field(default_factory=GatewaySettings)
-
     clock: Clock = field(default_factory=SystemClock)
 
-    @property
-    def master_key_file(self) -> Path:
-        return self.data_dir / "master.key"
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, /, **parts: object
+    ) -> EngineConfig:
+        """`EngineConfig(**parts)` completed from the environment (`os.environ` by default).
 
-    @property
-    def app_keys_file(self) -> Path:
-        return self.data_dir / "app.keys"
+        Reads SESSION_CONSOLE_MASTER_KEY and SESSION_CONSOLE_APP_KEYS (comma-separated; set
+        values replace the key files) and OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL (for
+        what `llm` leaves unset). Empty variables count as unset.
+        """
+        env = os.environ if env is None else env
+        config = cls(**parts)  # type: ignore[arg-type]
+        llm = config.llm
+        base_url, api_key, model = (env.get(name) or None for name in OPENAI_ENV)
+        return replace(
+            config,
+            store=replace(
+                config.store,
+                master_keys=config.store.master_keys or _split(env.get(MASTER_KEY_ENV, "")),
+            ),
+            llm=replace(
+                llm,
+                base_url=llm.base_url or base_url,
+                api_key=llm.api_key or api_key,
+                model=llm.model or model,
+            ),
+            gateway=replace(
+                config.gateway,
+                app_keys=config.gateway.app_keys or _split(env.get(APP_KEYS_ENV, "")),
+            ),
+        )
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / self.db_file
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn, get_args
@@ -19,11 +18,13 @@ from typing import Any, Literal, NoReturn, get_args
 from cryptography.fernet import Fernet
 
 from engine import validation
+from engine.admission import IN_PROCESS, AuthFailures, AuthFailureStats, presentation_key
 from engine.agents import load_agent_specs
 from engine.alerts import Alert
 from engine.balancer import Balancer, Move
-from engine.config import EngineConfig, SimSettings
+from engine.config import MASTER_KEY_ENV, EngineConfig, SimSettings
 from engine.errors import (
+    AuthBackoff,
     AuthenticationError,
     ConfigurationError,
     DecryptionFailed,
@@ -38,6 +39,7 @@ from engine.errors import (
 )
 from engine.monitor import Monitor
 from engine.operator import Operator
+from engine.overload import LoadShedder, OverloadStats
 from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.ratelimit import RateLimiter
 from engine.records import message_row, session_row
@@ -91,32 +93,40 @@ class Engine:
         self.config = config = config or EngineConfig()
         self.clock = config.clock
         self._registry = SessionRegistry(
-            max_per_user=config.max_sessions_per_user,
-            idle_timeout_s=config.idle_timeout_s,
-            lifetime_s=config.session_lifetime_s,
-            context_max_messages=config.context_max_messages,
-            context_max_bytes=config.context_max_bytes,
+            max_per_user=config.sessions.max_per_user,
+            idle_timeout_s=config.sessions.idle_timeout_s,
+            lifetime_s=config.sessions.lifetime_s,
+            context_max_messages=config.sessions.context_max_messages,
+            context_max_bytes=config.sessions.context_max_bytes,
         )
         self._registry.subscribe(self._on_session_event)
         self._quotas = QuotaManager(
-            self.clock, tiers=config.tiers, default_tier=config.default_tier
+            self.clock, tiers=config.limits.tiers, default_tier=config.limits.default_tier
         )
+        limits = config.limits
         self._session_rate = RateLimiter(
-            self.clock, config.session_rate.rate_per_s, config.session_rate.burst, "session"
+            self.clock, limits.session_rate.rate_per_s, limits.session_rate.burst, "session"
         )
         self._user_rate = RateLimiter(
-            self.clock, config.user_rate.rate_per_s, config.user_rate.burst, "user"
+            self.clock, config.limits.user_rate.rate_per_s, config.limits.user_rate.burst, "user"
         )
+        self._auth_failures = AuthFailures(self.clock, config.limits.auth_backoff)
+        self._shedder = (
+            None if config.limits.overload is None
+            else LoadShedder(self.clock, config.limits.overload)
+        )
+        self._overload_probe: asyncio.Task[None] | None = None
         self._monitor = Monitor(
-            self.clock, max_alerts=config.max_alerts, cooldown_s=config.alert_cooldown_s,
+            self.clock, max_alerts=config.monitor.max_alerts,
+            cooldown_s=config.monitor.alert_cooldown_s,
             on_alert=self._on_alert,
         )
         self._store: Store | None = None
         self._rolled_up = (0, 0, 0, 0)  # turns, errors, tokens in/out at the last roll-up
         self.restore_report: RestoreReport | None = None
-        specs = load_agent_specs(config.agent_types_file)
+        specs = load_agent_specs(config.pools.agent_types_file)
         self.agent_types = tuple(specs)
-        self._balancer = Balancer(config.workers, on_move=self._on_move)
+        self._balancer = Balancer(config.pools.workers, on_move=self._on_move)
         self._runner = AgentRunner(
             config, specs.values(), (w.worker_id for w in self._balancer.snapshot()),
             self.clock, self._monitor,
@@ -140,24 +150,31 @@ class Engine:
     async def open(self) -> Engine:
         if self._state != "new":
             raise EngineClosed("engine was already opened; create a new Engine")
+        store = self.config.store
         self._keyring = await asyncio.to_thread(
-            KeyRing.load, env_var=self.config.master_key_env, key_file=self.config.master_key_file
+            KeyRing.load, store.master_key_file, store.master_keys,
+            given_source=f"StoreSettings.master_keys ({MASTER_KEY_ENV})",
         )
         self._store = await Store.open(
-            self.config.db_path,
-            durable_ack=self.config.durable_ack,
-            retention_s=self.config.audit_retention_s,
-            power_safe=self.config.durability == "power",
+            store.db_path,
+            durable_ack=store.durable_ack,
+            retention_s=store.audit_retention_s,
+            power_safe=store.durability == "power",
         )
         try:
             self.restore_report = await self._restore()
         except BaseException:
-            await self._store.close()
+            await self._store.aclose()
             raise
         self._runner.prewarm()
         if self.config.tune_gc:
             prepare_for_serving()
         self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
+        if self._shedder is not None:
+            store = self._store
+            self._overload_probe = asyncio.create_task(
+                self._shedder.watch(lambda: store.stats().queue_depth), name="overload probe"
+            )
         self._state = "open"
         return self
 
@@ -198,13 +215,16 @@ class Engine:
     async def aclose(self) -> None:
         """Stop housekeeping, flush and close the store, close the model clients."""
         self._state = "closed"
+        if self._overload_probe is not None:
+            self._overload_probe.cancel()
+            self._overload_probe = None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
         if self._store is not None:
-            await self._store.close()
+            await self._store.aclose()
         await self._runner.aclose()
 
     async def __aenter__(self) -> Engine:
@@ -226,15 +246,15 @@ class Engine:
         """A new session for `user_id`; `origin` labels who created it in the console."""
         self._require_open()
         cfg = self.config
-        user_id = validation.user_id(user_id, cfg.max_user_id_chars)
-        meta = validation.metadata(metadata, cfg.max_metadata_bytes)
+        user_id = validation.user_id(user_id, cfg.sessions.max_user_id_chars)
+        meta = validation.metadata(metadata, cfg.sessions.max_metadata_bytes)
         tier = meta.get("tier")
         if tier is not None:
             self._quotas.set_tier(user_id, tier)  # validates before anything is created
         now = self.clock.now()
         session = self._registry.create(user_id, meta, now)
         session.origin = origin
-        token, record = issue_token(now, cfg.session_lifetime_s)
+        token, record = issue_token(now, cfg.sessions.lifetime_s)
         session.token = record
         session.cipher, session.wrapped_key = self.keyring.new_data_key()
         self._registry.hot.add(session)
@@ -257,23 +277,28 @@ class Engine:
         agent_type: str = "assistant",
         multitask_strategy: MultitaskStrategy = "enqueue",
         on_delta: Callable[[str], None] | None = None,
+        client: str | None = None,
     ) -> Reply:
         """Run one user turn and return the assistant's reply.
 
         `multitask_strategy` says what happens when the session already has a turn in flight
         (see MultitaskStrategy); a waiting turn is rate-limited and quota-reserved on arrival.
         `on_delta` receives the reply's text in pieces as the model produces them; the Reply
-        still carries the whole text.
+        still carries the whole text. `client` names the caller (the gateway passes the HTTP
+        client's address) so that one that keeps failing authentication is backed off; None
+        is the in-process caller.
         """
         self._require_open()
-        text = validation.text(text, self.config.max_text_bytes)
+        text = validation.text(text, self.config.sessions.max_text_bytes)
         agent_type = validation.agent_type(agent_type, self.agent_types)
         if multitask_strategy not in MULTITASK_STRATEGIES:
             raise InvalidInput(
                 f"multitask_strategy must be one of {', '.join(MULTITASK_STRATEGIES)} "
                 f"(got {multitask_strategy!r})"
             )
-        session = self._authenticate(session_id, token)
+        session = self._authenticate(session_id, token, client)
+        if self._shedder is not None:
+            self._shedder.admit(session.user_id)  # while overloaded, heaviest users first
         try:
             self._admit(session, multitask_strategy)
             self._check_rates(session)
@@ -286,28 +311,32 @@ class Engine:
             session.running_turn.cancel()
         return await self._run_turn(session, agent_type, text, reservation, on_delta)
 
-    async def check(self, session_id: str, token: str) -> float:
+    async def check(self, session_id: str, token: str, *, client: str | None = None) -> float:
         """Authenticate only (a gateway route that needs a caller's session); returns when the
         session expires at the latest. Raises as every call does; counts as activity."""
         self._require_open()
-        return self._authenticate(session_id, token).deadline
+        return self._authenticate(session_id, token, client).deadline
 
-    async def history(self, session_id: str, token: str) -> list[Message]:
+    async def history(
+        self, session_id: str, token: str, *, client: str | None = None
+    ) -> list[Message]:
         """The session's context, oldest first."""
         self._require_open()
-        session = self._authenticate(session_id, token)
+        session = self._authenticate(session_id, token, client)
         await self._warm(session)
         assert session.context is not None
         return list(session.context)
 
-    async def rotate_token(self, session_id: str, token: str) -> str:
+    async def rotate_token(self, session_id: str, token: str, *, client: str | None = None) -> str:
         """Issue a new token for the session; the presented one stops working at once."""
         self._require_open()
-        return await self._rotate(self._authenticate(session_id, token))
+        return await self._rotate(self._authenticate(session_id, token, client))
 
-    async def end_session(self, session_id: str, token: str) -> None:
+    async def end_session(
+        self, session_id: str, token: str, *, client: str | None = None
+    ) -> None:
         self._require_open()
-        session = self._authenticate(session_id, token)
+        session = self._authenticate(session_id, token, client)
         await self._end(session, "ended by owner")
 
     # -- engine-wide controls --------------------------------------------------------------------
@@ -325,12 +354,12 @@ class Engine:
         The key file first holds the new key and the old ones, so a crash mid-way leaves every
         key readable; once all are re-wrapped it holds the new key alone.
         """
-        if os.environ.get(self.config.master_key_env):
+        if self.config.store.master_keys:
             raise ConfigurationError(
-                f"master keys come from {self.config.master_key_env}: put a new key first in "
+                f"master keys come from {MASTER_KEY_ENV}: put a new key first in "
                 "that variable (comma-separated, old keys after it) and restart to rotate"
             )
-        key_file = self.config.master_key_file
+        key_file = self.config.store.master_key_file
         ring = self.keyring.rotate(new_key or Fernet.generate_key())
         await asyncio.to_thread(ring.save, key_file)
         self._keyring = ring
@@ -342,6 +371,14 @@ class Engine:
             self._keyring = ring.drop_old_keys()
             await asyncio.to_thread(self._keyring.save, key_file)
         return report
+
+    def auth_failure_stats(self) -> AuthFailureStats:
+        """Presenters that kept failing authentication and how many were refused unchecked."""
+        return self._auth_failures.stats()
+
+    def overload_stats(self) -> OverloadStats | None:
+        """Whether turns are being shed now, and how many were; None when shedding is off."""
+        return self._shedder.stats() if self._shedder is not None else None
 
     @property
     def sim_settings(self) -> SimSettings:
@@ -426,8 +463,8 @@ class Engine:
         try:
             warm(
                 session, stored, self.keyring,
-                context_max_messages=self.config.context_max_messages,
-                context_max_bytes=self.config.context_max_bytes,
+                context_max_messages=self.config.sessions.context_max_messages,
+                context_max_bytes=self.config.sessions.context_max_bytes,
             )
         except DecryptionFailed as exc:
             self._forget_unreadable(session, str(exc))
@@ -467,7 +504,7 @@ class Engine:
 
     def _demote_idle(self, now: float) -> None:
         """Idle past hot_idle_s leave the cache; then the least recent while over budget."""
-        idle_before = now - self.config.hot_idle_s
+        idle_before = now - self.config.sessions.hot_idle_s
         victims = []
         for session in self._registry.hot.oldest_first():
             if session.last_active_at > idle_before:
@@ -481,7 +518,7 @@ class Engine:
         """Demote least recently used sessions, never a busy one (nor `keep`, about to be
         used), until within budget."""
         cache = self._registry.hot
-        excess = cache.bytes - self.config.hot_budget_bytes
+        excess = cache.bytes - self.config.sessions.hot_budget_bytes
         if excess <= 0:
             return
         victims = []
@@ -497,41 +534,56 @@ class Engine:
         cache = self._registry.hot
         return CacheView(
             hot=len(cache), cold=len(self._registry) - len(cache), hot_bytes=cache.bytes,
-            budget_bytes=self.config.hot_budget_bytes, hits=cache.hits, loads=cache.loads,
+            budget_bytes=self.config.sessions.hot_budget_bytes, hits=cache.hits, loads=cache.loads,
             unreadable=self._unreadable,
         )
 
     # -- the turn --------------------------------------------------------------------------------
-    def _authenticate(self, session_id: object, token: object) -> Session:
+    def _authenticate(self, session_id: object, token: object, client: str | None) -> Session:
         """Unknown session, wrong, revoked or expired token: one error, one cost.
 
         A right token on a session past its idle or absolute limit is `SessionExpired`, which
-        reveals nothing: only the token's holder can see it.
+        reveals nothing: only the token's holder can see it. A session id and token that
+        already failed and are backing off are refused before anything else (AuthBackoff).
         """
+        presentation = presentation_key(session_id, token)
+        wait = self._auth_failures.refuse_unchecked(presentation)
+        if wait > 0:
+            self._refuse(session_id, wait)
         now = self.clock.now()
         session = self._registry.get(session_id) if isinstance(session_id, str) else None
         record = session.token if session is not None else None
         if not check_token(record, token):
-            return self._refuse(session_id)
+            self._refuse_checked(session_id, presentation, client)
         assert session is not None and record is not None
         reason = session.expiry_reason(now)
         if reason is not None and not session.busy:
             self._registry.remove(session.session_id, "expired", now, reason)
             raise SessionExpired(reason)
         if record.expired(now):
-            return self._refuse(session_id)
+            self._refuse_checked(session_id, presentation, client)
         self._registry.touch(session, now)
         self._invalidate_view(session)
         return session
 
-    def _refuse(self, session_id: object) -> NoReturn:
+    def _refuse_checked(
+        self, session_id: object, presentation: int, client: str | None
+    ) -> NoReturn:
+        """The token was checked and is not right: strike its presenters, then refuse."""
+        wait = self._auth_failures.failed(presentation, client or IN_PROCESS)
+        self._refuse(session_id, wait)
+
+    def _refuse(self, session_id: object, retry_after: float) -> NoReturn:
         self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
+        if retry_after > 0:
+            raise AuthBackoff(retry_after)
         raise AuthenticationError()
 
     def _admit(self, session: Session, strategy: MultitaskStrategy) -> None:
         """Refuse a turn its session's multitask strategy does not let in (SessionBusy)."""
         waiting = session.in_flight - (session.running_turn is not None)
-        if (strategy == "reject" and session.busy) or waiting >= self.config.max_queued_turns:
+        queue_full = waiting >= self.config.sessions.max_queued_turns
+        if (strategy == "reject" and session.busy) or queue_full:
             raise SessionBusy(strategy, waiting)
 
     def _check_rates(self, session: Session) -> None:
@@ -548,15 +600,15 @@ class Engine:
     def _reserve(self, session: Session, text: str) -> Reservation:
         history_tokens = session.context_bytes // CHARS_PER_TOKEN
         text_bytes = len(text.encode("utf-8", errors="surrogatepass"))
-        reply_bytes = self.config.max_completion_tokens * CHARS_PER_TOKEN
+        reply_bytes = self.config.llm.max_completion_tokens * CHARS_PER_TOKEN
         try:
             return self._quotas.reserve(
                 session.user_id,
                 {
                     "api_calls": 1,
                     "tokens": history_tokens + estimate_tokens(text)
-                    + self.config.max_completion_tokens,
-                    "compute_seconds": self.config.compute_reserve_s,
+                    + self.config.llm.max_completion_tokens,
+                    "compute_seconds": self.config.limits.compute_reserve_s,
                     "storage_mb": (text_bytes + reply_bytes) / BYTES_PER_MB,
                 },
             )
@@ -703,7 +755,7 @@ class Engine:
         for resource, percent in self._quotas.percents(user_id):
             self._monitor.observe_quota(user_id, resource, percent)
             highest = max(highest, percent)
-        if highest >= self.config.quota_watch_percent:
+        if highest >= self.config.monitor.quota_watch_percent:
             self._quota_watch.add(user_id)
 
     def _hot_quotas(self) -> tuple[QuotaView, ...]:
@@ -711,7 +763,7 @@ class Engine:
         views = []
         for user_id in list(self._quota_watch):
             percent = self._quotas.highest_percent(user_id)
-            if percent < self.config.quota_watch_percent:
+            if percent < self.config.monitor.quota_watch_percent:
                 self._quota_watch.discard(user_id)
                 continue
             views.append((percent, user_id))
@@ -806,8 +858,8 @@ class Engine:
         report, moved = adopt_restored(
             restored,
             registry=self._registry, quotas=self._quotas, balancer=self._balancer,
-            monitor=self._monitor, tiers=frozenset(self.config.tiers),
-            default_tier=self.config.default_tier,
+            monitor=self._monitor, tiers=frozenset(self.config.limits.tiers),
+            default_tier=self.config.limits.default_tier,
         )
         if moved:
             await self._store.write(*moved)
@@ -815,7 +867,7 @@ class Engine:
 
     async def _housekeep_forever(self) -> None:
         while True:
-            await self.clock.sleep(self.config.housekeeping_interval_s)
+            await self.clock.sleep(self.config.monitor.housekeeping_interval_s)
             try:
                 self.housekeep()
             except Exception:

@@ -6,6 +6,7 @@ parsing text, and the families let them branch with one `except`:
 
     EngineError
     ├── AuthenticationError      unknown session or wrong token: one type and message for both
+    │   └── AuthBackoff          refused before checking: this presentation kept failing
     ├── Refusal                  refused by policy or for the caller's mistake; not a failure
     │   ├── RateLimited
     │   ├── QuotaExceeded
@@ -38,6 +39,22 @@ class AuthenticationError(EngineError):
 
     def __init__(self) -> None:
         super().__init__(self.MESSAGE)
+
+
+class AuthBackoff(AuthenticationError):
+    """Refused without checking the token: this caller, session id or token kept failing.
+
+    An `AuthenticationError`, so a caller's one `except` still covers it, and it says no more
+    than one: an unknown session and a wrong token get it alike, and `retry_after` depends only
+    on the presenter's own failures. A right token is never refused this way (see
+    engine/admission.py). HTTP: 429 with Retry-After.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        EngineError.__init__(
+            self, f"{self.MESSAGE}; too many failed attempts, retry after {retry_after:.2f}s"
+        )
 
 
 class Refusal(EngineError):

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import operator
-import os
 import random
 import secrets
 from array import array
@@ -408,29 +407,24 @@ class OpenAISettings:
 
 
 def resolve_openai_settings(
-    base_url: str | None = None,
-    api_key: str | None = None,
-    model: str | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
+    base_url: str | None = None, api_key: str | None = None, model: str | None = None
 ) -> OpenAISettings:
-    """Fill what the configuration leaves out from OPENAI_BASE_URL / OPENAI_API_KEY / OPENAI_MODEL.
+    """The `openai` backend's endpoint, key and model, with defaults for what is left unset.
 
     Local servers (Ollama, vLLM, `python -m engine.simserver`) accept any key, so a placeholder
     such as "sk-local" is fine there; what is required is that some key is set, so that a
     forgotten key fails at start-up rather than on the first user's turn.
     """
-    env = os.environ if env is None else env
-    key = api_key or env.get("OPENAI_API_KEY")
-    if not key:
+    if not api_key:
         raise ConfigurationError(
-            "llm='openai' needs an API key: set EngineConfig.api_key or OPENAI_API_KEY "
-            "(local OpenAI-compatible servers accept any placeholder, e.g. 'sk-local')"
+            "llm backend 'openai' needs an API key: set LLMSettings.api_key, or OPENAI_API_KEY "
+            "with EngineConfig.from_env() (local OpenAI-compatible servers accept any "
+            "placeholder, e.g. 'sk-local')"
         )
     return OpenAISettings(
-        base_url=base_url or env.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL,
-        api_key=key,
-        model=model or env.get("OPENAI_MODEL") or DEFAULT_OPENAI_MODEL,
+        base_url=base_url or DEFAULT_OPENAI_BASE_URL,
+        api_key=api_key,
+        model=model or DEFAULT_OPENAI_MODEL,
     )
 
 

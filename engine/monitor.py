@@ -23,6 +23,10 @@ from engine.metrics import LatencyHistogram, Percentiles, RateRing, WindowedHist
 
 _MAX_AUTH_IDS = 1024  # presented session ids tracked for bursts; attacker-chosen, so bounded
 _MAX_ID_CHARS = 64
+# An auth-burst alert is raised or refreshed (count, message, stored row) at most this often:
+# refreshing it on every failure cost two store writes per failed authentication, which under
+# a storm of stale tokens filled the commit queue and starved every turn (issue 15).
+_AUTH_ALERT_REFRESH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,7 @@ class Monitor:
         self._user_reap: list[tuple[float, str]] = []
         self._pools: dict[str, PoolStats] = {}
         self._auth_ids: OrderedDict[str, deque[float]] = OrderedDict()
+        self._auth_fired: dict[str, float] = {}  # alert key -> when it was last fired
         burst = alert_rules.auth_burst
         self._auth_recent: deque[float] = deque(maxlen=burst.global_count if burst else 1)
         self._turns_ring = RateRing(clock, history_s)
@@ -323,7 +328,11 @@ class Monitor:
             return
         recent = self._auth_recent
         recent.append(now)
-        if len(recent) == recent.maxlen and now - recent[0] < rule.window_s:
+        if (
+            len(recent) == recent.maxlen
+            and now - recent[0] < rule.window_s
+            and self._auth_alert_due("auth_burst:global", now)
+        ):
             self.alert_manager.fire(
                 "auth_burst:global",
                 "auth_burst",
@@ -340,7 +349,11 @@ class Monitor:
         else:
             self._auth_ids.move_to_end(presented)
         tracker.append(now)
-        if len(tracker) == tracker.maxlen and now - tracker[0] < rule.window_s:
+        if (
+            len(tracker) == tracker.maxlen
+            and now - tracker[0] < rule.window_s
+            and self._auth_alert_due(f"auth_burst:{presented}", now)
+        ):
             self.alert_manager.fire(
                 f"auth_burst:{presented}",
                 "auth_burst",
@@ -349,6 +362,15 @@ class Monitor:
                 f"in {now - tracker[0]:.0f}s",
                 presented,
             )
+
+    def _auth_alert_due(self, key: str, now: float) -> bool:
+        """True at most once per _AUTH_ALERT_REFRESH_S for `key`; the table stays bounded."""
+        if now - self._auth_fired.get(key, -math.inf) < _AUTH_ALERT_REFRESH_S:
+            return False
+        if len(self._auth_fired) > 2 * _MAX_AUTH_IDS:
+            self._auth_fired.clear()  # a forgotten key only fires once more
+        self._auth_fired[key] = now
+        return True
 
     def record_pool_wait(self, agent_type: str, waited_s: float, timed_out: bool) -> None:
         """One agent acquire; `agent_type` must come from the engine's fixed set of types."""

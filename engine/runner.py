@@ -50,18 +50,20 @@ class AgentRunner:
     ) -> None:
         self._config = config
         self._monitor = monitor
-        self._sim_source = SimSource(config.sim)
+        self._sim_source = SimSource(config.llm.sim)
         self._openai: OpenAISettings | None = None
         self._clients: ClientCache | None = None
-        if config.llm == "openai":
+        if config.llm.backend == "openai":
             self._openai = resolve_openai_settings(
-                config.base_url, config.api_key, config.openai_model
+                config.llm.base_url, config.llm.api_key, config.llm.model
             )
-            self._clients = openai_client_cache(config.max_cached_clients, config.turn_timeout_s)
+            self._clients = openai_client_cache(
+                config.llm.max_cached_clients, config.llm.turn_timeout_s
+            )
         specs = tuple(specs)
         self._pools: dict[tuple[str, str], AgentPool] = {
             (worker, spec.name): AgentPool(
-                spec, worker, self._new_agent, clock, per_user_cap=config.per_user_agent_cap
+                spec, worker, self._new_agent, clock, per_user_cap=config.pools.per_user_agent_cap
             )
             for worker in workers
             for spec in specs
@@ -91,7 +93,7 @@ class AgentRunner:
 
     async def aclose(self) -> None:
         if self._clients is not None:
-            await self._clients.aclose(wait=True, timeout_s=self._config.turn_timeout_s)
+            await self._clients.aclose(wait=True, timeout_s=self._config.llm.turn_timeout_s)
 
     async def run(
         self,
@@ -106,7 +108,7 @@ class AgentRunner:
         loop = asyncio.get_running_loop()
         waited_from = loop.time()
         try:
-            pooled = await pool.acquire(session.user_id, self._config.pool_timeout_s)
+            pooled = await pool.acquire(session.user_id, self._config.pools.timeout_s)
         except PoolTimeout as exc:
             self._monitor.record_pool_wait(agent_type, exc.waited, True)
             raise
@@ -117,11 +119,11 @@ class AgentRunner:
             pooled.model.begin_call(on_delta)
             async with self._client_for(session.user_id, pooled.model):
                 try:
-                    async with asyncio.timeout(self._config.turn_timeout_s):
+                    async with asyncio.timeout(self._config.llm.turn_timeout_s):
                         raw = await pooled.agent.achat(text)
                 except TimeoutError:
                     raise LLMError(
-                        f"model gave no reply within {self._config.turn_timeout_s:g}s; "
+                        f"model gave no reply within {self._config.llm.turn_timeout_s:g}s; "
                         "retry, or raise turn_timeout_s"
                     ) from None
             reply = pooled.model.result(raw)
@@ -140,7 +142,7 @@ class AgentRunner:
             yield
             return
         assert self._openai is not None
-        tenant = self._config.tenants.get(user_id)
+        tenant = self._config.llm.tenants.get(user_id)
         api_key = tenant.api_key if tenant else self._openai.api_key
         base_url = (tenant.base_url if tenant else None) or self._openai.base_url
         async with self._clients.lease(api_key, base_url) as client:
@@ -155,13 +157,13 @@ class AgentRunner:
         model: ModelAdapter
         if self._openai is not None:
             model = OpenAICompatModel(
-                config.openai_model or self._openai.model,
-                max_retries=config.llm_max_retries,
-                timeout_s=config.turn_timeout_s,
-                max_completion_tokens=config.max_completion_tokens,
+                config.llm.model or self._openai.model,
+                max_retries=config.llm.max_retries,
+                timeout_s=config.llm.turn_timeout_s,
+                max_completion_tokens=config.llm.max_completion_tokens,
             )
         else:
             model = SimulatedModel(
-                source=self._sim_source, timeout_s=config.turn_timeout_s, model=spec.model
+                source=self._sim_source, timeout_s=config.llm.turn_timeout_s, model=spec.model
             )
         return PooledAgent(build_agent(spec, model), model)

@@ -35,8 +35,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from engine.errors import ConfigurationError, DecryptionFailed, InvalidInput
 
 MAX_TOKEN_CHARS = 256
-DEFAULT_ENV_VAR = "SESSION_CONSOLE_MASTER_KEY"
-DEFAULT_KEY_FILE = Path("data/master.key")
 
 # Random, so no presented token can ever match it; only there to make a lookup miss cost a hash
 # and a compare, exactly like a lookup hit.
@@ -219,19 +217,19 @@ class KeyRing:
         self._keys = keys
 
     @classmethod
-    def load(cls, env_var: str = DEFAULT_ENV_VAR, key_file: Path = DEFAULT_KEY_FILE) -> KeyRing:
-        """Keys from `env_var` (comma-separated, primary first), else `key_file` (one per line).
+    def load(
+        cls, key_file: Path, given: Sequence[str] = (), *, given_source: str = "configuration"
+    ) -> KeyRing:
+        """The `given` keys (primary first) when there are any, else those of `key_file`.
 
         With neither, a fresh key is written to `key_file`, created with mode 0o600 in one
         `os.open` so it is never readable by others, not even briefly. An existing key file
         that group or others can access is refused (ConfigurationError asking for `chmod 600`)
-        rather than silently used: a readable master key defeats encryption at rest. An
-        empty or unset env var counts as absent.
+        rather than silently used: a readable master key defeats encryption at rest.
+        `given_source` names where the given keys came from in errors (never the keys).
         """
-        env_value = os.environ.get(env_var, "")
-        env_keys = [part.strip().encode() for part in env_value.split(",") if part.strip()]
-        if env_keys:
-            return cls(env_keys, source=f"environment variable {env_var}")
+        if given:
+            return cls([key.encode() for key in given], source=given_source)
         try:
             return cls._read_key_file(key_file)
         except FileNotFoundError:

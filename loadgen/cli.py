@@ -13,8 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from engine import EngineConfig
-from engine.config import GatewaySettings, SimSettings
+from engine import (
+    EngineConfig,
+    GatewaySettings,
+    LLMSettings,
+    SessionSettings,
+    SimSettings,
+    StoreSettings,
+)
 from engine.errors import EngineError
 from loadgen.headless import run_headless, run_headless_http
 from loadgen.http import AppKeyRefused, ClientTimeout, ConnectionFailed, UnexpectedReply
@@ -209,10 +215,13 @@ def options_from_args(args: argparse.Namespace, *, headless: bool) -> LoadOption
 def engine_config_from_args(
     args: argparse.Namespace, options: LoadOptions, data_dir: Path
 ) -> EngineConfig:
-    config = EngineConfig(
-        data_dir=data_dir, llm=args.llm, base_url=args.base_url, api_key=args.api_key,
-        openai_model=args.model, idle_timeout_s=args.idle_timeout,
-        turn_timeout_s=args.turn_timeout,
+    config = EngineConfig.from_env(
+        store=StoreSettings(data_dir=data_dir),
+        llm=LLMSettings(
+            backend=args.llm, base_url=args.base_url, api_key=args.api_key, model=args.model,
+            turn_timeout_s=args.turn_timeout,
+        ),
+        sessions=SessionSettings(idle_timeout_s=args.idle_timeout),
     )
     return apply_faults(config, options)
 

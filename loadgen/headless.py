@@ -93,7 +93,7 @@ async def run_headless(
     async with Engine(config) as engine:
         return await drive(
             LoadGenerator(EngineTransport(engine), options), EngineView(engine, config),
-            end_grace_s=config.turn_timeout_s + 1.0, stats_interval_s=stats_interval_s,
+            end_grace_s=config.llm.turn_timeout_s + 1.0, stats_interval_s=stats_interval_s,
             report=report, csv_prefix=csv_prefix, fail_on=fail_on, out=out,
         )
 

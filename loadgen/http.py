@@ -65,8 +65,9 @@ ERROR_TYPES: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
     "session_busy": lambda b: _remote(errors.SessionBusy, b["message"]),
     "interrupted": lambda b: errors.Interrupted(),
     "session_limit": lambda b: _remote(errors.SessionLimitReached, b["message"]),
-    "rate_limited": lambda b: _remote(
-        errors.RateLimited, b["message"], retry_after=_retry_after(b)
+    "rate_limited": lambda b: (
+        errors.AuthBackoff(_retry_after(b)) if b.get("code") == "auth_backoff"
+        else _remote(errors.RateLimited, b["message"], retry_after=_retry_after(b))
     ),
     "quota_exceeded": lambda b: _remote(
         errors.QuotaExceeded, b["message"], retry_after=_retry_after(b)

@@ -8,8 +8,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine import EngineConfig
-from engine.config import SimSettings
+from engine import EngineConfig, SimSettings
 from loadgen.shapes import ShapeStep, Spike
 
 
@@ -134,7 +133,7 @@ class LoadOptions:
     chatty: int = 0  # burst past the rate limits
     attackers: int = 0  # wrong tokens and other users' session ids; must never succeed
     attack_rate: float = 10.0  # attempts per second per attacker
-    # Model faults for the sim backend; they live in EngineConfig.sim (see `apply_faults`).
+    # Model faults for the sim backend; they live in EngineConfig.llm.sim (see `apply_faults`).
     faults: SimSettings | None = None
     # Latency spikes on the sim backend during the run (the engine's set_sim, live).
     spikes: tuple[Spike, ...] = ()
@@ -188,4 +187,4 @@ def apply_faults(config: EngineConfig, options: LoadOptions) -> EngineConfig:
     sim = options.faults
     if sim.seed is None and options.seed is not None:
         sim = dataclasses.replace(sim, seed=options.seed)
-    return dataclasses.replace(config, sim=sim)
+    return dataclasses.replace(config, llm=dataclasses.replace(config.llm, sim=sim))

@@ -153,8 +153,9 @@ def _operation_dict(row: OperationStats, elapsed_s: float) -> dict[str, Any]:
 
 def engine_config_section(config: EngineConfig) -> dict[str, Any]:
     """The in-process engine's settings that shape a run, for the report."""
-    return {"llm": config.llm, "base_url": config.base_url, "sim": jsonable(config.sim),
-            "idle_timeout_s": config.idle_timeout_s, "turn_timeout_s": config.turn_timeout_s}
+    return {"llm": config.llm.backend, "base_url": config.llm.base_url,
+            "sim": jsonable(config.llm.sim), "idle_timeout_s": config.sessions.idle_timeout_s,
+            "turn_timeout_s": config.llm.turn_timeout_s}
 
 
 def engine_section(snap: EngineSnapshot) -> dict[str, Any]:

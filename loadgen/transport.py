@@ -91,11 +91,11 @@ class EngineTransport:
 
     @property
     def tiers(self) -> tuple[str, ...]:
-        return tuple(self.engine.config.tiers)
+        return tuple(self.engine.config.limits.tiers)
 
     @property
     def default_tier(self) -> str:
-        return self.engine.config.default_tier
+        return self.engine.config.limits.default_tier
 
     @property
     def sim(self) -> Engine:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, LimitSettings, LLMSettings, SimSettings, StoreSettings
 from engine.clock import ManualClock
-from engine.config import SimSettings
 
 INSTANT = SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)
 
 
 @pytest.fixture(autouse=True)
-def _no_master_key_from_environment(monkeypatch):
+def _no_keys_from_environment(monkeypatch):
+    """EngineConfig.from_env() (the CLIs, their subprocesses) never sees a developer's keys."""
     monkeypatch.delenv("SESSION_CONSOLE_MASTER_KEY", raising=False)
+    monkeypatch.delenv("SESSION_CONSOLE_APP_KEYS", raising=False)
 
 
 @pytest.fixture
@@ -23,10 +26,21 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def make_config(tmp_path, clock):
-    def make(**overrides) -> EngineConfig:
-        overrides.setdefault("sim", INSTANT)
-        overrides.setdefault("tune_gc", False)  # process-wide; tests open hundreds of engines
-        return EngineConfig(data_dir=tmp_path / "data", clock=clock, **overrides)
+    """A config in the test's folder, on its clock, with an instant sim. A part given as a dict
+    changes those fields of it (`make_config(pools={"workers": 1})`); any other value replaces."""
+
+    def make(**changes) -> EngineConfig:
+        base = EngineConfig(
+            store=StoreSettings(data_dir=tmp_path / "data"),
+            llm=LLMSettings(sim=INSTANT),
+            limits=LimitSettings(overload=None),  # sheds on the machine's real loop lag
+            tune_gc=False,  # process-wide; tests open hundreds of engines
+            clock=clock,
+        )
+        return replace(base, **{
+            name: replace(getattr(base, name), **value) if isinstance(value, dict) else value
+            for name, value in changes.items()
+        })
 
     return make
 

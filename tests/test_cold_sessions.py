@@ -61,7 +61,7 @@ async def test_open_restores_every_session_cold_and_the_first_use_warms_it(make_
 
 
 async def test_an_idle_session_goes_cold_and_warms_again_with_its_context(make_config, clock):
-    config = make_config(hot_idle_s=10)
+    config = make_config(sessions={"hot_idle_s": 10})
     async with Engine(config) as engine:
         s = await engine.create_session("alice")
         await engine.send(s.session_id, s.token, "remember this")
@@ -82,7 +82,7 @@ async def test_an_idle_session_goes_cold_and_warms_again_with_its_context(make_c
 
 
 async def test_a_cold_session_expires_without_being_loaded(make_config, clock):
-    config = make_config(idle_timeout_s=60)
+    config = make_config(sessions={"idle_timeout_s": 60})
     (s, _), (other, _) = await stored_engine(config)
     async with Engine(config) as engine:
         clock.advance(30)
@@ -93,13 +93,13 @@ async def test_a_cold_session_expires_without_being_loaded(make_config, clock):
         assert cache(engine).loads == 0
         with pytest.raises(errors.AuthenticationError):
             await engine.send(s.session_id, s.token, "too late")
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         rows = db.execute("select count(*) from messages where session_id = ?", (s.session_id,))
         assert rows.fetchone() == (0,)  # expired while cold: shredded like a hot one
 
 
 async def test_the_per_user_cap_evicts_a_cold_session_without_loading_it(make_config):
-    config = make_config(max_sessions_per_user=2)
+    config = make_config(sessions={"max_per_user": 2})
     async with Engine(config) as engine:
         first = await engine.create_session("alice")
         await engine.send(first.session_id, first.token, "oldest")
@@ -115,7 +115,7 @@ async def test_the_per_user_cap_evicts_a_cold_session_without_loading_it(make_co
 
 async def test_quota_windows_counters_and_token_rotation_work_while_cold(make_config, clock):
     tiers = {"small": {**DEFAULT_TIERS["free"], "api_calls": QuotaLimit(3, 60.0)}}
-    config = make_config(tiers=tiers, default_tier="small")
+    config = make_config(limits={"tiers": tiers, "default_tier": "small"})
     async with Engine(config) as engine:
         s = await engine.create_session("alice")
         for text in ("one", "two"):
@@ -139,8 +139,8 @@ async def test_quota_windows_counters_and_token_rotation_work_while_cold(make_co
 
 async def test_a_busy_session_is_never_demoted(make_config, clock):
     config = make_config(
-        hot_idle_s=1, hot_budget_bytes=1,
-        sim=SimSettings(median_latency_s=0.05, p99_latency_s=0.06, seed=1),
+        sessions={"hot_idle_s": 1, "hot_budget_bytes": 1},
+        llm={"sim": SimSettings(median_latency_s=0.05, p99_latency_s=0.06, seed=1)},
     )
     async with Engine(config) as engine:
         s = await engine.create_session("alice")
@@ -159,8 +159,8 @@ async def test_a_busy_session_is_never_demoted(make_config, clock):
 
 async def test_the_cache_bound_holds_under_thousands_of_concurrent_first_turns(make_config):
     config = make_config(
-        durability="process", max_sessions_per_user=5,
-        user_rate=RateLimit(rate_per_s=100.0, burst=100),
+        store={"durability": "process"}, sessions={"max_per_user": 5},
+        limits={"user_rate": RateLimit(rate_per_s=100.0, burst=100)},
     )
     created = []
     async with Engine(config) as engine:
@@ -171,8 +171,8 @@ async def test_the_cache_bound_holds_under_thousands_of_concurrent_first_turns(m
         per_session = cache(engine).hot_bytes // len(created) + 1
     budget = 50 * per_session
     async with Engine(make_config(
-        durability="process", max_sessions_per_user=5, hot_budget_bytes=budget,
-        user_rate=RateLimit(rate_per_s=100.0, burst=100),
+        store={"durability": "process"}, sessions={"max_per_user": 5, "hot_budget_bytes": budget},
+        limits={"user_rate": RateLimit(rate_per_s=100.0, burst=100)},
     )) as engine:
         peak_over = 0
 
@@ -211,7 +211,7 @@ async def test_concurrent_first_uses_load_a_cold_session_once(make_config):
 async def test_corrupt_rows_make_only_their_session_unreadable_on_load(make_config):
     config = make_config()
     (bad, _), (good, good_history) = await stored_engine(config)
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         db.execute(
             "update sessions set wrapped_key = ? where session_id = ?",
             (b"gAAAAA-not-a-key", bad.session_id),
@@ -231,7 +231,7 @@ async def test_corrupt_rows_make_only_their_session_unreadable_on_load(make_conf
         assert bad.session_id not in snapshot.sessions_by_id
         assert snapshot.cache is not None and snapshot.cache.unreadable == 1
         assert (await engine.history(good.session_id, good.token))[:4] == good_history
-    with sqlite3.connect(config.db_path) as db:  # left on disk, untouched
+    with sqlite3.connect(config.store.db_path) as db:  # left on disk, untouched
         (key,) = db.execute(
             "select wrapped_key from sessions where session_id = ?", (bad.session_id,)
         ).fetchone()
@@ -239,7 +239,7 @@ async def test_corrupt_rows_make_only_their_session_unreadable_on_load(make_conf
 
 
 async def test_the_console_lists_cold_sessions_and_opens_one(make_config, clock):
-    config = make_config(hot_idle_s=10)
+    config = make_config(sessions={"hot_idle_s": 10})
     async with Engine(config) as engine:
         created = []
         for n in range(3):

@@ -867,7 +867,7 @@ async def test_ten_thousand_sessions_sort_filter_and_show_the_right_rows(engine,
 def test_command_line_and_run_console_open_the_console(monkeypatch, tmp_path):
     from console.__main__ import main
     from console.app import run_console
-    from engine import EngineConfig
+    from engine import EngineConfig, StoreSettings
 
     opened = []
 
@@ -877,8 +877,8 @@ def test_command_line_and_run_console_open_the_console(monkeypatch, tmp_path):
     monkeypatch.setattr(SessionConsole, "run", fake_run)
     main(["--data-dir", str(tmp_path), "--refresh-hz", "4"])
     main(["--load"])
-    config = EngineConfig(data_dir=tmp_path)
+    config = EngineConfig(store=StoreSettings(data_dir=tmp_path))
     run_console(config, load_options=LoadOptions(users=3, spawn_rate=1.0))
     (owns, load, hz, first), (_, load_flag, _, _), (_, with_options, _, given) = opened
-    assert owns and not load and hz == 4 and first.data_dir == tmp_path
+    assert owns and not load and hz == 4 and first.store.data_dir == tmp_path
     assert load_flag and with_options and given is config

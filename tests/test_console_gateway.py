@@ -13,11 +13,8 @@ from widgets import VirtualTable
 APP_KEY = "console-test-app-key"
 
 
-async def test_a_session_created_over_http_appears_marked_with_the_gateway_panel(
-    make_config, monkeypatch
-):
-    monkeypatch.setenv("SESSION_CONSOLE_APP_KEYS", APP_KEY)
-    async with Engine(make_config()) as engine:
+async def test_a_session_created_over_http_appears_marked_with_the_gateway_panel(make_config):
+    async with Engine(make_config(gateway={"app_keys": (APP_KEY,)})) as engine:
         await engine.create_session("in-process-user")
         app = SessionConsole(engine=engine, refresh_hz=0.25, listen="127.0.0.1:0")
         async with app.run_test(size=(160, 45)) as pilot:

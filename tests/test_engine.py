@@ -81,7 +81,7 @@ async def test_rotated_token_replaces_the_old_one(engine):
 
 async def test_idle_session_expires_on_access_then_is_unknown(engine, clock):
     s = await engine.create_session("alice")
-    clock.advance(engine.config.idle_timeout_s + 1)
+    clock.advance(engine.config.sessions.idle_timeout_s + 1)
     with pytest.raises(errors.SessionExpired, match="idle"):
         await engine.send(s.session_id, s.token, "hi")
     with pytest.raises(errors.AuthenticationError):
@@ -91,9 +91,9 @@ async def test_idle_session_expires_on_access_then_is_unknown(engine, clock):
 async def test_background_housekeeping_expires_without_any_access(engine, clock):
     s = await engine.create_session("alice")
     keep = await engine.create_session("bob")
-    clock.advance(engine.config.idle_timeout_s / 2)
+    clock.advance(engine.config.sessions.idle_timeout_s / 2)
     await engine.send(keep.session_id, keep.token, "still here")
-    clock.advance(engine.config.idle_timeout_s / 2 + 1)
+    clock.advance(engine.config.sessions.idle_timeout_s / 2 + 1)
     for _ in range(5):
         await asyncio.sleep(0)
     ids = {v.session_id for v in engine.snapshot().sessions}
@@ -153,7 +153,7 @@ async def test_calls_before_open_and_after_close_are_refused(make_config):
 
 
 async def test_session_rate_limit_gives_retry_after_and_spends_no_quota(make_config, clock):
-    config = make_config(session_rate=RateLimit(rate_per_s=1.0, burst=2))
+    config = make_config(limits={"session_rate": RateLimit(rate_per_s=1.0, burst=2)})
     async with Engine(config) as engine:
         s = await engine.create_session("alice")
         await engine.send(s.session_id, s.token, "one")
@@ -200,8 +200,8 @@ async def test_quota_percents_agree_with_the_full_usage_report(engine, clock):
 
 
 async def test_model_failure_is_llm_error_and_leaves_everything_consistent(make_config, clock):
-    config = make_config(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0,
-                                         error_rate=0.5, seed=3))
+    config = make_config(llm={"sim": SimSettings(median_latency_s=0.0, p99_latency_s=0.0,
+                                         error_rate=0.5, seed=3)})
     async with Engine(config) as engine:
         s = await engine.create_session("alice")
         outcomes = []
@@ -224,13 +224,13 @@ async def test_model_failure_is_llm_error_and_leaves_everything_consistent(make_
 
 async def test_timeout_and_cancellation_release_the_turn(make_config):
     hang = SimSettings(median_latency_s=0.0, p99_latency_s=0.0, timeout_rate=1.0, seed=1)
-    async with Engine(make_config(turn_timeout_s=0.05, sim=hang)) as engine:
+    async with Engine(make_config(llm={"turn_timeout_s": 0.05, "sim": hang})) as engine:
         s = await engine.create_session("alice")
         with pytest.raises(errors.LLMError, match=r"no reply within|timed out"):
             await engine.send(s.session_id, s.token, "hi")
         assert all(p.in_use == 0 for p in engine.snapshot().pools)
     slow = SimSettings(median_latency_s=5.0, p99_latency_s=6.0, seed=1)
-    async with Engine(make_config(sim=slow)) as engine:
+    async with Engine(make_config(llm={"sim": slow})) as engine:
         s = await engine.create_session("alice")
         turn = asyncio.create_task(engine.send(s.session_id, s.token, "hi"))
         await asyncio.sleep(0.05)
@@ -246,7 +246,7 @@ async def test_timeout_and_cancellation_release_the_turn(make_config):
 
 async def test_session_ended_mid_turn_keeps_nothing(make_config):
     slow = SimSettings(median_latency_s=0.1, p99_latency_s=0.1, seed=1)
-    async with Engine(make_config(sim=slow)) as engine:
+    async with Engine(make_config(llm={"sim": slow})) as engine:
         s = await engine.create_session("alice")
         turn = asyncio.create_task(engine.send(s.session_id, s.token, "secret"))
         await asyncio.sleep(0.01)
@@ -262,7 +262,9 @@ async def test_unknown_agent_type_and_pool_exhaustion(make_config, tmp_path):
         'model = "sim-solo"\nmin_instances = 0\nmax_instances = 1\n'
     )
     slow = SimSettings(median_latency_s=1.0, p99_latency_s=1.0, seed=1)
-    config = make_config(sim=slow, agent_types_file=types, workers=1, pool_timeout_s=0.05)
+    config = make_config(
+        llm={"sim": slow}, pools={"agent_types_file": types, "workers": 1, "timeout_s": 0.05}
+    )
     async with Engine(config) as engine:
         assert engine.agent_types == ("solo",)
         a = await engine.create_session("alice")
@@ -279,10 +281,10 @@ async def test_unknown_agent_type_and_pool_exhaustion(make_config, tmp_path):
 
 
 async def test_thousands_of_concurrent_turns_stay_isolated(make_config):
-    config = make_config(
-        session_rate=RateLimit(rate_per_s=1000.0, burst=1000),
-        user_rate=RateLimit(rate_per_s=1000.0, burst=1000),
-    )
+    config = make_config(limits={
+        "session_rate": RateLimit(rate_per_s=1000.0, burst=1000),
+        "user_rate": RateLimit(rate_per_s=1000.0, burst=1000),
+    })
     async with Engine(config) as engine:
         for user in range(200):
             engine.operator.set_tier(f"user{user}", "enterprise")

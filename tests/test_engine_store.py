@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from engine import Engine, errors
-from engine.config import EngineConfig
+from engine import Engine, EngineConfig, LLMSettings, SessionSettings, StoreSettings, errors
 from engine.security import KeyRing
 from tests.conftest import INSTANT
 from tests.test_security import unbound_ciphertext
@@ -50,7 +49,7 @@ async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config,
         )
         reply = await engine.send(s.session_id, s.token, "and now?")
         assert "ctx 8 msgs" in reply.text  # system + 6 restored + this one reached the model
-    clock.advance(config.idle_timeout_s + 1)
+    clock.advance(config.sessions.idle_timeout_s + 1)
     async with Engine(config) as engine:
         assert engine.restore_report.purged == 1 and engine.snapshot().sessions == ()
 
@@ -67,7 +66,7 @@ async def test_alert_ids_continue_after_a_restart(make_config):
             with pytest.raises(errors.AuthenticationError):
                 await engine.history("e" * 32, f"guess-{attempt}")
         assert min(a.alert_id for a in engine.snapshot().monitor.alerts) > first
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         assert db.execute("select count(*) from alerts").fetchone()[0] >= 2
 
 
@@ -77,7 +76,7 @@ async def test_ended_session_is_gone_after_restart_and_its_rows_deleted(make_con
         s = await engine.create_session("alice")
         await engine.send(s.session_id, s.token, "short-lived")
         await engine.end_session(s.session_id, s.token)
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         assert db.execute("select count(*) from messages").fetchone() == (0,)
     async with Engine(config) as engine:
         with pytest.raises(errors.AuthenticationError):
@@ -91,15 +90,16 @@ async def test_nothing_readable_at_rest(make_config):
         s = await engine.create_session("alice")
         await engine.send(s.session_id, s.token, secret)
         await engine.rotate_token(s.session_id, s.token)
-        files = [p for p in config.data_dir.iterdir() if p.name.startswith(config.db_file)]
+        store = config.store
+        files = [p for p in store.data_dir.iterdir() if p.name.startswith(store.db_file)]
         blobs = b"".join(p.read_bytes() for p in files)
-    master = KeyRing.load(key_file=config.master_key_file)
+    master = KeyRing.load(config.store.master_key_file)
     assert len(files) >= 2  # the database and its WAL, read while the engine had them open
     assert secret.encode() not in blobs
     assert s.token.encode() not in blobs
     assert all(
         line.strip() not in blobs
-        for line in config.master_key_file.read_bytes().splitlines() if line.strip()
+        for line in config.store.master_key_file.read_bytes().splitlines() if line.strip()
     )
     assert master.fingerprints()  # the key file exists and loads
 
@@ -111,7 +111,7 @@ async def test_tampered_session_is_reported_alone_and_others_work(make_config):
         await engine.send(bad.session_id, bad.token, "will be tampered")
         good = await engine.create_session("bob")
         await engine.send(good.session_id, good.token, "fine")
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         db.execute(
             "update messages set ciphertext = ? where session_id = ?",
             (b"gAAAAA-not-a-real-token", bad.session_id),
@@ -163,7 +163,7 @@ async def test_a_message_moved_within_its_session_makes_only_that_session_unread
         other = await engine.create_session("bob")
         await engine.send(other.session_id, other.token, "untouched")
         other_history = await engine.history(other.session_id, other.token)
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         for statement in MOVES[move]:
             assert db.execute(statement, {"sid": victim.session_id}).rowcount >= 1
     async with Engine(config) as engine:
@@ -182,8 +182,8 @@ async def test_messages_stored_unbound_by_earlier_versions_still_restore(make_co
         for text in ("first", "second"):
             await engine.send(s.session_id, s.token, text)
         before = await engine.history(s.session_id, s.token)
-    (master,) = config.master_key_file.read_bytes().split()
-    with sqlite3.connect(config.db_path) as db:
+    (master,) = config.store.master_key_file.read_bytes().split()
+    with sqlite3.connect(config.store.db_path) as db:
         (wrapped,) = db.execute("select wrapped_key from sessions").fetchone()
         data_key = Fernet(master).decrypt(wrapped)
         earlier = {  # what the two previous formats wrote for these rows
@@ -202,33 +202,37 @@ async def test_messages_stored_unbound_by_earlier_versions_still_restore(make_co
 
 async def test_a_foreign_file_stops_start_up_and_is_not_touched(make_config):
     config = make_config()
-    config.data_dir.mkdir(parents=True)
-    config.db_path.write_bytes(b"this is not a database" * 100)
-    before = config.db_path.read_bytes()
-    with pytest.raises(errors.StoreError, match=str(config.db_path.name)):
+    config.store.data_dir.mkdir(parents=True)
+    config.store.db_path.write_bytes(b"this is not a database" * 100)
+    before = config.store.db_path.read_bytes()
+    with pytest.raises(errors.StoreError, match=str(config.store.db_path.name)):
         async with Engine(config):
             pass
-    assert config.db_path.read_bytes() == before
+    assert config.store.db_path.read_bytes() == before
 
 
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from engine import Engine, EngineConfig
-    from engine.config import SimSettings
-    from engine.quotas import QuotaLimit
-    from engine.ratelimit import RateLimit
+    from engine import (
+        Engine, EngineConfig, LimitSettings, LLMSettings, QuotaLimit, RateLimit, SessionSettings,
+        SimSettings, StoreSettings,
+    )
 
     BIG = {"big": {r: QuotaLimit(1e12, 3600.0 if r != "storage_mb" else None)
                    for r in ("api_calls", "tokens", "storage_mb", "compute_seconds")}}
 
     async def main():
         config = EngineConfig(
-            data_dir=Path(sys.argv[1]), tiers=BIG, default_tier="big",
-            session_rate=RateLimit(1e6, 10**6), user_rate=RateLimit(1e6, 10**6),
-            sim=SimSettings(median_latency_s=0.001, p99_latency_s=0.005, seed=1),
-            context_max_messages=10_000, durability=sys.argv[3],
+            store=StoreSettings(data_dir=Path(sys.argv[1]), durability=sys.argv[3]),
+            limits=LimitSettings(
+                tiers=BIG, default_tier="big",
+                session_rate=RateLimit(1e6, 10**6), user_rate=RateLimit(1e6, 10**6),
+                overload=None,  # eight users sending flat out would be shed on a busy machine
+            ),
+            llm=LLMSettings(sim=SimSettings(median_latency_s=0.001, p99_latency_s=0.005, seed=1)),
+            sessions=SessionSettings(context_max_messages=10_000),
         )
         async with Engine(config) as engine:
             async def user(i):
@@ -273,7 +277,10 @@ def test_every_acknowledged_message_survives_sigkill(tmp_path, durability):
         assert child.returncode == -signal.SIGKILL, f"run {run} ended on its own"
 
     async def check() -> None:
-        config = EngineConfig(data_dir=data_dir, context_max_messages=10_000)
+        config = EngineConfig(
+            store=StoreSettings(data_dir=data_dir),
+            sessions=SessionSettings(context_max_messages=10_000),
+        )
         async with Engine(config) as engine:
             for session_id, last in acked.items():
                 history = await engine.history(session_id, tokens[session_id])
@@ -291,25 +298,27 @@ def test_every_acknowledged_message_survives_sigkill(tmp_path, durability):
 
 async def test_master_key_rotation_rewraps_keys_not_messages(tmp_path):
     # Real time: the command runs in another process, which cannot share a manual clock.
-    config = EngineConfig(data_dir=tmp_path / "data", sim=INSTANT)
+    config = EngineConfig(
+        store=StoreSettings(data_dir=tmp_path / "data"), llm=LLMSettings(sim=INSTANT)
+    )
     async with Engine(config) as engine:
         s = await engine.create_session("alice")
         await engine.send(s.session_id, s.token, "kept across rotation")
         old_fingerprint = engine.keyring.fingerprints()[0]
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         before = db.execute("select ciphertext from messages order by seq").fetchall()
         (wrapped_before,) = db.execute("select wrapped_key from sessions").fetchone()
     done = subprocess.run(
-        [sys.executable, "-m", "engine", "rotate-key", "--data-dir", str(config.data_dir)],
+        [sys.executable, "-m", "engine", "rotate-key", "--data-dir", str(config.store.data_dir)],
         capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "1 session keys re-wrapped" in done.stdout
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.store.db_path) as db:
         assert db.execute("select ciphertext from messages order by seq").fetchall() == before
         (wrapped_after,) = db.execute("select wrapped_key from sessions").fetchone()
     assert wrapped_after != wrapped_before
-    keys = config.master_key_file.read_bytes().split()
+    keys = config.store.master_key_file.read_bytes().split()
     assert len(keys) == 1 and old_fingerprint not in done.stdout.split("->")[1]
     async with Engine(config) as engine:  # only the new key is left, and it reads everything
         history = await engine.history(s.session_id, s.token)

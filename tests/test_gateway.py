@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from engine import Engine, EngineConfig
+from engine.admission import AuthBackoffPolicy
 from engine.config import GatewaySettings, SimSettings
 from engine.gateway import Gateway
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
@@ -48,11 +49,6 @@ class Served:
         )
 
 
-@pytest.fixture(autouse=True)
-def _app_keys(monkeypatch):
-    monkeypatch.setenv("SESSION_CONSOLE_APP_KEYS", f"other-key,{APP_KEY}")
-
-
 @pytest.fixture
 def serve(make_config):
     """`async with serve(**config) as s`: an engine and its gateway on a free port."""
@@ -60,9 +56,9 @@ def serve(make_config):
 
     @contextlib.asynccontextmanager
     async def start(gateway: GatewaySettings | None = None, **overrides):
-        config: EngineConfig = make_config(durability="process", **overrides)
-        if gateway is not None:
-            config = replace(config, gateway=gateway)
+        config: EngineConfig = make_config(**overrides, store={"durability": "process"})
+        edge = gateway or config.gateway
+        config = replace(config, gateway=replace(edge, app_keys=("other-key", APP_KEY)))
         async with Engine(config) as engine:
             gw = Gateway(engine)
             address = await gw.start("127.0.0.1:0")
@@ -128,7 +124,7 @@ async def test_creating_a_session_needs_an_app_key(serve):
 
 
 async def test_unknown_session_and_wrong_token_give_identical_bodies(serve):
-    async with serve() as s:
+    async with serve(limits={"auth_backoff": AuthBackoffPolicy(free_failures=100)}) as s:
         sid, token = await s.session()
         other, _ = await s.session("bob")
         cases = [
@@ -163,9 +159,21 @@ async def test_unknown_session_and_wrong_token_give_identical_bodies(serve):
         assert set(error_of(chat[0])) == {"message", "type", "param", "code"}
 
 
+async def test_a_client_that_keeps_failing_gets_429_yet_a_right_token_still_works(serve):
+    async with serve(limits={"auth_backoff": AuthBackoffPolicy(free_failures=3)}) as s:
+        sid, token = await s.session()
+        statuses = [(await s.send(sid, "wrong")).status_code for _ in range(5)]
+        assert statuses[:3] == [401, 401, 401] and statuses[-1] == 429
+        backoff = await s.send("0" * 32, "also-wrong")  # an unknown session: the same answer
+        assert backoff.status_code == 429 and int(backoff.headers["retry-after"]) >= 1
+        assert error_of(backoff)["type"] == "rate_limited"
+        assert error_of(backoff)["code"] == "auth_backoff"
+        assert (await s.send(sid, token)).status_code == 200
+
+
 # -- bad input ----------------------------------------------------------------------------------
 async def test_malformed_requests_get_400_with_what_was_wrong(serve):
-    async with serve(max_text_bytes=100) as s:
+    async with serve(sessions={"max_text_bytes": 100}) as s:
         sid, token = await s.session()
         auth = {"Authorization": f"Bearer {token}"}
         path = f"/v1/sessions/{sid}/messages"
@@ -253,7 +261,7 @@ async def test_bodies_over_the_limit_are_refused_before_they_are_read(serve):
 
 # -- limits and failures ------------------------------------------------------------------------
 async def test_rate_limit_gives_429_with_retry_after(serve, clock):
-    async with serve(session_rate=RateLimit(rate_per_s=0.5, burst=1)) as s:
+    async with serve(limits={"session_rate": RateLimit(rate_per_s=0.5, burst=1)}) as s:
         sid, token = await s.session()
         assert (await s.send(sid, token)).status_code == 200
         refused = await s.send(sid, token)
@@ -269,7 +277,7 @@ async def test_rate_limit_gives_429_with_retry_after(serve, clock):
 async def test_quota_429_says_when_waiting_cannot_help(serve):
     tiers = {**DEFAULT_TIERS, "tiny": {**DEFAULT_TIERS["free"],
                                        "tokens": QuotaLimit(1200, 3600.0)}}
-    async with serve(tiers=tiers, max_completion_tokens=100) as s:
+    async with serve(limits={"tiers": tiers}, llm={"max_completion_tokens": 100}) as s:
         sid, token = await s.session(tier="tiny")
         hopeless = await s.send(sid, token, "word " * 1200)  # ~1,500 tokens > the whole limit
         assert hopeless.status_code == 429
@@ -284,14 +292,15 @@ async def test_quota_429_says_when_waiting_cannot_help(serve):
 
 async def test_model_failure_is_502_and_pool_exhaustion_504(serve, tmp_path):
     failing = SimSettings(median_latency_s=0.0, p99_latency_s=0.0, error_rate=1.0, seed=1)
-    async with serve(sim=failing, llm_max_retries=0) as s:
+    async with serve(llm={"sim": failing, "max_retries": 0}) as s:
         sid, token = await s.session()
         r = await s.send(sid, token)
         assert r.status_code == 502 and error_of(r)["type"] == "llm_error"
     types = tmp_path / "one.toml"
     types.write_text('[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\n'
                      'instructions = "i"\nmodel = "sim"\nmin_instances = 1\nmax_instances = 1\n')
-    async with serve(sim=SLOW, agent_types_file=types, workers=1, pool_timeout_s=0.05) as s:
+    pools = {"agent_types_file": types, "workers": 1, "timeout_s": 0.05}
+    async with serve(llm={"sim": SLOW}, pools=pools) as s:
         a, ta = await s.session("a")
         b, tb = await s.session("b")
         first, second = await asyncio.gather(s.send(a, ta), s.send(b, tb))
@@ -301,7 +310,7 @@ async def test_model_failure_is_502_and_pool_exhaustion_504(serve, tmp_path):
 
 
 async def test_session_limit_is_409_when_every_session_is_busy(serve):
-    async with serve(sim=SLOW, max_sessions_per_user=1) as s:
+    async with serve(llm={"sim": SLOW}, sessions={"max_per_user": 1}) as s:
         sid, token = await s.session()
         turn = asyncio.create_task(s.send(sid, token))
         await _until(lambda: s.engine.snapshot().sessions[0].state == "busy")
@@ -313,7 +322,7 @@ async def test_session_limit_is_409_when_every_session_is_busy(serve):
 
 # -- double-texting -----------------------------------------------------------------------------
 async def test_reject_refuses_a_second_turn_while_one_runs(serve):
-    async with serve(sim=SLOW) as s:
+    async with serve(llm={"sim": SLOW}) as s:
         sid, token = await s.session()
         first = asyncio.create_task(s.send(sid, token, "one"))
         await _until(lambda: s.engine.snapshot().sessions[0].state == "busy")
@@ -323,8 +332,8 @@ async def test_reject_refuses_a_second_turn_while_one_runs(serve):
 
 
 async def test_enqueue_runs_turns_in_order_up_to_the_bound(serve):
-    async with serve(sim=SLOW, max_queued_turns=2,
-                     session_rate=RateLimit(rate_per_s=100, burst=100)) as s:
+    async with serve(llm={"sim": SLOW}, sessions={"max_queued_turns": 2},
+                     limits={"session_rate": RateLimit(rate_per_s=100, burst=100)}) as s:
         sid, token = await s.session()
         first = asyncio.create_task(s.send(sid, token, "one"))
         await _until(lambda: s.engine.snapshot().sessions[0].state == "busy")
@@ -341,7 +350,7 @@ async def test_enqueue_runs_turns_in_order_up_to_the_bound(serve):
 
 
 async def test_interrupt_cancels_the_running_turn_which_keeps_nothing(serve):
-    async with serve(sim=SLOW) as s:
+    async with serve(llm={"sim": SLOW}) as s:
         sid, token = await s.session()
         running = asyncio.create_task(s.send(sid, token, "slow question"))
         await _until(lambda: s.engine.snapshot().sessions[0].state == "busy")
@@ -360,7 +369,8 @@ async def test_interrupt_cancels_the_running_turn_which_keeps_nothing(serve):
 
 # -- streaming ----------------------------------------------------------------------------------
 async def test_messages_stream_as_sse_delta_then_done(serve):
-    async with serve(sim=SimSettings(median_latency_s=0.05, p99_latency_s=0.05, seed=3)) as s:
+    steady = SimSettings(median_latency_s=0.05, p99_latency_s=0.05, seed=3)
+    async with serve(llm={"sim": steady}) as s:
         sid, token = await s.session()
         events = []
         async with s.http.stream(
@@ -446,7 +456,7 @@ async def test_openai_sync_client_unchanged(serve):
 
 
 async def test_openai_client_sees_rate_limits(serve):
-    async with serve(session_rate=RateLimit(rate_per_s=0.1, burst=1)) as s:
+    async with serve(limits={"session_rate": RateLimit(rate_per_s=0.1, burst=1)}) as s:
         sid, token = await s.session()
         client = openai.AsyncOpenAI(base_url=f"{s.base}/v1", api_key=token,
                                     default_headers={"X-Session-ID": sid}, max_retries=0)
@@ -493,7 +503,7 @@ async def test_metrics_health_readiness_and_openapi(serve):
 
 
 async def test_draining_refuses_new_turns_with_503_and_readyz_turns_false(serve):
-    async with serve(sim=SLOW) as s:
+    async with serve(llm={"sim": SLOW}) as s:
         sid, token = await s.session()
         in_flight = asyncio.create_task(s.send(sid, token, "finish me"))
         await _until(lambda: s.engine.snapshot().sessions[0].state == "busy")

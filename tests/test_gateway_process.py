@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, StoreSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_KEY = "process-test-app-key"
@@ -109,7 +109,8 @@ def test_sigterm_drains_the_turn_in_flight_and_exits_0(tmp_path):
         assert "drained" in process.stderr.read()
 
     async def reopened() -> list[str]:
-        async with Engine(EngineConfig(data_dir=data, tune_gc=False)) as engine:
+        config = EngineConfig(store=StoreSettings(data_dir=data), tune_gc=False)
+        async with Engine(config) as engine:
             history = await engine.history(sid, token)
             return [m.content for m in history if m.role == "user"]
 

@@ -40,18 +40,13 @@ async def server():
         yield running
 
 
-def http_config(make_config, tmp_path, server, **overrides):
-    settings = {
-        "llm": "openai",
-        "base_url": server.base_url,
-        "api_key": "sk-local-default",
-        "agent_types_file": small_pools(tmp_path),
-        "session_rate": RateLimit(1000.0, 1000),
-        "user_rate": RateLimit(1000.0, 1000),
-        "pool_timeout_s": 30.0,
-        "turn_timeout_s": 5.0,
-    }
-    return make_config(**(settings | overrides))
+def http_config(make_config, tmp_path, server, llm=None):
+    return make_config(
+        llm={"backend": "openai", "base_url": server.base_url, "api_key": "sk-local-default",
+             "turn_timeout_s": 5.0, **(llm or {})},
+        pools={"agent_types_file": small_pools(tmp_path), "timeout_s": 30.0},
+        limits={"session_rate": RateLimit(1000.0, 1000), "user_rate": RateLimit(1000.0, 1000)},
+    )
 
 
 async def test_no_request_contains_another_sessions_content(make_config, tmp_path, server):
@@ -89,7 +84,9 @@ async def test_no_request_contains_another_sessions_content(make_config, tmp_pat
 async def test_backend_faults_end_in_typed_errors_and_leave_state_consistent(
     make_config, tmp_path, server
 ):
-    config = http_config(make_config, tmp_path, server, turn_timeout_s=0.5, llm_max_retries=1)
+    config = http_config(
+        make_config, tmp_path, server, llm={"turn_timeout_s": 0.5, "max_retries": 1}
+    )
     async with Engine(config) as engine:
         s = await engine.create_session("alice")
         for fault, match in [
@@ -119,7 +116,9 @@ async def test_tenant_clients_are_cached_bounded_and_never_show_keys(
         f"tenant{i}": TenantCredentials(api_key=f"sk-tenant-secret-{i}", base_url=server.base_url)
         for i in range(5)
     }
-    config = http_config(make_config, tmp_path, server, tenants=tenants, max_cached_clients=2)
+    config = http_config(
+        make_config, tmp_path, server, llm={"tenants": tenants, "max_cached_clients": 2}
+    )
     async with Engine(config) as engine:
         for user in tenants:
             s = await engine.create_session(user)

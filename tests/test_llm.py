@@ -13,7 +13,7 @@ os.environ.setdefault("PRAISONAI_TELEMETRY_DISABLED", "true")
 from openai import AsyncOpenAI
 from praisonaiagents import Agent
 
-from engine.config import SimSettings
+from engine import EngineConfig, LLMSettings, SimSettings
 from engine.errors import ConfigurationError, LLMError
 from engine.llm import (
     ModelAdapter,
@@ -530,16 +530,18 @@ async def test_stream_error_messages_never_contain_the_api_key(server, client):
     assert API_KEY not in message and fingerprint(API_KEY.encode()) in message
 
 
-def test_resolve_openai_settings_reads_the_environment_and_hides_the_key():
+def test_openai_settings_come_from_the_environment_and_hide_the_key():
     env = {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": "http://127.0.0.1:1/v1"}
-    settings = resolve_openai_settings(env=env)
+    llm = EngineConfig.from_env(env).llm
+    settings = resolve_openai_settings(llm.base_url, llm.api_key, llm.model)
     assert settings.api_key == API_KEY and settings.base_url == "http://127.0.0.1:1/v1"
     assert settings.model == "gpt-4o-mini"
-    assert API_KEY not in repr(settings)
+    assert API_KEY not in repr(settings) and API_KEY not in repr(llm)
     assert settings.key_fingerprint == fingerprint(API_KEY.encode())
-    explicit = resolve_openai_settings("http://h/v1", "sk-local", "llama3", env=env)
+    given = LLMSettings(base_url="http://h/v1", api_key="sk-local", model="llama3")
+    explicit = EngineConfig.from_env(env, llm=given).llm
     assert (explicit.base_url, explicit.api_key, explicit.model) == (
         "http://h/v1", "sk-local", "llama3",
     )
     with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
-        resolve_openai_settings(env={})
+        resolve_openai_settings()

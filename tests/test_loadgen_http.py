@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, EngineConfig
-from engine.config import SimSettings
+from engine import (
+    Engine,
+    EngineConfig,
+    GatewaySettings,
+    LimitSettings,
+    LLMSettings,
+    SimSettings,
+    StoreSettings,
+)
 from engine.errors import AuthenticationError, EngineClosed, InvalidInput, RateLimited
 from engine.gateway import Gateway
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
@@ -38,11 +45,16 @@ def _app_keys(monkeypatch):
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, **overrides) -> AsyncIterator[tuple[Engine, str]]:
+async def gateway(
+    tmp_path: Path, limits: LimitSettings | None = None
+) -> AsyncIterator[tuple[Engine, str]]:
     """An engine on the real clock and its gateway on a free loopback port."""
     config = EngineConfig(
-        data_dir=tmp_path / "data", durability="process", tune_gc=False,
-        sim=SimSettings(median_latency_s=0.002, p99_latency_s=0.01, seed=1), **overrides,
+        store=StoreSettings(data_dir=tmp_path / "data", durability="process"),
+        tune_gc=False,
+        llm=LLMSettings(sim=SimSettings(median_latency_s=0.002, p99_latency_s=0.01, seed=1)),
+        limits=limits or LimitSettings(),
+        gateway=GatewaySettings(app_keys=(APP_KEY,)),
     )
     async with Engine(config) as engine:
         gw = Gateway(engine)
@@ -76,7 +88,7 @@ async def test_the_transport_makes_the_five_calls_and_reads_the_engines_share(tm
 
 
 async def test_gateway_refusals_become_the_engines_error_types(tmp_path):
-    async with gateway(tmp_path, session_rate=RateLimit(0.01, 1)) as (engine, url):
+    async with gateway(tmp_path, LimitSettings(session_rate=RateLimit(0.01, 1))) as (engine, url):
         with pytest.raises(AppKeyRefused):  # a wrong app key: refused before anything
             async with GatewayTransport(url, "not-the-key", connections=1):
                 pass
@@ -115,7 +127,8 @@ async def demo_load(*args: str) -> tuple[int, str, str]:
 async def test_a_headless_target_run_drives_the_gateway_and_splits_turn_latency(tmp_path):
     free = {**DEFAULT_TIERS["free"], "tokens": QuotaLimit(3000, 3600.0)}  # hogs run out
     report_file = tmp_path / "run.json"
-    async with gateway(tmp_path, tiers={**DEFAULT_TIERS, "free": free}) as (engine, url):
+    limits = LimitSettings(tiers={**DEFAULT_TIERS, "free": free})
+    async with gateway(tmp_path, limits) as (engine, url):
         code, out, err = await demo_load(
             "--target", url, "--app-key", APP_KEY, "--users", "8", "--spawn-rate", "50",
             "--duration", "3", "--seed", "3", "--think", "exp:0.05", "--tier-mix", "pro=1",

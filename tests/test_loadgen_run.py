@@ -14,10 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, EngineConfig
-from engine.config import SimSettings
-from engine.quotas import DEFAULT_TIERS, QuotaLimit
-from engine.ratelimit import RateLimit
+from engine import (
+    Engine,
+    EngineConfig,
+    LimitSettings,
+    LLMSettings,
+    MonitorSettings,
+    QuotaLimit,
+    RateLimit,
+    SessionSettings,
+    SimSettings,
+    StoreSettings,
+)
+from engine.quotas import DEFAULT_TIERS
 from loadgen import (
     Distribution,
     EngineTransport,
@@ -41,11 +50,14 @@ ROOMY_TIER = {
 def roomy_config(data_dir: Path) -> EngineConfig:
     """No refusals that depend on timing, so a seed's decisions cannot depend on the clock."""
     return EngineConfig(
-        data_dir=data_dir,
-        sim=INSTANT,
-        tiers={"free": ROOMY_TIER, "pro": ROOMY_TIER, "enterprise": ROOMY_TIER},
-        session_rate=RateLimit(1e6, 10**6),
-        user_rate=RateLimit(1e6, 10**6),
+        store=StoreSettings(data_dir=data_dir),
+        llm=LLMSettings(sim=INSTANT),
+        limits=LimitSettings(
+            tiers={"free": ROOMY_TIER, "pro": ROOMY_TIER, "enterprise": ROOMY_TIER},
+            session_rate=RateLimit(1e6, 10**6),
+            user_rate=RateLimit(1e6, 10**6),
+            overload=None,  # shedding depends on the machine's loop lag
+        ),
     )
 
 
@@ -63,16 +75,16 @@ async def until(predicate, what: str, limit_s: float = 20.0) -> None:
 def mixed_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mixed")
     config = EngineConfig(
-        data_dir=tmp / "data",
-        idle_timeout_s=1.0,  # abandoned sessions expire within the run
-        turn_timeout_s=1.0,
-        housekeeping_interval_s=0.2,
+        store=StoreSettings(data_dir=tmp / "data"),
+        sessions=SessionSettings(idle_timeout_s=1.0),  # abandoned sessions expire within the run
+        llm=LLMSettings(turn_timeout_s=1.0),
+        monitor=MonitorSettings(housekeeping_interval_s=0.2),
         # Hogs and chatty users are on the default tier (free), ordinary users on pro; a small
         # free token quota lets a hog run out within the run.
-        tiers={
+        limits=LimitSettings(tiers={
             **DEFAULT_TIERS,
             "free": {**DEFAULT_TIERS["free"], "tokens": QuotaLimit(6000, 3600.0)},
-        },
+        }),
     )
     options = LoadOptions(
         users=30, spawn_rate=30, duration_s=3, seed=7,
@@ -210,7 +222,8 @@ async def test_a_latency_spike_slows_the_sim_model_live_and_ends(tmp_path):
         users=3, spawn_rate=100, think=Distribution("exp", 0.05), seed=1,
         spikes=(Spike(0.2, 0.6, 50.0),),
     )
-    config = dataclasses.replace(roomy_config(tmp_path / "data"), sim=base)
+    roomy = roomy_config(tmp_path / "data")
+    config = dataclasses.replace(roomy, llm=dataclasses.replace(roomy.llm, sim=base))
     async with Engine(config) as engine:
         generator = LoadGenerator(EngineTransport(engine), options)
         generator.start()

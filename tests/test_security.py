@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from engine import EngineConfig
+from engine.config import MASTER_KEY_ENV
 from engine.errors import ConfigurationError, DecryptionFailed, InvalidInput
 from engine.security import (
     BOUND_FORMAT,
@@ -35,15 +37,16 @@ from engine.security import (
 
 NOW = 1_700_000_000.0
 TTL = 3600.0
-ENV = "SESSION_CONSOLE_MASTER_KEY"
+ENV = MASTER_KEY_ENV
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
 # Where a message sits in the store: its ciphertext is bound to exactly this.
 PLACE: dict[str, Any] = {"session_id": "0123456789abcdef0123456789abcdef", "seq": 3, "role": "user"}
 
 
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV, raising=False)
+def load_with_env(env: dict[str, str], key_file: Path) -> KeyRing:
+    """The ring an engine opens with: keys that EngineConfig.from_env() read, else the file."""
+    keys = EngineConfig.from_env(env).store.master_keys
+    return KeyRing.load(key_file, keys, given_source=f"environment variable {ENV}")
 
 
 def assert_no_key_material(text: str, *keys: bytes) -> None:
@@ -140,7 +143,7 @@ def test_verify_never_raises(presented: object) -> None:
 
 
 @posix_only
-def test_key_file_created_private_and_reused(tmp_path: Path, no_env: None) -> None:
+def test_key_file_created_private_and_reused(tmp_path: Path) -> None:
     key_file = tmp_path / "nested" / "master.key"
     first = KeyRing.load(key_file=key_file)
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -150,7 +153,7 @@ def test_key_file_created_private_and_reused(tmp_path: Path, no_env: None) -> No
     second.unwrap(wrapped)
 
 
-def test_key_file_with_several_keys(tmp_path: Path, no_env: None) -> None:
+def test_key_file_with_several_keys(tmp_path: Path) -> None:
     old, new = Fernet.generate_key(), Fernet.generate_key()
     key_file = tmp_path / "master.key"
     key_file.write_bytes(old + b"\n")
@@ -163,7 +166,7 @@ def test_key_file_with_several_keys(tmp_path: Path, no_env: None) -> None:
 
 
 @posix_only
-def test_key_file_readable_by_others_is_refused(tmp_path: Path, no_env: None) -> None:
+def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     key = Fernet.generate_key()
     key_file = tmp_path / "master.key"
     key_file.write_bytes(key + b"\n")
@@ -173,7 +176,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, no_env: None) ->
     assert_no_key_material(str(info.value), key)
 
 
-def test_malformed_key_file_names_the_file_not_the_key(tmp_path: Path, no_env: None) -> None:
+def test_malformed_key_file_names_the_file_not_the_key(tmp_path: Path) -> None:
     key_file = tmp_path / "master.key"
     bad = b"not-a-fernet-key-but-secret-looking-AAAAAAAA"
     key_file.write_bytes(bad + b"\n")
@@ -185,7 +188,7 @@ def test_malformed_key_file_names_the_file_not_the_key(tmp_path: Path, no_env: N
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_empty_key_file_is_a_configuration_error(tmp_path: Path, no_env: None) -> None:
+def test_empty_key_file_is_a_configuration_error(tmp_path: Path) -> None:
     key_file = tmp_path / "master.key"
     key_file.write_bytes(b"\n\n")
     key_file.chmod(0o600)
@@ -193,44 +196,39 @@ def test_empty_key_file_is_a_configuration_error(tmp_path: Path, no_env: None) -
         KeyRing.load(key_file=key_file)
 
 
-def test_env_var_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_var_overrides_file(tmp_path: Path) -> None:
     key_file = tmp_path / "master.key"
     key_file.write_bytes(Fernet.generate_key() + b"\n")
     key_file.chmod(0o600)
     env_key = Fernet.generate_key()
-    monkeypatch.setenv(ENV, env_key.decode())
-    assert KeyRing.load(key_file=key_file).fingerprints() == [fingerprint(env_key)]
+    ring = load_with_env({ENV: env_key.decode()}, key_file)
+    assert ring.fingerprints() == [fingerprint(env_key)]
 
 
-def test_env_var_does_not_create_a_key_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(ENV, Fernet.generate_key().decode())
-    KeyRing.load(key_file=tmp_path / "master.key")
+def test_env_var_does_not_create_a_key_file(tmp_path: Path) -> None:
+    load_with_env({ENV: Fernet.generate_key().decode()}, tmp_path / "master.key")
     assert not (tmp_path / "master.key").exists()
 
 
-def test_comma_separated_env_keys_unwrap_data_from_an_old_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_empty_env_var_counts_as_unset(tmp_path: Path) -> None:
+    load_with_env({ENV: " , "}, tmp_path / "master.key")
+    assert (tmp_path / "master.key").exists()
+
+
+def test_comma_separated_env_keys_unwrap_data_from_an_old_key(tmp_path: Path) -> None:
     old, new = Fernet.generate_key(), Fernet.generate_key()
-    monkeypatch.setenv(ENV, old.decode())
-    cipher, wrapped = KeyRing.load(key_file=tmp_path / "k").new_data_key()
+    cipher, wrapped = load_with_env({ENV: old.decode()}, tmp_path / "k").new_data_key()
     message = cipher.encrypt("hello", **PLACE)
-    monkeypatch.setenv(ENV, f"{new.decode()}, {old.decode()},")
-    ring = KeyRing.load(key_file=tmp_path / "k")
+    ring = load_with_env({ENV: f"{new.decode()}, {old.decode()},"}, tmp_path / "k")
     assert ring.fingerprints() == [fingerprint(new), fingerprint(old)]
     assert ring.unwrap(wrapped).decrypt(message, **PLACE) == "hello"
 
 
-def test_malformed_env_key_names_the_variable_not_the_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_malformed_env_key_names_the_variable_not_the_value(tmp_path: Path) -> None:
     good = Fernet.generate_key()
     bad = "s3cret-but-malformed-key-material"
-    monkeypatch.setenv(ENV, f"{good.decode()},{bad}")
     with pytest.raises(ConfigurationError) as info:
-        KeyRing.load(key_file=tmp_path / "k")
+        load_with_env({ENV: f"{good.decode()},{bad}"}, tmp_path / "k")
     message = str(info.value)
     assert ENV in message and "#2" in message
     assert bad not in message

@@ -120,7 +120,7 @@ def db_path(tmp_path: Path) -> Path:
 async def store(db_path: Path):
     opened = await Store.open(db_path)
     yield opened
-    await opened.close()
+    await opened.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -393,7 +393,7 @@ async def test_a_full_disk_fails_the_batch_keeps_the_store_consistent_and_recove
         saved = {m.seq for m in await stored_messages(store, "s1")}
         committed = {row.seq for row, r in zip(big, results, strict=True) if r is None}
         assert saved == {1, 500} | committed  # every acknowledged write, no failed one
-        await store.close()
+        await store.aclose()
         assert query(path, "PRAGMA integrity_check") == [("ok",)]
 
 
@@ -624,7 +624,7 @@ async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(db_path
     assert query(db_path, "SELECT count(*) FROM messages") == [(6,)]
     store.write_nowait(message("s1", 7))  # lingers again; close() does not wait it out
     async with asyncio.timeout(30):
-        await store.close()
+        await store.aclose()
     assert query(db_path, "SELECT seq FROM messages ORDER BY id") == [(n,) for n in range(1, 8)]
 
 
@@ -639,7 +639,7 @@ async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(
         await store.write(*(message("s1", 10 * n + k, os.urandom(2000)) for k in range(10)))
     stats = store.stats()
     assert stats.wal_bytes > 1000 * 4096 > 20 * stats.file_bytes  # all of it still in the WAL
-    await store.close()
+    await store.aclose()
     assert not Path(f"{db_path}-wal").exists() or Path(f"{db_path}-wal").stat().st_size == 0
     assert query(db_path, "SELECT count(*) FROM messages") == [(3000,)]
 
@@ -743,7 +743,7 @@ async def test_close_ends_the_stores_threads(db_path):
     assert sorted(store_threads(db_path)) == [
         f"store-checkpointer {db_path}", f"store-writer {db_path}"
     ]
-    await store.close()
+    await store.aclose()
     assert store_threads(db_path) == []
 
 
@@ -772,8 +772,8 @@ async def test_ops_must_be_store_ops(store):
 
 async def test_a_closed_store_refuses_writes_and_close_is_idempotent(db_path):
     store = await Store.open(db_path)
-    await store.close()
-    await store.close()
+    await store.aclose()
+    await store.aclose()
     with pytest.raises(StoreError, match="closed"):
         await store.write(session_row())
     assert query(db_path, "SELECT value FROM store_meta WHERE key = 'clean_shutdown'") == [(1,)]

@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import os
 import pty
+import re
 import select
 import signal
 import struct
@@ -22,9 +23,10 @@ import termios
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, SessionSettings, StoreSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 HANG_GUARD_S = 90.0  # start-up on a busy machine, and exit; never a measure of speed
@@ -118,7 +120,11 @@ def lock_is_free(data_dir: Path) -> bool:
 
 
 def engine_config(data_dir: Path) -> EngineConfig:
-    return EngineConfig(data_dir=data_dir, idle_timeout_s=IDLE_S, tune_gc=False)
+    return EngineConfig(
+        store=StoreSettings(data_dir=data_dir),
+        sessions=SessionSettings(idle_timeout_s=IDLE_S),
+        tune_gc=False,
+    )
 
 
 def acknowledged_turn(data_dir: Path) -> tuple[str, str]:
@@ -156,7 +162,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def running(request: pytest.FixtureRequest):
+def running():
     """Starts programs on ptys and kills any the test left running."""
     started: list[Pty] = []
 
@@ -207,15 +213,17 @@ def test_sighup_quits_cleanly_and_says_why(running, data_dir):
     assert lock_is_free(data_dir)
 
 
-def test_sigterm_drains_keeps_acknowledged_turns_and_exits_0(running, data_dir):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_drains_keeps_acknowledged_turns_and_exits_0(running, data_dir, sig):
     session_id, token = acknowledged_turn(data_dir)
     app = running(demo(data_dir))
     app.wait_for(b"load running")
 
-    app.process.send_signal(signal.SIGTERM)
+    app.process.send_signal(sig)
 
     assert app.wait_exit() == 0
-    assert b"session-console: SIGTERM: load stopped, engine closed cleanly" in app.output
+    said = f"session-console: {sig.name}: load stopped, engine closed cleanly".encode()
+    assert said in app.output
     assert b"\x1b[?1049l" in app.output  # Textual left the alternate screen: terminal restored
     assert lock_is_free(data_dir)
     messages = history(data_dir, session_id, token)
@@ -238,3 +246,51 @@ def test_second_sigterm_exits_at_once_losing_nothing_acknowledged(running, data_
     assert b"SIGTERM again: exited at once without draining" in app.output
     assert lock_is_free(data_dir)
     assert [role for role, _ in history(data_dir, session_id, token)] == ["user", "assistant"]
+
+
+# The console with its HTTP gateway, on a model slow enough that a turn outlasts both the
+# gateway's own second for open responses and the 2 s a `q` gives: only SIGTERM's drain grace
+# (10 s by default) lets it finish.
+CONSOLE_WITH_GATEWAY = r"""
+import sys
+from pathlib import Path
+from console.app import SessionConsole
+from engine import EngineConfig
+from engine.config import SimSettings
+slow = SimSettings(median_latency_s=4.0, p99_latency_s=4.5, seed=1)
+config = EngineConfig(data_dir=Path(sys.argv[1]), sim=slow, idle_timeout_s=3600.0)
+SessionConsole(config, listen="127.0.0.1:0").run()
+"""
+
+
+def test_sigterm_with_the_gateway_finishes_the_http_turn_in_flight(running, data_dir, monkeypatch):
+    app_key = "terminal-test-app-key"
+    monkeypatch.setenv("SESSION_CONSOLE_APP_KEYS", app_key)
+    app = running([sys.executable, "-c", CONSOLE_WITH_GATEWAY, str(data_dir)])
+    app.wait_for(b"http://127.0.0.1:")
+    base = re.search(rb"http://127\.0\.0\.1:\d+", bytes(app.output)).group().decode()
+    created = httpx.post(f"{base}/v1/sessions", json={"user_id": "alice"},
+                         headers={"Authorization": f"Bearer {app_key}"}).json()
+    sid, token = created["session_id"], created["token"]
+
+    async def stream_through_sigterm() -> list[str]:
+        events: list[str] = []
+        async with httpx.AsyncClient(base_url=base, timeout=HANG_GUARD_S) as http, http.stream(
+            "POST", f"/v1/sessions/{sid}/messages",
+            json={"content": "finish me please", "stream": True},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    events.append(line[7:])
+                    if events == ["delta"]:
+                        app.process.send_signal(signal.SIGTERM)  # mid-turn
+        return events
+
+    events = asyncio.run(stream_through_sigterm())
+
+    assert events[-1] == "done"
+    assert app.wait_exit() == 0
+    assert b"session-console: SIGTERM: load stopped, engine closed cleanly" in app.output
+    assert lock_is_free(data_dir)
+    assert history(data_dir, sid, token)[0] == ("user", "finish me please")

@@ -59,6 +59,11 @@ class _Stream:
     turn: asyncio.Task[Reply]
     pieces: asyncio.Queue[str | None]
     first: str | None
+    started: float  # perf_counter() when the turn started
+    ended: float = 0.0  # ... and when it ended
+
+    def elapsed(self) -> float:
+        return self.ended - self.started
 
 
 class GatewayApp:
@@ -127,7 +132,9 @@ class GatewayApp:
         )
 
     async def messages(self, request: Request) -> Response:
-        history = await self.engine.history(_session_id(request), _bearer(request))
+        history = await self.engine.history(
+            _session_id(request), _bearer(request), client=_client(request)
+        )
         return _json(
             {"messages": [{"role": m.role, "content": m.content, "created_at": m.at}
                           for m in history]}
@@ -140,12 +147,11 @@ class GatewayApp:
         strategy = _strategy(field(body, "multitask_strategy", str, "enqueue"))
         session_id, token = _session_id(request), _bearer(request)
         if not field(body, "stream", bool, False):
-            reply = await self.engine.send(
-                session_id, token, content, agent_type=agent_type, multitask_strategy=strategy
+            reply, engine_s = await self._turn(
+                request, session_id, token, content, agent_type, strategy
             )
-            self._turns.observe(reply.agent_type, reply.latency_s, reply.model_latency_s)
-            return _json(_reply_object(reply), headers=_server_timing(reply))
-        stream = await self._start(session_id, token, content, agent_type, strategy)
+            return _json(_reply_object(reply, engine_s), headers=_server_timing(reply, engine_s))
+        stream = await self._start(request, session_id, token, content, agent_type, strategy)
 
         async def events() -> Any:
             async for piece in self._pieces(stream):
@@ -155,17 +161,22 @@ class GatewayApp:
             except Exception as exc:
                 yield sse.event("error", {"error": error_object(failure_of(exc))})
                 return
-            self._turns.observe(reply.agent_type, reply.latency_s, reply.model_latency_s)
-            yield sse.event("done", _reply_object(reply))
+            engine_s = stream.elapsed()
+            self._turns.observe(reply.agent_type, engine_s, reply.model_latency_s)
+            yield sse.event("done", _reply_object(reply, engine_s))
 
         return _event_stream(events())
 
     async def rotate_token(self, request: Request) -> Response:
-        token = await self.engine.rotate_token(_session_id(request), _bearer(request))
+        token = await self.engine.rotate_token(
+            _session_id(request), _bearer(request), client=_client(request)
+        )
         return _json({"token": token})
 
     async def end_session(self, request: Request) -> Response:
-        await self.engine.end_session(_session_id(request), _bearer(request))
+        await self.engine.end_session(
+            _session_id(request), _bearer(request), client=_client(request)
+        )
         return Response(status_code=204)
 
     # -- OpenAI-compatible -------------------------------------------------------------------
@@ -193,10 +204,9 @@ class GatewayApp:
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
         if not field(body, "stream", bool, False):
-            reply = await self.engine.send(
-                session_id, token, content, agent_type=model, multitask_strategy=strategy
+            reply, engine_s = await self._turn(
+                request, session_id, token, content, model, strategy
             )
-            self._turns.observe(reply.agent_type, reply.latency_s, reply.model_latency_s)
             return _json(
                 {
                     "id": completion_id,
@@ -210,10 +220,10 @@ class GatewayApp:
                     }],
                     "usage": _usage(reply),
                 },
-                headers=_server_timing(reply),
+                headers=_server_timing(reply, engine_s),
             )
         include_usage = field(body, "stream_options", dict, {}).get("include_usage") is True
-        stream = await self._start(session_id, token, content, model, strategy)
+        stream = await self._start(request, session_id, token, content, model, strategy)
 
         def chunk(delta: dict[str, str], finish: str | None) -> bytes:
             payload: dict[str, Any] = {
@@ -234,7 +244,7 @@ class GatewayApp:
             except Exception as exc:
                 yield sse.data({"error": error_object(failure_of(exc), openai=True)})
                 return
-            self._turns.observe(reply.agent_type, reply.latency_s, reply.model_latency_s)
+            self._turns.observe(reply.agent_type, stream.elapsed(), reply.model_latency_s)
             yield chunk({}, "stop")
             if include_usage:
                 yield sse.data({
@@ -248,7 +258,9 @@ class GatewayApp:
     async def models(self, request: Request) -> Response:
         presented = _bearer(request)
         if not self.app_keys.verify(presented):
-            await self.engine.check(request.headers.get("x-session-id", ""), presented)
+            await self.engine.check(
+                request.headers.get("x-session-id", ""), presented, client=_client(request)
+            )
         return _json({
             "object": "list",
             "data": [
@@ -304,21 +316,54 @@ class GatewayApp:
             request, self.settings.max_request_bytes, self.settings.body_timeout_s
         )
 
+    async def _turn(
+        self,
+        request: Request,
+        session_id: str,
+        token: str,
+        content: str,
+        agent_type: str,
+        strategy: str,
+    ) -> tuple[Reply, float]:
+        """A turn, and the whole time the engine took for it (its commit wait included)."""
+        started = time.perf_counter()
+        reply = await self.engine.send(
+            session_id, token, content, agent_type=agent_type,
+            multitask_strategy=strategy,  # type: ignore[arg-type]
+            client=_client(request),
+        )
+        engine_s = time.perf_counter() - started
+        self._turns.observe(reply.agent_type, engine_s, reply.model_latency_s)
+        return reply, engine_s
+
     async def _start(
-        self, session_id: str, token: str, content: str, agent_type: str, strategy: str
+        self,
+        request: Request,
+        session_id: str,
+        token: str,
+        content: str,
+        agent_type: str,
+        strategy: str,
     ) -> _Stream:
         """Start a streamed turn; a failure before its first piece raises here (a status)."""
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         turn = asyncio.create_task(self.engine.send(
             session_id, token, content, agent_type=agent_type,
             multitask_strategy=strategy,  # type: ignore[arg-type]
-            on_delta=pieces.put_nowait,
+            on_delta=pieces.put_nowait, client=_client(request),
         ))
-        turn.add_done_callback(lambda _: pieces.put_nowait(None))
+        stream = _Stream(turn, pieces, None, time.perf_counter())
+
+        def over(_: object) -> None:
+            stream.ended = time.perf_counter()
+            pieces.put_nowait(None)
+
+        turn.add_done_callback(over)
         first = await pieces.get()
         if first is None and not turn.cancelled() and turn.exception() is not None:
             raise turn.exception()  # type: ignore[misc]
-        return _Stream(turn, pieces, first)
+        stream.first = first
+        return stream
 
     async def _pieces(self, stream: _Stream) -> Any:
         """The reply's pieces as they come, counted as an open stream meanwhile."""
@@ -351,6 +396,11 @@ def _bearer(request: Request) -> str:
     """The bearer credential, or "" (which no token or key matches)."""
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     return credential.strip() if scheme.lower() == "bearer" else ""
+
+
+def _client(request: Request) -> str:
+    """Who is calling, for backing off failed authentication: the peer's address."""
+    return f"http:{request.client.host}" if request.client is not None else "http:unknown"
 
 
 def _session_id(request: Request) -> str:
@@ -404,20 +454,21 @@ def _usage(reply: Reply) -> dict[str, int]:
     }
 
 
-def _reply_object(reply: Reply) -> dict[str, Any]:
+def _reply_object(reply: Reply, engine_s: float) -> dict[str, Any]:
     return {
         "role": "assistant",
         "content": reply.text,
         "agent_type": reply.agent_type,
         "usage": {"prompt_tokens": reply.prompt_tokens,
                   "completion_tokens": reply.completion_tokens},
-        "timing": {"engine_ms": reply.latency_s * 1000, "model_ms": reply.model_latency_s * 1000},
+        "timing": {"engine_ms": engine_s * 1000, "model_ms": reply.model_latency_s * 1000},
     }
 
 
-def _server_timing(reply: Reply) -> dict[str, str]:
-    """The engine's share of the reply's latency, for clients to split theirs (Server-Timing)."""
+def _server_timing(reply: Reply, engine_s: float) -> dict[str, str]:
+    """The engine's share of the reply's latency, for clients to split theirs (Server-Timing):
+    the whole `engine.send` call, its commit wait included, and the model's part of it."""
     return {
-        "server-timing": f"engine;dur={reply.latency_s * 1000:.3f}, "
+        "server-timing": f"engine;dur={engine_s * 1000:.3f}, "
                          f"model;dur={reply.model_latency_s * 1000:.3f}"
     }

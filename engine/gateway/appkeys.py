@@ -1,10 +1,10 @@
 """App keys: who may create sessions for their users through the gateway.
 
-Keys come from an environment variable (comma-separated) or, when it is unset, from a key file
-under the data dir that is created on first run with one random key, mode 0600. Only their
-SHA-256 digests are held in memory, and a presented key is compared against every digest in
-constant time, like session tokens. Nothing here ever logs or returns a key: the file's path and
-key fingerprints are what an operator sees.
+Keys come from the configuration (`EngineConfig.from_env()` reads SESSION_CONSOLE_APP_KEYS, comma-
+separated) or, when there are none, from a key file under the data dir that is created on first run
+with one random key, mode 0600. Only their SHA-256 digests are held in memory, and a presented key
+is compared against every digest in constant time, like session tokens. Nothing here ever logs or
+returns a key: the file's path and key fingerprints are what an operator sees.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from engine.errors import InvalidInput
+from engine.config import APP_KEYS_ENV
+from engine.errors import ConfigurationError
 from engine.security import MAX_TOKEN_CHARS, fingerprint, new_token
 
 
@@ -24,28 +25,24 @@ class AppKeys:
     def __init__(self, keys: Iterable[str], *, source: str) -> None:
         self._digests = tuple(_digest(key) for key in keys)
         if not self._digests:
-            raise InvalidInput(f"no app keys in {source}; add at least one key")
+            raise ConfigurationError(f"no app keys in {source}; add at least one key")
         self.source = source
 
     @classmethod
-    def load(
-        cls, env_var: str, key_file: Path, *, env: Mapping[str, str] | None = None
-    ) -> tuple[AppKeys, bool]:
-        """The keys from `env_var`, else from `key_file` (created if missing).
+    def load(cls, given: Sequence[str], key_file: Path) -> tuple[AppKeys, bool]:
+        """The `given` keys (GatewaySettings.app_keys), else those of `key_file` (created if
+        missing).
 
         Returns the keys and whether the file was created now (the server then says where).
         """
-        env = os.environ if env is None else env
-        raw = env.get(env_var, "")
-        if raw.strip():
-            keys = [key.strip() for key in raw.split(",") if key.strip()]
-            return cls(keys, source=f"${env_var}"), False
+        if given:
+            return cls(given, source=f"${APP_KEYS_ENV}"), False
         created = not key_file.exists()
         if created:
             _create_key_file(key_file)
         mode = key_file.stat().st_mode
         if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidInput(
+            raise ConfigurationError(
                 f"app key file {key_file} is accessible by group or others "
                 f"(mode {stat.S_IMODE(mode):#o}); run `chmod 600 {key_file}` and retry"
             )

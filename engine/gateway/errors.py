@@ -60,6 +60,11 @@ def failure_of(exc: BaseException) -> HTTPFailure:
     match exc:
         case GatewayError():
             return exc.failure
+        case errors.AuthBackoff():  # the same for an unknown session and a wrong token
+            return HTTPFailure(
+                429, "rate_limited", str(exc), exc.retry_after, code="auth_backoff",
+                has_retry_after=True,
+            )
         case errors.AuthenticationError():
             return AUTHENTICATION
         case errors.SessionExpired():

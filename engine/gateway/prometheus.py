@@ -10,6 +10,7 @@ on counters.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -117,6 +118,14 @@ class TurnHistograms:
             ("agent_type",), buckets=DURATION_BUCKETS, registry=registry,
         )
 
+        # agent type -> its (total, overhead) children: labels() once per type, not per turn.
+        self._children: dict[str, tuple[Any, Any]] = {}
+
     def observe(self, agent_type: str, latency_s: float, model_latency_s: float) -> None:
-        self._total.labels(agent_type).observe(latency_s)
-        self._overhead.labels(agent_type).observe(max(0.0, latency_s - model_latency_s))
+        children = self._children.get(agent_type)
+        if children is None:
+            children = self._children[agent_type] = (
+                self._total.labels(agent_type), self._overhead.labels(agent_type)
+            )
+        children[0].observe(latency_s)
+        children[1].observe(max(0.0, latency_s - model_latency_s))

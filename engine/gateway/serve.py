@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from engine.config import EngineConfig
+from engine.config import APP_KEYS_ENV, EngineConfig
 from engine.engine import Engine
 from engine.gateway.server import Gateway
 
@@ -29,8 +29,8 @@ async def serve(config: EngineConfig, listen: str | None = None) -> int:
     except BaseException:
         await engine.aclose()
         raise
-    print(f"session-console: serving http://{address} (data in {config.data_dir}; "
-          f"app keys: ${config.gateway.app_keys_env} or {config.app_keys_file})",
+    print(f"session-console: serving http://{address} (data in {config.store.data_dir}; "
+          f"app keys: ${APP_KEYS_ENV} or {config.store.app_keys_file})",
           file=sys.stderr, flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -43,11 +43,11 @@ class Gateway:
         """Listen (default: the settings' address) and return the HOST:PORT bound."""
         host, port = parse_listen(listen or self.settings.listen)
         keys, self.key_file_created = AppKeys.load(
-            self.settings.app_keys_env, self.engine.config.app_keys_file
+            self.settings.app_keys, self.engine.config.store.app_keys_file
         )
         if self.key_file_created:
             log.warning("created app key file %s (mode 0600): give a key from it to your app",
-                        self.engine.config.app_keys_file)
+                        self.engine.config.store.app_keys_file)
         sock = bind(host, port, next_free=next_free_port)
         server = EmbeddedServer(
             header_timeout_s=self.settings.header_timeout_s,

@@ -8,6 +8,7 @@ the `session_console_http_*` series for `/metrics`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -46,13 +47,18 @@ class GatewayStats:
 
 
 class _Route:
-    __slots__ = ("errors", "errors_ring", "requests", "requests_ring")
+    """A route's counts and rings, and its Prometheus children: labels() looked up once, not
+    on every request (it takes a lock and builds a key each call)."""
 
-    def __init__(self, clock: Clock) -> None:
+    __slots__ = ("by_status", "duration", "errors", "errors_ring", "requests", "requests_ring")
+
+    def __init__(self, clock: Clock, duration: Any) -> None:
         self.requests = 0
         self.errors = 0
         self.requests_ring = RateRing(clock, 60)
         self.errors_ring = RateRing(clock, 60)
+        self.duration = duration  # the route's request-duration histogram
+        self.by_status: dict[int, Any] = {}  # status -> the route's request counter
 
 
 class GatewayMonitor:
@@ -74,15 +80,18 @@ class GatewayMonitor:
     def record(self, route: str, status: int, seconds: float) -> None:
         stats = self._routes.get(route)
         if stats is None:
-            stats = self._routes[route] = _Route(self._clock)
+            stats = self._routes[route] = _Route(self._clock, self._duration.labels(route))
         stats.requests += 1
         stats.requests_ring.add()
         self._all.add()
         if status >= 400:
             stats.errors += 1
             stats.errors_ring.add()
-        self._requests.labels(route, str(status)).inc()
-        self._duration.labels(route).observe(seconds)
+        counter = stats.by_status.get(status)
+        if counter is None:
+            counter = stats.by_status[status] = self._requests.labels(route, str(status))
+        counter.inc()
+        stats.duration.observe(seconds)
 
     def snapshot(self, listen: str, ready: bool, connections: int) -> GatewayStats:
         routes = tuple(

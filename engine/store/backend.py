@@ -45,7 +45,7 @@ class Backend(Protocol):
     location: str
     """Where the data lives, for stats and error messages: a file path, never a password."""
     clean_shutdown: bool
-    """False when the run before this open ended without `close()` (a crash or a kill)."""
+    """False when the run before this open ended without `aclose()` (a crash or a kill)."""
 
     def commit(self, writes: Sequence[tuple[Op, ...]], done: CommitDone) -> None:
         """Start one transaction applying `writes` in order; call `done` on the event loop.
@@ -70,7 +70,7 @@ class Backend(Protocol):
         rewrap stay as they were and are reported."""
         ...
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """After the last commit: record a clean shutdown and release the database."""
         ...
 

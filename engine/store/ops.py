@@ -224,7 +224,7 @@ class Restored:
     No message is read: `contexts` maps session id to its stored conversation's figures (absent
     for a session without messages); `load_session` reads one session's messages when it is
     first used. `max_alert_id` lets the alert list continue numbering after the stored alerts.
-    `clean_shutdown` is False when the last run ended without `close()` (a crash or kill).
+    `clean_shutdown` is False when the last run ended without `aclose()` (a crash or kill).
     """
 
     sessions: list[SessionRow]

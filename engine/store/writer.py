@@ -67,7 +67,7 @@ class _Queued:
 
 class Store:
     """The engine's store. Create with `await Store.open(path)` (an SQLite file) or
-    `Store(backend)` over another open `Backend`; `await close()`."""
+    `Store(backend)` over another open `Backend`; `await aclose()`."""
 
     def __init__(
         self,
@@ -77,7 +77,7 @@ class Store:
         batch_ms: float = 0.0,
         batch_max: int = 4096,
     ) -> None:
-        """Run the writer, on the running loop, over an open `backend`; `close()` closes it.
+        """Run the writer, on the running loop, over an open `backend`; `aclose()` closes it.
 
         `Store.open` does this for an SQLite file; see there for the settings.
         """
@@ -153,9 +153,9 @@ class Store:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self.aclose()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Commit everything queued, then close the backend (SQLite: mark a clean shutdown,
         close the file and release its lock). Idempotent."""
         if self._closer is None:
@@ -431,7 +431,7 @@ class Store:
     async def _shutdown(self) -> None:
         """Once everything queued has committed, close the backend."""
         await self._drained.wait()
-        await self.backend.close()
+        await self.backend.aclose()
 
 
 def _fail(future: asyncio.Future[Any] | None, error: BaseException) -> None:

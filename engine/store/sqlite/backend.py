@@ -14,7 +14,7 @@ Why it is built this way:
 - Crypto-shredding: `secure_delete` zeroes the bytes a deleted session row frees, its wrapped
   key among them. The zeroed page reaches the database file at the checkpointer's next pass
   (every `CHECKPOINT_S`); older -wal frames may hold the key until the log restarts and new
-  frames overwrite them, and `close()` empties the -wal.
+  frames overwrite them, and `aclose()` empties the -wal.
 - One store per file (`filelock.py`), and a file that fails a check at open is left untouched
   (`checks.py`).
 """
@@ -100,7 +100,7 @@ class SqliteBackend:
                     synchronous=synchronous,
                 )
             except BaseException:
-                await connection.close()
+                await connection.aclose()
                 raise
         except BaseException:
             filelock.unlock(lock_fd)
@@ -130,14 +130,14 @@ class SqliteBackend:
         """`fn` runs on the connection thread, inside the transaction."""
         return await self.connection.run(partial(rewrap, fn))
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop checkpointing, mark a clean shutdown, empty the WAL, close, unlock."""
         try:
             await self.checkpointer.stop()
             try:
                 await self.connection.run(partial(close_out, self.path))
             finally:
-                await self.connection.close()
+                await self.connection.aclose()
         finally:
             filelock.unlock(self._lock_fd)
 

@@ -41,7 +41,7 @@ class Checkpointer:
     4 MB every 4 MB. Restarting early matters too: commits that grow the -wal file are slower
     than commits that overwrite a restarted log. If this thread falls behind or fails (errors
     are logged and retried), the WAL grows until a pass succeeds; the file on disk is cut back
-    to `journal_size_limit` when the log restarts, and close() truncates it.
+    to `journal_size_limit` when the log restarts, and aclose() truncates it.
     """
 
     def __init__(self, path: Path, synchronous: str) -> None:

@@ -33,7 +33,7 @@ Done = Callable[[Any, BaseException | None], object]
 class ConnectionThread:
     """One sqlite3 connection and the one thread that uses it.
 
-    Open with `await ConnectionThread.open(connect, name)`; `await close()`. Calls run one at a
+    Open with `await ConnectionThread.open(connect, name)`; `await aclose()`. Calls run one at a
     time, in the order they were made.
     """
 
@@ -55,7 +55,7 @@ class ConnectionThread:
         try:
             await thread.run(lambda _conn: None)  # raises what `connect` raised
         except BaseException:
-            await thread.close()
+            await thread.aclose()
             raise
         return thread
 
@@ -73,7 +73,7 @@ class ConnectionThread:
         self.call(fn, partial(_settle, future))
         return await future
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the connection once the calls already made have run. Idempotent."""
         if not self._closing:
             self._closing = True

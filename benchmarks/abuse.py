@@ -1,0 +1,417 @@
+"""Abuse: a stale-token storm and an overload run against an in-process engine, as JSON.
+
+Storm (issue 15): 30 users each open 20 sessions; the per-user cap of 5 evicts 15 of each
+user's, as designed. Every session's client then sends as fast as it is allowed and retries
+10 ms after any error, ignoring `retry_after` (the worst case: a browser tab left open, or an
+attacker). The 450 clients holding evicted sessions fail authentication over and over. Quiet
+users (one session each, a turn then 1 s of thought) are measured alone and with the storm
+running: their p50/p95 and errors, the noisy users' goodput (turns/s that succeeded), failed
+authentications per second and what each costs the engine in CPU.
+
+Cost: CPU per call of `history()` in a tight loop: with a right token, with a wrong token on
+ids never seen before (a fresh failure each time), and with a dead token presented again and
+again (the storm's pattern).
+
+Overload: 10,000 users with `durable_ack=False` (benchmarks/load_capacity.py's scenario,
+spawned in one burst), reporting the event loop's lag p50/p99/max, turn overhead and the
+collector's pauses (from `gc.callbacks`) after the spawn burst.
+
+The sim backend keeps its default latency (median 0.2 s, p99 1.5 s): the quiet user's p95
+alone is about 0.86 s. Each phase has its own engine and temporary directory.
+Run: .venv/bin/python benchmarks/abuse.py [--storm-s 30] [--alone-s 20] [--overload-s 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import Engine, EngineConfig, LimitSettings, LLMSettings, SimSettings, StoreSettings
+from engine.errors import AuthenticationError, EngineError, RateLimited
+from engine.metrics import LatencyHistogram
+from engine.quotas import QuotaLimit
+from engine.ratelimit import RateLimit
+from loadgen import Distribution, EngineTransport, LoadGenerator, LoadOptions
+
+NOISY_USERS = 30
+SESSIONS_PER_NOISY_USER = 20
+QUIET_USERS = 4
+QUIET_THINK_S = 1.0
+RETRY_S = 0.01
+COST_CALLS = 20_000
+COST_BLOCKS = 10
+OVERLOAD_USERS = 10_000
+P95_FACTOR = 3.0
+P95_SLACK_S = 0.05
+UNLIMITED = {
+    "unlimited": {
+        "api_calls": QuotaLimit(1e12, 60.0),
+        "tokens": QuotaLimit(1e15, 3600.0),
+        "storage_mb": QuotaLimit(1e12, None),
+        "compute_seconds": QuotaLimit(1e12, 3600.0),
+    }
+}
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+class LoopLag:
+    """How late a 10 ms timer fires: the queueing every task on the loop sees."""
+
+    def __init__(self) -> None:
+        self.histogram = LatencyHistogram()
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def reset(self) -> None:
+        self.histogram = LatencyHistogram()
+        self.worst = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            late = time.perf_counter() - before - 0.01
+            self.histogram.record(late)
+            self.worst = max(self.worst, late)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def report(self) -> dict:
+        h = self.histogram
+        return {
+            "p50_ms": ms(h.percentile(0.5)), "p99_ms": ms(h.percentile(0.99)),
+            "max_ms": ms(self.worst),
+        }
+
+
+class GcPauses:
+    """Every collector pass's duration, by generation, from `gc.callbacks`: wall time (what
+    the loop waits) and the collecting thread's CPU time (the pass's own work, which a busy
+    neighbour on the machine does not inflate as much)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float, float]] = []
+        self._started = (0.0, 0.0)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = (time.perf_counter(), time.thread_time())
+        else:
+            wall, cpu = self._started
+            self.pauses.append(
+                (info["generation"], time.perf_counter() - wall, time.thread_time() - cpu)
+            )
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def report(self) -> dict:
+        out = {}
+        for generation in (0, 1, 2):
+            passes = [(wall, cpu) for g, wall, cpu in self.pauses if g == generation]
+            out[f"gen{generation}"] = {
+                "passes": len(passes),
+                "max_wall_ms": ms(max((w for w, _ in passes), default=0.0)),
+                "max_cpu_ms": ms(max((c for _, c in passes), default=0.0)),
+                "total_cpu_ms": ms(sum(c for _, c in passes)),
+            }
+        return out
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    ok: int = 0
+    auth_failures: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def error_name(exc: EngineError) -> str:
+    """The error's type, and a rate limit's scope (a turn shed for overload is one)."""
+    name = type(exc).__name__
+    return f"{name}:{exc.scope}" if isinstance(exc, RateLimited) else name
+
+
+def config_for(folder: str, *, durable_ack: bool = True, **parts: object) -> EngineConfig:
+    store = StoreSettings(data_dir=Path(folder), durable_ack=durable_ack)
+    return EngineConfig(store=store, **parts)  # type: ignore[arg-type]
+
+
+async def quiet_user(engine: Engine, index: int, tally: Tally, stop: asyncio.Event) -> None:
+    session = await engine.create_session(f"quiet-{index}")
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            await engine.send(session.session_id, session.token, "how are things today?")
+        except EngineError as exc:
+            tally.errors[error_name(exc)] += 1
+        else:
+            tally.ok += 1
+            tally.latencies.append(time.perf_counter() - started)
+        await asyncio.sleep(QUIET_THINK_S)
+
+
+async def storm_client(
+    engine: Engine, session_id: str, token: str, tally: Tally, stop: asyncio.Event
+) -> None:
+    """Send as fast as allowed; 10 ms after any error, send again (retry_after ignored)."""
+    while not stop.is_set():
+        try:
+            await engine.send(session_id, token, "more, faster")
+        except EngineError as exc:
+            tally.errors[error_name(exc)] += 1
+            tally.auth_failures += isinstance(exc, AuthenticationError)
+            await asyncio.sleep(RETRY_S)
+        else:
+            tally.ok += 1
+
+
+async def run_quiet(engine: Engine, seconds: float) -> Tally:
+    tally = Tally()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(quiet_user(engine, i, tally, stop)) for i in range(QUIET_USERS)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks)
+    return tally
+
+
+def quiet_report(tally: Tally) -> dict:
+    return {
+        "turns": tally.ok,
+        "p50_s": round(tally.percentile(0.5), 3),
+        "p95_s": round(tally.percentile(0.95), 3),
+        "errors": dict(tally.errors),
+    }
+
+
+async def storm(alone_s: float, storm_s: float) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        async with Engine(config_for(folder)) as engine:
+            alone = await run_quiet(engine, alone_s)
+        # A fresh engine for the storm, so the quiet user's session starts equal.
+    with tempfile.TemporaryDirectory() as folder:
+        async with Engine(config_for(folder)) as engine:
+            created = [
+                await engine.create_session(f"noisy-{u}")
+                for u in range(NOISY_USERS) for _ in range(SESSIONS_PER_NOISY_USER)
+            ]
+            live = {view.session_id for view in engine.snapshot().sessions}
+            noisy, stale = Tally(), Tally()
+            stop = asyncio.Event()
+            lag = LoopLag()
+            lag.start()
+            clients = [
+                asyncio.create_task(storm_client(
+                    engine, s.session_id, s.token, noisy if s.session_id in live else stale, stop
+                ))
+                for s in created
+            ]
+            await asyncio.sleep(2.0)  # the storm reaches its steady state
+            noisy.ok = 0
+            noisy.errors.clear()
+            stale.errors.clear()
+            stale.auth_failures = 0
+            lag.reset()
+            cpu_before = time.process_time()
+            wall_before = time.perf_counter()
+            under = await run_quiet(engine, storm_s)
+            wall = time.perf_counter() - wall_before
+            cpu = time.process_time() - cpu_before
+            stop.set()
+            await asyncio.gather(*clients)
+            lag.stop()
+            overload_stats = engine.overload_stats()
+            auth_stats = engine.auth_failure_stats()
+    bound = P95_FACTOR * alone.percentile(0.95) + P95_SLACK_S
+    return {
+        "noisy_users": NOISY_USERS,
+        "sessions_per_noisy_user": SESSIONS_PER_NOISY_USER,
+        "live_noisy_sessions": len(live),
+        "stale_clients": len(created) - len(live),
+        "quiet_users": QUIET_USERS,
+        "quiet_alone": quiet_report(alone),
+        "quiet_under_storm": quiet_report(under),
+        "quiet_p95_bound_s": round(bound, 3),
+        "quiet_p95_within_bound": under.percentile(0.95) <= bound and not under.errors,
+        "noisy_goodput_turns_per_s": round(noisy.ok / wall, 1),
+        "noisy_refusals_per_s": {k: round(v / wall, 1) for k, v in noisy.errors.items()},
+        "failed_auth_per_s": round(stale.auth_failures / wall, 1),
+        "stale_errors_by_type": dict(stale.errors),
+        "process_cpu_share": round(cpu / wall, 2),
+        "auth_failures": dataclasses.asdict(auth_stats),
+        "overload": dataclasses.asdict(overload_stats) if overload_stats else None,
+        "loop_lag": lag.report(),
+    }
+
+
+async def cost(calls: int) -> dict:
+    """CPU µs per history() call: right token, fresh wrong ids, and one dead token again.
+
+    Each figure is the median of COST_BLOCKS blocks, the cases interleaved block by block, so
+    a busy neighbour on the machine skews every case alike rather than one.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        async with Engine(config_for(folder)) as engine:
+            s = await engine.create_session("owner")
+            dead = await engine.create_session("gone")
+            await engine.end_session(dead.session_id, dead.token)
+
+            async def per_call(session_ids: list[str], token: str) -> float:
+                started = time.process_time()
+                for session_id in session_ids:
+                    with contextlib.suppress(AuthenticationError):
+                        await engine.history(session_id, token)
+                return (time.process_time() - started) / len(session_ids) * 1e6
+
+            block = max(1, calls // COST_BLOCKS)
+            cases: dict[str, list[float]] = {
+                "history_ok_us": [],
+                "failed_auth_fresh_ids_us": [],
+                "failed_auth_same_dead_token_us": [],
+                "failed_auth_wrong_token_on_live_id_us": [],
+                "history_ok_during_attack_on_its_id_us": [],
+            }
+            for _ in range(COST_BLOCKS):
+                fresh = [os.urandom(16).hex() for _ in range(block)]
+                cases["history_ok_us"].append(await per_call([s.session_id] * block, s.token))
+                cases["failed_auth_fresh_ids_us"].append(await per_call(fresh, s.token))
+                cases["failed_auth_same_dead_token_us"].append(
+                    await per_call([dead.session_id] * block, dead.token)
+                )
+                cases["failed_auth_wrong_token_on_live_id_us"].append(
+                    await per_call([s.session_id] * block, dead.token)
+                )
+                cases["history_ok_during_attack_on_its_id_us"].append(
+                    await per_call([s.session_id] * block, s.token)
+                )
+            refused = engine.auth_failure_stats()
+    out: dict = {"calls_each": block * COST_BLOCKS, "blocks": COST_BLOCKS}
+    out.update({name: round(statistics.median(v), 2) for name, v in cases.items()})
+    out["refused_before_hashing"] = refused.refused_unchecked
+    return out
+
+
+async def overload(seconds: float) -> dict:
+    """10,000 users, replies not waiting for commits; loop lag and GC after the spawn burst."""
+    options = LoadOptions(
+        users=0, spawn_rate=2500.0, seed=1, think=Distribution("exp", 5.0),
+        session_turns=Distribution("const", 1e9), sessions_per_user=1, reuse_probability=1.0,
+        abandon_probability=0.0, history_probability=0.0, rotate_probability=0.0,
+        tier_mix=(("unlimited", 1.0),),
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        config = config_for(
+            folder,
+            llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+            limits=LimitSettings(
+                tiers=UNLIMITED, default_tier="unlimited",
+                session_rate=RateLimit(1e9, 10**9), user_rate=RateLimit(1e9, 10**9),
+            ),
+            durable_ack=False,
+        )
+        async with Engine(config) as engine:
+            generator = LoadGenerator(EngineTransport(engine), options)
+            lag = LoopLag()
+            with GcPauses() as pauses:
+                lag.start()
+                generator.start()
+                generator.set_users(OVERLOAD_USERS)
+                while generator.stats().live_users < OVERLOAD_USERS:
+                    await asyncio.sleep(0.1)
+                generator.reset_stats()
+                lag.reset()  # collector pauses keep the spawn burst's; loop lag starts here
+                started = time.perf_counter()
+                await asyncio.sleep(seconds)
+                elapsed = time.perf_counter() - started
+                stats = generator.stats()
+                lag.stop()
+                await generator.stop()
+            send = stats.operation("send")
+    return {
+        "users": OVERLOAD_USERS,
+        "durable_ack": False,
+        "measured_from": "loop lag and turns: the moment the last user was spawned; "
+                         "collector pauses: the start of the spawn burst",
+        "turns_per_s": round(((send.successes + send.failures) if send else 0) / elapsed, 1),
+        "turn_failures": send.failures if send else 0,
+        "overhead_p50_ms": stats.overhead_p50_ms,
+        "overhead_p99_ms": stats.overhead_p99_ms,
+        "loop_lag": lag.report(),
+        "gc_pauses": pauses.report(),
+        "gc_threshold": gc.get_threshold(),
+        "gc_frozen_objects": gc.get_freeze_count(),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict:
+    began = time.perf_counter()
+    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
+    out: dict = {"benchmark": "abuse"}
+    if "cost" in args.parts:
+        out["cost"] = await cost(args.cost_calls)
+    if "storm" in args.parts:
+        out["storm"] = await storm(args.alone_s, args.storm_s)
+    if "overload" in args.parts:
+        out["overload"] = await overload(args.overload_s)
+    out["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_1m_at_start": load_at_start,
+    }
+    out["runtime_s"] = round(time.perf_counter() - began, 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="cost,storm,overload",
+                        help="which parts to run, comma-separated (default: %(default)s)")
+    parser.add_argument("--alone-s", type=float, default=20.0,
+                        help="seconds the quiet users run alone (default: %(default)s)")
+    parser.add_argument("--storm-s", type=float, default=30.0,
+                        help="seconds measured under the storm (default: %(default)s)")
+    parser.add_argument("--overload-s", type=float, default=20.0,
+                        help="seconds measured at 10,000 users (default: %(default)s)")
+    parser.add_argument("--cost-calls", type=int, default=COST_CALLS,
+                        help="calls per cost figure (default: %(default)s)")
+    args = parser.parse_args()
+    args.parts = set(args.parts.split(","))
+    print(json.dumps(asyncio.run(run(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
