@@ -1,16 +1,26 @@
 """Engine core throughput and cost figures, printed as JSON.
 
-Run: .venv/bin/python benchmarks/engine_ops.py [--sessions 100000] [--restore-sessions 10000]
+Run: .venv/bin/python benchmarks/engine_ops.py [--sessions 100000] [--cold-only]
 Uses the `sim` backend with zero latency through real praisonaiagents Agents, pools sized to
 the concurrency, and the SQLite store with durable acknowledgements (the shipped defaults).
+
+`--sessions N` also sets the stored-sessions figures: a file of N sessions of 20 messages
+(real per-session keys, real ciphertext), built once through the store and kept under the
+temp folder keyed by N, then opened: time to the first completed turn, RSS per cold session,
+RSS per hot one, the first turn on a cold session against a hot one, turns/s on hot sessions.
+`--cold-only` prints those alone (run one N per process, so RSS is this N's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import json
+import os
+import random
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +43,11 @@ from engine import (
 )
 from engine.clock import ManualClock
 from engine.quotas import QuotaManager
+from engine.security import KeyRing, hash_token
+from engine.store import MessageRow, SessionRow, Store
+
+FOREVER_S = 10 * 365 * 86400.0  # stored sessions stay live however long the file is kept
+TURNS = 10  # 20 messages per stored session
 
 UNLIMITED = {
     "unlimited": {
@@ -147,39 +162,137 @@ async def bench_bytes_per_session(data_dir: Path, n: int = 2000, turns: int = 10
         return (after - before) // n
 
 
-async def bench_engine_restore(data_dir: Path, sessions: int = 10_000, turns: int = 10) -> float:
-    """Seconds for Engine.open() to restore `sessions` live sessions of 2*turns messages each:
-    store checks, reading rows, unwrapping keys and decrypting every message."""
-    base = config(data_dir / "restore")
-    config_ = replace(
-        base,
-        store=replace(base.store, durable_ack=False),
-        sessions=replace(base.sessions, context_max_messages=1000),
+def bench_token(i: int) -> str:
+    return f"bench-token-{i:08d}"
+
+
+def stored_config(data_dir: Path) -> EngineConfig:
+    base = config(data_dir)
+    return replace(
+        base, tune_gc=False,
+        sessions=replace(base.sessions, idle_timeout_s=FOREVER_S, lifetime_s=FOREVER_S),
+        limits=replace(base.limits, overload=None),  # figures of the cache, not of shedding
     )
-    async with Engine(config_) as engine:
-        created = [await engine.create_session(f"user{i}") for i in range(sessions)]
 
-        async def user(s) -> None:
-            for k in range(turns):
-                await engine.send(s.session_id, s.token, f"a typical user message number {k}")
 
-        for start in range(0, sessions, 500):
-            await asyncio.gather(*(user(s) for s in created[start:start + 500]))
+async def build_store(data_dir: Path, n: int) -> float:
+    """N sessions of 20 encrypted messages written through the store; seconds taken."""
     started = time.perf_counter()
-    async with Engine(config_) as engine:
-        elapsed = time.perf_counter() - started
-        assert engine.restore_report is not None
-        assert engine.restore_report.messages == sessions * turns * 2
-    return round(elapsed, 2)
+    cfg = stored_config(data_dir)
+    keyring = KeyRing.load(cfg.store.master_key_file)
+    now = time.time()
+    async with await Store.open(cfg.store.db_path, durable_ack=False, power_safe=False) as store:
+        for start in range(0, n, 2000):
+            ops: list = []
+            for i in range(start, min(n, start + 2000)):
+                sid = f"{i:032x}"
+                cipher, wrapped = keyring.new_data_key()
+                ops.append(SessionRow(
+                    sid, f"user{i // 5}", "unlimited", "{}", now, now, FOREVER_S, FOREVER_S,
+                    hash_token(bench_token(i)), now, now + FOREVER_S, wrapped,
+                    turns=TURNS,
+                ))
+                for seq in range(2 * TURNS):
+                    role = "user" if seq % 2 == 0 else "assistant"
+                    text = f"a typical {role} message number {seq} of session {i}"
+                    ciphertext = cipher.encrypt(text, session_id=sid, seq=seq, role=role)
+                    ops.append(MessageRow(sid, seq, role, ciphertext, now, len(text)))
+            await store.write(*ops)
+        await store.flush()
+    return round(time.perf_counter() - started, 1)
+
+
+def rss_bytes() -> int:
+    """Resident memory after collecting and returning freed heap to the OS."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+async def bench_stored_sessions(folder: Path, n: int, samples: int = 1000) -> dict[str, object]:
+    """Open a file of N stored sessions and time what the first users see."""
+    data_dir = folder / f"stored-{n}"
+    built_s = None
+    if not (data_dir / "built").exists():
+        built_s = await build_store(data_dir, n)
+        (data_dir / "built").write_text("ok")
+    scratch = folder / f"run-{n}"  # the turns below write: keep the built file as built
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(data_dir, scratch)
+    cfg = stored_config(scratch)
+    rng = random.Random(1)
+    picks = rng.sample(range(n), min(samples, n))
+    baseline = rss_bytes()
+    started = time.perf_counter()
+    engine = await Engine(cfg).open()
+    opened = time.perf_counter() - started
+    try:
+        first = picks[0]
+        await engine.send(f"{first:032x}", bench_token(first), "hello")
+        open_to_first_turn = time.perf_counter() - started
+        cold_rss = rss_bytes()
+        cold, hot = [], []
+        for i in picks[1:]:
+            sid, token = f"{i:032x}", bench_token(i)
+            t0 = time.perf_counter()
+            await engine.send(sid, token, "first turn")
+            cold.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await engine.send(sid, token, "second turn")
+            hot.append(time.perf_counter() - t0)
+        hot_rss = rss_bytes()
+        warmed = len(picks)
+        stored = await engine.store.load_session(f"{first:032x}")
+        assert stored is not None
+        ciphertext = sum(len(m.ciphertext) for m in stored.messages) + len(stored.wrapped_key)
+        created = picks[:100]  # hot by now
+
+        async def user(i: int) -> None:
+            for k in range(20):
+                await engine.send(f"{i:032x}", bench_token(i), f"message {k}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(user(i) for i in created))
+        hot_turns_per_s = per_second(len(created) * 20, time.perf_counter() - t0)
+        cache = engine.snapshot().cache
+    finally:
+        await engine.aclose()
+        shutil.rmtree(scratch, ignore_errors=True)
+    ms = 1e3
+    return {
+        "stored_sessions": n,
+        "build_s": built_s,
+        "open_s": round(opened, 3),
+        "open_to_first_turn_s": round(open_to_first_turn, 3),
+        "rss_per_cold_session_b": round((cold_rss - baseline) / n),
+        "rss_per_hot_session_b": round((hot_rss - cold_rss) / warmed),
+        "ciphertext_per_session_b": ciphertext,
+        "first_turn_cold_ms_p50": round(percentile(cold, 0.5) * ms, 3),
+        "first_turn_cold_ms_p99": round(percentile(cold, 0.99) * ms, 3),
+        "turn_hot_ms_p50": round(percentile(hot, 0.5) * ms, 3),
+        "turn_hot_ms_p99": round(percentile(hot, 0.99) * ms, 3),
+        "hot_turns_per_s_100_concurrent": hot_turns_per_s,
+        "cache_hot": cache.hot if cache else None,
+        "cache_loads": cache.loads if cache else None,
+    }
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", type=int, default=100_000)
-    parser.add_argument("--restore-sessions", type=int, default=10_000,
-                        help="sessions of 20 messages for the engine restore figure; 100000 "
-                             "takes several minutes to set up (default: %(default)s)")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the stored-sessions figures (one N per process for RSS)")
     args = parser.parse_args()
+    stored_folder = Path(tempfile.gettempdir()) / "session-console-bench"
+    if args.cold_only:
+        print(json.dumps(await bench_stored_sessions(stored_folder, args.sessions), indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         q100 = bench_quota_check(100)
@@ -194,10 +307,7 @@ async def main() -> None:
             "live_sessions": args.sessions,
             **await bench_expiry_and_snapshot(data_dir, args.sessions),
             "bytes_per_session_with_20_messages": await bench_bytes_per_session(data_dir),
-            "engine_restore_sessions": args.restore_sessions,
-            "engine_restore_s_20_messages_each": await bench_engine_restore(
-                data_dir, args.restore_sessions
-            ),
+            **await bench_stored_sessions(stored_folder, args.sessions),
         }
     print(json.dumps(figures, indent=2))
 

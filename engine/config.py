@@ -39,6 +39,11 @@ class SessionSettings:
     # Turns that wait behind a session's running turn (multitask_strategy "enqueue"); a policy
     # of the engine's send(), so it holds for in-process callers as for the gateway.
     max_queued_turns: int = 4
+    # The store is a session's home; memory caches the sessions in use (key unwrapped, context
+    # decrypted). An idle one leaves the cache after hot_idle_s, or sooner, least recently used
+    # first, while the cache's estimated bytes exceed hot_budget_bytes; never a busy one.
+    hot_idle_s: float = 300.0
+    hot_budget_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

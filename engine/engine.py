@@ -27,6 +27,7 @@ from engine.errors import (
     AuthBackoff,
     AuthenticationError,
     ConfigurationError,
+    DecryptionFailed,
     EngineClosed,
     EngineError,
     Interrupted,
@@ -42,7 +43,7 @@ from engine.overload import LoadShedder, OverloadStats
 from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.ratelimit import RateLimiter
 from engine.records import message_row, session_row
-from engine.restore import adopt_restored
+from engine.restore import adopt_restored, warm
 from engine.runner import AgentRunner, ModelReply
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, check_token, issue_token, rotate
@@ -63,6 +64,7 @@ from engine.store import (
 )
 from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
 from engine.views import (
+    CacheView,
     CreatedSession,
     EngineSnapshot,
     QuotaView,
@@ -133,7 +135,7 @@ class Engine:
         self._views = SessionViews(self._registry, self._monitor)
         self.operator = Operator(
             registry=self._registry, views=self._views, monitor=self._monitor,
-            quotas=self._quotas, end=self._end, rotate=self._rotate,
+            quotas=self._quotas, end=self._end, rotate=self._rotate, warm=self._warm,
         )
         self._quota_watch: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
@@ -141,6 +143,7 @@ class Engine:
         self._turn_tasks: set[asyncio.Task[Any]] = set()  # tasks running a turn (drain)
         self._interrupted: set[asyncio.Task[Any]] = set()  # turns cancelled by a newer one
         self._store_ok = True  # the last durable write committed (readiness)
+        self._unreadable = 0  # sessions found undecryptable when loaded
         self._state = "new"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -254,6 +257,7 @@ class Engine:
         token, record = issue_token(now, cfg.sessions.lifetime_s)
         session.token = record
         session.cipher, session.wrapped_key = self.keyring.new_data_key()
+        self._registry.hot.add(session)
         session.tier = self._quotas.tier_of(user_id)
         session.worker = self._balancer.assign(session.session_id)
         self._invalidate_view(session)
@@ -319,6 +323,8 @@ class Engine:
         """The session's context, oldest first."""
         self._require_open()
         session = self._authenticate(session_id, token, client)
+        await self._warm(session)
+        assert session.context is not None
         return list(session.context)
 
     async def rotate_token(self, session_id: str, token: str, *, client: str | None = None) -> str:
@@ -397,6 +403,7 @@ class Engine:
         """
         now = self.clock.now()
         expired = self._registry.expire_due(now)
+        self._demote_idle(now)
         self._runner.reap(now)
         self._monitor.tick()
         self._housekeeping_passes += 1
@@ -420,6 +427,115 @@ class Engine:
             moves_total=self._balancer.moves_total,
             clients=self._runner.client_stats(),
             store=self._store.stats() if self._store is not None else None,
+            cache=self._cache_view(),
+        )
+
+    # -- the hot-session cache -------------------------------------------------------------------
+    async def _warm(self, session: Session) -> None:
+        """Make the session hot: read, unwrap and decrypt it on its first use, once.
+
+        Concurrent first uses await the same load. A session whose key or messages fail to
+        decrypt is reported alone and forgotten (its rows stay on disk, untouched); its caller
+        gets AuthenticationError, as for a session that does not exist.
+        """
+        cache = self._registry.hot
+        if session.hot:
+            cache.hits += 1
+            cache.add(session)
+            return
+        if session.loading is None:
+            cache.loads += 1
+            session.loading = asyncio.ensure_future(self._load(session))
+        try:
+            await asyncio.shield(session.loading)
+        finally:
+            if session.loading is not None and session.loading.done():
+                session.loading = None
+        if not session.hot:
+            raise AuthenticationError()
+        self._shrink_to_budget(keep=session)
+
+    async def _load(self, session: Session) -> None:
+        stored = await self.store.load_session(session.session_id)
+        if stored is None or self._registry.get(session.session_id) is not session:
+            return  # ended while loading
+        before = session.cold_bytes
+        try:
+            warm(
+                session, stored, self.keyring,
+                context_max_messages=self.config.sessions.context_max_messages,
+                context_max_bytes=self.config.sessions.context_max_bytes,
+            )
+        except DecryptionFailed as exc:
+            self._forget_unreadable(session, str(exc))
+            return
+        assert session.context is not None
+        if session.context.bytes != before:
+            self._quotas.adjust(
+                session.user_id, "storage_mb", (session.context.bytes - before) / BYTES_PER_MB
+            )
+        self._registry.hot.add(session)
+        self._invalidate_view(session)
+
+    def _forget_unreadable(self, session: Session, reason: str) -> None:
+        """Drop an undecryptable session from memory only, with a critical alert."""
+        self._unreadable += 1
+        self._registry.discard(session.session_id)
+        self._views.forget(session.session_id)
+        self._session_rate.forget(session.session_id)
+        self._balancer.release(session.session_id)
+        self._quotas.adjust(session.user_id, "storage_mb", -session.cold_bytes / BYTES_PER_MB)
+        self._monitor.session_ended(session.session_id)
+        self._monitor.alert_manager.fire(
+            f"unreadable:{session.session_id}", "decryption", "critical",
+            f"session {session.session_id[:8]} of user {session.user_id!r} cannot be decrypted "
+            f"and was not loaded: {reason}",
+            session.session_id,
+        )
+
+    def _demotable(self, session: Session) -> bool:
+        return not session.busy and session.loading is None
+
+    def _demote(self, sessions: list[Session]) -> None:
+        for session in sessions:
+            self._registry.hot.discard(session)
+            session.demote()
+            self._invalidate_view(session)
+
+    def _demote_idle(self, now: float) -> None:
+        """Idle past hot_idle_s leave the cache; then the least recent while over budget."""
+        idle_before = now - self.config.sessions.hot_idle_s
+        victims = []
+        for session in self._registry.hot.oldest_first():
+            if session.last_active_at > idle_before:
+                break
+            if self._demotable(session):
+                victims.append(session)
+        self._demote(victims)
+        self._shrink_to_budget()
+
+    def _shrink_to_budget(self, keep: Session | None = None) -> None:
+        """Demote least recently used sessions, never a busy one (nor `keep`, about to be
+        used), until within budget."""
+        cache = self._registry.hot
+        excess = cache.bytes - self.config.sessions.hot_budget_bytes
+        if excess <= 0:
+            return
+        victims = []
+        for session in cache.oldest_first():
+            if excess <= 0:
+                break
+            if session is not keep and self._demotable(session):
+                victims.append(session)
+                excess -= session.hot_bytes
+        self._demote(victims)
+
+    def _cache_view(self) -> CacheView:
+        cache = self._registry.hot
+        return CacheView(
+            hot=len(cache), cold=len(self._registry) - len(cache), hot_bytes=cache.bytes,
+            budget_bytes=self.config.sessions.hot_budget_bytes, hits=cache.hits, loads=cache.loads,
+            unreadable=self._unreadable,
         )
 
     # -- the turn --------------------------------------------------------------------------------
@@ -482,7 +598,7 @@ class Engine:
         self._user_rate.acquire(session.user_id)
 
     def _reserve(self, session: Session, text: str) -> Reservation:
-        history_tokens = session.context.bytes // CHARS_PER_TOKEN
+        history_tokens = session.context_bytes // CHARS_PER_TOKEN
         text_bytes = len(text.encode("utf-8", errors="surrogatepass"))
         reply_bytes = self.config.llm.max_completion_tokens * CHARS_PER_TOKEN
         try:
@@ -520,6 +636,7 @@ class Engine:
             async with session.turn_lock:
                 session.running_turn = task
                 try:
+                    await self._warm(session)
                     model = await self._runner.run(session, agent_type, text, on_delta)
                 finally:
                     session.running_turn = None
@@ -580,6 +697,7 @@ class Engine:
         now = self.clock.now()
         if self._registry.get(session.session_id) is not session:
             return []  # ended while the model was answering: nothing of it is kept
+        assert session.context is not None
         before, dropped = session.context.bytes, session.context.dropped
         ops: list[Op] = []
         for message in (Message("user", text, now), Message("assistant", model.text, now)):
@@ -597,6 +715,8 @@ class Engine:
         session.prompt_tokens += model.prompt_tokens
         session.completion_tokens += model.completion_tokens
         self._registry.touch(session, now)
+        self._registry.hot.add(session)  # most recent, its size re-estimated
+        self._shrink_to_budget()  # sessions that were busy at the last check may go now
         ops.append(self._touch_op(session))
         used = {
             "api_calls": 1,
@@ -665,7 +785,7 @@ class Engine:
         self._balancer.release(session.session_id)
         if not self._registry.of_user(session.user_id):
             self._user_rate.forget(session.user_id)
-        self._quotas.adjust(session.user_id, "storage_mb", -session.context.bytes / BYTES_PER_MB)
+        self._quotas.adjust(session.user_id, "storage_mb", -session.context_bytes / BYTES_PER_MB)
         self._monitor.session_ended(session.session_id)
         # Crypto-shred: without the wrapped key nothing encrypted for this session can be read.
         self._persist_later(EndSession(session.session_id, event.at, event.reason or event.kind))
@@ -732,19 +852,15 @@ class Engine:
         )
 
     async def _restore(self) -> RestoreReport:
-        """Bring back live sessions, their contexts and the users' quota windows."""
+        """Bring back live sessions (cold: no message read) and the users' quota windows."""
         assert self._store is not None and self._keyring is not None
         restored = await self._store.load_live(self.clock.now())
         report, moved = adopt_restored(
-            restored, self._keyring,
+            restored,
             registry=self._registry, quotas=self._quotas, balancer=self._balancer,
             monitor=self._monitor, tiers=frozenset(self.config.limits.tiers),
             default_tier=self.config.limits.default_tier,
-            context_max_messages=self.config.sessions.context_max_messages,
-            context_max_bytes=self.config.sessions.context_max_bytes,
         )
-        for session in self._registry:
-            self._invalidate_view(session)
         if moved:
             await self._store.write(*moved)
         return report

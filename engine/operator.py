@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from engine.alerts import Severity
+from engine.errors import AuthenticationError
 from engine.monitor import Monitor
 from engine.quotas import QuotaManager, QuotaUsage
 from engine.sessions import Session, SessionRegistry
@@ -19,7 +20,7 @@ from engine.views import SessionDetail, SessionViews
 class Operator:
     """End sessions, rotate their tokens, acknowledge alerts, set tiers, inspect and report."""
 
-    __slots__ = ("_end", "_monitor", "_quotas", "_registry", "_rotate", "_views")
+    __slots__ = ("_end", "_monitor", "_quotas", "_registry", "_rotate", "_views", "_warm")
 
     def __init__(
         self,
@@ -30,6 +31,7 @@ class Operator:
         quotas: QuotaManager,
         end: Callable[[Session, str], Awaitable[None]],
         rotate: Callable[[Session], Awaitable[str]],
+        warm: Callable[[Session], Awaitable[None]],
     ) -> None:
         self._registry = registry
         self._views = views
@@ -37,25 +39,43 @@ class Operator:
         self._quotas = quotas
         self._end = end
         self._rotate = rotate
+        self._warm = warm
 
     # -- sessions --------------------------------------------------------------------------------
     def inspect(self, session_id: str) -> SessionDetail | None:
-        """A session's full detail, decrypted context included; None if it is not live."""
+        """A session's full detail, decrypted context included; None if it is not live.
+
+        A cold session's detail has no messages yet (`loaded` False): `load` brings them in.
+        """
         session = self._registry.get(session_id)
         view = self._views.current().get(session_id)
         if session is None or view is None:
             return None
+        context = session.context
         return SessionDetail(
             view=view,
             metadata=session.metadata,
-            messages=session.context.messages(),
-            dropped_messages=session.context.dropped,
+            messages=context.messages() if context is not None else (),
+            dropped_messages=context.dropped if context is not None else 0,
+            loaded=context is not None,
             metrics=self._monitor.session_view(session_id),
             quota=self._quotas.usage(session.user_id),
             alerts=tuple(
                 a for a in self._monitor.alerts() if a.subject in (session_id, session.user_id)
             ),
         )
+
+    async def load(self, session_id: str) -> bool:
+        """Make a cold session hot (for the detail view); False if it is not live or could not
+        be decrypted (then reported alone, with a critical alert)."""
+        session = self._registry.get(session_id)
+        if session is None:
+            return False
+        try:
+            await self._warm(session)
+        except AuthenticationError:
+            return False
+        return True
 
     def session_exists(self, session_id: str) -> bool:
         return self._registry.get(session_id) is not None

@@ -1,66 +1,39 @@
-"""Start-up restore: stored rows back into live sessions, quota windows and alert numbering.
+"""Stored rows back into live sessions: compact records at start-up, contexts on first use.
 
-The reverse of `engine.records`. A session whose key or messages cannot be decrypted is left
-on disk untouched and reported (with a critical alert) instead of failing the whole start-up.
+The reverse of `engine.records`. `adopt_restored` brings back every live session cold (its
+compact record: owner, token hash, deadlines, counters), the quota windows and the alert
+numbering, reading no message. `warm` unwraps one session's key and decrypts its messages when
+the engine first uses it; a session that fails there is the engine's to report, alone.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from engine.balancer import Balancer
-from engine.errors import DecryptionFailed
 from engine.monitor import Monitor
 from engine.quotas import BYTES_PER_MB, QuotaManager
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Context, Message, Session, SessionRegistry
-from engine.store import Assign, MessageRow, Op, Restored, SessionRow
+from engine.store import Assign, ContextFigures, Op, Restored, SessionRow, StoredSession
 from engine.views import RestoreReport
 
-
-@dataclass(frozen=True, slots=True)
-class Unreadable:
-    """A stored session that could not be decrypted; it stays on disk, untouched."""
-
-    session_id: str
-    user_id: str
-    reason: str
+NO_METADATA: MappingProxyType[str, object] = MappingProxyType({})  # most sessions: shared
 
 
-def restore_session(
-    row: SessionRow,
-    messages: list[MessageRow],
-    keyring: KeyRing,
-    *,
-    context_max_messages: int,
-    context_max_bytes: int,
-) -> Session | Unreadable:
-    try:
-        cipher = keyring.unwrap(row.wrapped_key)
-        decrypted = [
-            Message(
-                m.role,  # type: ignore[arg-type]
-                cipher.decrypt(m.ciphertext, session_id=row.session_id, seq=m.seq, role=m.role),
-                m.at,
-            )
-            for m in messages
-        ]
-    except DecryptionFailed as exc:
-        return Unreadable(row.session_id, row.user_id, str(exc))
-    context = Context(context_max_messages, context_max_bytes)
-    for message in decrypted:
-        context.append(message)
+def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
+    """A stored session as its compact record: no key unwrapped, no message read."""
+    metadata = row.metadata_json
     return Session(
         session_id=row.session_id,
         user_id=row.user_id,
-        metadata=MappingProxyType(json.loads(row.metadata_json)),
+        metadata=NO_METADATA if metadata == "{}" else MappingProxyType(json.loads(metadata)),
         created_at=row.created_at,
         last_active_at=row.last_active_at,
         idle_timeout_s=row.idle_timeout_s,
         lifetime_s=row.lifetime_s,
-        context=context,
+        context=None,
         turns=row.turns,
         errors=row.errors,
         prompt_tokens=row.prompt_tokens,
@@ -69,15 +42,37 @@ def restore_session(
         worker=row.worker or "",
         tier=row.tier,
         token=TokenRecord(row.token_hash, row.token_issued_at, row.token_expires_at),
-        wrapped_key=row.wrapped_key,
-        cipher=cipher,
-        next_seq=messages[-1].seq + 1 if messages else 0,
+        next_seq=figures.next_seq if figures is not None else 0,
+        cold_messages=figures.messages if figures is not None else 0,
+        cold_bytes=figures.bytes if figures is not None else 0,
     )
+
+
+def warm(
+    session: Session,
+    stored: StoredSession,
+    keyring: KeyRing,
+    *,
+    context_max_messages: int,
+    context_max_bytes: int,
+) -> None:
+    """Unwrap the session's key and decrypt its messages into a context: it is hot.
+
+    Raises DecryptionFailed (the session untouched) if the key or any message fails.
+    """
+    cipher = keyring.unwrap(stored.wrapped_key)
+    sid = session.session_id
+    context = Context(context_max_messages, context_max_bytes)
+    for m in stored.messages:
+        text = cipher.decrypt(m.ciphertext, session_id=sid, seq=m.seq, role=m.role)
+        context.append(Message(m.role, text, m.at))  # type: ignore[arg-type]
+    session.cipher, session.wrapped_key, session.context = cipher, stored.wrapped_key, context
+    if stored.messages:
+        session.next_seq = max(session.next_seq, stored.messages[-1].seq + 1)
 
 
 def adopt_restored(
     restored: Restored,
-    keyring: KeyRing,
     *,
     registry: SessionRegistry,
     quotas: QuotaManager,
@@ -85,21 +80,13 @@ def adopt_restored(
     monitor: Monitor,
     tiers: frozenset[str],
     default_tier: str,
-    context_max_messages: int,
-    context_max_bytes: int,
 ) -> tuple[RestoreReport, list[Op]]:
-    """Adopt what the store loaded; returns the report and the ops recording worker moves."""
+    """Adopt what the store loaded, every session cold; returns the report and the ops
+    recording worker moves. Keys and messages are checked when a session is first used."""
     monitor.alert_manager.continue_after(restored.max_alert_id)
-    unreadable: list[Unreadable] = []
     moved: list[Op] = []
     for row in restored.sessions:
-        session = restore_session(
-            row, restored.messages.get(row.session_id, []), keyring,
-            context_max_messages=context_max_messages, context_max_bytes=context_max_bytes,
-        )
-        if isinstance(session, Unreadable):
-            unreadable.append(session)
-            continue
+        session = cold_session(row, restored.contexts.get(row.session_id))
         registry.adopt(session)
         if session.tier not in tiers:
             monitor.alert_manager.fire(
@@ -115,24 +102,16 @@ def adopt_restored(
             session.worker = worker
             moved.append(Assign(session.session_id, worker))
         monitor.session_started(session.session_id, session.user_id)
-        quotas.adjust(session.user_id, "storage_mb", session.context.bytes / BYTES_PER_MB)
+        quotas.adjust(session.user_id, "storage_mb", session.cold_bytes / BYTES_PER_MB)
     for event in restored.quota:
         if quotas.window_of(event.user_id, event.resource) is not None:
             quotas.restore(event.user_id, event.resource, event.amount, event.at)
-    for lost in unreadable:
-        monitor.alert_manager.fire(
-            f"unreadable:{lost.session_id}", "decryption", "critical",
-            f"session {lost.session_id[:8]} of user {lost.user_id!r} cannot be decrypted "
-            f"and was not restored: {lost.reason}",
-            lost.session_id,
-        )
     counts = restored.counts
     report = RestoreReport(
-        sessions=counts.sessions - len(unreadable),
+        sessions=counts.sessions,
         messages=counts.messages,
         purged=counts.purged,
         quota_buckets=counts.quota_buckets,
-        unreadable=tuple(u.session_id for u in unreadable),
         clean_shutdown=restored.clean_shutdown,
     )
     return report, moved

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from engine.security import SessionCipher, TokenRecord
 
 EventKind = Literal["created", "ended", "expired", "evicted"]
+# A hot session's memory beyond its text: the cipher and key, and per message a chat dict,
+# its two entries and a timestamp (measured with tracemalloc, rounded up).
+HOT_BASE_BYTES = 1024
+HOT_MESSAGE_BYTES = 320
 
 
 def utf8_size(text: str) -> int:
@@ -117,7 +121,7 @@ class Session:
     last_active_at: float
     idle_timeout_s: float
     lifetime_s: float
-    context: Context
+    context: Context | None  # None while cold: the messages are in the store only
     in_flight: int = 0
     turns: int = 0
     errors: int = 0
@@ -133,10 +137,42 @@ class Session:
     cipher: SessionCipher | None = field(default=None, repr=False)
     _turn_lock: asyncio.Lock | None = None
     running_turn: asyncio.Task[Any] | None = None  # the task whose turn holds turn_lock
+    loading: asyncio.Future[None] | None = None  # warming in progress: later users await it
+    cold_messages: int = 0  # the stored conversation's size while cold (context is None)
+    cold_bytes: int = 0
 
     @property
     def busy(self) -> bool:
         return self.in_flight > 0
+
+    @property
+    def hot(self) -> bool:
+        """Its key is unwrapped and its context decrypted in memory."""
+        return self.context is not None
+
+    @property
+    def context_bytes(self) -> int:
+        return self.context.bytes if self.context is not None else self.cold_bytes
+
+    @property
+    def message_count(self) -> int:
+        return len(self.context) if self.context is not None else self.cold_messages
+
+    @property
+    def hot_bytes(self) -> int:
+        """Estimated memory held by the hot state (context and its dicts, cipher, key)."""
+        if self.context is None:
+            return 0
+        return HOT_BASE_BYTES + HOT_MESSAGE_BYTES * len(self.context) + self.context.bytes
+
+    def demote(self) -> None:
+        """Drop the hot state, keeping the compact record: the store has the rest."""
+        assert self.context is not None and not self.busy and self.loading is None
+        self.cold_messages, self.cold_bytes = len(self.context), self.context.bytes
+        self.context = None
+        self.cipher = None
+        self.wrapped_key = None
+        self._turn_lock = None
 
     @property
     def deadline(self) -> float:
@@ -185,6 +221,7 @@ class SessionRegistry:
         # Insertion-ordered per user, so the first idle one found is the user's oldest idle one.
         self._by_user: dict[str, dict[str, Session]] = {}
         self._heap: list[tuple[float, str]] = []
+        self.hot = HotCache()
         self._listeners: list[Callable[[SessionEvent, Session], None]] = []
         self.recent_events: deque[SessionEvent] = deque(maxlen=recent_events)
         self.event_counts: dict[EventKind, int] = {
@@ -267,11 +304,23 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return None
+        self.hot.discard(session)
         owned = self._by_user[session.user_id]
         del owned[session_id]
         if not owned:
             del self._by_user[session.user_id]
         self._emit(SessionEvent(kind, session_id, session.user_id, now, reason), session)
+        return session
+
+    def discard(self, session_id: str) -> Session | None:
+        """Forget a session without an event: it stays in the store, untouched (unreadable)."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            self.hot.discard(session)
+            owned = self._by_user[session.user_id]
+            del owned[session_id]
+            if not owned:
+                del self._by_user[session.user_id]
         return session
 
     def expire_due(self, now: float) -> list[Session]:
@@ -304,3 +353,40 @@ class SessionRegistry:
         self.recent_events.append(event)
         for listener in self._listeners:
             listener(event, session)
+
+
+class HotCache:
+    """The hot sessions, least recently used first, with their estimated bytes.
+
+    The engine decides when to demote (idle or over budget, never a busy or loading one); this
+    keeps the order, the running total and the counts behind the console's hit ratio.
+    """
+
+    __slots__ = ("_order", "bytes", "hits", "loads")
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[str, tuple[Session, int]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0  # uses that found the session hot
+        self.loads = 0  # uses that had to load it (misses)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, session: Session) -> None:
+        """A session just warmed, or used while hot: most recent now, its size re-estimated."""
+        previous = self._order.pop(session.session_id, None)
+        if previous is not None:
+            self.bytes -= previous[1]
+        size = session.hot_bytes
+        self._order[session.session_id] = (session, size)
+        self.bytes += size
+
+    def discard(self, session: Session) -> None:
+        previous = self._order.pop(session.session_id, None)
+        if previous is not None:
+            self.bytes -= previous[1]
+
+    def oldest_first(self) -> Iterator[Session]:
+        """Least recently used first; do not add or discard while iterating."""
+        return (session for session, _ in self._order.values())

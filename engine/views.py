@@ -72,14 +72,32 @@ class QuotaView:
 
 @dataclass(frozen=True, slots=True)
 class RestoreReport:
-    """What `open()` brought back from the store."""
+    """What `open()` brought back from the store: every session cold, no message decrypted (a
+    session that fails to decrypt is reported, alone, when it is first used)."""
 
     sessions: int
     messages: int
     purged: int
     quota_buckets: int
-    unreadable: tuple[str, ...]  # session ids whose key or messages failed to decrypt
     clean_shutdown: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CacheView:
+    """The hot-session cache: memory follows the sessions in use, the store holds the rest."""
+
+    hot: int
+    cold: int
+    hot_bytes: int
+    budget_bytes: int
+    hits: int
+    loads: int  # first uses that read a session from the store
+    unreadable: int  # sessions whose key or messages failed to decrypt when loaded
+
+    @property
+    def hit_ratio(self) -> float:
+        uses = self.hits + self.loads
+        return self.hits / uses if uses else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +111,7 @@ class SessionDetail:
     metrics: SessionMetrics | None
     quota: tuple[QuotaUsage, ...]
     alerts: tuple[Alert, ...]
+    loaded: bool = True  # False for a cold session: messages are empty until loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +130,7 @@ class EngineSnapshot:
     moves_total: int
     clients: ClientCacheStats | None
     store: StoreStats | None
+    cache: CacheView | None = None
 
 
 class SessionViews:
@@ -140,7 +160,14 @@ class SessionViews:
         self._stale.discard(session_id)
 
     def current(self) -> dict[str, SessionView]:
-        """Every live session's view, up to date; the dict is the cache itself: copy to keep."""
+        """Every live session's view, up to date; the dict is the cache itself: copy to keep.
+
+        Restored sessions get their first view here, at the first snapshot, not at start-up.
+        """
+        if len(self._views) < len(self._registry):
+            for session in self._registry:
+                if session.session_id not in self._views:
+                    self._views[session.session_id] = self._build(session)
         for session_id in self._stale:
             session = self._registry.get(session_id)
             if session is not None:
@@ -156,10 +183,10 @@ class SessionViews:
             tier=session.tier,
             agent_type=session.agent_type,
             worker=session.worker,
-            state="busy" if session.busy else "idle",
+            state="busy" if session.busy else "idle" if session.hot else "cold",
             created_at=session.created_at,
             last_active_at=session.last_active_at,
-            messages=len(session.context),
+            messages=session.message_count,
             turns=session.turns,
             tokens=session.prompt_tokens + session.completion_tokens,
             errors=session.errors,

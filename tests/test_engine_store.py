@@ -37,7 +37,7 @@ async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config,
     async with Engine(config) as engine:
         report = engine.restore_report
         assert report is not None and report.sessions == 1 and report.messages == 6
-        assert report.clean_shutdown and report.unreadable == ()
+        assert report.clean_shutdown
         view = engine.snapshot().sessions[0]  # before history(), which is activity
         assert (view.turns, view.tier, view.last_active_at) == (
             before_view.turns, "pro", before_view.last_active_at,
@@ -117,9 +117,13 @@ async def test_tampered_session_is_reported_alone_and_others_work(make_config):
             (b"gAAAAA-not-a-real-token", bad.session_id),
         )
     async with Engine(config) as engine:
-        assert engine.restore_report.unreadable == (bad.session_id,)
-        assert engine.restore_report.sessions == 1
-        assert any(a.rule == "decryption" for a in engine.snapshot().monitor.alerts)
+        assert engine.restore_report.sessions == 2  # nothing is decrypted at start-up
+        with pytest.raises(errors.AuthenticationError):  # ...but on first use
+            await engine.history(bad.session_id, bad.token)
+        snapshot = engine.snapshot()
+        assert any(a.rule == "decryption" for a in snapshot.monitor.alerts)
+        assert snapshot.cache is not None and snapshot.cache.unreadable == 1
+        assert bad.session_id not in snapshot.sessions_by_id
         assert len(await engine.history(good.session_id, good.token)) == 2
         await engine.send(good.session_id, good.token, "still works")
 
@@ -163,10 +167,10 @@ async def test_a_message_moved_within_its_session_makes_only_that_session_unread
         for statement in MOVES[move]:
             assert db.execute(statement, {"sid": victim.session_id}).rowcount >= 1
     async with Engine(config) as engine:
-        report = engine.restore_report
-        assert report.unreadable == (victim.session_id,) and report.sessions == 1
-        assert any(a.rule == "decryption" for a in engine.snapshot().monitor.alerts)
         with pytest.raises(errors.AuthenticationError):
+            await engine.history(victim.session_id, victim.token)
+        assert any(a.rule == "decryption" for a in engine.snapshot().monitor.alerts)
+        with pytest.raises(errors.AuthenticationError):  # forgotten, not retried
             await engine.history(victim.session_id, victim.token)
         assert await engine.history(other.session_id, other.token) == other_history
 
@@ -192,7 +196,7 @@ async def test_messages_stored_unbound_by_earlier_versions_still_restore(make_co
                 (ciphertext, s.session_id, seq),
             )
     async with Engine(config) as engine:
-        assert engine.restore_report.unreadable == () and engine.restore_report.sessions == 1
+        assert engine.restore_report.sessions == 1
         assert await engine.history(s.session_id, s.token) == before
 
 

@@ -82,6 +82,12 @@ def message(session_id: str, seq: int, ciphertext: bytes | None = None) -> Messa
     return MessageRow(session_id, seq, "user", ciphertext, NOW + seq, 10)
 
 
+async def stored_messages(store: Store, session_id: str) -> list[MessageRow]:
+    """A session's messages as warming it reads them (none once it has ended)."""
+    stored = await store.load_session(session_id)
+    return stored.messages if stored is not None else []
+
+
 def sealed(cipher: SessionCipher, session_id: str, seq: int, text: str) -> bytes:
     """A real ciphertext bound to the place `message` puts it."""
     return cipher.encrypt(text, session_id=session_id, seq=seq, role="user")
@@ -384,8 +390,7 @@ async def test_a_full_disk_fails_the_batch_keeps_the_store_consistent_and_recove
         assert store.stats().failed_batches >= 1
         filler.unlink()
         await store.write(message("s1", 500))  # space is back: writing resumes
-        restored = await store.load_live(NOW)
-        saved = {m.seq for m in restored.messages["s1"]}
+        saved = {m.seq for m in await stored_messages(store, "s1")}
         committed = {row.seq for row, r in zip(big, results, strict=True) if r is None}
         assert saved == {1, 500} | committed  # every acknowledged write, no failed one
         await store.aclose()
@@ -419,8 +424,7 @@ async def test_a_failed_batch_rolls_back_as_a_whole_and_every_waiter_hears_of_it
     assert store.stats().failed_batches == failed_before + 1
     await on_writer_connection(store, "PRAGMA max_page_count = 1073741823")
     await store.write(message("s1", 100))
-    restored = await store.load_live(NOW)
-    assert [m.seq for m in restored.messages["s1"]] == [100]
+    assert [m.seq for m in await stored_messages(store, "s1")] == [100]
 
 
 # --- group commit and acknowledgement ------------------------------------------------------------
@@ -476,8 +480,7 @@ async def test_a_rejected_write_fails_alone_and_its_batch_mates_commit(store):
     )
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], StoreError) and "not stored" in str(results[1])
-    restored = await store.load_live(NOW)
-    assert [m.seq for m in restored.messages["s1"]] == [1, 2]
+    assert [m.seq for m in await stored_messages(store, "s1")] == [1, 2]
 
 
 def count_round_trips(store: Store) -> Callable[[], int]:
@@ -588,11 +591,11 @@ async def test_a_job_runs_alone_between_the_writes_queued_before_and_after_it(st
     await store.save_session(session_row())
     async with writer_held(store):
         store.write_nowait(message("s1", 1))
-        loading = asyncio.ensure_future(store.load_live(NOW))
+        loading = asyncio.ensure_future(store.load_session("s1"))
         await asyncio.sleep(0)  # the job is queued
         store.write_nowait(message("s1", 2))
     restored = await loading
-    assert [m.seq for m in restored.messages["s1"]] == [1]
+    assert restored is not None and [m.seq for m in restored.messages] == [1]
     await store.flush()
     assert query(db_path, "SELECT seq FROM messages ORDER BY id") == [(1,), (2,)]
 
@@ -603,7 +606,7 @@ async def test_a_write_the_statements_cannot_take_fails_alone_and_the_writer_goe
         await store.write(QuotaEvent("alice", "tokens", float("inf"), 1, 60.0))
     await store.write(message("s1", 1))
     assert store.stats().failed_batches == 1
-    assert [m.seq for m in (await store.load_live(NOW)).messages["s1"]] == [1]
+    assert [m.seq for m in await stored_messages(store, "s1")] == [1]
 
 
 async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(db_path):
@@ -825,9 +828,11 @@ async def test_a_large_batch_of_every_row_kind_lands_exactly(store, db_path):
 async def test_messages_come_back_in_seq_order_and_trimming_deletes_the_oldest(store):
     await store.write(session_row(), *(message("s1", n) for n in (3, 1, 2, 5, 4)))
     await store.write(TrimMessages("s1", 2))
-    restored = await store.load_live(NOW)
-    assert [m.seq for m in restored.messages["s1"]] == [3, 4, 5]
-    assert restored.messages["s1"][0].ciphertext == b"ct-s1-3"
+    stored = await stored_messages(store, "s1")
+    assert [m.seq for m in stored] == [3, 4, 5]
+    assert stored[0].ciphertext == b"ct-s1-3"
+    figures = (await store.load_live(NOW)).contexts["s1"]
+    assert (figures.messages, figures.next_seq) == (3, 6)  # read without a ciphertext
 
 
 async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(store, db_path):
@@ -887,9 +892,9 @@ async def test_restore_brings_back_live_sessions_and_purges_expired_ones(db_path
         )
     async with await Store.open(db_path, retention_s=86400) as store:
         restored = await store.load_live(NOW + 700)
+        assert [m.seq for m in await stored_messages(store, "live")] == [1, 2, 3]
     assert [s.session_id for s in restored.sessions] == ["live"]
-    assert [m.seq for m in restored.messages["live"]] == [1, 2, 3]
-    assert set(restored.messages) == {"live"}
+    assert set(restored.contexts) == {"live"}
     assert [(q.at, q.amount) for q in restored.quota] == [(NOW + 500, 42.0)]
     assert [a.alert_id for a in restored.alerts] == [7]
     counts = restored.counts
@@ -916,9 +921,9 @@ async def test_a_tampered_message_fails_only_its_own_session(db_path):
                      (sealed(SessionCipher(keys["b"]), "a", 2, "forged"),))
         conn.commit()
     async with await Store.open(db_path) as store:  # a tampered row is not corruption
-        restored = await store.load_live(NOW)
+        stored = {sid: await stored_messages(store, sid) for sid in ("a", "b")}
     readable = {}
-    for sid, rows in restored.messages.items():
+    for sid, rows in stored.items():
         cipher = SessionCipher(keys[sid])
         try:
             readable[sid] = [opened(cipher, row) for row in rows]
@@ -977,13 +982,17 @@ async def test_rotation_rewraps_every_key_and_leaves_ciphertext_alone(store):
         )
     await store.write(session_row("lost", wrapped_key=b"not a wrapped key"))
     before = await store.load_live(NOW)
+    messages_before = {s.session_id: await stored_messages(store, s.session_id)
+                       for s in before.sessions}
 
     rotated = ring.rotate(new_master)
     report = await store.rewrap_keys(rotated.rewrap)
 
     assert (report.rewrapped, report.failed) == (3, ("lost",))
     after = await store.load_live(NOW)
-    assert after.messages == before.messages  # every ciphertext byte identical
+    messages_after = {s.session_id: await stored_messages(store, s.session_id)
+                      for s in after.sessions}
+    assert messages_after == messages_before  # every ciphertext byte identical
     new_only = rotated.drop_old_keys()
     keys_before = {s.session_id: s.wrapped_key for s in before.sessions}
     for row in after.sessions:
@@ -992,7 +1001,7 @@ async def test_rotation_rewraps_every_key_and_leaves_ciphertext_alone(store):
             continue
         assert row.wrapped_key != keys_before[row.session_id]
         cipher = new_only.unwrap(row.wrapped_key)
-        assert [opened(cipher, m) for m in after.messages[row.session_id]] == [
+        assert [opened(cipher, m) for m in messages_after[row.session_id]] == [
             f"{row.session_id}/1", f"{row.session_id}/2",
         ]
 
@@ -1115,12 +1124,12 @@ async def test_every_acknowledged_write_survives_sigkill(tmp_path):
 
         async with await Store.open(path) as store:  # quick_check passes, WAL recovered
             restored = await store.load_live(0.0)
+            stored = {
+                (s.session_id, row.seq): row.ciphertext
+                for s in restored.sessions
+                for row in await stored_messages(store, s.session_id)
+            }
         assert not restored.clean_shutdown
-        stored = {
-            (sid, row.seq): row.ciphertext
-            for sid, rows in restored.messages.items()
-            for row in rows
-        }
         missing = [ack for ack in acknowledged if ack not in stored]
         assert not missing, f"run {run}: {len(missing)} acknowledged writes lost"
         assert all(stored[ack] == _body(*ack) for ack in acknowledged)

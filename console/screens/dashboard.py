@@ -78,13 +78,24 @@ def session_record(view: Any, now: float) -> dict[str, Any]:
     }
 
 
+def _sessions_sub(snapshot: EngineSnapshot) -> str:
+    """Users, and once some sessions are cold (in the store only), the cache: how many are cold,
+    how often a use found its session hot, and the memory the hot ones hold."""
+    sub = f"users {snapshot.users:,}"
+    cache = snapshot.cache
+    if cache is not None and cache.cold:
+        sub += (
+            f" · cold {cache.cold:,} · hit {cache.hit_ratio:.0%}"
+            f" · {cache.hot_bytes / 2**20:.1f} MB"
+        )
+    return sub
+
+
 def figures(snapshot: EngineSnapshot) -> list[Figure]:
     m = snapshot.monitor
     lat = m.latency
     return [
-        Figure(
-            "sessions", "Sessions", f"{len(snapshot.sessions):,}", sub=f"users {snapshot.users:,}"
-        ),
+        Figure("sessions", "Sessions", f"{len(snapshot.sessions):,}", sub=_sessions_sub(snapshot)),
         Figure("turns", "Turns/s", fmt.rate(m.turns_rate), _series(m.turns_per_s)),
         Figure("tokens", "Tokens/s", fmt.rate(m.tokens_rate), _series(m.tokens_per_s)),
         Figure(

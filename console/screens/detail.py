@@ -86,7 +86,15 @@ class SessionDetailScreen(LiveScreen):
         self.query_one("#detail-counters", Static).update(self._counters(view, detail.metrics))
         self.query_one("#detail-quota", GaugeList).set_rows(quota_gauges(detail.quota))
         self.query_one("#detail-alerts", AlertList).set_rows(alert_rows(detail.alerts, now))
+        if not detail.loaded:  # cold: read and decrypt it from the store, then show it
+            self.query_one("#conversation-title", Label).update("Conversation (loading…)")
+            self.run_worker(self._load(), group="load", exclusive=True)
+            return
         self._show_conversation(detail.messages, detail.dropped_messages)
+
+    async def _load(self) -> None:
+        if await self.console.operator.load(self.session_id):
+            self.show(self.console.engine.snapshot())
 
     def _show_ended(self) -> None:
         if self.ended and self.detail is None:

@@ -1,8 +1,8 @@
 """`session-console serve`: engine and gateway without a terminal, until SIGTERM or SIGINT.
 
 The first signal drains: new turns get 503 and /readyz turns 503, turns in flight get the
-grace to finish, the store flushes, the process exits 0. A second signal exits at once (status
-1): every acknowledged turn is already committed, and the OS drops the store's lock.
+grace to finish, the store flushes, the process exits 0. A second signal exits at once (128 +
+the signal): every acknowledged turn is already committed, and the OS drops the lock.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from engine.errors import StoreError
-from engine.store.ops import Op, Restored, RewrapReport
+from engine.store.ops import Op, Restored, RewrapReport, StoredSession
 
 CommitDone = Callable[[dict[int, Exception] | None, BaseException | None], object]
 """`done(rejected, None)` after a commit, `done(None, error)` after a failed transaction."""
@@ -59,6 +59,10 @@ class Backend(Protocol):
 
     async def load_live(self, now: float) -> Restored:
         """Purge sessions whose deadline passed, prune as `Prune(now)`, return what is live."""
+        ...
+
+    async def load_session(self, session_id: str) -> StoredSession | None:
+        """One live session's wrapped key and messages, oldest first; None if not stored."""
         ...
 
     async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:

@@ -200,16 +200,35 @@ class RestoreCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class ContextFigures:
+    """A stored conversation's size, read without its messages: enough for quotas, the
+    console's table and the next message's seq while the session stays cold."""
+
+    messages: int
+    bytes: int
+    next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """One session's wrapped key and messages, oldest first: what warming a session reads."""
+
+    wrapped_key: bytes = field(repr=False)
+    messages: list[MessageRow]
+
+
+@dataclass(frozen=True, slots=True)
 class Restored:
     """What `load_live` found: everything the engine needs to resume where it stopped.
 
-    `messages` maps session id to its messages, oldest first. `max_alert_id` lets the alert
-    list continue numbering after the stored alerts. `clean_shutdown` is False when the last
-    run ended without `aclose()` (a crash or kill).
+    No message is read: `contexts` maps session id to its stored conversation's figures (absent
+    for a session without messages); `load_session` reads one session's messages when it is
+    first used. `max_alert_id` lets the alert list continue numbering after the stored alerts.
+    `clean_shutdown` is False when the last run ended without `aclose()` (a crash or kill).
     """
 
     sessions: list[SessionRow]
-    messages: dict[str, list[MessageRow]]
+    contexts: dict[str, ContextFigures]
     quota: list[QuotaEvent]
     alerts: list[AlertRow]
     metrics: list[MetricsRow]

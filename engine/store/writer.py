@@ -43,6 +43,7 @@ from engine.store.ops import (
     Restored,
     RewrapReport,
     SessionRow,
+    StoredSession,
     StoreStats,
 )
 from engine.store.sqlite import SqliteBackend
@@ -210,6 +211,14 @@ class Store:
         Bulk reads ordered by (session_id, seq), never a query per session.
         """
         return await self._submit(partial(self.backend.load_live, now))
+
+    async def load_session(self, session_id: str) -> StoredSession | None:
+        """One session's wrapped key and messages, oldest first (None once it has ended).
+
+        An exclusive job like `load_live`: it runs after every write queued before it has
+        committed, so a session demoted with writes still queued reads them back.
+        """
+        return await self._submit(partial(self.backend.load_session, session_id))
 
     async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:
         """Replace every wrapped key by `fn(wrapped)` in one transaction (pass keyring.rewrap).

@@ -28,12 +28,12 @@ from pathlib import Path
 
 from engine.errors import StoreError
 from engine.store.backend import CommitDone, StorageFigures
-from engine.store.ops import Op, Restored, RewrapReport
+from engine.store.ops import Op, Restored, RewrapReport, StoredSession
 from engine.store.sqlite import filelock
 from engine.store.sqlite.checkpointer import Checkpointer
 from engine.store.sqlite.checks import check_file, store_error
 from engine.store.sqlite.connection import ConnectionThread
-from engine.store.sqlite.restore import read_live
+from engine.store.sqlite.restore import read_live, read_session
 from engine.store.sqlite.statements import OpStatements
 from engine.store.sqlite.transactions import (
     close_out,
@@ -121,6 +121,10 @@ class SqliteBackend:
     async def load_live(self, now: float) -> Restored:
         purged = await self.connection.run(partial(purge_expired, self._statements, now))
         return await asyncio.to_thread(read_live, self.path, now, self.clean_shutdown, purged)
+
+    async def load_session(self, session_id: str) -> StoredSession | None:
+        """On the writer's connection, so it reads every write committed before it."""
+        return await self.connection.run(partial(read_session, session_id))
 
     async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:
         """`fn` runs on the connection thread, inside the transaction."""

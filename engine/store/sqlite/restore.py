@@ -1,9 +1,10 @@
-"""The reads at start-up: everything live, in bulk, on a read-only connection of their own.
+"""The reads: everything live at start-up (no message content), and one session on demand.
 
 `load_live` first purges and prunes on the writer's connection; nothing else writes while that
 job runs, so a second connection reads exactly what was just committed, in one worker thread:
-no hop to the loop per chunk, no GIL ping-pong. Reads are ordered by (session_id, seq), never a
-query per session, so each conversation comes out whole and in order.
+no hop to the loop per chunk, no GIL ping-pong. It reads sessions and each conversation's
+figures (count, bytes, next seq), never a ciphertext: messages are read per session, by
+`read_session`, when the engine first uses that session.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 
 from engine.store.ops import (
     AlertRow,
+    ContextFigures,
     MessageRow,
     MetricsRow,
     QuotaEvent,
     RestoreCounts,
     Restored,
     SessionRow,
+    StoredSession,
 )
 from engine.store.sqlite.checks import read_only_uri
 from engine.store.sqlite.statements import SESSION_COLUMNS
@@ -27,8 +30,13 @@ from engine.store.sqlite.statements import SESSION_COLUMNS
 METRICS_RESTORE_S = 3600.0  # roll-ups handed back on restore, enough for the console's charts
 
 _SELECT_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY session_id"
+_SELECT_CONTEXTS = (
+    "SELECT session_id, count(*), sum(size), max(seq) + 1 FROM messages GROUP BY session_id"
+)
+_SELECT_KEY = "SELECT wrapped_key FROM sessions WHERE session_id = ?"
 _SELECT_MESSAGES = (
-    "SELECT session_id, seq, role, ciphertext, at, size FROM messages ORDER BY session_id, seq"
+    "SELECT session_id, seq, role, ciphertext, at, size FROM messages"
+    " WHERE session_id = ? ORDER BY seq"
 )
 _SELECT_QUOTA = (
     "SELECT user_id, resource, at, amount, window_s FROM quota_usage"
@@ -47,16 +55,11 @@ def read_live(path: Path, now: float, clean_shutdown: bool, purged: int) -> Rest
     gc.disable()  # millions of new objects would trigger many pointless collections
     try:
         sessions = [SessionRow(*row) for row in conn.execute(_SELECT_SESSIONS)]
-        messages: dict[str, list[MessageRow]] = {}
-        count = 0
-        current_id: str | None = None
-        current: list[MessageRow] = []
-        for row in conn.execute(_SELECT_MESSAGES):
-            if row[0] != current_id:
-                current_id = row[0]
-                current = messages[current_id] = []
-            current.append(MessageRow(*row))
-            count += 1
+        contexts = {
+            row[0]: ContextFigures(row[1], row[2], row[3])
+            for row in conn.execute(_SELECT_CONTEXTS)
+        }
+        count = sum(figures.messages for figures in contexts.values())
         quota = [QuotaEvent(*row) for row in conn.execute(_SELECT_QUOTA, (now,))]
         alerts = [AlertRow(*row[:9], bool(row[9]), row[10]) for row in conn.execute(_SELECT_ALERTS)]
         since = (now - METRICS_RESTORE_S,)
@@ -68,7 +71,7 @@ def read_live(path: Path, now: float, clean_shutdown: bool, purged: int) -> Rest
         conn.close()
     return Restored(
         sessions=sessions,
-        messages=messages,
+        contexts=contexts,
         quota=quota,
         alerts=alerts,
         metrics=metrics,
@@ -82,3 +85,12 @@ def read_live(path: Path, now: float, clean_shutdown: bool, purged: int) -> Rest
             alerts=len(alerts),
         ),
     )
+
+
+def read_session(session_id: str, conn: sqlite3.Connection) -> StoredSession | None:
+    """One session's wrapped key and messages, oldest first; None once it has ended."""
+    key = conn.execute(_SELECT_KEY, (session_id,)).fetchone()
+    if key is None:
+        return None
+    messages = [MessageRow(*row) for row in conn.execute(_SELECT_MESSAGES, (session_id,))]
+    return StoredSession(key[0], messages)
