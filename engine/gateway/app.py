@@ -52,6 +52,27 @@ Handler = Callable[[Request], Awaitable[Response]]
 CLOSE_AFTER = frozenset({408, 413})  # the rest of the request may be unread: do not reuse
 
 
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """What a request asks of the engine for one turn."""
+
+    session_id: str
+    token: str
+    content: str
+    agent_type: str
+    strategy: str
+    client: str
+
+    def send(
+        self, engine: Engine, on_delta: Callable[[str], None] | None = None
+    ) -> Awaitable[Reply]:
+        return engine.send(
+            self.session_id, self.token, self.content, agent_type=self.agent_type,
+            multitask_strategy=self.strategy,  # type: ignore[arg-type]
+            on_delta=on_delta, client=self.client,
+        )
+
+
 @dataclass(slots=True)
 class _Stream:
     """A turn running in its own task, its reply's pieces queued, None once it is over."""
@@ -147,11 +168,12 @@ class GatewayApp:
         strategy = _strategy(field(body, "multitask_strategy", str, "enqueue"))
         session_id, token = _session_id(request), _bearer(request)
         if not field(body, "stream", bool, False):
-            reply, engine_s = await self._turn(
-                request, session_id, token, content, agent_type, strategy
-            )
+            turn = _Turn(session_id, token, content, agent_type, strategy, _client(request))
+            reply, engine_s = await self._turn(turn)
             return _json(_reply_object(reply, engine_s), headers=_server_timing(reply, engine_s))
-        stream = await self._start(request, session_id, token, content, agent_type, strategy)
+        stream = await self._start(
+            _Turn(session_id, token, content, agent_type, strategy, _client(request))
+        )
 
         async def events() -> Any:
             async for piece in self._pieces(stream):
@@ -204,9 +226,8 @@ class GatewayApp:
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
         if not field(body, "stream", bool, False):
-            reply, engine_s = await self._turn(
-                request, session_id, token, content, model, strategy
-            )
+            turn = _Turn(session_id, token, content, model, strategy, _client(request))
+            reply, engine_s = await self._turn(turn)
             return _json(
                 {
                     "id": completion_id,
@@ -223,7 +244,9 @@ class GatewayApp:
                 headers=_server_timing(reply, engine_s),
             )
         include_usage = field(body, "stream_options", dict, {}).get("include_usage") is True
-        stream = await self._start(request, session_id, token, content, model, strategy)
+        stream = await self._start(
+            _Turn(session_id, token, content, model, strategy, _client(request))
+        )
 
         def chunk(delta: dict[str, str], finish: str | None) -> bytes:
             payload: dict[str, Any] = {
@@ -316,42 +339,18 @@ class GatewayApp:
             request, self.settings.max_request_bytes, self.settings.body_timeout_s
         )
 
-    async def _turn(
-        self,
-        request: Request,
-        session_id: str,
-        token: str,
-        content: str,
-        agent_type: str,
-        strategy: str,
-    ) -> tuple[Reply, float]:
+    async def _turn(self, turn: _Turn) -> tuple[Reply, float]:
         """A turn, and the whole time the engine took for it (its commit wait included)."""
         started = time.perf_counter()
-        reply = await self.engine.send(
-            session_id, token, content, agent_type=agent_type,
-            multitask_strategy=strategy,  # type: ignore[arg-type]
-            client=_client(request),
-        )
+        reply = await turn.send(self.engine)
         engine_s = time.perf_counter() - started
         self._turns.observe(reply.agent_type, engine_s, reply.model_latency_s)
         return reply, engine_s
 
-    async def _start(
-        self,
-        request: Request,
-        session_id: str,
-        token: str,
-        content: str,
-        agent_type: str,
-        strategy: str,
-    ) -> _Stream:
+    async def _start(self, ask: _Turn) -> _Stream:
         """Start a streamed turn; a failure before its first piece raises here (a status)."""
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        turn = asyncio.create_task(self.engine.send(
-            session_id, token, content, agent_type=agent_type,
-            multitask_strategy=strategy,  # type: ignore[arg-type]
-            on_delta=pieces.put_nowait, client=_client(request),
-        ))
+        turn = asyncio.create_task(ask.send(self.engine, pieces.put_nowait))
         stream = _Stream(turn, pieces, None, time.perf_counter())
 
         def over(_: object) -> None:
