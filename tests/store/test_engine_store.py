@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from tests.test_security import unbound_ciphertext
 
 from engine import Engine, EngineConfig, LLMSettings, SessionSettings, StoreSettings, errors
 from engine.security import KeyRing
 from tests.conftest import INSTANT
+from tests.engine.test_security import unbound_ciphertext
 
 ROOT = Path(__file__).resolve().parents[2]
 
