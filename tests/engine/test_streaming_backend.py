@@ -31,9 +31,10 @@ async def engine(make_config, tmp_path: Path, server):
         'model = "sim-assistant"\nmin_instances = 1\nmax_instances = 2\n'
     )
     config = make_config(
-        llm="openai", base_url=server.base_url, api_key="sk-local", agent_types_file=agents,
-        session_rate=RateLimit(1000.0, 1000), user_rate=RateLimit(1000.0, 1000),
-        turn_timeout_s=5.0, llm_max_retries=2,
+        llm={"backend": "openai", "base_url": server.base_url, "api_key": "sk-local",
+             "turn_timeout_s": 5.0, "max_retries": 2},
+        pools={"agent_types_file": agents},
+        limits={"session_rate": RateLimit(1000.0, 1000), "user_rate": RateLimit(1000.0, 1000)},
     )
     async with Engine(config) as running:
         yield running
