@@ -28,24 +28,18 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import LoopLag, load_average, machine, ms, print_json, unlimited_limits
 
-from engine import Engine, EngineConfig, LimitSettings, LLMSettings, SimSettings, StoreSettings
+from engine import Engine, EngineConfig, LLMSettings, SimSettings, StoreSettings
 from engine.errors import AuthenticationError, EngineError, RateLimited
-from engine.metrics import LatencyHistogram
-from engine.quotas import QuotaLimit
-from engine.ratelimit import RateLimit
 from loadgen import Distribution, EngineTransport, LoadGenerator, LoadOptions
 
 NOISY_USERS = 30
@@ -58,53 +52,6 @@ COST_BLOCKS = 10
 OVERLOAD_USERS = 10_000
 P95_FACTOR = 3.0
 P95_SLACK_S = 0.05
-UNLIMITED = {
-    "unlimited": {
-        "api_calls": QuotaLimit(1e12, 60.0),
-        "tokens": QuotaLimit(1e15, 3600.0),
-        "storage_mb": QuotaLimit(1e12, None),
-        "compute_seconds": QuotaLimit(1e12, 3600.0),
-    }
-}
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
-
-
-class LoopLag:
-    """How late a 10 ms timer fires: the queueing every task on the loop sees."""
-
-    def __init__(self) -> None:
-        self.histogram = LatencyHistogram()
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def reset(self) -> None:
-        self.histogram = LatencyHistogram()
-        self.worst = 0.0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            late = time.perf_counter() - before - 0.01
-            self.histogram.record(late)
-            self.worst = max(self.worst, late)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    def report(self) -> dict:
-        h = self.histogram
-        return {
-            "p50_ms": ms(h.percentile(0.5)), "p99_ms": ms(h.percentile(0.99)),
-            "max_ms": ms(self.worst),
-        }
 
 
 class GcPauses:
@@ -337,10 +284,7 @@ async def overload(seconds: float) -> dict:
         config = config_for(
             folder,
             llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
-            limits=LimitSettings(
-                tiers=UNLIMITED, default_tier="unlimited",
-                session_rate=RateLimit(1e9, 10**9), user_rate=RateLimit(1e9, 10**9),
-            ),
+            limits=unlimited_limits(api_calls_window_s=60.0),
             durable_ack=False,
         )
         async with Engine(config) as engine:
@@ -379,7 +323,7 @@ async def overload(seconds: float) -> dict:
 
 async def run(args: argparse.Namespace) -> dict:
     began = time.perf_counter()
-    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
+    load_at_start = load_average()
     out: dict = {"benchmark": "abuse"}
     if "cost" in args.parts:
         out["cost"] = await cost(args.cost_calls)
@@ -387,11 +331,7 @@ async def run(args: argparse.Namespace) -> dict:
         out["storm"] = await storm(args.alone_s, args.storm_s)
     if "overload" in args.parts:
         out["overload"] = await overload(args.overload_s)
-    out["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_1m_at_start": load_at_start,
-    }
+    out["machine"] = machine(load_average_1m_at_start=load_at_start)
     out["runtime_s"] = round(time.perf_counter() - began, 1)
     return out
 
@@ -410,7 +350,7 @@ def main() -> None:
                         help="calls per cost figure (default: %(default)s)")
     args = parser.parse_args()
     args.parts = set(args.parts.split(","))
-    print(json.dumps(asyncio.run(run(args)), indent=2))
+    print_json(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import agent_types_file, print_json, unlimited_limits
 
 from engine import (
     Engine,
     EngineConfig,
-    LimitSettings,
     LLMSettings,
     PoolSettings,
-    QuotaLimit,
-    RateLimit,
     SimSettings,
     StoreSettings,
 )
@@ -38,36 +33,14 @@ from engine.agents import build_agent, load_agent_specs
 from engine.llm import SimSource, SimulatedModel
 from engine.simserver import SimServer
 
-UNLIMITED = {
-    "unlimited": {
-        "api_calls": QuotaLimit(1e12, 3600.0),
-        "tokens": QuotaLimit(1e15, 3600.0),
-        "storage_mb": QuotaLimit(1e12, None),
-        "compute_seconds": QuotaLimit(1e12, 3600.0),
-    }
-}
 SIM = SimSettings(median_latency_s=0.05, p99_latency_s=0.2, seed=1)
-
-
-def big_pools(folder: Path, size: int) -> Path:
-    path = folder / "agents.toml"
-    path.write_text(
-        f'[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
-        f'model = "sim-assistant"\nmin_instances = 0\nmax_instances = {size}\n'
-    )
-    return path
 
 
 def config(folder: Path, users: int) -> EngineConfig:
     return EngineConfig(
         store=StoreSettings(data_dir=folder),
-        limits=LimitSettings(
-            tiers=UNLIMITED,
-            default_tier="unlimited",
-            session_rate=RateLimit(1e9, 10**9),
-            user_rate=RateLimit(1e9, 10**9),
-        ),
-        pools=PoolSettings(agent_types_file=big_pools(folder, users), workers=1,
+        limits=unlimited_limits(overload=None),  # overhead, not shedding on a busy machine
+        pools=PoolSettings(agent_types_file=agent_types_file(folder, users), workers=1,
                            per_user_agent_cap=4),
         llm=LLMSettings(sim=SIM),
     )
@@ -157,7 +130,7 @@ async def main() -> None:
             async with Engine(http) as engine:
                 figures["http_sim_100_users"] = await drive(engine, 100, 10.0)
     figures["bytes_per_pooled_agent"] = memory_per_agent()
-    print(json.dumps(figures, indent=2))
+    print_json(figures)
 
 
 if __name__ == "__main__":

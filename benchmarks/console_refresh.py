@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import print_json
 
 from console.app import SessionConsole
 from engine import Engine, EngineConfig, LLMSettings, SessionSettings, SimSettings, StoreSettings
@@ -127,14 +125,14 @@ async def main(sizes: tuple[int, ...], ticks: int) -> None:
     for sessions in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             results.append(await measure(sessions, ticks, Path(tmp)))
-    print(json.dumps({
+    print_json({
         "benchmark": "console_refresh",
         "what": "event-loop thread CPU per refresh tick: snapshot + widgets update + render",
         "terminal": list(TERMINAL),
         "churn_turns_per_tick": CHURN,
         "target_ms_at_100k": TARGET_MS,
         "results": results,
-    }, indent=2))
+    })
 
 
 if __name__ == "__main__":

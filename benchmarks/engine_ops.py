@@ -17,27 +17,22 @@ import argparse
 import asyncio
 import ctypes
 import gc
-import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import agent_types_file, print_json, unlimited_limits, unlimited_tiers
 
 from engine import (
     Engine,
     EngineConfig,
-    LimitSettings,
     LLMSettings,
     PoolSettings,
-    QuotaLimit,
-    RateLimit,
     SimSettings,
     StoreSettings,
 )
@@ -49,37 +44,13 @@ from engine.store import MessageRow, SessionRow, Store
 FOREVER_S = 10 * 365 * 86400.0  # stored sessions stay live however long the file is kept
 TURNS = 10  # 20 messages per stored session
 
-UNLIMITED = {
-    "unlimited": {
-        "api_calls": QuotaLimit(1e12, 3600.0),
-        "tokens": QuotaLimit(1e15, 3600.0),
-        "storage_mb": QuotaLimit(1e12, None),
-        "compute_seconds": QuotaLimit(1e12, 3600.0),
-    }
-}
-
-
-def big_pools(folder: Path, size: int = 1000) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "agents.toml"
-    path.write_text(
-        f'[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
-        f'model = "sim-assistant"\nmin_instances = 0\nmax_instances = {size}\n'
-    )
-    return path
-
 
 def config(data_dir: Path) -> EngineConfig:
     return EngineConfig(
         store=StoreSettings(data_dir=data_dir),
-        pools=PoolSettings(agent_types_file=big_pools(data_dir), workers=1),
+        pools=PoolSettings(agent_types_file=agent_types_file(data_dir, 1000), workers=1),
         llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
-        limits=LimitSettings(
-            tiers=UNLIMITED,
-            default_tier="unlimited",
-            session_rate=RateLimit(1e9, 10**9),
-            user_rate=RateLimit(1e9, 10**9),
-        ),
+        limits=unlimited_limits(overload=None),  # throughput, not shedding on a busy machine
     )
 
 
@@ -112,7 +83,7 @@ async def bench_send(data_dir: Path, sessions: int, turns: int) -> float:
 
 def bench_quota_check(events_in_window: int, checks: int = 50_000) -> float:
     clock = ManualClock()
-    quotas = QuotaManager(clock, tiers=UNLIMITED, default_tier="unlimited")
+    quotas = QuotaManager(clock, tiers=unlimited_tiers(), default_tier="unlimited")
     for _ in range(events_in_window):
         quotas.record("alice", "api_calls", 1)
         clock.advance(3000.0 / events_in_window)  # spread across most of the window
@@ -291,7 +262,7 @@ async def main() -> None:
     args = parser.parse_args()
     stored_folder = Path(tempfile.gettempdir()) / "session-console-bench"
     if args.cold_only:
-        print(json.dumps(await bench_stored_sessions(stored_folder, args.sessions), indent=2))
+        print_json(await bench_stored_sessions(stored_folder, args.sessions))
         return
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -309,7 +280,7 @@ async def main() -> None:
             "bytes_per_session_with_20_messages": await bench_bytes_per_session(data_dir),
             **await bench_stored_sessions(stored_folder, args.sessions),
         }
-    print(json.dumps(figures, indent=2))
+    print_json(figures)
 
 
 if __name__ == "__main__":

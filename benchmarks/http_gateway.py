@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import platform
 import random
 import re
 import signal
@@ -50,8 +49,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import load_average, machine, print_json, unlimited_limits
 
 APP_KEY = "http-gateway-benchmark-app-key"
 SIZE = (160, 45)  # the console's terminal in the 2 Hz run
@@ -70,33 +68,13 @@ TARGETS = {
 # -- shared by every process -------------------------------------------------------------------
 def bench_config(data_dir: Path, durable_ack: bool) -> Any:
     """Zero-latency simulator; quotas, rate limits and the connection bound out of reach."""
-    from engine import (
-        EngineConfig,
-        GatewaySettings,
-        LimitSettings,
-        LLMSettings,
-        SimSettings,
-        StoreSettings,
-    )
-    from engine.quotas import QuotaLimit
-    from engine.ratelimit import RateLimit
+    from engine import EngineConfig, GatewaySettings, LLMSettings, SimSettings, StoreSettings
 
-    unlimited = {
-        "api_calls": QuotaLimit(1e12, 60.0),
-        "tokens": QuotaLimit(1e15, 3600.0),
-        "storage_mb": QuotaLimit(1e12, None),
-        "compute_seconds": QuotaLimit(1e12, 3600.0),
-    }
     return EngineConfig(
         store=StoreSettings(data_dir=data_dir, durable_ack=durable_ack, durability="process"),
         llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
-        limits=LimitSettings(
-            tiers={"unlimited": unlimited},
-            default_tier="unlimited",
-            session_rate=RateLimit(1e9, 10**9),
-            user_rate=RateLimit(1e9, 10**9),
-            overload=None,  # measured at capacity on purpose: nothing may be shed
-        ),
+        # Measured at capacity on purpose: nothing may be shed.
+        limits=unlimited_limits(api_calls_window_s=60.0, overload=None),
         gateway=GatewaySettings(max_connections=8192, app_keys=(APP_KEY,)),
     )
 
@@ -487,7 +465,7 @@ def difference(a: float | None, b: float | None) -> float | None:
 async def orchestrate(counts: list[int], duration: float, rate: float | None,
                       fast_ack: bool) -> dict[str, Any]:
     began = time.perf_counter()
-    load_before = round(os.getloadavg()[0], 2)
+    load_before = load_average()
     out: dict[str, Any] = {
         "benchmark": "http_gateway",
         "settings": {
@@ -566,12 +544,9 @@ async def orchestrate(counts: list[int], duration: float, rate: float | None,
             "http": await http_runs("headless", 100, duration, rate, False),
         }
     out["targets"] = targets(out)
-    out["machine"] = {
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_1m_before": load_before,
-        "load_average_1m_after": round(os.getloadavg()[0], 2),
-    }
+    out["machine"] = machine(
+        load_average_1m_before=load_before, load_average_1m_after=load_average()
+    )
     out["runtime_s"] = round(time.perf_counter() - began, 1)
     return out
 
@@ -625,7 +600,7 @@ def main() -> None:
     if args.quick:
         duration, counts = 4.0, [100]
     result = asyncio.run(orchestrate(counts, duration, args.rate, args.with_fast_ack))
-    print(json.dumps(result, indent=2))
+    print_json(result)
 
 
 if __name__ == "__main__":

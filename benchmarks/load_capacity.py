@@ -21,27 +21,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import LoopLag, load_average, machine, print_json, unlimited_limits
 
 from engine import (
     Engine,
     EngineConfig,
-    LimitSettings,
     LLMSettings,
-    QuotaLimit,
-    RateLimit,
     SimSettings,
     StoreSettings,
 )
-from engine.metrics import LatencyHistogram
 from loadgen import Distribution, EngineTransport, LoadGenerator, LoadOptions
 
 STEPS = (100, 250, 500, 1000, 2500, 5000, 7500, 10_000, 15_000, 20_000)
@@ -51,38 +43,6 @@ RATE_FLOOR = 0.9  # of users / mean think time
 SPAWN_RATE = 2500.0
 SETTLE_S = 6.0  # past the spawn burst (each user's first turn comes at once)
 TARGET_USERS = 10_000
-UNLIMITED = {
-    "unlimited": {
-        "api_calls": QuotaLimit(1e12, 60.0),
-        "tokens": QuotaLimit(1e15, 3600.0),
-        "storage_mb": QuotaLimit(1e12, None),
-        "compute_seconds": QuotaLimit(1e12, 3600.0),
-    }
-}
-
-
-class LoopLag:
-    """How late a 10 ms timer fires: the queueing every task on the loop sees."""
-
-    def __init__(self) -> None:
-        self.histogram = LatencyHistogram()
-        self._task: asyncio.Task[None] | None = None
-
-    def reset(self) -> None:
-        self.histogram = LatencyHistogram()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            self.histogram.record(time.perf_counter() - before - 0.01)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
 
 async def wait_for_users(generator: LoadGenerator, users: int) -> None:
@@ -142,12 +102,7 @@ async def run_mode(
                 data_dir=Path(folder), durable_ack=durable_ack, durability=durability
             ),
             llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
-            limits=LimitSettings(
-                tiers=UNLIMITED,
-                default_tier="unlimited",
-                session_rate=RateLimit(1e9, 10**9),
-                user_rate=RateLimit(1e9, 10**9),
-            ),
+            limits=unlimited_limits(api_calls_window_s=60.0),
         )
         async with Engine(config) as engine:
             generator = LoadGenerator(EngineTransport(engine), options)
@@ -179,7 +134,7 @@ async def run_mode(
 
 async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict:
     began = time.perf_counter()
-    load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
+    load_at_start = load_average()
     # Each mode gets a third of the budget, so the last ladder is not starved by the first two.
     share = budget_s / 3
 
@@ -221,11 +176,7 @@ async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict
         },
         "measure_s_per_step": measure_s,
         "modes": modes,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_1m_at_start": load_at_start,
-        },
+        "machine": machine(load_average_1m_at_start=load_at_start),
         "runtime_s": round(time.perf_counter() - began, 1),
     }
 
@@ -241,7 +192,7 @@ def main() -> None:
                              "third is spent (default: %(default)s)")
     args = parser.parse_args()
     steps = tuple(int(s) for s in args.steps.split(","))
-    print(json.dumps(asyncio.run(run(steps, args.measure_s, args.budget_s)), indent=2))
+    print_json(asyncio.run(run(steps, args.measure_s, args.budget_s)))
 
 
 if __name__ == "__main__":

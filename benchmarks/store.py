@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from common import print_json
 from cryptography.fernet import Fernet
 
 from engine.security import SessionCipher
@@ -221,7 +219,7 @@ async def main() -> None:
         for sessions in (int(n) for n in args.restore.split(",") if n):
             progress(f"restore, {sessions:,} sessions x {MESSAGES_PER_SESSION} messages")
             report["restore"].append(await restore(folder, sessions))
-    print(json.dumps(report, indent=2))
+    print_json(report)
 
 
 if __name__ == "__main__":

@@ -17,61 +17,40 @@ divided by the turns) does not. Run: .venv/bin/python benchmarks/stream_ttfb.py
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from common import agent_types_file, load_average, print_json, unlimited_limits
 from openai import AsyncOpenAI
 
-from engine import Engine, EngineConfig
-from engine.config import SimSettings
+from engine import Engine, EngineConfig, LLMSettings, PoolSettings, SimSettings, StoreSettings
 from engine.gateway import Gateway
 from engine.llm import FIRST_PIECE_SHARE
-from engine.quotas import QuotaLimit
-from engine.ratelimit import RateLimit
 from engine.simserver import SimServer
 
 LATENCY_S = 0.2
 SIM = SimSettings(median_latency_s=LATENCY_S, p99_latency_s=LATENCY_S, seed=1)
-UNLIMITED = {
-    "unlimited": {
-        "api_calls": QuotaLimit(1e12, 3600.0),
-        "tokens": QuotaLimit(1e15, 3600.0),
-        "storage_mb": QuotaLimit(1e12, None),
-        "compute_seconds": QuotaLimit(1e12, 3600.0),
-    }
-}
 SEQUENTIAL_TURNS = 100
 CONCURRENT_USERS = 50
 TURNS_PER_USER = 4
 
 
-def config(folder: Path, **overrides: object) -> EngineConfig:
-    agents = folder / "agents.toml"
-    agents.write_text(
-        '[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
-        f'model = "sim-assistant"\nmin_instances = 0\nmax_instances = {CONCURRENT_USERS}\n'
+def config(folder: Path, llm: LLMSettings | None = None) -> EngineConfig:
+    return EngineConfig(
+        store=StoreSettings(data_dir=folder / "data"),
+        limits=unlimited_limits(),
+        pools=PoolSettings(
+            agent_types_file=agent_types_file(folder, CONCURRENT_USERS),
+            workers=1,
+            per_user_agent_cap=4,
+        ),
+        llm=llm or LLMSettings(sim=SIM),
     )
-    settings: dict[str, object] = {
-        "data_dir": folder / "data",
-        "tiers": UNLIMITED,
-        "default_tier": "unlimited",
-        "session_rate": RateLimit(1e9, 10**9),
-        "user_rate": RateLimit(1e9, 10**9),
-        "agent_types_file": agents,
-        "workers": 1,
-        "per_user_agent_cap": 4,
-        "sim": SIM,
-    }
-    return EngineConfig(**(settings | overrides))
 
 
 @asynccontextmanager
@@ -82,7 +61,9 @@ async def backend(name: str, folder: Path) -> AsyncIterator[tuple[Engine, Turn]]
             yield engine, engine_turn(engine)
         return
     async with SimServer(SIM) as server, Engine(
-        config(folder, llm="openai", base_url=server.base_url, api_key="sk-local")
+        config(folder, LLMSettings(
+            backend="openai", base_url=server.base_url, api_key="sk-local", sim=SIM,
+        ))
     ) as engine:
         if name == "openai_simserver":
             yield engine, engine_turn(engine)
@@ -200,7 +181,7 @@ async def main() -> None:
             "engine.send() called, to the first on_delta piece / to send() returning; "
             "for the gateway: the request sent, to the first content chunk / to the end"
         ),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+        "load_average_1m_at_start": load_average(),
         "cpus": os.cpu_count(),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +191,7 @@ async def main() -> None:
                     "sequential": await sequential(engine, turn),
                     f"concurrent_{CONCURRENT_USERS}_users": await concurrent(engine, turn),
                 }
-    print(json.dumps(results, indent=2))
+    print_json(results)
 
 
 if __name__ == "__main__":

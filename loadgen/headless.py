@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypedDict, Unpack
 
 from engine import Engine, EngineConfig
 from loadgen.http import GatewayTransport
@@ -28,6 +28,16 @@ from loadgen.runner import LoadGenerator
 from loadgen.transport import EngineTransport
 
 INTERRUPT_GRACE_S = 2.0  # after Ctrl-C, calls still running this long are cancelled
+
+
+class Outputs(TypedDict, total=False):
+    """What a run prints and writes, passed through to `drive` (its defaults apply)."""
+
+    stats_interval_s: float
+    report: Path | None
+    csv_prefix: str | None
+    fail_on: Sequence[FailCondition]
+    out: TextIO
 
 
 class TargetView(Protocol):
@@ -82,19 +92,13 @@ class GatewayView:
 async def run_headless(
     config: EngineConfig,
     options: LoadOptions,
-    *,
-    stats_interval_s: float = 2.0,
-    report: Path | None = None,
-    csv_prefix: str | None = None,
-    fail_on: Sequence[FailCondition] = (),
-    out: TextIO = sys.stdout,
+    **outputs: Unpack[Outputs],
 ) -> int:
     """Run the load against an in-process engine with no UI; see `drive`."""
     async with Engine(config) as engine:
         return await drive(
             LoadGenerator(EngineTransport(engine), options), EngineView(engine, config),
-            end_grace_s=config.llm.turn_timeout_s + 1.0, stats_interval_s=stats_interval_s,
-            report=report, csv_prefix=csv_prefix, fail_on=fail_on, out=out,
+            end_grace_s=config.llm.turn_timeout_s + 1.0, **outputs,
         )
 
 
@@ -104,11 +108,7 @@ async def run_headless_http(
     options: LoadOptions,
     *,
     request_timeout_s: float = 30.0,
-    stats_interval_s: float = 2.0,
-    report: Path | None = None,
-    csv_prefix: str | None = None,
-    fail_on: Sequence[FailCondition] = (),
-    out: TextIO = sys.stdout,
+    **outputs: Unpack[Outputs],
 ) -> int:
     """Run the load against a running gateway at `base_url` with no UI; see `drive`."""
     async with GatewayTransport(
@@ -116,8 +116,7 @@ async def run_headless_http(
     ) as transport:
         return await drive(
             LoadGenerator(transport, options), GatewayView(transport),
-            end_grace_s=request_timeout_s + 1.0, stats_interval_s=stats_interval_s,
-            report=report, csv_prefix=csv_prefix, fail_on=fail_on, out=out,
+            end_grace_s=request_timeout_s + 1.0, **outputs,
         )
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sigterm_stream import stream_through_sigterm
 
 from engine import Engine, EngineConfig, SessionSettings, StoreSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HANG_GUARD_S = 90.0  # start-up on a busy machine, and exit; never a measure of speed
 ROWS, COLUMNS = 40, 120
 IDLE_S = 3600.0  # sessions made by the test must not expire while a slow machine runs it
@@ -255,41 +256,30 @@ CONSOLE_WITH_GATEWAY = r"""
 import sys
 from pathlib import Path
 from console.app import SessionConsole
-from engine import EngineConfig, LLMSettings, SessionSettings, SimSettings, StoreSettings
+from engine import (
+    EngineConfig, GatewaySettings, LLMSettings, SessionSettings, SimSettings, StoreSettings,
+)
 slow = SimSettings(median_latency_s=4.0, p99_latency_s=4.5, seed=1)
-config = EngineConfig.from_env(
-    store=StoreSettings(data_dir=Path(sys.argv[1])), llm=LLMSettings(sim=slow),
+config = EngineConfig(
+    store=StoreSettings(data_dir=Path(sys.argv[1])),
+    llm=LLMSettings(sim=slow),
     sessions=SessionSettings(idle_timeout_s=3600.0),
+    gateway=GatewaySettings(app_keys=(sys.argv[2],)),
 )
 SessionConsole(config, listen="127.0.0.1:0").run()
 """
 
 
-def test_sigterm_with_the_gateway_finishes_the_http_turn_in_flight(running, data_dir, monkeypatch):
+def test_sigterm_with_the_gateway_finishes_the_http_turn_in_flight(running, data_dir):
     app_key = "terminal-test-app-key"
-    monkeypatch.setenv("SESSION_CONSOLE_APP_KEYS", app_key)
-    app = running([sys.executable, "-c", CONSOLE_WITH_GATEWAY, str(data_dir)])
+    app = running([sys.executable, "-c", CONSOLE_WITH_GATEWAY, str(data_dir), app_key])
     app.wait_for(b"http://127.0.0.1:")
     base = re.search(rb"http://127\.0\.0\.1:\d+", bytes(app.output)).group().decode()
     created = httpx.post(f"{base}/v1/sessions", json={"user_id": "alice"},
                          headers={"Authorization": f"Bearer {app_key}"}).json()
     sid, token = created["session_id"], created["token"]
 
-    async def stream_through_sigterm() -> list[str]:
-        events: list[str] = []
-        async with httpx.AsyncClient(base_url=base, timeout=HANG_GUARD_S) as http, http.stream(
-            "POST", f"/v1/sessions/{sid}/messages",
-            json={"content": "finish me please", "stream": True},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    events.append(line[7:])
-                    if events == ["delta"]:
-                        app.process.send_signal(signal.SIGTERM)  # mid-turn
-        return events
-
-    events = asyncio.run(stream_through_sigterm())
+    events = stream_through_sigterm(base, sid, token, app.process, timeout_s=HANG_GUARD_S)
 
     assert events[-1] == "done"
     assert app.wait_exit() == 0

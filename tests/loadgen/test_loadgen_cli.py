@@ -12,7 +12,7 @@ import pytest
 
 from loadgen import Distribution, FailCondition, ShapeStep, Spike, parse_mix, parse_shape
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_spikes_parse_strictly():

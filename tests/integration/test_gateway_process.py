@@ -8,17 +8,17 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+from sigterm_stream import stream_through_sigterm
 
 from engine import Engine, EngineConfig, StoreSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP_KEY = "process-test-app-key"
 
 
@@ -88,21 +88,7 @@ def test_sigterm_drains_the_turn_in_flight_and_exits_0(tmp_path):
         created = httpx.post(f"{base}/v1/sessions", json={"user_id": "alice"}, headers=auth)
         sid, token = created.json()["session_id"], created.json()["token"]
 
-        async def stream_through_sigterm() -> list[str]:
-            events = []
-            async with httpx.AsyncClient(base_url=base, timeout=60) as http, http.stream(
-                "POST", f"/v1/sessions/{sid}/messages",
-                json={"content": "finish me please", "stream": True},
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("event: "):
-                        events.append(line[7:])
-                        if events == ["delta"]:
-                            process.send_signal(signal.SIGTERM)  # mid-turn
-            return events
-
-        events = asyncio.run(stream_through_sigterm())
+        events = stream_through_sigterm(base, sid, token, process, timeout_s=60)
         assert events[-1] == "done"
         assert process.wait(timeout=60) == 0
         assert process.stderr is not None

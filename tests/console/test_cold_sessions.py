@@ -8,12 +8,12 @@ import sqlite3
 
 import pytest
 from rendered import screen_text
+from test_console import console_for, open_detail, refreshed
 
 from engine import Engine, errors
 from engine.config import SimSettings
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
-from tests.test_console import console_for, open_detail, refreshed
 from widgets import VirtualTable
 
 

@@ -34,7 +34,7 @@ from engine.ratelimit import RateLimit
 from loadgen import GatewayTransport, TurnReply
 from loadgen.http import AppKeyRefused, UnexpectedReply, error_from_response, parse_server_timing
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP_KEY = "loadgen-test-app-key-0123456789"
 
 

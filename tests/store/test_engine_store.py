@@ -19,9 +19,9 @@ from cryptography.fernet import Fernet
 from engine import Engine, EngineConfig, LLMSettings, SessionSettings, StoreSettings, errors
 from engine.security import KeyRing
 from tests.conftest import INSTANT
-from tests.test_security import unbound_ciphertext
+from tests.engine.test_security import unbound_ciphertext
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config, clock):

@@ -45,7 +45,7 @@ from engine.store.sqlite import checkpointer as checkpointing
 from engine.store.sqlite import migrations
 
 NOW = 1_700_000_000.0
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LATEST = len(migrations.MIGRATIONS)
 
 

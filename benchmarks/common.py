@@ -1,0 +1,114 @@
+"""Set-up every benchmark script shares: the import path, limits out of reach, pools sized to the
+run, loop lag, machine facts and the JSON print, so the scripts differ only in what they measure.
+
+Import it before `engine`: a script run as `python benchmarks/x.py` has benchmarks/ on its path,
+not the project root, and importing this module puts the root there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import LimitSettings
+from engine.metrics import LatencyHistogram
+from engine.quotas import QuotaLimit
+from engine.ratelimit import RateLimit
+
+ROOT = Path(__file__).resolve().parent.parent
+UNLIMITED_TIER = "unlimited"
+
+
+def unlimited_tiers(api_calls_window_s: float = 3600.0) -> dict[str, dict[str, QuotaLimit]]:
+    """One tier whose quotas no benchmark reaches, so a figure is capacity, not refusals."""
+    return {
+        UNLIMITED_TIER: {
+            "api_calls": QuotaLimit(1e12, api_calls_window_s),
+            "tokens": QuotaLimit(1e15, 3600.0),
+            "storage_mb": QuotaLimit(1e12, None),
+            "compute_seconds": QuotaLimit(1e12, 3600.0),
+        }
+    }
+
+
+def unlimited_limits(api_calls_window_s: float = 3600.0, **settings: Any) -> LimitSettings:
+    """Limits with the unlimited tier as default and rate limits out of reach."""
+    return LimitSettings(
+        tiers=unlimited_tiers(api_calls_window_s),
+        default_tier=UNLIMITED_TIER,
+        session_rate=RateLimit(1e9, 10**9),
+        user_rate=RateLimit(1e9, 10**9),
+        **settings,
+    )
+
+
+def agent_types_file(folder: Path, max_instances: int) -> Path:
+    """An agents.toml whose pool holds `max_instances`, so turns measure overhead, not queueing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "agents.toml"
+    path.write_text(
+        f'[assistant]\nrole = "r"\ngoal = "g"\nbackstory = "b"\ninstructions = "i"\n'
+        f'model = "sim-assistant"\nmin_instances = 0\nmax_instances = {max_instances}\n'
+    )
+    return path
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+class LoopLag:
+    """How late a 10 ms timer fires: the queueing every task on the loop sees."""
+
+    def __init__(self) -> None:
+        self.histogram = LatencyHistogram()
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def reset(self) -> None:
+        self.histogram = LatencyHistogram()
+        self.worst = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            late = time.perf_counter() - before - 0.01
+            self.histogram.record(late)
+            self.worst = max(self.worst, late)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def report(self) -> dict[str, float]:
+        h = self.histogram
+        return {
+            "p50_ms": ms(h.percentile(0.5)), "p99_ms": ms(h.percentile(0.99)),
+            "max_ms": ms(self.worst),
+        }
+
+
+def load_average() -> float:
+    """The 1-minute load average: other work on the machine skews wall-clock figures."""
+    return round(os.getloadavg()[0], 2)
+
+
+def machine(**facts: Any) -> dict[str, Any]:
+    """Cores and Python version, with whatever load averages the script took."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), **facts}
+
+
+def print_json(figures: Any) -> None:
+    print(json.dumps(figures, indent=2))
