@@ -35,7 +35,7 @@ from engine import (
     StoreSettings,
 )
 from engine.agents import build_agent, load_agent_specs
-from engine.llm import SimSource, SimulatedModel
+from engine.sim import SimSource, SimulatedModel
 from engine.simserver import SimServer
 
 UNLIMITED = {

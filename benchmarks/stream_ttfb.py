@@ -34,9 +34,9 @@ from openai import AsyncOpenAI
 from engine import Engine, EngineConfig
 from engine.config import SimSettings
 from engine.gateway import Gateway
-from engine.llm import FIRST_PIECE_SHARE
 from engine.quotas import QuotaLimit
 from engine.ratelimit import RateLimit
+from engine.sim import FIRST_PIECE_SHARE
 from engine.simserver import SimServer
 
 LATENCY_S = 0.2
