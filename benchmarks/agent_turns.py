@@ -30,7 +30,7 @@ from engine import (
     StoreSettings,
 )
 from engine.agents import build_agent, load_agent_specs
-from engine.llm import SimSource, SimulatedModel
+from engine.sim import SimSource, SimulatedModel
 from engine.simserver import SimServer
 
 SIM = SimSettings(median_latency_s=0.05, p99_latency_s=0.2, seed=1)

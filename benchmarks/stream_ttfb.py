@@ -30,7 +30,7 @@ from openai import AsyncOpenAI
 
 from engine import Engine, EngineConfig, LLMSettings, PoolSettings, SimSettings, StoreSettings
 from engine.gateway import Gateway
-from engine.llm import FIRST_PIECE_SHARE
+from engine.sim import FIRST_PIECE_SHARE
 from engine.simserver import SimServer
 
 LATENCY_S = 0.2

@@ -37,6 +37,7 @@ from engine.errors import (
     SessionExpired,
     StoreError,
 )
+from engine.hot_sessions import HotSessions
 from engine.monitor import Monitor
 from engine.operator import Operator
 from engine.overload import LoadShedder, OverloadStats
@@ -64,7 +65,6 @@ from engine.store import (
 )
 from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
 from engine.views import (
-    CacheView,
     CreatedSession,
     EngineSnapshot,
     QuotaView,
@@ -133,9 +133,12 @@ class Engine:
         )
         self._keyring: KeyRing | None = None
         self._views = SessionViews(self._registry, self._monitor)
+        self._hot = HotSessions(
+            self._registry, config.sessions, self._load, self._invalidate_view
+        )
         self.operator = Operator(
             registry=self._registry, views=self._views, monitor=self._monitor,
-            quotas=self._quotas, end=self._end, rotate=self._rotate, warm=self._warm,
+            quotas=self._quotas, end=self._end, rotate=self._rotate, warm=self._hot.warm,
         )
         self._quota_watch: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
@@ -323,7 +326,7 @@ class Engine:
         """The session's context, oldest first."""
         self._require_open()
         session = self._authenticate(session_id, token, client)
-        await self._warm(session)
+        await self._hot.warm(session)
         assert session.context is not None
         return list(session.context)
 
@@ -403,7 +406,7 @@ class Engine:
         """
         now = self.clock.now()
         expired = self._registry.expire_due(now)
-        self._demote_idle(now)
+        self._hot.demote_idle(now)
         self._runner.reap(now)
         self._monitor.tick()
         self._housekeeping_passes += 1
@@ -427,35 +430,12 @@ class Engine:
             moves_total=self._balancer.moves_total,
             clients=self._runner.client_stats(),
             store=self._store.stats() if self._store is not None else None,
-            cache=self._cache_view(),
+            cache=self._hot.view(self._unreadable),
         )
 
-    # -- the hot-session cache -------------------------------------------------------------------
-    async def _warm(self, session: Session) -> None:
-        """Make the session hot: read, unwrap and decrypt it on its first use, once.
-
-        Concurrent first uses await the same load. A session whose key or messages fail to
-        decrypt is reported alone and forgotten (its rows stay on disk, untouched); its caller
-        gets AuthenticationError, as for a session that does not exist.
-        """
-        cache = self._registry.hot
-        if session.hot:
-            cache.hits += 1
-            cache.add(session)
-            return
-        if session.loading is None:
-            cache.loads += 1
-            session.loading = asyncio.ensure_future(self._load(session))
-        try:
-            await asyncio.shield(session.loading)
-        finally:
-            if session.loading is not None and session.loading.done():
-                session.loading = None
-        if not session.hot:
-            raise AuthenticationError()
-        self._shrink_to_budget(keep=session)
-
+    # -- loading a cold session (when: engine.hot_sessions) --------------------------------------
     async def _load(self, session: Session) -> None:
+        """Read, unwrap and decrypt a cold session into memory; `HotSessions.warm` calls it once."""
         stored = await self.store.load_session(session.session_id)
         if stored is None or self._registry.get(session.session_id) is not session:
             return  # ended while loading
@@ -491,51 +471,6 @@ class Engine:
             f"session {session.session_id[:8]} of user {session.user_id!r} cannot be decrypted "
             f"and was not loaded: {reason}",
             session.session_id,
-        )
-
-    def _demotable(self, session: Session) -> bool:
-        return not session.busy and session.loading is None
-
-    def _demote(self, sessions: list[Session]) -> None:
-        for session in sessions:
-            self._registry.hot.discard(session)
-            session.demote()
-            self._invalidate_view(session)
-
-    def _demote_idle(self, now: float) -> None:
-        """Idle past hot_idle_s leave the cache; then the least recent while over budget."""
-        idle_before = now - self.config.sessions.hot_idle_s
-        victims = []
-        for session in self._registry.hot.oldest_first():
-            if session.last_active_at > idle_before:
-                break
-            if self._demotable(session):
-                victims.append(session)
-        self._demote(victims)
-        self._shrink_to_budget()
-
-    def _shrink_to_budget(self, keep: Session | None = None) -> None:
-        """Demote least recently used sessions, never a busy one (nor `keep`, about to be
-        used), until within budget."""
-        cache = self._registry.hot
-        excess = cache.bytes - self.config.sessions.hot_budget_bytes
-        if excess <= 0:
-            return
-        victims = []
-        for session in cache.oldest_first():
-            if excess <= 0:
-                break
-            if session is not keep and self._demotable(session):
-                victims.append(session)
-                excess -= session.hot_bytes
-        self._demote(victims)
-
-    def _cache_view(self) -> CacheView:
-        cache = self._registry.hot
-        return CacheView(
-            hot=len(cache), cold=len(self._registry) - len(cache), hot_bytes=cache.bytes,
-            budget_bytes=self.config.sessions.hot_budget_bytes, hits=cache.hits, loads=cache.loads,
-            unreadable=self._unreadable,
         )
 
     # -- the turn --------------------------------------------------------------------------------
@@ -636,7 +571,7 @@ class Engine:
             async with session.turn_lock:
                 session.running_turn = task
                 try:
-                    await self._warm(session)
+                    await self._hot.warm(session)
                     model = await self._runner.run(session, agent_type, text, on_delta)
                 finally:
                     session.running_turn = None
@@ -716,7 +651,7 @@ class Engine:
         session.completion_tokens += model.completion_tokens
         self._registry.touch(session, now)
         self._registry.hot.add(session)  # most recent, its size re-estimated
-        self._shrink_to_budget()  # sessions that were busy at the last check may go now
+        self._hot.shrink_to_budget()  # sessions that were busy at the last check may go now
         ops.append(self._touch_op(session))
         used = {
             "api_calls": 1,

@@ -18,17 +18,12 @@ from engine.clients import ClientCache, ClientCacheStats, openai_client_cache
 from engine.clock import Clock
 from engine.config import EngineConfig, SimSettings
 from engine.errors import LLMError, PoolTimeout
-from engine.llm import (
-    ModelAdapter,
-    OpenAICompatModel,
-    OpenAISettings,
-    SimSource,
-    SimulatedModel,
-    resolve_openai_settings,
-)
+from engine.llm import ModelAdapter
 from engine.monitor import Monitor
+from engine.openai_backend import OpenAICompatModel, OpenAISettings, resolve_openai_settings
 from engine.pool import AgentPool, PooledAgent, PoolView
 from engine.sessions import Session
+from engine.sim import SimSource, SimulatedModel
 
 
 @dataclass(frozen=True, slots=True)

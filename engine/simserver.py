@@ -1,12 +1,12 @@
 """An OpenAI-compatible model simulator served on loopback: the `http-sim` backend.
 
 It answers `POST /v1/chat/completions` with the same reply and token counts as the in-process
-`SimulatedModel` (see `engine.llm.simulated_reply`), so the `openai` backend can be exercised
+`SimulatedModel` (see `engine.sim.simulated_reply`), so the `openai` backend can be exercised
 end to end (client cache, HTTP, retries, timeouts, streaming) without a real model or network.
 With `"stream": true` it streams in OpenAI's wire format (`text/event-stream`:
 `chat.completion.chunk` events, a usage chunk when `stream_options.include_usage` is set, then
 `data: [DONE]`), the pieces paced over the simulated latency as the in-process simulator paces
-them (`engine.llm.paced_pieces`). Every request body is recorded for tests, and faults (HTTP
+them (`engine.sim.paced_pieces`). Every request body is recorded for tests, and faults (HTTP
 errors, 429 with Retry-After, malformed JSON, hangs, delays, streams broken off midway) can be
 queued at run time. It binds loopback addresses only: it has no authentication.
 
@@ -32,15 +32,9 @@ from aiohttp import web
 
 from engine.config import SimSettings
 from engine.errors import InvalidInput
-from engine.llm import (
-    SIM_MODEL,
-    SimSource,
-    content_digest,
-    estimate_prompt_tokens,
-    paced_pieces,
-    simulated_reply,
-)
+from engine.llm import content_digest, estimate_prompt_tokens
 from engine.security import fingerprint
+from engine.sim import SIM_MODEL, SimSource, paced_pieces, simulated_reply
 from engine.tokens import estimate_tokens
 
 DEFAULT_MAX_RECORDED = 100_000

@@ -13,7 +13,8 @@ from typing import Any
 from engine.alerts import Alert
 from engine.balancer import WorkerView
 from engine.clients import ClientCacheStats
-from engine.monitor import Monitor, MonitorSnapshot, SessionMetrics
+from engine.health import SessionMetrics
+from engine.monitor import Monitor, MonitorSnapshot
 from engine.pool import PoolView
 from engine.quotas import QuotaUsage
 from engine.sessions import Message, Session, SessionRegistry

@@ -15,21 +15,10 @@ from praisonaiagents import Agent
 
 from engine import EngineConfig, LLMSettings, SimSettings
 from engine.errors import ConfigurationError, LLMError
-from engine.llm import (
-    ModelAdapter,
-    OpenAICompatModel,
-    SimSource,
-    SimulatedModel,
-    build_messages,
-    content_digest,
-    estimate_prompt_tokens,
-    new_client,
-    paced_pieces,
-    reply_pieces,
-    resolve_openai_settings,
-    simulated_reply,
-)
+from engine.llm import ModelAdapter, build_messages, content_digest, estimate_prompt_tokens
+from engine.openai_backend import OpenAICompatModel, new_client, resolve_openai_settings
 from engine.security import fingerprint
+from engine.sim import SimSource, SimulatedModel, paced_pieces, reply_pieces, simulated_reply
 from engine.simserver import Fault, SimServer
 from engine.tokens import estimate_tokens
 

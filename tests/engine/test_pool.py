@@ -13,8 +13,8 @@ from engine.agents import bind_history, build_agent, load_agent_specs
 from engine.clock import ManualClock
 from engine.config import SimSettings
 from engine.errors import PoolTimeout
-from engine.llm import SimulatedModel
 from engine.pool import AgentPool, PooledAgent
+from engine.sim import SimulatedModel
 
 SPEC = load_agent_specs()["assistant"]
 

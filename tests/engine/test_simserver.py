@@ -11,8 +11,9 @@ from openai import APIConnectionError, APIError, AsyncOpenAI, InternalServerErro
 
 from engine.config import SimSettings
 from engine.errors import InvalidInput
-from engine.llm import estimate_prompt_tokens, reply_pieces, simulated_reply
+from engine.llm import estimate_prompt_tokens
 from engine.security import fingerprint
+from engine.sim import reply_pieces, simulated_reply
 from engine.simserver import Fault, SimServer, main
 from engine.tokens import estimate_tokens
 

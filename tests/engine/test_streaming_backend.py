@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, errors
-from engine.llm import estimate_prompt_tokens, reply_pieces, simulated_reply
+from engine.llm import estimate_prompt_tokens
 from engine.ratelimit import RateLimit
+from engine.sim import reply_pieces, simulated_reply
 from engine.simserver import Fault, SimServer
 from engine.tokens import estimate_tokens
 
