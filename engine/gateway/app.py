@@ -42,6 +42,7 @@ from engine.gateway.errors import (
     failure_of,
     invalid_input,
     invalid_value,
+    json_response,
 )
 from engine.gateway.openapi import openapi_document
 from engine.gateway.prometheus import EngineCollector, TurnHistograms
@@ -95,13 +96,10 @@ class GatewayApp:
         engine: Engine,
         app_keys: AppKeys,
         settings: GatewaySettings,
-        *,
-        connections: Callable[[], int] = lambda: 0,
     ) -> None:
         self.engine = engine
         self.app_keys = app_keys
         self.settings = settings
-        self.connections = connections
         self.registry = CollectorRegistry()
         self.registry.register(EngineCollector(engine))
         self.monitor = GatewayMonitor(engine.clock, self.registry)
@@ -142,7 +140,7 @@ class GatewayApp:
         user_id = _required(body, "user_id", str)
         metadata = field(body, "metadata", dict)
         created = await self.engine.create_session(user_id, metadata, origin="http")
-        return _json(
+        return json_response(
             {
                 "session_id": created.session_id,
                 "user_id": created.user_id,
@@ -156,7 +154,7 @@ class GatewayApp:
         history = await self.engine.history(
             _session_id(request), _bearer(request), client=_client(request)
         )
-        return _json(
+        return json_response(
             {"messages": [{"role": m.role, "content": m.content, "created_at": m.at}
                           for m in history]}
         )
@@ -170,7 +168,9 @@ class GatewayApp:
         if not field(body, "stream", bool, False):
             turn = _Turn(session_id, token, content, agent_type, strategy, _client(request))
             reply, engine_s = await self._turn(turn)
-            return _json(_reply_object(reply, engine_s), headers=_server_timing(reply, engine_s))
+            return json_response(
+                _reply_object(reply, engine_s), headers=_server_timing(reply, engine_s)
+            )
         stream = await self._start(
             _Turn(session_id, token, content, agent_type, strategy, _client(request))
         )
@@ -193,7 +193,7 @@ class GatewayApp:
         token = await self.engine.rotate_token(
             _session_id(request), _bearer(request), client=_client(request)
         )
-        return _json({"token": token})
+        return json_response({"token": token})
 
     async def end_session(self, request: Request) -> Response:
         await self.engine.end_session(
@@ -228,7 +228,7 @@ class GatewayApp:
         if not field(body, "stream", bool, False):
             turn = _Turn(session_id, token, content, model, strategy, _client(request))
             reply, engine_s = await self._turn(turn)
-            return _json(
+            return json_response(
                 {
                     "id": completion_id,
                     "object": "chat.completion",
@@ -284,7 +284,7 @@ class GatewayApp:
             await self.engine.check(
                 request.headers.get("x-session-id", ""), presented, client=_client(request)
             )
-        return _json({
+        return json_response({
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": 0, "owned_by": "session-console"}
@@ -297,12 +297,12 @@ class GatewayApp:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(self, request: Request) -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
         if self.engine.ready:
-            return _json({"status": "ready"})
-        return _json({"status": "unavailable", "engine": self.engine.state}, 503)
+            return json_response({"status": "ready"})
+        return json_response({"status": "unavailable", "engine": self.engine.state}, 503)
 
     async def openapi(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")
@@ -374,14 +374,6 @@ class GatewayApp:
                 piece = await stream.pieces.get()
         finally:
             self.monitor.streams -= 1
-
-
-def _json(
-    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    """JSON with non-ASCII escaped: content holding lone surrogates still encodes."""
-    body = json.dumps(content, separators=(",", ":")).encode()
-    return Response(body, status_code, headers, media_type="application/json")
 
 
 def _event_stream(events: Any) -> StreamingResponse:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.responses import Response
 
@@ -106,10 +107,16 @@ def error_object(failure: HTTPFailure, *, openai: bool = False) -> dict[str, obj
     return body
 
 
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Compact JSON with non-ASCII escaped: content holding lone surrogates still encodes."""
+    body = json.dumps(content, separators=(",", ":")).encode()
+    return Response(body, status_code, headers, media_type="application/json")
+
+
 def error_response(failure: HTTPFailure, *, openai: bool = False) -> Response:
     headers = {}
     if failure.has_retry_after and failure.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(failure.retry_after)))
-    body = json.dumps({"error": error_object(failure, openai=openai)}, separators=(",", ":"))
-    body = body.encode()
-    return Response(body, failure.status, headers, media_type="application/json")
+    return json_response({"error": error_object(failure, openai=openai)}, failure.status, headers)

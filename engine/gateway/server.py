@@ -54,9 +54,7 @@ class Gateway:
             keep_alive_s=self.settings.keep_alive_s,
             max_connections=self.settings.max_connections,
         )
-        self._app = GatewayApp(
-            self.engine, keys, self.settings, connections=lambda: server.connections
-        )
+        self._app = GatewayApp(self.engine, keys, self.settings)
         bound_host, bound_port = sock.getsockname()[:2]
         self.address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else \
             f"{bound_host}:{bound_port}"
