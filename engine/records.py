@@ -1,4 +1,6 @@
-"""Live sessions as the store's rows; `engine.restore` reads them back.
+"""The engine's state as the store's rows: sessions, messages, alerts and the metrics roll-up.
+
+`engine.restore` reads sessions back.
 
 Content leaves memory only as ciphertext under the session's data key, bound to the row's
 session id, seq and role so a row moved in the file no longer decrypts; the key leaves only
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import json
 
+from engine.alerts import Alert
+from engine.monitor import MonitorSnapshot
 from engine.sessions import Message, Session
-from engine.store import MessageRow, SessionRow
+from engine.store import AlertRow, MessageRow, MetricsRow, SessionRow
 
 
 def session_row(session: Session) -> SessionRow:
@@ -50,3 +54,31 @@ def message_row(session: Session, seq: int, message: Message) -> MessageRow:
         at=message.at,
         size=message.size,
     )
+
+
+def alert_row(alert: Alert) -> AlertRow:
+    return AlertRow(
+        alert.alert_id, alert.key, alert.rule, alert.severity, alert.message,
+        alert.subject, alert.first_at, alert.last_at, alert.count,
+        alert.acknowledged, alert.resolved_at,
+    )
+
+
+class MetricsRollup:
+    """The global figures of each minute since the last roll-up, for history that outlives the
+    process (the monitor's own counters only grow)."""
+
+    def __init__(self) -> None:
+        self._last = (0, 0, 0, 0)  # turns, errors, tokens in/out at the last roll-up
+
+    def row(self, now: float, snap: MonitorSnapshot) -> MetricsRow:
+        totals = (snap.turns, snap.errors, snap.prompt_tokens, snap.completion_tokens)
+        turns, errors, prompt, completion = (
+            a - b for a, b in zip(totals, self._last, strict=True)
+        )
+        self._last = totals
+        latency = snap.latency
+        return MetricsRow(
+            int(now // 60 * 60), "global", turns, errors, prompt, completion,
+            latency.p50, latency.p95, latency.p99,
+        )

@@ -29,7 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.config import GatewaySettings
-from engine.engine import MULTITASK_STRATEGIES, Engine
+from engine.engine import Engine
 from engine.gateway import sse
 from engine.gateway.appkeys import AppKeys
 from engine.gateway.body import field, read_json_object
@@ -47,6 +47,7 @@ from engine.gateway.errors import (
 from engine.gateway.openapi import openapi_document
 from engine.gateway.prometheus import EngineCollector, TurnHistograms
 from engine.gateway.stats import GatewayMonitor
+from engine.turns import MULTITASK_STRATEGIES
 from engine.views import Reply
 
 Handler = Callable[[Request], Awaitable[Response]]

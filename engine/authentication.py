@@ -1,0 +1,80 @@
+"""Who may act on a session: one answer and one cost for every way of not being its holder.
+
+An unknown session, a wrong, revoked or expired token and someone else's session all raise the
+same `AuthenticationError` after the same work (one token hash), so the answer tells a caller
+nothing about which it was. A presenter that keeps failing is backed off (engine.admission)
+before any of that work. Expiry is revealed only to the token's holder.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from engine.admission import IN_PROCESS, AuthFailures, AuthFailureStats, presentation_key
+from engine.clock import Clock
+from engine.errors import AuthBackoff, AuthenticationError, SessionExpired
+from engine.monitor import Monitor
+from engine.security import check_token
+from engine.sessions import Session, SessionRegistry
+from engine.views import SessionViews
+
+
+class Authenticator:
+    """Checks a presented session id and token against the registry."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        registry: SessionRegistry,
+        failures: AuthFailures,
+        monitor: Monitor,
+        views: SessionViews,
+    ) -> None:
+        self._clock = clock
+        self._registry = registry
+        self._failures = failures
+        self._monitor = monitor
+        self._views = views
+
+    def authenticate(self, session_id: object, token: object, client: str | None) -> Session:
+        """The session the token opens, touched as active; raises otherwise.
+
+        A right token on a session past its idle or absolute limit is `SessionExpired`, which
+        reveals nothing: only the token's holder can see it. A session id and token that
+        already failed and are backing off are refused before anything else (AuthBackoff).
+        """
+        presentation = presentation_key(session_id, token)
+        wait = self._failures.refuse_unchecked(presentation)
+        if wait > 0:
+            self._refuse(session_id, wait)
+        now = self._clock.now()
+        session = self._registry.get(session_id) if isinstance(session_id, str) else None
+        record = session.token if session is not None else None
+        if not check_token(record, token):
+            self._refuse_checked(session_id, presentation, client)
+        assert session is not None and record is not None
+        reason = session.expiry_reason(now)
+        if reason is not None and not session.busy:
+            self._registry.remove(session.session_id, "expired", now, reason)
+            raise SessionExpired(reason)
+        if record.expired(now):
+            self._refuse_checked(session_id, presentation, client)
+        self._registry.touch(session, now)
+        self._views.invalidate(session)
+        return session
+
+    def stats(self) -> AuthFailureStats:
+        return self._failures.stats()
+
+    def _refuse_checked(
+        self, session_id: object, presentation: int, client: str | None
+    ) -> NoReturn:
+        """The token was checked and is not right: strike its presenters, then refuse."""
+        wait = self._failures.failed(presentation, client or IN_PROCESS)
+        self._refuse(session_id, wait)
+
+    def _refuse(self, session_id: object, retry_after: float) -> NoReturn:
+        self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
+        if retry_after > 0:
+            raise AuthBackoff(retry_after)
+        raise AuthenticationError()
