@@ -51,6 +51,15 @@ async def populate(engine, clock, users: int = 6, per_user: int = 2, turns: int 
     return created
 
 
+async def spend_calls(engine, clock, created, user: str, calls: int) -> None:
+    """`calls` real turns of `user`, over their sessions in turn, paced within the rate limits."""
+    sessions = [c for c in created if c.user_id == user]
+    for k in range(calls):
+        session = sessions[k % len(sessions)]
+        clock.advance(1.0 / len(sessions))
+        await engine.send(session.session_id, session.token, f"call {k}")
+
+
 async def make_unhealthy(engine, session):
     """Three rate-limited sends in a row: the session's health drops and says why."""
     refused = 0
@@ -474,7 +483,7 @@ async def raise_alerts(engine, clock, created):
     for k in range(6):
         with pytest.raises(errors.AuthenticationError):
             await engine.history(created[0].session_id, f"wrong-{k}")
-    engine._monitor.observe_quota("user05", "tokens", 85.0)
+    await spend_calls(engine, clock, created, "user04", 48)  # 85% of a free tier's calls
 
 
 async def test_alerts_view_filters_by_severity_and_acknowledges(engine, clock):
@@ -520,8 +529,8 @@ async def test_alerts_view_jumps_to_the_session(engine, clock):
 
 
 async def test_users_view_shows_sessions_and_usage_gauges(engine, clock):
-    await populate(engine, clock)
-    engine._quotas.record("user04", "api_calls", 54)  # 90% of a free tier's calls per minute
+    created = await populate(engine, clock)
+    await spend_calls(engine, clock, created, "user04", 51)  # 90% of a free tier's calls
     app = console_for(engine)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("u")
@@ -542,12 +551,12 @@ async def test_users_view_shows_sessions_and_usage_gauges(engine, clock):
 
 async def populate_users(engine, clock):
     """Six users whose session counts, tiers and call quotas order them differently."""
-    await populate(engine, clock)  # two sessions each; odd users are pro
+    created = await populate(engine, clock)  # two sessions each; odd users are pro
+    await spend_calls(engine, clock, created, "user00", 29)  # 50% of a free tier's calls
+    await spend_calls(engine, clock, created, "user05", 12)
     for user, extra in (("user01", 2), ("user02", 1), ("user04", 3)):
         for _ in range(extra):
             await engine.create_session(user)
-    engine._quotas.record("user00", "api_calls", 30)  # 50% of a free tier's calls per minute
-    engine._quotas.record("user05", "api_calls", 12)
 
 
 def users_in_table(app) -> list[str]:
