@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -486,7 +487,9 @@ async def raise_alerts(engine, clock, created):
     await spend_calls(engine, clock, created, "user04", 48)  # 85% of a free tier's calls
 
 
-async def test_alerts_view_filters_by_severity_and_acknowledges(engine, clock):
+@contextlib.asynccontextmanager
+async def alerts_view(engine, clock):
+    """The console on its alerts view, with alerts raised; yields the app, Pilot, sessions."""
     created = await populate(engine, clock)
     await raise_alerts(engine, clock, created)
     app = console_for(engine)
@@ -494,6 +497,11 @@ async def test_alerts_view_filters_by_severity_and_acknowledges(engine, clock):
         await pilot.press("a")
         await refreshed(pilot)
         assert isinstance(app.screen, AlertsScreen)
+        yield app, pilot, created
+
+
+async def test_alerts_view_filters_by_severity_and_acknowledges(engine, clock):
+    async with alerts_view(engine, clock) as (app, pilot, _):
         table = app.screen.table
         severities = {a.severity for a in table.rows}
         assert {"critical", "warning"} <= severities
@@ -511,12 +519,7 @@ async def test_alerts_view_filters_by_severity_and_acknowledges(engine, clock):
 
 
 async def test_alerts_view_jumps_to_the_session(engine, clock):
-    created = await populate(engine, clock)
-    await raise_alerts(engine, clock, created)
-    app = console_for(engine)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("a")
-        await refreshed(pilot)
+    async with alerts_view(engine, clock) as (app, pilot, created):
         await pilot.press("s")  # critical: the auth burst about created[0]
         await pilot.press("enter")
         await pilot.pause()
