@@ -29,7 +29,7 @@ from widgets import (
 )
 
 if TYPE_CHECKING:
-    from engine import EngineSnapshot
+    from engine import CacheView, EngineSnapshot
     from engine.gateway import GatewayStats
 
 HEALTH_WARN = 80
@@ -78,17 +78,22 @@ def session_record(view: Any, now: float) -> dict[str, Any]:
     }
 
 
+def cache_summary(cache: CacheView | None, loads_per_s: float) -> str:
+    """Once some sessions are cold (in the store only): how many are hot and cold, how often a
+    use found its session hot, how many a second are read from the store, and the memory the
+    hot ones hold. Empty while every session is hot."""
+    if cache is None or not cache.cold:
+        return ""
+    return (
+        f"Cache  {cache.hot:,} hot · {cache.cold:,} cold · hit {cache.hit_ratio:.0%}"
+        f" · loads {fmt.rate(loads_per_s)}/s"
+        f" · {cache.hot_bytes / 2**20:.1f} of {cache.budget_bytes / 2**20:.0f} MB"
+    )
+
+
 def _sessions_sub(snapshot: EngineSnapshot) -> str:
-    """Users, and once some sessions are cold (in the store only), the cache: how many are cold,
-    how often a use found its session hot, and the memory the hot ones hold."""
-    sub = f"users {snapshot.users:,}"
-    cache = snapshot.cache
-    if cache is not None and cache.cold:
-        sub += (
-            f" · cold {cache.cold:,} · hit {cache.hit_ratio:.0%}"
-            f" · {cache.hot_bytes / 2**20:.1f} MB"
-        )
-    return sub
+    cold = snapshot.cache.cold if snapshot.cache is not None else 0
+    return f"users {snapshot.users:,}" + (f" · {cold:,} cold" if cold else "")
 
 
 def figures(snapshot: EngineSnapshot) -> list[Figure]:
@@ -211,6 +216,8 @@ class DashboardScreen(TableScreen):
         super().__init__()
         self.model = SessionsModel()
         self._now = 0.0
+        self._loads_seen: tuple[float, int] | None = None  # (taken_at, cache loads) last shown
+        self._loads_rate = 0.0
 
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
@@ -223,6 +230,7 @@ class DashboardScreen(TableScreen):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield Label("Sessions", id="table-title")
+                yield Label("", id="cache-line")
                 yield VirtualTable(
                     COLUMNS,
                     row_key=attrgetter("session_id"),
@@ -248,6 +256,18 @@ class DashboardScreen(TableScreen):
         yield Footer()
 
     # -- refresh ---------------------------------------------------------------------------------
+    def _loads_per_s(self, snapshot: EngineSnapshot) -> float:
+        """Sessions read from the store per second since the last refresh."""
+        if snapshot.cache is None:
+            return 0.0
+        now, loads = snapshot.taken_at, snapshot.cache.loads
+        seen = self._loads_seen
+        if seen is not None and now <= seen[0]:
+            return self._loads_rate  # the same instant again (a redraw): the same figure
+        self._loads_seen = (now, loads)
+        self._loads_rate = 0.0 if seen is None else (loads - seen[1]) / (now - seen[0])
+        return self._loads_rate
+
     def show(self, snapshot: EngineSnapshot) -> None:
         self._now = snapshot.taken_at
         model = self.model
@@ -256,6 +276,7 @@ class DashboardScreen(TableScreen):
         else:
             self.table.refresh_rows()
         self.show_title()
+        self._show_cache(cache_summary(snapshot.cache, self._loads_per_s(snapshot)))
         self.query_one(FigureStrip).update(figures(snapshot))
         types, workers = pool_rows(snapshot.pools)
         notes = worker_notes(snapshot.workers)
@@ -278,6 +299,11 @@ class DashboardScreen(TableScreen):
             alert_rows(listed, snapshot.taken_at, DASHBOARD_ALERTS), total=len(listed)
         )
         self._show_gateway(self.console.gateway_stats)
+
+    def _show_cache(self, summary: str) -> None:
+        line = self.query_one("#cache-line", Label)
+        line.display = bool(summary)
+        set_text(line, summary)
 
     def _show_gateway(self, stats: GatewayStats | None) -> None:
         box = self.query_one("#gateway-box")

@@ -255,7 +255,7 @@ async def test_the_console_lists_cold_sessions_and_opens_one(make_config, clock)
             rows = app.screen.query_one("#sessions", VirtualTable).rows
             assert sorted(v.session_id for v in rows) == sorted(s.session_id for s in created)
             assert {v.state for v in rows} == {"cold"}
-            assert "cold 3" in screen_text(app)  # the dashboard's cache figures
+            assert "Cache  0 hot · 3 cold" in screen_text(app)  # the dashboard's cache figures
             detail = await open_detail(pilot, created[1].session_id)
             for _ in range(50):
                 await pilot.pause()
@@ -263,3 +263,8 @@ async def test_the_console_lists_cold_sessions_and_opens_one(make_config, clock)
                     break
             assert "hello from user1" in str(detail.query_one("#conversation-text").render())
             assert cache(engine).hot == 1 and cache(engine).cold == 2
+            # Back on the dashboard, a second later: one load in that second.
+            await pilot.press("escape")
+            clock.advance(1)
+            await refreshed(pilot)
+            assert "Cache  1 hot · 2 cold · hit 75% · loads 1.0/s" in screen_text(app)
