@@ -8,8 +8,8 @@ a turn's path and caches the score per session.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.metrics import LatencyHistogram, Percentiles
 
@@ -84,11 +84,39 @@ class UserStats:
 
 
 @dataclass(slots=True, eq=False)
+class RecentTurns:
+    """A session's bounded recent outcomes. Made at its first recorded turn or error, so the
+    many sessions that only sit in the store (cold, idle since the restart) hold none of it."""
+
+    policy: HealthPolicy
+    failed: list[bool] = field(default_factory=list)  # recent outcomes, True = failed
+    latencies: list[float] = field(default_factory=list)
+    rate_limited_at: list[float] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # Plain lists, trimmed from the front: a deque's first block alone is 64 slots (about
+    # 760 bytes), three of them more than the rest of a warm session's bookkeeping.
+
+    def outcome(self, failed: bool) -> None:
+        _append_bounded(self.failed, failed, self.policy.error_turns)
+
+    def took(self, latency_s: float) -> None:
+        _append_bounded(self.latencies, latency_s, self.policy.latency_turns)
+        self.latency.record(latency_s)
+
+    def rate_limited(self, now: float) -> None:
+        _append_bounded(self.rate_limited_at, now, max(64, self.policy.rate_limited))
+
+
+def _append_bounded(items: list[Any], item: object, bound: int) -> None:
+    items.append(item)
+    if len(items) > bound:
+        del items[: len(items) - bound]
+
+
+@dataclass(slots=True, eq=False)
 class SessionStats:
     user: UserStats
-    failed: deque[bool]  # recent turn outcomes, True = failed
-    latencies: deque[float]  # recent turn latencies
-    rate_limited_at: deque[float]
+    recent: RecentTurns | None = None  # None until the session's first turn or error
     turns: int = 0
     errors: int = 0
     errors_by_type: dict[str, int] = field(default_factory=dict)
@@ -97,7 +125,6 @@ class SessionStats:
     last_error: str | None = None
     consecutive_errors: int = 0
     last_turn_at: float | None = None
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     version: int = 0  # bumped by every record; invalidates the cached health and view
     health: Health | None = None
     health_key: tuple[int, int] = (-1, -1)
@@ -116,9 +143,10 @@ def session_health(
     """
     p = policy
     penalties: list[tuple[int, str]] = []
-    n = len(stats.failed)
-    if n >= 3:
-        percent = 100 * sum(stats.failed) / n
+    recent = stats.recent
+    n = len(recent.failed) if recent is not None else 0
+    if recent is not None and n >= 3:
+        percent = 100 * sum(recent.failed) / n
         if percent >= p.error_percent:
             penalties.append(
                 (round(0.4 * percent), f"error rate {percent:.0f}% over last {n} turns")
@@ -130,8 +158,8 @@ def session_health(
                 f"{stats.consecutive_errors} consecutive errors",
             )
         )
-    if len(stats.latencies) >= 5:
-        ordered = sorted(stats.latencies)
+    if recent is not None and len(recent.latencies) >= 5:
+        ordered = sorted(recent.latencies)
         p95 = ordered[math.ceil(0.95 * len(ordered)) - 1]
         if p95 > p.p95_s:
             penalties.append(
@@ -143,9 +171,12 @@ def session_health(
             penalties.append((20, f"user over quota: {resource} {percent:.0f}%"))
         elif percent >= p.quota_percent:
             penalties.append((10, f"user near quota: {resource} {percent:.0f}%"))
-    limited = stats.rate_limited_at
-    while limited and limited[0] <= now - p.rate_limited_window_s:
-        limited.popleft()
+    limited: list[float] = []
+    if recent is not None:
+        since = now - p.rate_limited_window_s
+        stale = next((i for i, at in enumerate(recent.rate_limited_at) if at > since), None)
+        del recent.rate_limited_at[: len(recent.rate_limited_at) if stale is None else stale]
+        limited = recent.rate_limited_at
     if len(limited) >= p.rate_limited:
         penalties.append(
             (10, f"rate limited {len(limited)} times in last {p.rate_limited_window_s:g}s")

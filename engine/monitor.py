@@ -26,6 +26,7 @@ from engine.health import (
     DEFAULT_HEALTH,
     Health,
     HealthPolicy,
+    RecentTurns,
     SessionMetrics,
     SessionStats,
     UserMetrics,
@@ -132,14 +133,7 @@ class Monitor:
     def session_started(self, session_id: str, user_id: str) -> None:
         if session_id in self._sessions:
             return
-        user = self._user(user_id, joining=1)
-        p = self._policy
-        self._sessions[session_id] = SessionStats(
-            user,
-            deque(maxlen=p.error_turns),
-            deque(maxlen=p.latency_turns),
-            deque(maxlen=max(64, p.rate_limited)),
-        )
+        self._sessions[session_id] = SessionStats(self._user(user_id, joining=1))
 
     def session_ended(self, session_id: str) -> None:
         stats = self._sessions.pop(session_id, None)
@@ -199,9 +193,9 @@ class Monitor:
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
         stats.consecutive_errors = 0
-        stats.failed.append(False)
-        stats.latencies.append(latency_s)
-        stats.latency.record(latency_s)
+        recent = self._recent(stats)
+        recent.outcome(False)
+        recent.took(latency_s)
         stats.last_turn_at = self._clock.now()
         stats.version += 1
 
@@ -227,15 +221,20 @@ class Monitor:
         stats.errors += 1
         stats.errors_by_type[error_type] = stats.errors_by_type.get(error_type, 0) + 1
         stats.last_error = error_type
+        recent = self._recent(stats)
         if failure:
             stats.consecutive_errors += 1
-            stats.failed.append(True)
+            recent.outcome(True)
         if latency_s is not None:
-            stats.latencies.append(latency_s)
-            stats.latency.record(latency_s)
+            recent.took(latency_s)
         if isinstance(error, RateLimited):
-            stats.rate_limited_at.append(self._clock.now())
+            recent.rate_limited(self._clock.now())
         stats.version += 1
+
+    def _recent(self, stats: SessionStats) -> RecentTurns:
+        if stats.recent is None:
+            stats.recent = RecentTurns(self._policy)
+        return stats.recent
 
     def record_auth_failure(self, session_id_presented: str | None) -> None:
         """A wrong token or unknown session; bursts per presented id and engine-wide alert."""
@@ -410,7 +409,7 @@ class Monitor:
                 stats.errors,
                 stats.prompt_tokens,
                 stats.completion_tokens,
-                stats.latency.percentiles(),
+                stats.recent.latency.percentiles() if stats.recent else Percentiles(),
                 stats.consecutive_errors,
                 stats.last_error,
                 stats.last_turn_at,

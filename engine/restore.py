@@ -9,6 +9,7 @@ the engine first uses it; a session that fails there is the engine's to report, 
 from __future__ import annotations
 
 import json
+import sys
 from types import MappingProxyType
 
 from engine.balancer import Balancer
@@ -27,7 +28,8 @@ def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
     metadata = row.metadata_json
     return Session(
         session_id=row.session_id,
-        user_id=row.user_id,
+        # Names repeat across sessions: one string each in memory, not one per row read.
+        user_id=sys.intern(row.user_id),
         metadata=NO_METADATA if metadata == "{}" else MappingProxyType(json.loads(metadata)),
         created_at=row.created_at,
         last_active_at=row.last_active_at,
@@ -38,9 +40,9 @@ def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
         errors=row.errors,
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
-        agent_type=row.agent_type,
-        worker=row.worker or "",
-        tier=row.tier,
+        agent_type=sys.intern(row.agent_type),
+        worker=sys.intern(row.worker or ""),
+        tier=sys.intern(row.tier),
         token=TokenRecord(row.token_hash, row.token_issued_at, row.token_expires_at),
         next_seq=figures.next_seq if figures is not None else 0,
         cold_messages=figures.messages if figures is not None else 0,
@@ -65,7 +67,8 @@ def warm(
     context = Context(context_max_messages, context_max_bytes)
     for m in stored.messages:
         text = cipher.decrypt(m.ciphertext, session_id=sid, seq=m.seq, role=m.role)
-        context.append(Message(m.role, text, m.at))  # type: ignore[arg-type]
+        # The role is one of two strings: share them, not one copy per row read.
+        context.append(Message(sys.intern(m.role), text, m.at))  # type: ignore[arg-type]
     session.cipher, session.wrapped_key, session.context = cipher, stored.wrapped_key, context
     if stored.messages:
         session.next_seq = max(session.next_seq, stored.messages[-1].seq + 1)

@@ -66,8 +66,9 @@ class Context:
     __slots__ = ("_chat", "_times", "bytes", "dropped", "max_bytes", "max_messages")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self._chat: deque[dict[str, str]] = deque()
-        self._times: deque[float] = deque()
+        # Lists, trimmed from the front in one step: a deque's first block alone is 64 slots.
+        self._chat: list[dict[str, str]] = []
+        self._times: list[float] = []
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -75,19 +76,22 @@ class Context:
 
     def append(self, message: Message) -> int:
         """Add a message and return the bytes dropped to stay within bounds (the newest stays)."""
-        self._chat.append({"role": message.role, "content": message.content})
+        chat = self._chat
+        chat.append({"role": message.role, "content": message.content})
         self._times.append(message.at)
         self.bytes += message.size
-        freed = 0
-        while len(self._chat) > 1 and (
-            len(self._chat) > self.max_messages or self.bytes > self.max_bytes
+        freed = drop = 0
+        while len(chat) - drop > 1 and (
+            len(chat) - drop > self.max_messages or self.bytes > self.max_bytes
         ):
-            old = self._chat.popleft()
-            self._times.popleft()
-            size = utf8_size(old["content"])
+            size = utf8_size(chat[drop]["content"])
             self.bytes -= size
             freed += size
-            self.dropped += 1
+            drop += 1
+        if drop:
+            del chat[:drop]
+            del self._times[:drop]
+            self.dropped += drop
         return freed
 
     def chat_history(self) -> list[dict[str, str]]:

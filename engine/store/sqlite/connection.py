@@ -98,6 +98,9 @@ class ConnectionThread:
                 self._post(done, None, exc)
             else:
                 self._post(done, result, None)
+            # Waiting for the next call, hold nothing: a result (the rows read at start-up)
+            # would stay alive until then.
+            item = fn = done = result = None
         try:
             if conn is not None:
                 conn.close()
