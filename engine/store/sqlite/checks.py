@@ -8,6 +8,7 @@ and what to do. SQLite's result codes map to advice a person can act on.
 
 from __future__ import annotations
 
+import resource
 import shutil
 import sqlite3
 from pathlib import Path
@@ -21,6 +22,8 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 # SQLite primary result codes, for advice in error messages.
 _SQLITE_IOERR = 10
 _SQLITE_FULL = 13
+_FILE_SIZE_LIMIT = -1  # not SQLite's: EFBIG, which SQLite reports as an I/O error
+_ROOM = 64 * 1024  # less room than this left to write in: treat an I/O error as "full"
 _ADVICE = {
     3: "permission denied: make the file and its folder accessible to this user",
     5: "another process holds the database: stop the other engine using this file",
@@ -34,6 +37,10 @@ _ADVICE = {
         "(a file that fails the check at open is left untouched)"
     ),
     _SQLITE_FULL: "the disk is full: free space on the volume holding it, then retry",
+    _FILE_SIZE_LIMIT: (
+        "the disk is full for this process: the file reached its file size limit "
+        "(RLIMIT_FSIZE, `ulimit -f`); raise the limit, then retry"
+    ),
     14: "it cannot be opened: check that its folder exists and is writable",
     19: "a write was rejected: the session it refers to is not stored (ended or never saved)",
     26: "it is not a SQLite database or is corrupt: move it away or configure another path",
@@ -97,15 +104,31 @@ def store_error(path: Path, exc: BaseException, doing: str) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code == _SQLITE_IOERR and _disk_full(path):
         code = _SQLITE_FULL  # SQLite reports a failed -shm or -wal allocation as an I/O error
+    elif code == _SQLITE_IOERR and _at_file_size_limit(path):
+        code = _FILE_SIZE_LIMIT
     advice = _ADVICE.get(code, "check the file and the disk it is on")
     return StoreError(f"store {path}: {doing} failed ({type(exc).__name__}: {exc}); {advice}")
 
 
 def _disk_full(path: Path) -> bool:
     try:
-        return shutil.disk_usage(path.parent).free < 64 * 1024
+        return shutil.disk_usage(path.parent).free < _ROOM
     except OSError:
         return False
+
+
+def _at_file_size_limit(path: Path) -> bool:
+    """The database or one of its companions cannot grow: a write to it failed with EFBIG."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit == resource.RLIM_INFINITY:
+        return False
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.stat().st_size + _ROOM > limit:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def read_only_uri(path: Path) -> str:
