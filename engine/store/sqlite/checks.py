@@ -8,9 +8,11 @@ and what to do. SQLite's result codes map to advice a person can act on.
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -96,6 +98,50 @@ def check_file(path: Path) -> None:
         raise store_error(path, exc, "checking") from exc
     finally:
         conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Which files the store opened (device and inode of the database and its -wal), so that a
+    file deleted or replaced under the running engine is noticed before the next commit.
+
+    SQLite keeps writing through the descriptors it holds: into a deleted file no one will
+    read again, or into the old file while another now has its name. Either way it would
+    acknowledge writes that a restart cannot find, so the store refuses them instead; a file
+    put back under its name (the same inode) is written to again.
+    """
+
+    path: Path
+    files: tuple[tuple[Path, int, int], ...]
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        files = []
+        for file in (path, path.with_name(path.name + "-wal")):
+            st = os.stat(file)
+            files.append((file, st.st_dev, st.st_ino))
+        return cls(path, tuple(files))
+
+    def check(self) -> None:
+        """StoreError if the database or its -wal is no longer the file the store opened."""
+        for file, device, inode in self.files:
+            try:
+                st = os.stat(file)
+            except FileNotFoundError:
+                raise StoreError(
+                    f"store {self.path}: {file.name} was deleted while the engine had it open; "
+                    "writes are refused rather than acknowledged into a file that is gone. Put "
+                    "the file back, or restart the engine to start an empty store"
+                ) from None
+            except OSError as exc:
+                raise store_error(self.path, exc, f"checking {file.name}") from exc
+            if (st.st_dev, st.st_ino) != (device, inode):
+                raise StoreError(
+                    f"store {self.path}: {file.name} was replaced by another file while the "
+                    "engine had it open; writes are refused rather than made to the old file "
+                    "out of sight. Put the original back, or restart the engine to open the "
+                    "new one"
+                )
 
 
 def store_error(path: Path, exc: BaseException, doing: str) -> StoreError:
