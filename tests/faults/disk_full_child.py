@@ -28,6 +28,7 @@ from engine import (
     StoreSettings,
 )
 from engine.errors import EngineError
+from engine.quotas import RESOURCES, QuotaLimit
 from engine.ratelimit import RateLimit
 
 USERS = 6
@@ -37,11 +38,14 @@ MAX_ATTEMPTS = 5000  # per phase: a phase that never gets its outcome ends, and 
 
 def config(data_dir: Path) -> EngineConfig:
     unlimited = RateLimit(rate_per_s=1e6, burst=1_000_000)
+    no_quota = {"free": {resource: QuotaLimit(1e15, None) for resource in RESOURCES}}
     return EngineConfig(
         store=StoreSettings(data_dir=data_dir),
         sessions=SessionSettings(context_max_messages=100_000, context_max_bytes=1 << 30),
         llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
-        limits=LimitSettings(session_rate=unlimited, user_rate=unlimited, overload=None),
+        limits=LimitSettings(
+            session_rate=unlimited, user_rate=unlimited, tiers=no_quota, overload=None
+        ),
         tune_gc=False,
     )
 
@@ -57,12 +61,12 @@ async def main(data_dir: Path) -> dict:
     report: dict = {"acked": {}, "errors": [], "reads_while_full": 0}
     async with Engine(config(data_dir)) as engine:
         sessions = [
-            await engine.create_session(f"user{i}", metadata={"tier": "enterprise"})
-            for i in range(USERS)
+            await engine.create_session(f"user{i}") for i in range(USERS)
         ]
         report["sessions"] = {s.session_id: s.token for s in sessions}
         acked: dict[str, list[str]] = {s.session_id: [] for s in sessions}
         report["acked"] = acked
+        unready: list[bool] = []  # engine.ready read as each failure reached its caller
 
         async def turns(until: int) -> list[EngineError]:
             """Run turns from CONCURRENCY clients until `until` have failed (or, with `until`
@@ -82,6 +86,7 @@ async def main(data_dir: Path) -> dict:
                         await engine.send(session.session_id, session.token, text)
                     except EngineError as exc:
                         failures.append(exc)
+                        unready.append(not engine.ready)  # as the caller hears of the failure
                         await asyncio.sleep(0.01)
                     else:
                         acked[session.session_id].append(text)
@@ -95,7 +100,7 @@ async def main(data_dir: Path) -> dict:
         resource.setrlimit(resource.RLIMIT_FSIZE, (database_bytes(data_dir), hard))
         failures = await turns(30)
         report["errors"] = sorted({f"{type(f).__name__}: {f}" for f in failures})
-        report["ready_while_full"] = engine.ready
+        report["unready_at_each_failure"] = all(unready)
         for session in sessions:  # reads go on
             await engine.history(session.session_id, session.token)
             report["reads_while_full"] += 1

@@ -45,7 +45,7 @@ async def test_a_full_disk_fails_turns_clearly_loses_nothing_acknowledged_and_re
     for error in report["errors"]:
         assert error.startswith("StoreError: ") and "the disk is full" in error, error
         assert str(data_dir / "sessions.db") in error
-    assert report["ready_while_full"] is False
+    assert report["unready_at_each_failure"] is True  # readiness follows the last commit
     assert report["reads_while_full"] == USERS
     created = report["create_while_full"]  # a small write may still fit, as on a real disk
     assert created == "created" or "the disk is full" in created, created
