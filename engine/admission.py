@@ -73,7 +73,11 @@ class _StrikeTable:
 
     def retry_after(self, key: str | int, now: float) -> float:
         strikes = self._strikes.get(key)
-        return strikes[2] - now if strikes is not None and strikes[2] > now else 0.0
+        if strikes is None or strikes[2] <= now:
+            return 0.0
+        if strikes[2] - now > self._max_s:  # the clock stepped back: hold it to the bound
+            strikes = self._strikes[key] = (strikes[0], min(strikes[1], now), now + self._max_s)
+        return strikes[2] - now
 
     def strike(self, key: str | int, now: float) -> float:
         """Count one failure for `key`; returns how long it is now in backoff (0: not)."""
@@ -85,7 +89,7 @@ class _StrikeTable:
             failures, until = 1, now
         else:
             table.move_to_end(key)
-            failures, until = strikes[0] + 1, strikes[2]
+            failures, until = strikes[0] + 1, min(strikes[2], now + self._max_s)
         over = failures - self._free
         if over > 0:
             until = max(until, now + min(self._max_s, self._base_s * 2.0 ** min(over - 1, 32)))

@@ -131,7 +131,9 @@ class AlertManager:
         if open_id is not None:
             old = self._history[open_id]
             return self._store(replace(old, message=message, last_at=now, count=old.count + 1))
-        if now < self._quiet.get(key, now):
+        # A cooldown ending further off than cooldown_s is one the clock stepped back into:
+        # it no longer silences the key, rather than for the length of the step.
+        if 0 < self._quiet.get(key, now) - now <= self.cooldown_s:
             self.suppressed += 1
             return None
         alert = Alert(next(self._ids), key, rule, severity, message, subject, now, now)

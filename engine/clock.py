@@ -53,6 +53,15 @@ class ManualClock:
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
         await future
 
+    def step(self, seconds: float) -> None:
+        """Jump the wall clock by `seconds`, either way, as an NTP step or an operator does.
+
+        No time passes: sleepers wake after the duration they asked for, as `SystemClock`'s
+        do (asyncio sleeps on the monotonic clock), so their deadlines move with the step.
+        """
+        self._now += seconds
+        self._sleepers = [(due + seconds, order, f) for due, order, f in self._sleepers]
+
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose deadline has passed."""
         if seconds < 0:

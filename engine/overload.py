@@ -82,7 +82,14 @@ class LoadShedder:
 
     @property
     def overloaded(self) -> bool:
-        return self._clock.now() < self._overloaded_until
+        now = self._clock.now()
+        return now < self._until(now)
+
+    def _until(self, now: float) -> float:
+        """When shedding lifts: never more than `hold_s` ahead, even after the clock stepped
+        back (overload is about the loop, not the wall clock)."""
+        self._overloaded_until = min(self._overloaded_until, now + self._policy.hold_s)
+        return self._overloaded_until
 
     def observe(self, lag_s: float, store_queue: int) -> None:
         """One probe reading: how late the timer fired and how many store ops are queued."""
@@ -91,7 +98,7 @@ class LoadShedder:
         now = self._clock.now()
         self._late = self._late + 1 if lag_s > policy.lag_bound_s else 0
         if self._late >= policy.late_readings or store_queue > policy.max_store_queue:
-            if now >= self._overloaded_until:
+            if now >= self._until(now):
                 self._episodes += 1
                 self._ceiling = math.inf
             self._overloaded_until = now + policy.hold_s
@@ -100,7 +107,7 @@ class LoadShedder:
             if reference < math.inf:
                 self._ceiling = max(self._floor, reference / 2)
             self._heaviest = 0.0
-        elif now >= self._overloaded_until:
+        elif now >= self._until(now):
             self._ceiling = math.inf
 
     def admit(self, user_id: str) -> None:
@@ -108,21 +115,26 @@ class LoadShedder:
         now = self._clock.now()
         score = self._score(self._users.pop(user_id, None), now) + 1.0
         self._users[user_id] = (score, now)
-        self._total = self._total * math.exp(-self._decay * (now - self._total_at)) + 1.0
+        self._total = self._total * self._decayed(now - self._total_at) + 1.0
         self._total_at = now
         self._forget_idle(now)
         if score > self._heaviest:
             self._heaviest = score
         if (
             score > self._ceiling
-            and now < self._overloaded_until
+            and now < self._until(now)
             and score * len(self._users) > self._total  # above the fair share
         ):
             self._shed += 1
             raise RateLimited(SCOPE, self._overloaded_until - now)
 
     def _score(self, entry: tuple[float, float] | None, now: float) -> float:
-        return 0.0 if entry is None else entry[0] * math.exp(-self._decay * (now - entry[1]))
+        return 0.0 if entry is None else entry[0] * self._decayed(now - entry[1])
+
+    def _decayed(self, elapsed: float) -> float:
+        """What is left of a score after `elapsed`; a clock stepped back decays nothing
+        (growing scores instead would shed every user the step caught)."""
+        return math.exp(-self._decay * max(0.0, elapsed))
 
     def _forget_idle(self, now: float) -> None:
         users, policy = self._users, self._policy

@@ -109,9 +109,18 @@ class _Ring:
         return cls(window_s, width, array("d", [0.0]) * (buckets + 1), math.floor(now / width))
 
     def roll(self, now: float) -> None:
-        """Expire sub-buckets that left the window; a clock going backwards keeps the newest."""
+        """Expire sub-buckets that left the window.
+
+        A clock that stepped back moves the ring back with it, each sub-bucket keeping its age,
+        so usage expires a window after it happened rather than a window plus the step.
+        """
         current = math.floor(now / self.width)
-        if current <= self.head:
+        if current < self.head:
+            shift = (self.head - current) % len(self.slots)
+            self.slots = self.slots[shift:] + self.slots[:shift]
+            self.head = current
+            return
+        if current == self.head:
             return
         if self.total:
             n = len(self.slots)

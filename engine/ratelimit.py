@@ -63,8 +63,15 @@ class RateLimiter:
         return max(0.0, wait)
 
     def _next(self, key: str, now: float) -> tuple[float, float]:
-        """The TAT after one more request, and how long before that request is allowed."""
-        tat = max(self._tat.get(key, now), now) + self._interval
+        """The TAT after one more request, and how long before that request is allowed.
+
+        A TAT never runs more than `tolerance` ahead of now unless the clock stepped back; the
+        key then starts over, as a new key, instead of waiting out the step.
+        """
+        tat = self._tat.get(key, now)
+        if tat > now + self._tolerance:
+            tat = now
+        tat = max(tat, now) + self._interval
         return tat, (tat - self._tolerance) - now
 
     def forget(self, key: str) -> None:

@@ -22,13 +22,31 @@ def user_id(value: object, max_chars: int) -> str:
 
 
 def text(value: object, max_bytes: int) -> str:
+    """A turn's text, checked for size before anything reads all of it.
+
+    More characters than `max_bytes` is over the limit whatever they encode to (each takes a
+    byte at least), so an oversized text is refused without being copied or encoded. A lone
+    surrogate (from a JSON escape such as "\\ud800") is not Unicode text: it cannot be
+    encrypted or stored, so it is refused here rather than failing after the model answered.
+    """
     if not isinstance(value, str):
         raise InvalidInput(f"text must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise InvalidInput("text is empty; send a non-blank message")
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    if len(value) > max_bytes:
+        raise InvalidInput(
+            f"text is {len(value)} characters, over the limit of {max_bytes} bytes; "
+            "split the message"
+        )
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"text holds an unpaired surrogate at character {exc.start}, which is not valid "
+            "Unicode; send UTF-8 text"
+        ) from None
     if size > max_bytes:
         raise InvalidInput(f"text is {size} bytes; the limit is {max_bytes}, split the message")
+    if not value.strip():
+        raise InvalidInput("text is empty; send a non-blank message")
     return value
 
 
@@ -46,9 +64,15 @@ def metadata(value: object, max_bytes: int) -> dict[str, Any]:
     if not all(isinstance(k, str) for k in value):
         raise InvalidInput("metadata keys must be strings")
     try:
-        encoded = json.dumps(dict(value))
+        encoded = json.dumps(dict(value), ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"metadata must be JSON-serialisable: {exc}") from None
-    if len(encoded) > max_bytes:
-        raise InvalidInput(f"metadata is {len(encoded)} bytes as JSON; the limit is {max_bytes}")
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            "metadata holds an unpaired surrogate, which is not valid Unicode; send UTF-8 text"
+        ) from None
+    if size > max_bytes:
+        raise InvalidInput(f"metadata is {size} bytes as JSON; the limit is {max_bytes}")
     return json.loads(encoded)  # a deep copy the caller can no longer mutate

@@ -16,7 +16,8 @@ Why it is built this way:
   (every `CHECKPOINT_S`); older -wal frames may hold the key until the log restarts and new
   frames overwrite them, and `aclose()` empties the -wal.
 - One store per file (`filelock.py`), and a file that fails a check at open is left untouched
-  (`checks.py`).
+  (`checks.py`). A file deleted or replaced while open fails every commit until it is put
+  back (`checks.FileIdentity`): SQLite alone would go on writing where no restart can read.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from engine.store.backend import CommitDone, StorageFigures
 from engine.store.ops import Op, Restored, RewrapReport, StoredSession
 from engine.store.sqlite import filelock
 from engine.store.sqlite.checkpointer import Checkpointer
-from engine.store.sqlite.checks import check_file, store_error
+from engine.store.sqlite.checks import FileIdentity, check_file, store_error
 from engine.store.sqlite.connection import ConnectionThread
 from engine.store.sqlite.restore import read_live, read_session
 from engine.store.sqlite.statements import OpStatements
@@ -57,15 +58,17 @@ class SqliteBackend:
         clean_shutdown: bool,
         lock_fd: int,
         synchronous: str,
+        identity: FileIdentity,
     ) -> None:
         """Use `open`, which locks, checks and migrates the file first."""
         self.path = path
         self.location = str(path)
         self.clean_shutdown = clean_shutdown
         self.connection = connection
-        self.checkpointer = Checkpointer(path, synchronous)
+        self.checkpointer = Checkpointer(path, synchronous, identity)
         self._statements = statements
         self._lock_fd = lock_fd
+        self._identity = identity
 
     @classmethod
     async def open(
@@ -91,6 +94,7 @@ class SqliteBackend:
             )
             try:
                 clean = await connection.run(partial(prepare, path))
+                identity = await asyncio.to_thread(FileIdentity.of, path)
                 return cls(
                     path,
                     connection,
@@ -98,6 +102,7 @@ class SqliteBackend:
                     clean_shutdown=clean,
                     lock_fd=lock_fd,
                     synchronous=synchronous,
+                    identity=identity,
                 )
             except BaseException:
                 await connection.aclose()
@@ -115,6 +120,7 @@ class SqliteBackend:
             writes,
             self._statements.of,
             self.checkpointer.take_restart(),
+            self._identity,
         )
         self.connection.call(batch, done)
 

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from engine.store.sqlite.checks import store_error
+from engine.store.sqlite.checks import FileIdentity, store_error
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,11 @@ class Checkpointer:
     to `journal_size_limit` when the log restarts, and aclose() truncates it.
     """
 
-    def __init__(self, path: Path, synchronous: str) -> None:
+    def __init__(self, path: Path, synchronous: str, identity: FileIdentity) -> None:
+        """`identity`: a pass is skipped (and reported) while the file is deleted or replaced,
+        so this connection never opens, or checkpoints the log into, a stranger's file."""
         self.path = path
+        self._identity = identity
         self.checkpoints = 0  # passes run
         self.wal_frames = 0  # frames in the log at the last pass
         self._synchronous = synchronous
@@ -73,6 +76,7 @@ class Checkpointer:
         try:
             while not self._stop.wait(self._every_s):
                 try:
+                    self._identity.check()
                     conn = conn or self._connect()
                     self._checkpoint(conn)
                 except Exception as exc:  # keep trying: the WAL only grows without this thread

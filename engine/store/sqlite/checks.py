@@ -8,8 +8,11 @@ and what to do. SQLite's result codes map to advice a person can act on.
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,6 +24,8 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 # SQLite primary result codes, for advice in error messages.
 _SQLITE_IOERR = 10
 _SQLITE_FULL = 13
+_FILE_SIZE_LIMIT = -1  # not SQLite's: EFBIG, which SQLite reports as an I/O error
+_ROOM = 64 * 1024  # less room than this left to write in: treat an I/O error as "full"
 _ADVICE = {
     3: "permission denied: make the file and its folder accessible to this user",
     5: "another process holds the database: stop the other engine using this file",
@@ -34,6 +39,10 @@ _ADVICE = {
         "(a file that fails the check at open is left untouched)"
     ),
     _SQLITE_FULL: "the disk is full: free space on the volume holding it, then retry",
+    _FILE_SIZE_LIMIT: (
+        "the disk is full for this process: the file reached its file size limit "
+        "(RLIMIT_FSIZE, `ulimit -f`); raise the limit, then retry"
+    ),
     14: "it cannot be opened: check that its folder exists and is writable",
     19: "a write was rejected: the session it refers to is not stored (ended or never saved)",
     26: "it is not a SQLite database or is corrupt: move it away or configure another path",
@@ -91,21 +100,81 @@ def check_file(path: Path) -> None:
         conn.close()
 
 
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Which files the store opened (device and inode of the database and its -wal), so that a
+    file deleted or replaced under the running engine is noticed before the next commit.
+
+    SQLite keeps writing through the descriptors it holds: into a deleted file no one will
+    read again, or into the old file while another now has its name. Either way it would
+    acknowledge writes that a restart cannot find, so the store refuses them instead; a file
+    put back under its name (the same inode) is written to again.
+    """
+
+    path: Path
+    files: tuple[tuple[Path, int, int], ...]
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        files = []
+        for file in (path, path.with_name(path.name + "-wal")):
+            st = os.stat(file)
+            files.append((file, st.st_dev, st.st_ino))
+        return cls(path, tuple(files))
+
+    def check(self) -> None:
+        """StoreError if the database or its -wal is no longer the file the store opened."""
+        for file, device, inode in self.files:
+            try:
+                st = os.stat(file)
+            except FileNotFoundError:
+                raise StoreError(
+                    f"store {self.path}: {file.name} was deleted while the engine had it open; "
+                    "writes are refused rather than acknowledged into a file that is gone. Put "
+                    "the file back, or restart the engine to start an empty store"
+                ) from None
+            except OSError as exc:
+                raise store_error(self.path, exc, f"checking {file.name}") from exc
+            if (st.st_dev, st.st_ino) != (device, inode):
+                raise StoreError(
+                    f"store {self.path}: {file.name} was replaced by another file while the "
+                    "engine had it open; writes are refused rather than made to the old file "
+                    "out of sight. Put the original back, or restart the engine to open the "
+                    "new one"
+                )
+
+
 def store_error(path: Path, exc: BaseException, doing: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code == _SQLITE_IOERR and _disk_full(path):
         code = _SQLITE_FULL  # SQLite reports a failed -shm or -wal allocation as an I/O error
+    elif code == _SQLITE_IOERR and _at_file_size_limit(path):
+        code = _FILE_SIZE_LIMIT
     advice = _ADVICE.get(code, "check the file and the disk it is on")
     return StoreError(f"store {path}: {doing} failed ({type(exc).__name__}: {exc}); {advice}")
 
 
 def _disk_full(path: Path) -> bool:
     try:
-        return shutil.disk_usage(path.parent).free < 64 * 1024
+        return shutil.disk_usage(path.parent).free < _ROOM
     except OSError:
         return False
+
+
+def _at_file_size_limit(path: Path) -> bool:
+    """The database or one of its companions cannot grow: a write to it failed with EFBIG."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit == resource.RLIM_INFINITY:
+        return False
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.stat().st_size + _ROOM > limit:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def read_only_uri(path: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.errors import StoreError
 from engine.store.ops import Op, RewrapReport
 from engine.store.sqlite import migrations
-from engine.store.sqlite.checks import store_error
+from engine.store.sqlite.checks import FileIdentity, store_error
 from engine.store.sqlite.statements import AUDIT_EXPIRED, EXPIRED, OpStatements, Statement
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def commit_batch(
     writes: Sequence[tuple[Op, ...]],
     statements_of: Callable[[Sequence[Op]], list[Statement]],
     restart_wal: bool,
+    identity: FileIdentity,
     conn: sqlite3.Connection,
 ) -> dict[int, Exception]:
     """One batch's transaction: apply `statements` (those of all `writes`) and commit.
@@ -111,8 +112,10 @@ def commit_batch(
     If one write is rejected (`_OP_ERRORS`), redo the batch write by write, each in a savepoint,
     so the rejected ones fail alone and the rest commit. Returns the rejected writes' errors by
     index in `writes`. Any other error rolls the transaction back and propagates: nothing of
-    the batch is saved. `restart_wal`: see `Checkpointer`.
+    the batch is saved. `restart_wal`: see `Checkpointer`. A database deleted or replaced
+    since it was opened (`identity`) fails the batch before anything is written.
     """
+    identity.check()
     if restart_wal:
         with contextlib.suppress(sqlite3.Error):  # an optimisation; the checkpointer reports
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
