@@ -134,6 +134,7 @@ class Engine:
         self._housekeeping: asyncio.Task[None] | None = None
         self._housekeeping_passes = 0
         self._store_ok = True  # the last durable write committed (readiness)
+        self._store_probe: asyncio.Task[None] | None = None
         self._state = "new"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -205,9 +206,10 @@ class Engine:
     async def aclose(self) -> None:
         """Stop housekeeping, flush and close the store, close the model clients."""
         self._state = "closed"
-        if self._overload_probe is not None:
-            self._overload_probe.cancel()
-            self._overload_probe = None
+        for probe in (self._overload_probe, self._store_probe):
+            if probe is not None:
+                probe.cancel()
+        self._overload_probe = self._store_probe = None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -383,6 +385,8 @@ class Engine:
         self._runner.reap(now)
         self._monitor.tick()
         self._housekeeping_passes += 1
+        if not self._store_ok:
+            self._probe_store(now)
         if self._housekeeping_passes % PRUNE_EVERY == 0:
             self._quotas.prune()
             self._persist_later(Prune(now), self._rollup.row(now, self._monitor.snapshot()))
@@ -445,6 +449,16 @@ class Engine:
             self._store_ok = False
             raise
         self._store_ok = True
+
+    def _probe_store(self, now: float) -> None:
+        """While the store fails, try a small real write each housekeeping pass, so readiness
+        comes back with the disk or the file even when no traffic is let in to find out."""
+        if self._store_probe is None or self._store_probe.done():
+            self._store_probe = asyncio.create_task(self._commit_probe(now), name="store probe")
+
+    async def _commit_probe(self, now: float) -> None:
+        with contextlib.suppress(EngineError):  # still failing, or closing meanwhile
+            await self._commit(Prune(now))
 
     def _persist_later(self, *ops: Op) -> None:
         """Queue ops without making the caller wait (events raised outside any request).

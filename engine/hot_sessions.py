@@ -43,6 +43,9 @@ class HotSessions:
         gets AuthenticationError, as for a session that does not exist.
         """
         cache = self._registry.hot
+        if session.stale and session.hot and _reloadable(session):
+            cache.discard(session)
+            session.drop_context()
         if session.hot:
             cache.hits += 1
             cache.add(session)
@@ -104,3 +107,9 @@ class HotSessions:
 
 def _demotable(session: Session) -> bool:
     return not session.busy and session.loading is None
+
+
+def _reloadable(session: Session) -> bool:
+    """No other turn is using the context: none runs, or the one running is the caller."""
+    running = session.running_turn
+    return session.loading is None and (running is None or running is asyncio.current_task())

@@ -61,6 +61,10 @@ class SessionResidency:
         if stored is None or self._registry.get(session.session_id) is not session:
             return  # ended while loading
         before = session.cold_bytes
+        if session.stale:
+            # Refused writes left gaps after the last stored message: number on from that one
+            # (every write queued before this read has committed or failed by now).
+            session.next_seq = 0
         try:
             warm(
                 session, stored, self._keyring(),
@@ -75,6 +79,7 @@ class SessionResidency:
             self._quotas.adjust(
                 session.user_id, "storage_mb", (session.context.bytes - before) / BYTES_PER_MB
             )
+        session.stale = False
         self._registry.hot.add(session)
         self._views.invalidate(session)
 

@@ -144,6 +144,7 @@ class Session:
     loading: asyncio.Future[None] | None = None  # warming in progress: later users await it
     cold_messages: int = 0  # the stored conversation's size while cold (context is None)
     cold_bytes: int = 0
+    stale: bool = False  # memory holds a turn the store refused: reload before the next use
 
     @property
     def busy(self) -> bool:
@@ -171,12 +172,17 @@ class Session:
 
     def demote(self) -> None:
         """Drop the hot state, keeping the compact record: the store has the rest."""
-        assert self.context is not None and not self.busy and self.loading is None
+        assert not self.busy
+        self.drop_context()
+        self._turn_lock = None
+
+    def drop_context(self) -> None:
+        """Drop the decrypted context and key (the turn lock stays: a turn may hold it)."""
+        assert self.context is not None and self.loading is None
         self.cold_messages, self.cold_bytes = len(self.context), self.context.bytes
         self.context = None
         self.cipher = None
         self.wrapped_key = None
-        self._turn_lock = None
 
     @property
     def deadline(self) -> float:

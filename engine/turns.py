@@ -16,7 +16,14 @@ from typing import Any, Literal, get_args
 from engine.balancer import Balancer
 from engine.clock import Clock
 from engine.config import EngineConfig
-from engine.errors import EngineError, Interrupted, InvalidInput, QuotaExceeded, SessionBusy
+from engine.errors import (
+    EngineError,
+    Interrupted,
+    InvalidInput,
+    QuotaExceeded,
+    SessionBusy,
+    StoreError,
+)
 from engine.hot_sessions import HotSessions
 from engine.monitor import Monitor
 from engine.quota_watch import QuotaWatch
@@ -204,7 +211,13 @@ class TurnPipeline:
         )
         ops = self._complete(session, agent_type, text, model, latency)
         if ops:
-            await self._commit(*ops)  # durable acknowledgement: the reply follows the commit
+            try:
+                await self._commit(*ops)  # durable acknowledgement: the reply follows the commit
+            except StoreError:
+                # Memory holds what the store refused: reload the session before its next use,
+                # so neither its history nor the model sees a turn that was not acknowledged.
+                session.stale = True
+                raise
         return Reply(
             session.session_id, agent_type, model.text,
             model.prompt_tokens, model.completion_tokens, latency, model.model_latency_s,

@@ -91,7 +91,8 @@ async def test_a_deleted_database_refuses_writes_and_readyz_turns_false(serve, m
         )
         assert created.status_code == 503
         history = await engine.history(sid, token)  # reads of live sessions go on
-        assert [m.content for m in history if m.role == "user"][:10] == acked[sid]
+        # ... and show only acknowledged turns: the refused ones were dropped from memory.
+        assert [m.content for m in history if m.role == "user"] == acked[sid]
     config = make_config(limits=GENEROUS)
     async with Engine(config) as engine:  # the file is gone with what it held: a new store
         assert engine.snapshot().sessions == ()
@@ -115,8 +116,18 @@ async def test_a_replaced_database_refuses_writes_until_put_back(make_config):
         assert not engine.ready
 
         os.replace(original, db)  # the original back under its name: writes resume
+        engine.housekeep()  # with no traffic at all, a probe write finds the store back
+        for _ in range(100):
+            if engine.ready:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.ready
         after, failures = await load(engine, sessions, 5, "after")
         assert not failures and engine.ready
+        for s in sessions:  # the refused turns are not in memory either
+            history = await engine.history(s.session_id, s.token)
+            texts = [m.content for m in history if m.role == "user"]
+            assert texts == before[s.session_id] + after[s.session_id]
     stored = await stored_turns(config, sessions)
     assert stored == {sid: before[sid] + after[sid] for sid in stored}
 
