@@ -62,6 +62,7 @@ from engine.store import (
     TokenUpdate,
     Touch,
     TrimMessages,
+    open_store,
 )
 from engine.tokens import CHARS_PER_TOKEN, estimate_tokens
 from engine.views import (
@@ -158,8 +159,8 @@ class Engine:
             KeyRing.load, store.master_key_file, store.master_keys,
             given_source=f"StoreSettings.master_keys ({MASTER_KEY_ENV})",
         )
-        self._store = await Store.open(
-            store.db_path,
+        self._store = await open_store(
+            store.database_url or store.db_path,
             durable_ack=store.durable_ack,
             retention_s=store.audit_retention_s,
             power_safe=store.durability == "power",

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from engine.store.ops import (
+    METRICS_RESTORE_S,
     AlertRow,
     ContextFigures,
     MessageRow,
@@ -26,8 +27,6 @@ from engine.store.ops import (
 )
 from engine.store.sqlite.checks import read_only_uri
 from engine.store.sqlite.statements import SESSION_COLUMNS
-
-METRICS_RESTORE_S = 3600.0  # roll-ups handed back on restore, enough for the console's charts
 
 _SELECT_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY session_id"
 _SELECT_CONTEXTS = (
