@@ -11,7 +11,7 @@ from engine.clock import ManualClock
 
 INSTANT = SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)
 
-pytest_plugins = ("servers.postgres",)  # postgres_server, postgres_url: a real PostgreSQL
+pytest_plugins = ("tests.servers.postgres",)  # postgres_server, postgres_url: a real PostgreSQL
 
 
 @pytest.fixture(autouse=True)

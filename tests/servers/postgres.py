@@ -1,17 +1,20 @@
 """A real PostgreSQL 16 for tests, from the `pgserver` wheel, and a fresh database per test.
 
 One server per test session (starting one takes about a second), listening only on a unix
-socket in its data folder (no TCP port); every test that asks for `postgres_url` gets a
-database of its own, created empty and dropped afterwards, so tests never see one another's
-rows. The server stops when the session ends.
+socket in its data folder (no TCP port), removed with that folder when the session ends. Every
+test that asks for `postgres_url` gets a database of its own, created empty and dropped
+afterwards, so tests never see one another's rows.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -31,16 +34,20 @@ class PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
+    """Its data folder is not under pytest's temporary folder: a concurrent pytest run of
+    another checkout prunes old ones, and would delete a running server's files."""
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR at import
         warnings.simplefilter("ignore")
         import pgserver  # imported here: only sessions that use PostgreSQL pay for it
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    folder = Path(tempfile.mkdtemp(prefix="session-console-pg-"))
+    server = pgserver.get_server(folder / "data", cleanup_mode="stop")
     try:
         yield PostgresServer(str(server.get_postmaster_info().socket_dir))
     finally:
         server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
