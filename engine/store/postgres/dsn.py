@@ -7,7 +7,7 @@ message, so it names it by `redacted(dsn)`: the same URL with any password remov
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -29,7 +29,12 @@ def redacted(dsn: str) -> str:
         [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"],
         safe="/",
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Not urlunsplit: it drops the empty authority of a socket URL (postgresql:///db?host=...).
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 def without_password(text: str, dsn: str) -> str:

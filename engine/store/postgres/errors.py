@@ -54,15 +54,29 @@ _ADVICE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str]
         "the server has no connection slot left: raise max_connections or stop idle clients",
     ),
     (
+        asyncpg.QueryCanceledError,
+        "a statement was cancelled (a statement timeout, or an operator cancelled it); retry",
+    ),
+    (
         (
             OSError,
             asyncpg.PostgresConnectionError,
             asyncpg.CannotConnectNowError,
-            asyncpg.ConnectionDoesNotExistError,
-            asyncpg.InterfaceError,
             TimeoutError,
         ),
         UNREACHABLE,
+    ),
+    (
+        # A connection the server ended (restart, pg_terminate_backend) fails its next use,
+        # in asyncpg as one of these; the pool replaces it at the next acquire.
+        (
+            asyncpg.OperatorInterventionError,
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.InternalClientError,
+            asyncpg.InterfaceError,
+        ),
+        "the database server closed the connection (it restarted, or an operator ended it); "
+        "the next write reconnects",
     ),
 )
 

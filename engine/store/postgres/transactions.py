@@ -15,14 +15,8 @@ import asyncpg
 
 from engine.errors import StoreError
 from engine.store.ops import Op, RewrapReport
+from engine.store.postgres import migrations
 from engine.store.postgres.errors import store_error
-from engine.store.postgres.migrations import (
-    APPLICATION,
-    CREATE_SCHEMA_VERSION,
-    MIGRATION_LOCK,
-    MIGRATIONS,
-    OWN_TABLES,
-)
 from engine.store.postgres.statements import (
     AUDIT_EXPIRED,
     DELETE_EXPIRED,
@@ -54,9 +48,9 @@ async def prepare(conn: asyncpg.Connection, location: str) -> bool:
     fails here, at start-up, rather than on the first user's message. A database refused here
     (foreign, newer) is left as it was: the transaction rolls back.
     """
-    latest = len(MIGRATIONS)
+    latest = len(migrations.MIGRATIONS)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.MIGRATION_LOCK)
         version = await _stored_version(conn, location)
         if version > latest:
             raise StoreError(
@@ -65,11 +59,12 @@ async def prepare(conn: asyncpg.Connection, location: str) -> bool:
                 "The database was left untouched"
             )
         if version < 0:
-            await conn.execute(CREATE_SCHEMA_VERSION)
+            await conn.execute(migrations.CREATE_SCHEMA_VERSION)
             await conn.execute(
-                "INSERT INTO schema_version (application, version) VALUES ($1, 0)", APPLICATION
+                "INSERT INTO schema_version (application, version) VALUES ($1, 0)",
+                migrations.APPLICATION,
             )
-        for step in MIGRATIONS[max(version, 0):]:
+        for step in migrations.MIGRATIONS[max(version, 0):]:
             for statement in step:
                 await conn.execute(statement)
         if version < latest:
@@ -93,7 +88,7 @@ async def _stored_version(conn: asyncpg.Connection, location: str) -> int:
         taken = await conn.fetchval(
             "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables"
             " WHERE schemaname = current_schema() AND tablename = ANY($1::text[])",
-            list(OWN_TABLES),
+            list(migrations.OWN_TABLES),
         )
         if taken:
             raise StoreError(
@@ -102,7 +97,7 @@ async def _stored_version(conn: asyncpg.Connection, location: str) -> int:
             )
         return -1
     rows = await conn.fetch("SELECT application, version FROM schema_version")
-    if len(rows) != 1 or rows[0]["application"] != APPLICATION:
+    if len(rows) != 1 or rows[0]["application"] != migrations.APPLICATION:
         raise StoreError(
             f"store {location} has a schema_version table that belongs to another application; "
             "it was left untouched: use another database or schema"
