@@ -113,6 +113,7 @@ class PostgresBackend:
                 },
             )
         except Exception as exc:
+            # Not chained: a traceback must not carry a password some driver message repeated.
             error = store_error(location, exc, "connecting")
             raise StoreError(without_password(str(error), dsn)) from None
         try:
