@@ -73,7 +73,8 @@ class PoolWaitRule:
 
 @dataclass(frozen=True, slots=True)
 class AuthBurstRule:
-    """`per_id` failures for one presented session id, or `global_count` in all, in `window_s`."""
+    """`per_id` failures for one presented session id within `window_s` of its first, or
+    `global_count` in all within `window_s`."""
 
     per_id: int = 5
     global_count: int = 20

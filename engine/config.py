@@ -21,6 +21,7 @@ from engine.ratelimit import RateLimit
 
 MASTER_KEY_ENV = "SESSION_CONSOLE_MASTER_KEY"  # comma-separated Fernet keys, primary first
 APP_KEYS_ENV = "SESSION_CONSOLE_APP_KEYS"  # comma-separated keys allowed to create sessions
+DATABASE_URL_ENV = "SESSION_CONSOLE_DATABASE_URL"  # postgresql://... : the store in PostgreSQL
 OPENAI_ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL")
 
 
@@ -60,6 +61,9 @@ class StoreSettings:
     # power, and an acknowledgement costs a write() instead of an fsync (lower latency).
     durability: Literal["power", "process"] = "power"
     audit_retention_s: float = 0.0  # >0 keeps ended sessions' metadata (no content) this long
+    # A `postgresql://` URL (from_env: SESSION_CONSOLE_DATABASE_URL): the store lives in that
+    # PostgreSQL database, shared by a cluster's workers, instead of the SQLite file db_path.
+    database_url: str | None = field(default=None, repr=False)
     # Master keys given by the deployment (from_env: SESSION_CONSOLE_MASTER_KEY), primary first;
     # empty: the key file under data_dir, created on first run.
     master_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -190,8 +194,9 @@ class EngineConfig:
         """`EngineConfig(**parts)` completed from the environment (`os.environ` by default).
 
         Reads SESSION_CONSOLE_MASTER_KEY and SESSION_CONSOLE_APP_KEYS (comma-separated; set
-        values replace the key files) and OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL (for
-        what `llm` leaves unset). Empty variables count as unset.
+        values replace the key files), SESSION_CONSOLE_DATABASE_URL (a PostgreSQL store), and
+        OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL (for what `llm` leaves unset). Empty
+        variables count as unset.
         """
         env = os.environ if env is None else env
         config = cls(**parts)  # type: ignore[arg-type]
@@ -202,6 +207,7 @@ class EngineConfig:
             store=replace(
                 config.store,
                 master_keys=config.store.master_keys or _split(env.get(MASTER_KEY_ENV, "")),
+                database_url=config.store.database_url or env.get(DATABASE_URL_ENV) or None,
             ),
             llm=replace(
                 llm,

@@ -45,7 +45,7 @@ from engine.runner import AgentRunner
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, issue_token, rotate
 from engine.sessions import Message, Session, SessionRegistry
-from engine.store import Assign, Op, Prune, RewrapReport, Store, TokenUpdate
+from engine.store import Assign, Op, Prune, RewrapReport, Store, TokenUpdate, open_store
 from engine.turns import MultitaskStrategy, TurnPipeline, check_strategy
 from engine.views import (
     CreatedSession,
@@ -146,8 +146,8 @@ class Engine:
             KeyRing.load, store.master_key_file, store.master_keys,
             given_source=f"StoreSettings.master_keys ({MASTER_KEY_ENV})",
         )
-        self._store = await Store.open(
-            store.db_path,
+        self._store = await open_store(
+            store.database_url or store.db_path,
             durable_ack=store.durable_ack,
             retention_s=store.audit_retention_s,
             power_safe=store.durability == "power",

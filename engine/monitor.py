@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,7 +111,9 @@ class Monitor:
         self._users: dict[str, UserStats] = {}
         self._user_reap: list[tuple[float, str]] = []
         self._pools: dict[str, PoolStats] = {}
-        self._auth_ids: OrderedDict[str, deque[float]] = OrderedDict()
+        # Per presented id: (failures, when the first of them was). A fresh id costs one small
+        # tuple, not a deque: an attacker's ids are all fresh, and refusing must stay cheap.
+        self._auth_ids: dict[str, tuple[int, float]] = {}
         self._auth_fired: dict[str, float] = {}  # alert key -> when it was last fired
         burst = alert_rules.auth_burst
         self._auth_recent: deque[float] = deque(maxlen=burst.global_count if burst else 1)
@@ -262,25 +264,21 @@ class Monitor:
             )
         if presented is None:
             return
-        tracker = self._auth_ids.get(presented)
-        if tracker is None:
-            tracker = self._auth_ids[presented] = deque(maxlen=rule.per_id)
-            if len(self._auth_ids) > _MAX_AUTH_IDS:
-                self._auth_ids.popitem(last=False)
-        else:
-            self._auth_ids.move_to_end(presented)
-        tracker.append(now)
-        if (
-            len(tracker) == tracker.maxlen
-            and now - tracker[0] < rule.window_s
-            and self._auth_alert_due(f"auth_burst:{presented}", now)
-        ):
+        ids = self._auth_ids
+        failures, first_at = ids.get(presented, (0, now))
+        if now - first_at >= rule.window_s:
+            failures, first_at = 0, now  # a new window from this failure
+        elif not failures and len(ids) >= _MAX_AUTH_IDS:
+            del ids[next(iter(ids))]  # the longest tracked goes first
+        failures += 1
+        ids[presented] = (failures, first_at)
+        if failures >= rule.per_id and self._auth_alert_due(f"auth_burst:{presented}", now):
             self.alert_manager.fire(
                 f"auth_burst:{presented}",
                 "auth_burst",
                 rule.severity,
-                f"{len(tracker)} failed authentications for session {presented!r} "
-                f"in {now - tracker[0]:.0f}s",
+                f"{failures} failed authentications for session {presented!r} "
+                f"in {now - first_at:.0f}s",
                 presented,
             )
 

@@ -11,6 +11,8 @@ from engine.clock import ManualClock
 
 INSTANT = SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)
 
+pytest_plugins = ("tests.servers.postgres",)  # postgres_server, postgres_url: a real PostgreSQL
+
 
 @pytest.fixture(autouse=True)
 def _no_keys_from_environment(monkeypatch):

@@ -9,9 +9,13 @@ Callers import from here only. Inside, one module per concern:
 - `sqlite/`: `SqliteBackend`, the default: one SQLite file in WAL mode, its schema and
   migrations, the connection thread the store owns (the store does not use aiosqlite: see
   `sqlite/connection.py` for why), the checkpointer, the file lock and the checks at open.
+- `postgres/`: `PostgresBackend`, the store in a PostgreSQL database shared by a cluster's
+  workers, through asyncpg.
+- `opening`: `open_store`, an SQLite path or a `postgresql://` URL, whichever is configured.
 """
 
 from engine.store.backend import Backend, CommitDone, StorageFigures
+from engine.store.opening import open_store
 from engine.store.ops import (
     AlertRow,
     Assign,
@@ -25,6 +29,7 @@ from engine.store.ops import (
     RestoreCounts,
     Restored,
     RewrapReport,
+    SessionRecord,
     SessionRow,
     StoredSession,
     StoreStats,
@@ -32,6 +37,7 @@ from engine.store.ops import (
     Touch,
     TrimMessages,
 )
+from engine.store.postgres import PostgresBackend, is_postgres_url, redacted
 from engine.store.sqlite import SqliteBackend
 from engine.store.writer import DEFAULT_PATH, Store
 
@@ -46,11 +52,13 @@ __all__ = [
     "MessageRow",
     "MetricsRow",
     "Op",
+    "PostgresBackend",
     "Prune",
     "QuotaEvent",
     "RestoreCounts",
     "Restored",
     "RewrapReport",
+    "SessionRecord",
     "SessionRow",
     "SqliteBackend",
     "StorageFigures",
@@ -60,4 +68,7 @@ __all__ = [
     "TokenUpdate",
     "Touch",
     "TrimMessages",
+    "is_postgres_url",
+    "open_store",
+    "redacted",
 ]

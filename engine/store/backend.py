@@ -3,9 +3,9 @@
 `Store` (writer.py) owns what is the same whatever holds the data: the queue, group commit,
 durable acknowledgement, exclusive jobs and the counters in `StoreStats`. A backend owns the
 database: opening and checking it, applying a batch of writes as one transaction, the reads at
-start-up, rewrapping keys, and closing. `SqliteBackend` (engine/store/sqlite/) is the one
-implementation today; a PostgreSQL backend for the cluster implements this protocol and the
-engine above it does not change.
+start-up, rewrapping keys, and closing. `SqliteBackend` (engine/store/sqlite/) is the embedded
+default; `PostgresBackend` (engine/store/postgres/) holds the same records for a cluster, and
+the engine above does not change.
 
 `commit` hands its result to a callback instead of being awaited: the writer resolves its
 waiters and starts the next batch from that callback, and an SQLite backend calls it straight
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from engine.errors import StoreError
-from engine.store.ops import Op, Restored, RewrapReport, StoredSession
+from engine.store.ops import Op, Restored, RewrapReport, SessionRecord, StoredSession
 
 CommitDone = Callable[[dict[int, Exception] | None, BaseException | None], object]
 """`done(rejected, None)` after a commit, `done(None, error)` after a failed transaction."""
@@ -63,6 +63,10 @@ class Backend(Protocol):
 
     async def load_session(self, session_id: str) -> StoredSession | None:
         """One live session's wrapped key and messages, oldest first; None if not stored."""
+        ...
+
+    async def load_record(self, session_id: str) -> SessionRecord | None:
+        """One session's compact record (no key, no message); None if not stored."""
         ...
 
     async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:

@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import get_args
 
+QUOTA_BUCKETS_PER_WINDOW = 60  # the quota rings' own granularity: rebuilding loses nothing
+METRICS_RESTORE_S = 3600.0  # roll-ups handed back on restore, enough for the console's charts
+
 
 @dataclass(frozen=True, slots=True)
 class SessionRow:
@@ -61,6 +64,18 @@ class Touch:
     completion_tokens: int = 0
     errors: int = 0
     agent_type: str = ""
+
+    def then(self, later: Touch) -> Touch:
+        """One touch with the effect of applying this one, then `later`, to a stored session."""
+        return Touch(
+            later.session_id,
+            max(self.last_active_at, later.last_active_at),
+            max(self.turns, later.turns),
+            max(self.prompt_tokens, later.prompt_tokens),
+            max(self.completion_tokens, later.completion_tokens),
+            max(self.errors, later.errors),
+            later.agent_type or self.agent_type,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +138,11 @@ class QuotaEvent:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.window_s) and self.window_s > 0):
             raise ValueError(f"quota window_s must be > 0 seconds, got {self.window_s!r}")
+
+    @property
+    def bucket(self) -> int:
+        """The window/60 sub-bucket this event is summed into (raises for an infinite `at`)."""
+        return math.floor(self.at * QUOTA_BUCKETS_PER_WINDOW / self.window_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +227,15 @@ class ContextFigures:
     messages: int
     bytes: int
     next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One stored session's compact record, without its key or messages: what a worker that
+    has not seen the session needs to authenticate it and hold it cold."""
+
+    row: SessionRow
+    figures: ContextFigures | None  # None: no message stored
 
 
 @dataclass(frozen=True, slots=True)

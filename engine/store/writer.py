@@ -42,6 +42,7 @@ from engine.store.ops import (
     Prune,
     Restored,
     RewrapReport,
+    SessionRecord,
     SessionRow,
     StoredSession,
     StoreStats,
@@ -219,6 +220,11 @@ class Store:
         committed, so a session demoted with writes still queued reads them back.
         """
         return await self._submit(partial(self.backend.load_session, session_id))
+
+    async def load_record(self, session_id: str) -> SessionRecord | None:
+        """One session's compact record (no key, no message; None once it has ended), for a
+        worker of a cluster that has not seen the session. After the writes queued before it."""
+        return await self._submit(partial(self.backend.load_record, session_id))
 
     async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:
         """Replace every wrapped key by `fn(wrapped)` in one transaction (pass keyring.rewrap).

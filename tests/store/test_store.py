@@ -1,4 +1,9 @@
-"""The SQLite store on real files: checks at open, group commit, durability, restore, shredding.
+"""The store on real databases: checks at open, group commit, durability, restore, shredding.
+
+Behaviour every backend shares runs on both, through the `backend` fixture: a real SQLite file
+and a real PostgreSQL database (tests/servers/postgres.py). What only SQLite has (its file
+checks, lock, WAL and checkpointer, its connection thread) runs on SQLite files; PostgreSQL's
+own (schema version, advice, URLs) is in test_postgres.py.
 
 Faults are real where this machine allows: bytes overwritten in the file, an immutable file
 (`chattr +i`, which binds root too) for read-only, a tiny tmpfs for a full disk, SIGKILL of a
@@ -19,8 +24,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 
@@ -30,6 +37,7 @@ from engine.store import (
     AlertRow,
     Assign,
     Backend,
+    ContextFigures,
     EndSession,
     MessageRow,
     MetricsRow,
@@ -40,7 +48,9 @@ from engine.store import (
     TokenUpdate,
     Touch,
     TrimMessages,
+    open_store,
 )
+from engine.store.postgres import migrations as pg_migrations
 from engine.store.sqlite import checkpointer as checkpointing
 from engine.store.sqlite import migrations
 
@@ -123,6 +133,62 @@ async def store(db_path: Path):
     await opened.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A store's database as another client sees it: open the store, query it directly."""
+
+    name: str  # "sqlite" or "postgres"
+    target: Path | str  # what `open_store` takes: a file path or a postgresql:// URL
+
+    async def open(self, **settings) -> Store:
+        return await open_store(self.target, **settings)
+
+    async def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """`sql` with `?` placeholders, through a separate connection (committed)."""
+        if self.name == "sqlite":
+            with contextlib.closing(sqlite3.connect(self.target)) as conn:
+                rows = conn.execute(sql, params).fetchall()
+                conn.commit()
+            return rows
+        numbered = sql.split("?")
+        sql = numbered[0] + "".join(f"${n}{part}" for n, part in enumerate(numbered[1:], 1))
+        conn = await asyncpg.connect(str(self.target))
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *params)]
+        finally:
+            await conn.close()
+
+    async def schema_version(self) -> int:
+        sql = "SELECT version FROM schema_version"
+        ((version,),) = await self.query("PRAGMA user_version" if self.name == "sqlite" else sql)
+        return version
+
+    async def columns(self, table: str) -> set[str]:
+        if self.name == "sqlite":
+            return {row[1] for row in await self.query(f"PRAGMA table_info({table})")}
+        sql = "SELECT column_name::text FROM information_schema.columns WHERE table_name = ?"
+        return {name for (name,) in await self.query(sql, (table,))}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, db_path: Path) -> Database:
+    """Each backend in turn: an SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return Database("sqlite", db_path)
+    return Database("postgres", request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def backend_store(backend: Database):
+    opened = await backend.open()
+    yield opened
+    await opened.aclose()
+
+
+def latest_schema(backend: Database) -> int:
+    return LATEST if backend.name == "sqlite" else len(pg_migrations.MIGRATIONS)
+
+
 @contextlib.asynccontextmanager
 async def writer_held(store: Store):
     """Keep the writer busy (an exclusive job waiting for the block to end), so that writes
@@ -169,15 +235,15 @@ async def test_open_creates_the_schema_with_version_application_id_and_wal(db_pa
         assert {"metrics_minute", "store_meta"} <= tables
 
 
-async def test_reopen_is_idempotent_and_reports_a_clean_shutdown(db_path):
-    async with await Store.open(db_path) as first:
+async def test_reopen_is_idempotent_and_reports_a_clean_shutdown(backend):
+    async with await backend.open() as first:
         await first.save_session(session_row())
-    async with await Store.open(db_path) as second:
+    async with await backend.open() as second:
         restored = await second.load_live(NOW)
     assert restored.clean_shutdown
     assert [s.session_id for s in restored.sessions] == ["s1"]
-    assert query(db_path, "PRAGMA user_version") == [(LATEST,)]
-    assert query(db_path, "SELECT value FROM store_meta WHERE key = 'opens'") == [(2,)]
+    assert await backend.schema_version() == latest_schema(backend)
+    assert await backend.query("SELECT value FROM store_meta WHERE key = 'opens'") == [(2,)]
 
 
 async def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(db_path):
@@ -430,7 +496,8 @@ async def test_a_failed_batch_rolls_back_as_a_whole_and_every_waiter_hears_of_it
 # --- group commit and acknowledgement ------------------------------------------------------------
 
 
-async def test_concurrent_writes_share_far_fewer_transactions(store):
+async def test_concurrent_writes_share_far_fewer_transactions(backend, backend_store):
+    store = backend_store
     await store.save_session(session_row())
     before = store.stats()
     await asyncio.gather(*(store.write(message("s1", n)) for n in range(1000)))
@@ -438,39 +505,47 @@ async def test_concurrent_writes_share_far_fewer_transactions(store):
     assert after.writes - before.writes == 1000
     assert after.batches - before.batches < 1000 / 5
     assert after.queue_depth == 0 and after.avg_batch_ops > 1
-    assert after.file_bytes > 0 and after.wal_bytes > 0 and after.failed_batches == 0
+    assert after.file_bytes > 0 and after.failed_batches == 0
+    if backend.name == "sqlite":  # PostgreSQL's WAL is the server's, not the database's
+        assert after.wal_bytes > 0
 
 
-async def test_write_nowait_queues_in_order_and_failures_are_counted(store, db_path, caplog):
-    store.write_nowait(session_row())
-    store.write_nowait(message("s1", 1))
-    store.write_nowait(message("missing", 1))
-    assert query(db_path, "SELECT count(*) FROM messages") == [(0,)]
+async def test_write_nowait_queues_in_order_and_failures_are_counted(backend, backend_store,
+                                                                     caplog):
+    store = backend_store
+    async with writer_held(store):  # nothing can commit yet: only queued
+        store.write_nowait(session_row())
+        store.write_nowait(message("s1", 1))
+        store.write_nowait(message("missing", 1))
+        assert await backend.query("SELECT count(*) FROM messages") == [(0,)]
     await store.flush()
-    assert query(db_path, "SELECT seq FROM messages") == [(1,)]
-    assert "FOREIGN KEY" in caplog.text
+    assert await backend.query("SELECT seq FROM messages") == [(1,)]
+    assert "foreign key constraint" in caplog.text.lower()
     assert store.stats().rejected_writes == 1
 
 
-async def test_a_durable_write_is_visible_to_another_connection_when_it_returns(store, db_path):
-    await store.save_session(session_row())
-    await store.write(message("s1", 1))
-    assert query(db_path, "SELECT seq FROM messages WHERE session_id = 's1'") == [(1,)]
+async def test_a_durable_write_is_visible_to_another_connection_when_it_returns(backend,
+                                                                                backend_store):
+    await backend_store.save_session(session_row())
+    await backend_store.write(message("s1", 1))
+    assert await backend.query("SELECT seq FROM messages WHERE session_id = 's1'") == [(1,)]
 
 
-async def test_without_durable_ack_write_returns_before_the_commit(db_path):
-    async with await Store.open(db_path, durable_ack=False) as store:
-        await store.save_session(session_row())
-        assert query(db_path, "SELECT count(*) FROM sessions") == [(0,)]
+async def test_without_durable_ack_write_returns_before_the_commit(backend):
+    async with await backend.open(durable_ack=False) as store:
+        async with writer_held(store):  # durable, this write could not return in here
+            await store.save_session(session_row())
+            assert await backend.query("SELECT count(*) FROM sessions") == [(0,)]
         await store.flush()
-        assert query(db_path, "SELECT count(*) FROM sessions") == [(1,)]
+        assert await backend.query("SELECT count(*) FROM sessions") == [(1,)]
         for n in range(100):
             await store.write(message("s1", n))
     # close() commits whatever was still queued.
-    assert query(db_path, "SELECT count(*) FROM messages") == [(100,)]
+    assert await backend.query("SELECT count(*) FROM messages") == [(100,)]
 
 
-async def test_a_rejected_write_fails_alone_and_its_batch_mates_commit(store):
+async def test_a_rejected_write_fails_alone_and_its_batch_mates_commit(backend_store):
+    store = backend_store
     await store.save_session(session_row())
     results = await asyncio.gather(
         store.write(message("s1", 1)),
@@ -535,15 +610,16 @@ async def test_a_rejected_write_fails_alone_within_the_same_round_trip(store, db
     assert query(db_path, "SELECT amount FROM quota_usage") == [(5.0,)]
 
 
-async def test_every_durable_ack_of_a_batch_follows_its_commit(store, db_path):
+async def test_every_durable_ack_of_a_batch_follows_its_commit(backend, backend_store):
+    store = backend_store
     await store.save_session(session_row())
     seen: list[int] = []
 
     async def turn(n: int) -> None:
         await store.write(message("s1", n))
         # Another connection, the moment write() returns: the row must already be committed.
-        seen.extend(seq for (seq,) in query(db_path, "SELECT seq FROM messages WHERE seq = ?",
-                                             (n,)))
+        rows = await backend.query("SELECT seq FROM messages WHERE seq = ?", (n,))
+        seen.extend(seq for (seq,) in rows)
 
     async with writer_held(store):
         turns = started(*(turn(n) for n in range(1, 60)))
@@ -551,7 +627,10 @@ async def test_every_durable_ack_of_a_batch_follows_its_commit(store, db_path):
     assert sorted(seen) == list(range(1, 60))
 
 
-async def test_writes_made_together_commit_together_and_concurrent_writers_stay_in_step(store):
+async def test_writes_made_together_commit_together_and_concurrent_writers_stay_in_step(
+    backend_store,
+):
+    store = backend_store
     await store.save_session(session_row())
     before = store.stats().batches
 
@@ -566,8 +645,8 @@ async def test_writes_made_together_commit_together_and_concurrent_writers_stay_
     assert store.stats().batches - before == 5
 
 
-async def test_writes_commit_in_the_order_they_were_made_across_batches(db_path):
-    async with await Store.open(db_path, batch_max=3) as store:
+async def test_writes_commit_in_the_order_they_were_made_across_batches(backend):
+    async with await backend.open(batch_max=3) as store:
         await store.save_session(session_row())
         order: list[int] = []
         waits = []
@@ -584,10 +663,13 @@ async def test_writes_commit_in_the_order_they_were_made_across_batches(db_path)
         await asyncio.gather(*waits)
         await store.flush()
         assert store.stats().batches > 200 / 3
-        assert [seq for (seq,) in query(db_path, "SELECT seq FROM messages ORDER BY id")] == order
+        rows = await backend.query("SELECT seq FROM messages ORDER BY id")
+        assert [seq for (seq,) in rows] == order
 
 
-async def test_a_job_runs_alone_between_the_writes_queued_before_and_after_it(store, db_path):
+async def test_a_job_runs_alone_between_the_writes_queued_before_and_after_it(backend,
+                                                                            backend_store):
+    store = backend_store
     await store.save_session(session_row())
     async with writer_held(store):
         store.write_nowait(message("s1", 1))
@@ -597,10 +679,13 @@ async def test_a_job_runs_alone_between_the_writes_queued_before_and_after_it(st
     restored = await loading
     assert restored is not None and [m.seq for m in restored.messages] == [1]
     await store.flush()
-    assert query(db_path, "SELECT seq FROM messages ORDER BY id") == [(1,), (2,)]
+    assert await backend.query("SELECT seq FROM messages ORDER BY id") == [(1,), (2,)]
 
 
-async def test_a_write_the_statements_cannot_take_fails_alone_and_the_writer_goes_on(store):
+async def test_a_write_the_statements_cannot_take_fails_alone_and_the_writer_goes_on(
+    backend_store,
+):
+    store = backend_store
     await store.save_session(session_row())
     with pytest.raises(StoreError, match="OverflowError"):
         await store.write(QuotaEvent("alice", "tokens", float("inf"), 1, 60.0))
@@ -609,8 +694,8 @@ async def test_a_write_the_statements_cannot_take_fails_alone_and_the_writer_goe
     assert [m.seq for m in await stored_messages(store, "s1")] == [1]
 
 
-async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(db_path):
-    store = await Store.open(db_path, batch_ms=3_600_000, batch_max=4)
+async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(backend):
+    store = await backend.open(batch_ms=3_600_000, batch_max=4)
     await store.save_session(session_row())
     async with writer_held(store):  # a batch of two writes: writes now arrive concurrently
         first = started(store.write(message("s1", 1)), store.write(message("s1", 2)))
@@ -618,14 +703,15 @@ async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(db_path
     store.write_nowait(message("s1", 3))  # lingers for a fuller batch, up to an hour
     for _ in range(5):
         await asyncio.sleep(0)
-    assert query(db_path, "SELECT count(*) FROM messages") == [(2,)]
+    assert await backend.query("SELECT count(*) FROM messages") == [(2,)]
     async with asyncio.timeout(30):  # (not an hour)
         await store.write(message("s1", 4), message("s1", 5), message("s1", 6))  # it is full
-    assert query(db_path, "SELECT count(*) FROM messages") == [(6,)]
+    assert await backend.query("SELECT count(*) FROM messages") == [(6,)]
     store.write_nowait(message("s1", 7))  # lingers again; close() does not wait it out
     async with asyncio.timeout(30):
         await store.aclose()
-    assert query(db_path, "SELECT seq FROM messages ORDER BY id") == [(n,) for n in range(1, 8)]
+    rows = await backend.query("SELECT seq FROM messages ORDER BY id")
+    assert rows == [(n,) for n in range(1, 8)]
 
 
 async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(
@@ -760,29 +846,31 @@ async def test_a_failed_open_leaves_no_thread_and_no_lock_behind(db_path, monkey
         assert (await store.load_live(NOW)).counts.sessions == 0
 
 
-async def test_the_sqlite_backend_has_every_member_of_the_backend_interface(store):
-    assert isinstance(store.backend, Backend)
+async def test_each_backend_has_every_member_of_the_backend_interface(backend_store):
+    assert isinstance(backend_store.backend, Backend)
     assert not isinstance(object(), Backend)
 
 
-async def test_ops_must_be_store_ops(store):
+async def test_ops_must_be_store_ops(backend_store):
     with pytest.raises(TypeError, match="not a store op"):
-        await store.write("INSERT INTO sessions")  # type: ignore[arg-type]
+        await backend_store.write("INSERT INTO sessions")  # type: ignore[arg-type]
 
 
-async def test_a_closed_store_refuses_writes_and_close_is_idempotent(db_path):
-    store = await Store.open(db_path)
+async def test_a_closed_store_refuses_writes_and_close_is_idempotent(backend):
+    store = await backend.open()
     await store.aclose()
     await store.aclose()
     with pytest.raises(StoreError, match="closed"):
         await store.write(session_row())
-    assert query(db_path, "SELECT value FROM store_meta WHERE key = 'clean_shutdown'") == [(1,)]
+    clean = "SELECT value FROM store_meta WHERE key = 'clean_shutdown'"
+    assert await backend.query(clean) == [(1,)]
 
 
 # --- session rows, messages, quotas, alerts, metrics ---------------------------------------------
 
 
-async def test_updates_only_move_activity_and_counters_forward(store):
+async def test_updates_only_move_activity_and_counters_forward(backend_store):
+    store = backend_store
     await store.save_session(session_row())
     await store.write(
         Touch("s1", NOW + 50, turns=3, prompt_tokens=30, completion_tokens=40, agent_type="a"),
@@ -800,8 +888,10 @@ async def test_updates_only_move_activity_and_counters_forward(store):
     assert row.deadline == NOW + 50 + 600
 
 
-async def test_a_large_batch_of_every_row_kind_lands_exactly(store, db_path):
-    """Rows go to SQLite many per statement, in chunks: any count must land, each row once."""
+async def test_a_large_batch_of_every_row_kind_lands_exactly(backend, backend_store):
+    """Rows go many per statement (SQLite: in chunks; PostgreSQL: as arrays): any count must
+    land, each row once."""
+    store = backend_store
     await store.write(*(session_row(f"s{i}") for i in range(301)))
     ops: list = []
     for i in range(301):
@@ -813,19 +903,19 @@ async def test_a_large_batch_of_every_row_kind_lands_exactly(store, db_path):
         ]
         ops.append(QuotaEvent(f"u{i % 7}", "tokens", NOW + 1, 1, 3600.0))
     await store.write(*ops)
-    assert query(db_path, "SELECT count(*), count(DISTINCT session_id) FROM messages") == [
-        (903, 301)
-    ]
-    assert query(
-        db_path,
+    assert await backend.query(
+        "SELECT count(*), count(DISTINCT session_id) FROM messages"
+    ) == [(903, 301)]
+    assert await backend.query(
         "SELECT DISTINCT last_active_at, turns, prompt_tokens, errors, agent_type FROM sessions",
     ) == [(NOW + 9, 2, 7, 1, "a")]  # every field moves forward; the last agent type named wins
-    assert query(db_path, "SELECT user_id, amount FROM quota_usage ORDER BY user_id") == [
+    assert await backend.query("SELECT user_id, amount FROM quota_usage ORDER BY user_id") == [
         (f"u{k}", float(len(range(k, 301, 7)))) for k in range(7)
     ]
 
 
-async def test_messages_come_back_in_seq_order_and_trimming_deletes_the_oldest(store):
+async def test_messages_come_back_in_seq_order_and_trimming_deletes_the_oldest(backend_store):
+    store = backend_store
     await store.write(session_row(), *(message("s1", n) for n in (3, 1, 2, 5, 4)))
     await store.write(TrimMessages("s1", 2))
     stored = await stored_messages(store, "s1")
@@ -835,7 +925,9 @@ async def test_messages_come_back_in_seq_order_and_trimming_deletes_the_oldest(s
     assert (figures.messages, figures.next_seq) == (3, 6)  # read without a ciphertext
 
 
-async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(store, db_path):
+async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(backend,
+                                                                          backend_store):
+    store = backend_store
     await store.write(
         QuotaEvent("alice", "tokens", NOW + 1, 100, 3600.0),
         QuotaEvent("alice", "tokens", NOW + 30, 50, 3600.0),  # same 60 s bucket
@@ -848,7 +940,7 @@ async def test_quota_usage_is_summed_per_bucket_and_expires_with_its_window(stor
         ("alice", "tokens", NOW + 30, 150.0, 3600.0),  # latest time of its bucket: never early
         ("alice", "tokens", NOW + 90, 7.0, 3600.0),
     ]
-    assert query(db_path, "SELECT count(*) FROM quota_usage") == [(2,)]  # pruned on load
+    assert await backend.query("SELECT count(*) FROM quota_usage") == [(2,)]  # pruned on load
 
 
 def test_a_quota_event_needs_a_window():
@@ -856,8 +948,8 @@ def test_a_quota_event_needs_a_window():
         QuotaEvent("alice", "tokens", NOW, 1, 0.0)
 
 
-async def test_alerts_and_metrics_round_trip_and_prune_keeps_them_bounded(db_path):
-    async with await Store.open(db_path, alert_keep=3, metrics_keep_s=3600) as store:
+async def test_alerts_and_metrics_round_trip_and_prune_keeps_them_bounded(backend):
+    async with await backend.open(alert_keep=3, metrics_keep_s=3600) as store:
         await store.write(
             *(
                 AlertRow(i, f"k{i}", "rule", "warning", f"alert {i}", None, NOW, NOW)
@@ -874,14 +966,14 @@ async def test_alerts_and_metrics_round_trip_and_prune_keeps_them_bounded(db_pat
     assert [(m.minute, m.turns, m.p99_s) for m in restored.metrics] == [
         (int(NOW) - 60, 10, 0.9)
     ]
-    assert query(db_path, "SELECT count(*) FROM metrics_minute") == [(1,)]
+    assert await backend.query("SELECT count(*) FROM metrics_minute") == [(1,)]
 
 
 # --- restore ------------------------------------------------------------------------------------
 
 
-async def test_restore_brings_back_live_sessions_and_purges_expired_ones(db_path):
-    async with await Store.open(db_path, retention_s=86400) as store:
+async def test_restore_brings_back_live_sessions_and_purges_expired_ones(backend):
+    async with await backend.open(retention_s=86400) as store:
         await store.write(
             session_row("live", created_at=NOW, last_active_at=NOW + 500),
             session_row("idle", created_at=NOW, last_active_at=NOW),  # idle since NOW + 600
@@ -890,7 +982,7 @@ async def test_restore_brings_back_live_sessions_and_purges_expired_ones(db_path
             QuotaEvent("alice", "tokens", NOW + 500, 42, 3600.0),
             AlertRow(7, "quota:alice", "quota", "critical", "alice at 100%", "alice", NOW, NOW),
         )
-    async with await Store.open(db_path, retention_s=86400) as store:
+    async with await backend.open(retention_s=86400) as store:
         restored = await store.load_live(NOW + 700)
         assert [m.seq for m in await stored_messages(store, "live")] == [1, 2, 3]
     assert [s.session_id for s in restored.sessions] == ["live"]
@@ -900,27 +992,25 @@ async def test_restore_brings_back_live_sessions_and_purges_expired_ones(db_path
     counts = restored.counts
     assert (counts.sessions, counts.purged, counts.messages) == (1, 2, 3)
     assert (counts.quota_buckets, counts.alerts) == (1, 1)
-    assert query(db_path, "SELECT count(*) FROM messages") == [(3,)]
-    assert dict(query(db_path, "SELECT session_id, reason FROM session_audit")) == {
+    assert await backend.query("SELECT count(*) FROM messages") == [(3,)]
+    assert dict(await backend.query("SELECT session_id, reason FROM session_audit")) == {
         "idle": "idle timeout while the engine was stopped",
         "old": "absolute lifetime reached while the engine was stopped",
     }
 
 
-async def test_a_tampered_message_fails_only_its_own_session(db_path):
+async def test_a_tampered_message_fails_only_its_own_session(backend):
     keys = {sid: Fernet.generate_key() for sid in ("a", "b")}
-    async with await Store.open(db_path) as store:
+    async with await backend.open() as store:
         for sid, key in keys.items():
             cipher = SessionCipher(key)
             await store.write(
                 session_row(sid),
                 *(message(sid, n, sealed(cipher, sid, n, f"{sid} says {n}")) for n in range(1, 4)),
             )
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        conn.execute("UPDATE messages SET ciphertext = ? WHERE session_id = 'a' AND seq = 2",
-                     (sealed(SessionCipher(keys["b"]), "a", 2, "forged"),))
-        conn.commit()
-    async with await Store.open(db_path) as store:  # a tampered row is not corruption
+    await backend.query("UPDATE messages SET ciphertext = ? WHERE session_id = 'a' AND seq = 2",
+                        (sealed(SessionCipher(keys["b"]), "a", 2, "forged"),))
+    async with await backend.open() as store:  # a tampered row is not corruption
         stored = {sid: await stored_messages(store, sid) for sid in ("a", "b")}
     readable = {}
     for sid, rows in stored.items():
@@ -935,31 +1025,32 @@ async def test_a_tampered_message_fails_only_its_own_session(db_path):
 # --- ending sessions, key rotation, nothing readable on disk ------------------------------------
 
 
-async def test_ending_a_session_deletes_its_key_and_messages_without_retention(store, db_path):
+async def test_ending_a_session_deletes_its_key_and_messages_without_retention(backend,
+                                                                             backend_store):
+    store = backend_store
     await store.write(session_row("s1"), session_row("s2"), message("s1", 1), message("s2", 1))
     await store.end_session("s1", NOW + 10, "ended by owner")
-    assert query(db_path, "SELECT session_id FROM sessions") == [("s2",)]
-    assert query(db_path, "SELECT session_id FROM messages") == [("s2",)]
-    assert query(db_path, "SELECT count(*) FROM session_audit") == [(0,)]
+    assert await backend.query("SELECT session_id FROM sessions") == [("s2",)]
+    assert await backend.query("SELECT session_id FROM messages") == [("s2",)]
+    assert await backend.query("SELECT count(*) FROM session_audit") == [(0,)]
 
 
-async def test_retention_keeps_an_audit_row_without_content_until_it_runs_out(db_path):
-    async with await Store.open(db_path, retention_s=3600) as store:
+async def test_retention_keeps_an_audit_row_without_content_until_it_runs_out(backend):
+    async with await backend.open(retention_s=3600) as store:
         await store.write(session_row(metadata_json='{"tier": "pro"}'), message("s1", 1),
                           message("s1", 2))
         await store.write(EndSession("s1", NOW + 10, "ended by owner"))
-        audit = query(
-            db_path,
+        audit = await backend.query(
             "SELECT user_id, metadata_json, ended_at, reason, messages FROM session_audit",
         )
         assert audit == [("alice", '{"tier": "pro"}', NOW + 10, "ended by owner", 2)]
-        columns = {row[1] for row in query(db_path, "PRAGMA table_info(session_audit)")}
-        assert not columns & {"wrapped_key", "ciphertext", "token_hash"}
-        assert query(db_path, "SELECT count(*) FROM messages") == [(0,)]
+        columns = await backend.columns("session_audit")
+        assert "messages" in columns and not columns & {"wrapped_key", "ciphertext", "token_hash"}
+        assert await backend.query("SELECT count(*) FROM messages") == [(0,)]
         await store.prune(NOW + 10 + 3599)
-        assert query(db_path, "SELECT count(*) FROM session_audit") == [(1,)]
+        assert await backend.query("SELECT count(*) FROM session_audit") == [(1,)]
         await store.prune(NOW + 10 + 3600)
-        assert query(db_path, "SELECT count(*) FROM session_audit") == [(0,)]
+        assert await backend.query("SELECT count(*) FROM session_audit") == [(0,)]
 
 
 async def test_an_ended_sessions_wrapped_key_is_gone_from_the_file(db_path):
@@ -970,7 +1061,8 @@ async def test_an_ended_sessions_wrapped_key_is_gone_from_the_file(db_path):
     assert wrapped not in disk_bytes(db_path)
 
 
-async def test_rotation_rewraps_every_key_and_leaves_ciphertext_alone(store):
+async def test_rotation_rewraps_every_key_and_leaves_ciphertext_alone(backend_store):
+    store = backend_store
     old_master, new_master = Fernet.generate_key(), Fernet.generate_key()
     ring = KeyRing([old_master])
     ciphers = {}
@@ -1052,9 +1144,8 @@ async def test_an_older_file_is_migrated_forward_in_place(db_path, monkeypatch):
 
 CHILD = """
 import asyncio, sys
-from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from engine.store import MessageRow, QuotaEvent, SessionRow, Store, Touch
+from engine.store import MessageRow, QuotaEvent, SessionRow, Touch, open_store
 
 WRITERS = 20
 
@@ -1062,8 +1153,8 @@ def body(sid, seq):
     # Some messages spill to overflow pages, as long replies do.
     return f"{sid}:{seq}:".encode() * (400 if seq % 7 == 0 else 4)
 
-async def main(path, run):
-    store = await Store.open(Path(path))
+async def main(target, run):
+    store = await open_store(target)
     sids = [f"run{run}-w{w}" for w in range(WRITERS)]
     for sid in sids:
         await store.save_session(SessionRow(
@@ -1100,15 +1191,15 @@ def _body(sid: str, seq: int) -> bytes:
     return f"{sid}:{seq}:".encode() * (400 if seq % 7 == 0 else 4)
 
 
-async def test_every_acknowledged_write_survives_sigkill(tmp_path):
+async def test_every_acknowledged_write_survives_sigkill(tmp_path, backend):
     script = tmp_path / "writer.py"
     script.write_text(CHILD)
-    path = tmp_path / "crash.db"
+    target = str(backend.target)
     rng = random.Random(20240607)
     total = 0
     for run in range(12):
         child = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), str(path), str(run), str(PROJECT_ROOT),
+            sys.executable, str(script), target, str(run), str(PROJECT_ROOT),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         assert child.stdout is not None and child.stderr is not None
@@ -1122,7 +1213,7 @@ async def test_every_acknowledged_write_survives_sigkill(tmp_path):
         await reader
         total += len(acknowledged)
 
-        async with await Store.open(path) as store:  # quick_check passes, WAL recovered
+        async with await backend.open() as store:  # SQLite: quick_check passes, WAL recovered
             restored = await store.load_live(0.0)
             stored = {
                 (s.session_id, row.seq): row.ciphertext
@@ -1133,5 +1224,20 @@ async def test_every_acknowledged_write_survives_sigkill(tmp_path):
         missing = [ack for ack in acknowledged if ack not in stored]
         assert not missing, f"run {run}: {len(missing)} acknowledged writes lost"
         assert all(stored[ack] == _body(*ack) for ack in acknowledged)
-        assert query(path, "PRAGMA integrity_check") == [("ok",)]
+        if backend.name == "sqlite":
+            assert await backend.query("PRAGMA integrity_check") == [("ok",)]
     assert total > 0
+
+
+async def test_a_session_record_reads_without_key_or_messages_until_it_ends(backend_store):
+    """What a worker that has not seen a session reads to authenticate it and hold it cold."""
+    store = backend_store
+    assert await store.load_record("s1") is None
+    await store.write(session_row("s1"))
+    bare = await store.load_record("s1")
+    assert bare is not None and bare.row == session_row("s1") and bare.figures is None
+    await store.write(message("s1", 0), message("s1", 1))
+    record = await store.load_record("s1")
+    assert record is not None and record.figures == ContextFigures(2, 20, 2)
+    await store.write(EndSession("s1", NOW + 10, "ended by owner"))
+    assert await store.load_record("s1") is None

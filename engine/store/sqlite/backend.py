@@ -29,12 +29,12 @@ from pathlib import Path
 
 from engine.errors import StoreError
 from engine.store.backend import CommitDone, StorageFigures
-from engine.store.ops import Op, Restored, RewrapReport, StoredSession
+from engine.store.ops import Op, Restored, RewrapReport, SessionRecord, StoredSession
 from engine.store.sqlite import filelock
 from engine.store.sqlite.checkpointer import Checkpointer
 from engine.store.sqlite.checks import FileIdentity, check_file, store_error
 from engine.store.sqlite.connection import ConnectionThread
-from engine.store.sqlite.restore import read_live, read_session
+from engine.store.sqlite.restore import read_live, read_record, read_session
 from engine.store.sqlite.statements import OpStatements
 from engine.store.sqlite.transactions import (
     close_out,
@@ -131,6 +131,9 @@ class SqliteBackend:
     async def load_session(self, session_id: str) -> StoredSession | None:
         """On the writer's connection, so it reads every write committed before it."""
         return await self.connection.run(partial(read_session, session_id))
+
+    async def load_record(self, session_id: str) -> SessionRecord | None:
+        return await self.connection.run(partial(read_record, session_id))
 
     async def rewrap_keys(self, fn: Callable[[bytes], bytes]) -> RewrapReport:
         """`fn` runs on the connection thread, inside the transaction."""

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from engine.store.ops import (
+    METRICS_RESTORE_S,
     AlertRow,
     ContextFigures,
     MessageRow,
@@ -21,18 +22,19 @@ from engine.store.ops import (
     QuotaEvent,
     RestoreCounts,
     Restored,
+    SessionRecord,
     SessionRow,
     StoredSession,
 )
 from engine.store.sqlite.checks import read_only_uri
 from engine.store.sqlite.statements import SESSION_COLUMNS
 
-METRICS_RESTORE_S = 3600.0  # roll-ups handed back on restore, enough for the console's charts
-
 _SELECT_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY session_id"
 _SELECT_CONTEXTS = (
     "SELECT session_id, count(*), sum(size), max(seq) + 1 FROM messages GROUP BY session_id"
 )
+_SELECT_RECORD = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
+_SELECT_CONTEXT = "SELECT count(*), sum(size), max(seq) + 1 FROM messages WHERE session_id = ?"
 _SELECT_KEY = "SELECT wrapped_key FROM sessions WHERE session_id = ?"
 _SELECT_MESSAGES = (
     "SELECT session_id, seq, role, ciphertext, at, size FROM messages"
@@ -85,6 +87,16 @@ def read_live(path: Path, now: float, clean_shutdown: bool, purged: int) -> Rest
             alerts=len(alerts),
         ),
     )
+
+
+def read_record(session_id: str, conn: sqlite3.Connection) -> SessionRecord | None:
+    """One session's compact record and its conversation's figures; None once it has ended."""
+    row = conn.execute(_SELECT_RECORD, (session_id,)).fetchone()
+    if row is None:
+        return None
+    messages, size, next_seq = conn.execute(_SELECT_CONTEXT, (session_id,)).fetchone()
+    figures = ContextFigures(messages, size, next_seq) if messages else None
+    return SessionRecord(SessionRow(*row), figures)
 
 
 def read_session(session_id: str, conn: sqlite3.Connection) -> StoredSession | None:

@@ -8,7 +8,6 @@ write is in `migrations.py`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from typing import Any
@@ -27,8 +26,6 @@ from engine.store.ops import (
     Touch,
     TrimMessages,
 )
-
-QUOTA_BUCKETS_PER_WINDOW = 60  # the quota rings' own granularity: rebuilding loses nothing
 
 SESSION_COLUMNS = ", ".join(SessionRow.__dataclass_fields__)
 EXPIRED = "min(last_active_at + idle_timeout_s, created_at + lifetime_s) <= ?1"
@@ -212,7 +209,7 @@ class OpStatements:
         latest: dict[str, Touch] = {}
         for op in ops:
             earlier = latest.get(op.session_id)
-            latest[op.session_id] = op if earlier is None else _merged(earlier, op)
+            latest[op.session_id] = op if earlier is None else earlier.then(op)
         yield from _TOUCH.statements([
             (
                 op.session_id, op.last_active_at, op.turns, op.prompt_tokens,
@@ -233,7 +230,7 @@ class OpStatements:
         yield from _ADD_USAGE.statements([
             (
                 e.user_id, e.resource, e.window_s,
-                math.floor(e.at * QUOTA_BUCKETS_PER_WINDOW / e.window_s), e.at, e.amount,
+                e.bucket, e.at, e.amount,
                 e.at + e.window_s,
             )
             for e in events
@@ -269,15 +266,3 @@ class OpStatements:
         yield _PRUNE_ALERTS, [(self.alert_keep,)]
         yield _PRUNE_METRICS, [(now - self.metrics_keep_s,)]
 
-
-def _merged(earlier: Touch, later: Touch) -> Touch:
-    """One touch with the effect of applying `earlier`, then `later`, to a stored session."""
-    return Touch(
-        later.session_id,
-        max(earlier.last_active_at, later.last_active_at),
-        max(earlier.turns, later.turns),
-        max(earlier.prompt_tokens, later.prompt_tokens),
-        max(earlier.completion_tokens, later.completion_tokens),
-        max(earlier.errors, later.errors),
-        later.agent_type or earlier.agent_type,
-    )

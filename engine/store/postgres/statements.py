@@ -1,0 +1,288 @@
+"""The SQL that applies each kind of op, built on the event loop and run by asyncpg.
+
+As in SQLite (engine/store/sqlite/statements.py), a batch's ops are grouped by kind and applied
+in a fixed phase order: rows exist before what refers to them, and ending a session comes after
+everything else written for it in the same batch. Each statement is one `Statement`: its SQL and
+the arguments of each execution, run as one `execute` or one pipelined `executemany` (a single
+round trip either way).
+
+Kinds a turn writes in bulk (messages, touches, quota usage) go as one statement over arrays
+(`unnest`), one execution for the whole batch. PostgreSQL refuses an `INSERT ... ON CONFLICT DO
+UPDATE` that meets one key twice, where SQLite applied rows one after the other, so quota
+events are summed per bucket and touches merged per session here first, with the same result.
+The others (session upserts, alerts, ...) keep SQLite's row-after-row semantics through
+`executemany`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from engine.store.ops import (
+    AlertRow,
+    Assign,
+    EndSession,
+    MessageRow,
+    MetricsRow,
+    Op,
+    Prune,
+    QuotaEvent,
+    SessionRow,
+    TokenUpdate,
+    Touch,
+    TrimMessages,
+)
+
+SESSION_COLUMNS = ", ".join(SessionRow.__dataclass_fields__)
+_AUDIT = (
+    "session_id", "user_id", "tier", "metadata_json", "created_at", "last_active_at",
+    "ended_at", "reason", "turns", "prompt_tokens", "completion_tokens", "messages",
+)
+_AUDIT_SELECT = (
+    "SELECT session_id, user_id, tier, metadata_json, created_at, last_active_at, {ended_at},"
+    " {reason}, turns, prompt_tokens, completion_tokens,"
+    " (SELECT count(*) FROM messages m WHERE m.session_id = s.session_id)"
+    " FROM sessions s WHERE {where}"
+    " ON CONFLICT (session_id) DO UPDATE SET ({columns}) = ({excluded})"
+)
+DEADLINE = "least(last_active_at + idle_timeout_s, created_at + lifetime_s)"
+EXPIRED = f"{DEADLINE} <= $1::float8"
+
+
+def _audit_insert(ended_at: str, reason: str, where: str) -> str:
+    return f"INSERT INTO session_audit ({', '.join(_AUDIT)}) " + _AUDIT_SELECT.format(
+        ended_at=ended_at,
+        reason=reason,
+        where=where,
+        columns=", ".join(_AUDIT[1:]),
+        excluded=", ".join(f"excluded.{column}" for column in _AUDIT[1:]),
+    )
+
+
+def _forward(table: str, *columns: str) -> str:
+    return ",\n    ".join(f"{c} = greatest({table}.{c}, excluded.{c})" for c in columns)
+
+
+_UPSERT_SESSION = f"""
+INSERT INTO sessions ({SESSION_COLUMNS})
+VALUES ({", ".join(f"${n}" for n in range(1, len(SessionRow.__slots__) + 1))})
+ON CONFLICT (session_id) DO UPDATE SET
+    tier = excluded.tier,
+    metadata_json = excluded.metadata_json,
+    idle_timeout_s = excluded.idle_timeout_s,
+    lifetime_s = excluded.lifetime_s,
+    token_hash = excluded.token_hash,
+    token_issued_at = excluded.token_issued_at,
+    token_expires_at = excluded.token_expires_at,
+    worker = excluded.worker,
+    agent_type = coalesce(nullif(excluded.agent_type, ''), sessions.agent_type),
+    {_forward("sessions", "last_active_at", "turns", "prompt_tokens", "completion_tokens",
+              "errors")}
+"""
+_UPDATE_TOKEN = (
+    "UPDATE sessions SET token_hash = $2, token_issued_at = $3, token_expires_at = $4"
+    " WHERE session_id = $1"
+)
+_ASSIGN = "UPDATE sessions SET worker = $2 WHERE session_id = $1"
+_TOUCH = """
+UPDATE sessions SET
+    last_active_at = greatest(sessions.last_active_at, t.last_active_at),
+    turns = greatest(sessions.turns, t.turns),
+    prompt_tokens = greatest(sessions.prompt_tokens, t.prompt_tokens),
+    completion_tokens = greatest(sessions.completion_tokens, t.completion_tokens),
+    errors = greatest(sessions.errors, t.errors),
+    agent_type = coalesce(nullif(t.agent_type, ''), sessions.agent_type)
+FROM unnest($1::text[], $2::float8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+            $7::text[])
+    AS t(session_id, last_active_at, turns, prompt_tokens, completion_tokens, errors, agent_type)
+WHERE sessions.session_id = t.session_id
+"""
+# WITH ORDINALITY ... ORDER BY: ids follow the order the messages were written in.
+_INSERT_MESSAGES = """
+INSERT INTO messages (session_id, seq, role, ciphertext, at, size)
+SELECT session_id, seq, role, ciphertext, at, size
+FROM unnest($1::text[], $2::int8[], $3::text[], $4::bytea[], $5::float8[], $6::int8[])
+    WITH ORDINALITY AS t(session_id, seq, role, ciphertext, at, size, n)
+ORDER BY n
+"""
+_TRIM = "DELETE FROM messages WHERE session_id = $1 AND seq <= $2"
+_ADD_USAGE = f"""
+INSERT INTO quota_usage (user_id, resource, window_s, bucket, at, amount, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::int8[], $5::float8[],
+                     $6::float8[], $7::float8[])
+ON CONFLICT (user_id, resource, window_s, bucket) DO UPDATE SET
+    amount = quota_usage.amount + excluded.amount,
+    {_forward("quota_usage", "at", "expires_at")}
+"""
+_ALERT_COLUMNS = tuple(AlertRow.__dataclass_fields__)
+_UPSERT_ALERT = (
+    f"INSERT INTO alerts ({', '.join(_ALERT_COLUMNS)})"
+    f" VALUES ({', '.join(f'${n}' for n in range(1, len(_ALERT_COLUMNS) + 1))})"
+    f" ON CONFLICT (alert_id) DO UPDATE SET ({', '.join(_ALERT_COLUMNS[1:])})"
+    f" = ({', '.join(f'excluded.{c}' for c in _ALERT_COLUMNS[1:])})"
+)
+_METRICS_COLUMNS = tuple(MetricsRow.__dataclass_fields__)
+_UPSERT_METRICS = (
+    f"INSERT INTO metrics_minute ({', '.join(_METRICS_COLUMNS)})"
+    f" VALUES ({', '.join(f'${n}' for n in range(1, len(_METRICS_COLUMNS) + 1))})"
+    f" ON CONFLICT (minute, scope) DO UPDATE SET ({', '.join(_METRICS_COLUMNS[2:])})"
+    f" = ({', '.join(f'excluded.{c}' for c in _METRICS_COLUMNS[2:])})"
+)
+_AUDIT_ENDED = _audit_insert("$2::float8", "$3::text", "session_id = $1")
+AUDIT_EXPIRED = _audit_insert(
+    DEADLINE,
+    "CASE WHEN created_at + lifetime_s <= last_active_at + idle_timeout_s"
+    " THEN 'absolute lifetime reached while the engine was stopped'"
+    " ELSE 'idle timeout while the engine was stopped' END",
+    EXPIRED,
+)
+DELETE_EXPIRED = f"DELETE FROM sessions WHERE {EXPIRED}"
+_DELETE_SESSION = "DELETE FROM sessions WHERE session_id = $1"
+_PRUNE_QUOTA = "DELETE FROM quota_usage WHERE expires_at <= $1"
+_PRUNE_AUDIT = "DELETE FROM session_audit WHERE ended_at <= $1"
+_PRUNE_ALERTS = (
+    "DELETE FROM alerts WHERE alert_id <="
+    " (SELECT alert_id FROM alerts ORDER BY alert_id DESC LIMIT 1 OFFSET $1)"
+)
+_PRUNE_METRICS = "DELETE FROM metrics_minute WHERE minute < $1::float8"
+
+Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and the arguments of each execution
+Statements = Iterator[Statement]
+
+
+class OpStatements:
+    """The statements that apply ops, given the store's retention and pruning settings."""
+
+    def __init__(self, retention_s: float, alert_keep: int, metrics_keep_s: float) -> None:
+        self.retention_s = retention_s
+        self.alert_keep = alert_keep
+        self.metrics_keep_s = metrics_keep_s
+        self._phases: tuple[tuple[type, Callable[[list[Any]], Statements]], ...] = (
+            (SessionRow, self._sessions_sql),
+            (Assign, self._assign_sql),
+            (TokenUpdate, self._token_sql),
+            (Touch, self._touch_sql),
+            (MessageRow, self._messages_sql),
+            (TrimMessages, self._trim_sql),
+            (QuotaEvent, self._usage_sql),
+            (AlertRow, self._alerts_sql),
+            (MetricsRow, self._metrics_sql),
+            (EndSession, self._end_sql),
+            (Prune, self._prune_sql),
+        )
+
+    def of(self, ops: Sequence[Op]) -> list[Statement]:
+        """The statements that apply `ops`, in phase order."""
+        groups: dict[type, list[Any]] = {}
+        for op in ops:
+            groups.setdefault(type(op), []).append(op)
+        return [
+            statement
+            for kind, statements in self._phases
+            if (chosen := groups.get(kind))
+            for statement in statements(chosen)
+        ]
+
+    def prune(self, now: float) -> Statements:
+        return self._prune_sql([Prune(now)])
+
+    def _sessions_sql(self, rows: list[SessionRow]) -> Statements:
+        yield _UPSERT_SESSION, [
+            (
+                r.session_id, r.user_id, r.tier, r.metadata_json, r.created_at,
+                r.last_active_at, r.idle_timeout_s, r.lifetime_s, r.token_hash,
+                r.token_issued_at, r.token_expires_at, r.wrapped_key, r.worker, r.agent_type,
+                r.turns, r.prompt_tokens, r.completion_tokens, r.errors,
+            )
+            for r in rows
+        ]
+
+    def _assign_sql(self, ops: list[Assign]) -> Statements:
+        yield _ASSIGN, [(op.session_id, op.worker) for op in ops]
+
+    def _token_sql(self, ops: list[TokenUpdate]) -> Statements:
+        yield _UPDATE_TOKEN, [
+            (op.session_id, op.token_hash, op.issued_at, op.expires_at) for op in ops
+        ]
+
+    def _touch_sql(self, ops: list[Touch]) -> Statements:
+        latest: dict[str, Touch] = {}
+        for op in ops:
+            earlier = latest.get(op.session_id)
+            latest[op.session_id] = op if earlier is None else earlier.then(op)
+        touches = latest.values()
+        yield _TOUCH, [(
+            [t.session_id for t in touches],
+            [t.last_active_at for t in touches],
+            [t.turns for t in touches],
+            [t.prompt_tokens for t in touches],
+            [t.completion_tokens for t in touches],
+            [t.errors for t in touches],
+            [t.agent_type for t in touches],
+        )]
+
+    def _messages_sql(self, rows: list[MessageRow]) -> Statements:
+        yield _INSERT_MESSAGES, [(
+            [r.session_id for r in rows],
+            [r.seq for r in rows],
+            [r.role for r in rows],
+            [r.ciphertext for r in rows],
+            [r.at for r in rows],
+            [r.size for r in rows],
+        )]
+
+    def _trim_sql(self, ops: list[TrimMessages]) -> Statements:
+        yield _TRIM, [(op.session_id, op.through_seq) for op in ops]
+
+    def _usage_sql(self, events: list[QuotaEvent]) -> Statements:
+        buckets: dict[tuple[str, str, float, int], list[float]] = {}
+        for e in events:
+            key = (e.user_id, e.resource, e.window_s, e.bucket)
+            summed = buckets.get(key)
+            if summed is None:
+                buckets[key] = [e.at, e.amount, e.at + e.window_s]
+            else:
+                summed[0] = max(summed[0], e.at)
+                summed[1] += e.amount
+                summed[2] = max(summed[2], e.at + e.window_s)
+        keys, sums = list(buckets), list(buckets.values())
+        yield _ADD_USAGE, [(
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [k[3] for k in keys],
+            [s[0] for s in sums],
+            [s[1] for s in sums],
+            [s[2] for s in sums],
+        )]
+
+    def _alerts_sql(self, rows: list[AlertRow]) -> Statements:
+        yield _UPSERT_ALERT, [
+            (
+                r.alert_id, r.key, r.rule, r.severity, r.message, r.subject, r.first_at,
+                r.last_at, r.count, r.acknowledged, r.resolved_at,
+            )
+            for r in rows
+        ]
+
+    def _metrics_sql(self, rows: list[MetricsRow]) -> Statements:
+        yield _UPSERT_METRICS, [
+            (
+                r.minute, r.scope, r.turns, r.errors, r.prompt_tokens, r.completion_tokens,
+                r.p50_s, r.p95_s, r.p99_s,
+            )
+            for r in rows
+        ]
+
+    def _end_sql(self, ops: list[EndSession]) -> Statements:
+        if self.retention_s > 0:
+            yield _AUDIT_ENDED, [(op.session_id, op.ended_at, op.reason) for op in ops]
+        yield _DELETE_SESSION, [(op.session_id,) for op in ops]
+
+    def _prune_sql(self, ops: list[Prune]) -> Statements:
+        now = max(op.now for op in ops)
+        yield _PRUNE_QUOTA, [(now,)]
+        yield _PRUNE_AUDIT, [(now - self.retention_s,)]
+        yield _PRUNE_ALERTS, [(self.alert_keep,)]
+        yield _PRUNE_METRICS, [(now - self.metrics_keep_s,)]
