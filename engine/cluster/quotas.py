@@ -1,0 +1,222 @@
+"""Per-user quotas shared by every worker of a cluster: engine/quotas.py's rules, in Valkey/Redis.
+
+Reserve checks used + reserved + amount <= limit and records the reservation in one Lua script,
+so the workers together never grant more than the limit (LiteLLM's per-pod checks let through
+the limit times the pods). A reservation carries an expiry (`reservation_ttl_s` on the engine's
+clock): one left by a worker that died mid-turn lapses instead of holding quota forever. Settle
+replaces it by the actual use. Tiers and windows are the local manager's, and so is what a
+refusal carries (`QuotaExceeded` with resource, limit and retry_after).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from types import EllipsisType, MappingProxyType
+
+from engine.clock import Clock
+from engine.cluster import quota_lua
+from engine.cluster.connection import ClusterClient
+from engine.errors import InvalidInput, QuotaExceeded
+from engine.quotas import (
+    DEFAULT_TIERS,
+    RESERVATION_RETRY_S,
+    RESOURCES,
+    QuotaLimit,
+    QuotaUsage,
+    Reservation,
+    check_resource,
+    check_tiers,
+    percent_taken,
+    validated_amounts,
+)
+
+
+class ClusterQuotas:
+    """The `QuotaBackend` (engine/limits.py) whose state every worker shares."""
+
+    def __init__(
+        self,
+        client: ClusterClient,
+        clock: Clock,
+        tiers: Mapping[str, Mapping[str, QuotaLimit]] = DEFAULT_TIERS,
+        default_tier: str = "free",
+        buckets_per_window: int = 60,
+        reservation_ttl_s: float = 300.0,
+    ) -> None:
+        check_tiers(tiers, default_tier, buckets_per_window)
+        self._client = client
+        self._clock = clock
+        self._tiers = {name: dict(limits) for name, limits in tiers.items()}
+        self._default_tier = default_tier
+        self._reservation_ttl_s = reservation_ttl_s
+        tiers_json = json.dumps({
+            name: {res: [q.limit, q.window_s or 0] for res, q in limits.items()}
+            for name, limits in tiers.items()
+        })
+        self._fixed = (str(buckets_per_window), tiers_json, default_tier)
+        self._reserve = client.script(quota_lua.RESERVE)
+        self._settle = client.script(quota_lua.SETTLE)
+        self._release = client.script(quota_lua.RELEASE)
+        self._change = client.script(quota_lua.CHANGE)
+        self._usage = client.script(quota_lua.USAGE)
+
+    # Tiers and overrides.
+
+    async def set_tier(self, user_id: str, tier: str) -> None:
+        if tier not in self._tiers:
+            raise InvalidInput(f"unknown tier {tier!r}; use one of {', '.join(self._tiers)}")
+        cfg = self._key(user_id, "cfg")
+        if tier == self._default_tier:
+            await self._client.run(self._client.redis.hdel(cfg, "tier"))
+        else:
+            await self._client.run(self._client.redis.hset(cfg, "tier", tier))
+
+    async def tier_of(self, user_id: str) -> str:
+        tier = await self._client.run(self._client.redis.hget(self._key(user_id, "cfg"), "tier"))
+        return tier if tier in self._tiers else self._default_tier
+
+    async def set_override(
+        self,
+        user_id: str,
+        resource: str,
+        limit: float,
+        window_s: float | EllipsisType | None = ...,
+    ) -> None:
+        """Replace the tier's limit for one user; `...` keeps the window the tier has right now."""
+        check_resource(resource)
+        if window_s is ...:
+            window_s = self._tiers[await self.tier_of(user_id)][resource].window_s
+        try:
+            override = QuotaLimit(limit, window_s)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"override for {resource}: {exc}") from None
+        encoded = f"{float(override.limit)!r} {float(override.window_s or 0)!r}"
+        await self._client.run(
+            self._client.redis.hset(self._key(user_id, "cfg"), f"o:{resource}", encoded)
+        )
+
+    async def clear_override(self, user_id: str, resource: str) -> None:
+        check_resource(resource)
+        await self._client.run(
+            self._client.redis.hdel(self._key(user_id, "cfg"), f"o:{resource}")
+        )
+
+    async def window_of(self, user_id: str, resource: str) -> float | None:
+        """The window `resource` is counted over for this user (None: a running total)."""
+        check_resource(resource)
+        tier, override = await self._client.run(
+            self._client.redis.hmget(self._key(user_id, "cfg"), ["tier", f"o:{resource}"])
+        )
+        if override is not None:
+            window = float(override.split()[1])
+            return window or None
+        return self._tiers[tier if tier in self._tiers else self._default_tier][resource].window_s
+
+    # Reserve, settle, release, record, adjust.
+
+    async def reserve(self, user_id: str, amounts: Mapping[str, float]) -> Reservation:
+        """Hold every amount or none: the first resource that would overrun raises QuotaExceeded."""
+        wanted = validated_amounts(amounts)
+        now = self._clock.now()
+        reply = await self._client.call(
+            self._reserve,
+            [*self._reservation_keys(user_id), self._client.key("quota-ids"),
+             *(self._key(user_id, "use", res) for res in wanted)],
+            [*self._args(now), repr(now + self._reservation_ttl_s), repr(RESERVATION_RETRY_S),
+             *_pairs(wanted)],
+        )
+        assert isinstance(reply, list)
+        if reply[0] == 0:
+            _, resource, limit, retry = reply
+            raise QuotaExceeded(resource, float(limit), float(retry))
+        return Reservation(int(reply[1]), user_id, MappingProxyType(wanted))
+
+    async def settle(self, reservation: Reservation, actual: Mapping[str, float]) -> None:
+        """Drop the hold and record what was really used (even above the estimate).
+
+        A reservation already settled, released or lapsed is left alone (no double count).
+        """
+        used = {res: amount for res, amount in validated_amounts(actual).items() if amount}
+        user_id = reservation.user_id
+        await self._client.call(
+            self._settle,
+            [*self._reservation_keys(user_id), *(self._key(user_id, "use", r) for r in used)],
+            [*self._args(self._clock.now()), str(reservation.id), *_pairs(used)],
+        )
+
+    async def release(self, reservation: Reservation) -> None:
+        """Drop the hold without recording anything (the call failed or was refused)."""
+        await self._client.call(
+            self._release, self._reservation_keys(reservation.user_id)[1:], [str(reservation.id)]
+        )
+
+    async def record(self, user_id: str, resource: str, amount: float) -> None:
+        """Consume without a check: the usage already happened."""
+        (amount,) = validated_amounts({resource: amount}).values()
+        if amount:
+            await self._change_usage(user_id, resource, amount, "record")
+
+    async def adjust(self, user_id: str, resource: str, delta: float) -> None:
+        """Move a no-window total up or down (storage freed); it never goes below zero."""
+        check_resource(resource)
+        if not (isinstance(delta, int | float) and math.isfinite(delta)):
+            raise InvalidInput(f"delta for {resource} must be a finite number, got {delta!r}")
+        reply = await self._change_usage(user_id, resource, float(delta), "adjust")
+        if reply[0] == 0:
+            raise InvalidInput(
+                f"{resource} is measured over a {float(reply[1]):g}s window and expires on its "
+                "own; use record() to add to it"
+            )
+
+    # Reports.
+
+    async def usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
+        reply = await self._client.call(
+            self._usage,
+            [*self._reservation_keys(user_id), *(self._key(user_id, "use", r) for r in RESOURCES)],
+            [*self._args(self._clock.now()), *RESOURCES],
+        )
+        assert isinstance(reply, list)
+        report = []
+        for resource, (limit, _window, used, reserved, reset_in) in zip(
+            RESOURCES, reply, strict=True
+        ):
+            limit_f, used_f, reserved_f = float(limit), float(used), float(reserved)
+            report.append(QuotaUsage(
+                resource=resource,
+                used=used_f,
+                reserved=reserved_f,
+                limit=limit_f,
+                percent=percent_taken(used_f + reserved_f, limit_f),
+                reset_in_s=float(reset_in),
+            ))
+        return tuple(report)
+
+    # Internals.
+
+    def _key(self, user_id: str, *parts: str) -> str:
+        # One hash tag per user: a user's keys share a slot on a sharded Redis.
+        return self._client.key("q", f"{{{user_id}}}", *parts)
+
+    def _reservation_keys(self, user_id: str) -> list[str]:
+        return [self._key(user_id, part) for part in ("cfg", "resv", "resa", "rsum")]
+
+    def _args(self, now: float) -> list[str]:
+        return [repr(now), *self._fixed]
+
+    async def _change_usage(
+        self, user_id: str, resource: str, amount: float, mode: str
+    ) -> list[object]:
+        reply = await self._client.call(
+            self._change,
+            [self._key(user_id, "cfg"), self._key(user_id, "use", resource)],
+            [*self._args(self._clock.now()), resource, repr(amount), mode],
+        )
+        assert isinstance(reply, list)
+        return reply
+
+
+def _pairs(amounts: Mapping[str, float]) -> list[str]:
+    return [part for res, amount in amounts.items() for part in (res, repr(amount))]

@@ -1,0 +1,66 @@
+"""The shared hot state of a cluster of engine processes, opened as one object.
+
+`await ClusterState.open(config.cluster, clock, config.limits)` connects to Valkey/Redis (and
+fails at once with ClusterUnavailable if it is down) and gives the parts a worker uses on a
+turn: `quotas` and `rates` (the QuotaBackend and RateBackend of engine/limits.py), `leases`,
+`inflight`, and the worker `registry`. `aclose()` closes the connection pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.clock import Clock
+from engine.cluster.connection import ClusterClient
+from engine.cluster.inflight import InFlightCaps
+from engine.cluster.leases import SessionLeases
+from engine.cluster.quotas import ClusterQuotas
+from engine.cluster.rates import ClusterRates
+from engine.cluster.registry import WorkerRegistry
+from engine.config import ClusterSettings, LimitSettings
+from engine.errors import ConfigurationError
+
+
+@dataclass(slots=True)
+class ClusterState:
+    client: ClusterClient
+    quotas: ClusterQuotas
+    rates: ClusterRates
+    leases: SessionLeases
+    inflight: InFlightCaps
+    registry: WorkerRegistry
+
+    @classmethod
+    async def open(
+        cls, settings: ClusterSettings, clock: Clock, limits: LimitSettings | None = None
+    ) -> ClusterState:
+        if not settings.redis_url:
+            raise ConfigurationError(
+                "cluster mode needs a Valkey/Redis URL: set SESSION_CONSOLE_REDIS_URL or "
+                "ClusterSettings(redis_url=...)"
+            )
+        limits = limits or LimitSettings()
+        client = ClusterClient(
+            settings.redis_url, settings.key_prefix, settings.timeout_s, settings.max_connections
+        )
+        try:
+            await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(
+            client=client,
+            quotas=ClusterQuotas(
+                client, clock, limits.tiers, limits.default_tier,
+                reservation_ttl_s=settings.reservation_ttl_s,
+            ),
+            rates=ClusterRates(
+                client, clock, {"session": limits.session_rate, "user": limits.user_rate}
+            ),
+            leases=SessionLeases(client, settings.lease_ttl_s),
+            inflight=InFlightCaps(client, clock, settings.reservation_ttl_s),
+            registry=WorkerRegistry(client, clock, settings.worker_dead_after_s),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

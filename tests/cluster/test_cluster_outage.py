@@ -1,0 +1,100 @@
+"""Valkey going away mid-use: every call fails with ClusterUnavailable naming it (never a local
+decision), the password never shows, and the same objects work again once it is back."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import ClusterSettings, EngineConfig
+from engine.cluster import ClusterState, WorkerLoad
+from engine.cluster.connection import redacted
+from engine.errors import ClusterUnavailable, ConfigurationError, EngineError, QuotaExceeded
+
+
+def calls(state: ClusterState):
+    """One call of every kind a worker makes."""
+    return {
+        "reserve": lambda: state.quotas.reserve("u", {"api_calls": 1}),
+        "usage": lambda: state.quotas.usage("u"),
+        "set_tier": lambda: state.quotas.set_tier("u", "pro"),
+        "rate": lambda: state.rates.acquire([("session", "s"), ("user", "u")]),
+        "lease": lambda: state.leases.acquire("s", "w1"),
+        "holder": lambda: state.leases.holder("s"),
+        "enter": lambda: state.inflight.enter("u", 2),
+        "heartbeat": lambda: state.registry.heartbeat("w1", WorkerLoad()),
+        "alive": lambda: state.registry.alive(),
+    }
+
+
+async def test_stopped_valkey_fails_every_call_typed_and_works_again_after_restart(
+    private_valkey, clock
+):
+    settings = ClusterSettings(redis_url=private_valkey.url, timeout_s=2.0)
+    state = await ClusterState.open(settings, clock)
+    for call in calls(state).values():
+        await call()  # everything works, and every script is loaded
+
+    private_valkey.stop()
+    for name, call in calls(state).items():
+        with pytest.raises(ClusterUnavailable) as down:
+            await call()
+        message = str(down.value)
+        assert "Valkey/Redis" in message, name
+        assert f"127.0.0.1:{private_valkey.port}" in message
+        assert private_valkey.password not in message
+        assert isinstance(down.value, EngineError)
+        assert down.value.url == f"redis://127.0.0.1:{private_valkey.port}/0"
+
+    private_valkey.start()  # empty again: no data, no scripts
+    for call in calls(state).values():
+        await call()
+    reservations = [await state.quotas.reserve("u", {"api_calls": 1}) for _ in range(5)]
+    assert len({r.id for r in reservations}) == 5
+    await state.aclose()
+
+
+async def test_a_cap_is_still_enforced_after_a_restart_not_bypassed(private_valkey, clock):
+    """While down nothing is granted; after the restart the limit holds from zero."""
+    state = await ClusterState.open(ClusterSettings(redis_url=private_valkey.url), clock)
+    private_valkey.stop()
+    with pytest.raises(ClusterUnavailable):
+        await state.quotas.reserve("u", {"api_calls": 1})
+    private_valkey.start()
+    granted = 0
+    with pytest.raises(QuotaExceeded):
+        while True:
+            await state.quotas.reserve("u", {"api_calls": 1})
+            granted += 1
+    assert granted == 60  # the free tier's api_calls, no more
+    await state.aclose()
+
+
+async def test_opening_against_a_stopped_server_fails_at_once(private_valkey, clock):
+    url = private_valkey.url
+    private_valkey.stop()
+    with pytest.raises(ClusterUnavailable, match=r"Valkey/Redis at redis://127\.0\.0\.1"):
+        await ClusterState.open(ClusterSettings(redis_url=url), clock)
+    with pytest.raises(ConfigurationError, match="SESSION_CONSOLE_REDIS_URL"):
+        await ClusterState.open(ClusterSettings(), clock)
+
+
+def test_urls_are_shown_without_their_password():
+    assert redacted("redis://:pw@h:6379/0") == "redis://h:6379/0"
+    assert redacted("rediss://user:pw@host.example/2") == "rediss://user@host.example/2"
+    assert redacted("redis://[::1]:7000") == "redis://[::1]:7000"
+    assert redacted("redis://u:p@[::1]:7000/1") == "redis://u@[::1]:7000/1"
+
+
+def test_the_url_comes_from_the_environment_unless_set():
+    config = EngineConfig.from_env({"SESSION_CONSOLE_REDIS_URL": "redis://:pw@10.0.0.5:6379/1"})
+    assert config.cluster.redis_url == "redis://:pw@10.0.0.5:6379/1"
+    assert "pw" not in repr(config.cluster)
+    kept = EngineConfig.from_env(
+        {"SESSION_CONSOLE_REDIS_URL": "redis://other"},
+        cluster=ClusterSettings(redis_url="redis://mine"),
+    )
+    assert kept.cluster.redis_url == "redis://mine"
+    assert EngineConfig.from_env({"SESSION_CONSOLE_REDIS_URL": ""}).cluster.redis_url is None
+    assert EngineConfig().cluster.redis_url is None
+    with pytest.raises(ConfigurationError, match="lease_ttl_s"):
+        ClusterSettings(lease_ttl_s=0)
