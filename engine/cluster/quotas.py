@@ -10,7 +10,6 @@ refusal carries (`QuotaExceeded` with resource, limit and retry_after).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from types import EllipsisType, MappingProxyType
@@ -18,7 +17,7 @@ from types import EllipsisType, MappingProxyType
 from engine.clock import Clock
 from engine.cluster import quota_lua
 from engine.cluster.connection import ClusterClient
-from engine.errors import InvalidInput, QuotaExceeded
+from engine.errors import ConfigurationError, InvalidInput, QuotaExceeded
 from engine.quotas import (
     DEFAULT_TIERS,
     RESERVATION_RETRY_S,
@@ -50,12 +49,9 @@ class ClusterQuotas:
         self._clock = clock
         self._tiers = {name: dict(limits) for name, limits in tiers.items()}
         self._default_tier = default_tier
+        self._buckets = str(buckets_per_window)
         self._reservation_ttl_s = reservation_ttl_s
-        tiers_json = json.dumps({
-            name: {res: [q.limit, q.window_s or 0] for res, q in limits.items()}
-            for name, limits in tiers.items()
-        })
-        self._fixed = (str(buckets_per_window), tiers_json, default_tier)
+        self._specs = _tier_specs(self._tiers, default_tier)
         self._reserve = client.script(quota_lua.RESERVE)
         self._settle = client.script(quota_lua.SETTLE)
         self._release = client.script(quota_lua.RELEASE)
@@ -124,8 +120,8 @@ class ClusterQuotas:
             self._reserve,
             [*self._reservation_keys(user_id), self._client.key("quota-ids"),
              *(self._key(user_id, "use", res) for res in wanted)],
-            [*self._args(now), repr(now + self._reservation_ttl_s), repr(RESERVATION_RETRY_S),
-             *_pairs(wanted)],
+            [repr(now), self._buckets, repr(now + self._reservation_ttl_s),
+             repr(RESERVATION_RETRY_S), *self._triples(wanted)],
         )
         assert isinstance(reply, list)
         if reply[0] == 0:
@@ -143,13 +139,15 @@ class ClusterQuotas:
         await self._client.call(
             self._settle,
             [*self._reservation_keys(user_id), *(self._key(user_id, "use", r) for r in used)],
-            [*self._args(self._clock.now()), str(reservation.id), *_pairs(used)],
+            [repr(self._clock.now()), self._buckets, str(reservation.id), *self._triples(used)],
         )
 
     async def release(self, reservation: Reservation) -> None:
         """Drop the hold without recording anything (the call failed or was refused)."""
         await self._client.call(
-            self._release, self._reservation_keys(reservation.user_id)[1:], [str(reservation.id)]
+            self._release,
+            self._reservation_keys(reservation.user_id)[1:],
+            [repr(self._clock.now()), self._buckets, str(reservation.id)],
         )
 
     async def record(self, user_id: str, resource: str, amount: float) -> None:
@@ -176,11 +174,12 @@ class ClusterQuotas:
         reply = await self._client.call(
             self._usage,
             [*self._reservation_keys(user_id), *(self._key(user_id, "use", r) for r in RESOURCES)],
-            [*self._args(self._clock.now()), *RESOURCES],
+            [repr(self._clock.now()), self._buckets,
+             *(part for res in RESOURCES for part in (res, self._specs[res]))],
         )
         assert isinstance(reply, list)
         report = []
-        for resource, (limit, _window, used, reserved, reset_in) in zip(
+        for resource, (limit, used, reserved, reset_in) in zip(
             RESOURCES, reply, strict=True
         ):
             limit_f, used_f, reserved_f = float(limit), float(used), float(reserved)
@@ -203,8 +202,9 @@ class ClusterQuotas:
     def _reservation_keys(self, user_id: str) -> list[str]:
         return [self._key(user_id, part) for part in ("cfg", "resv", "resa", "rsum")]
 
-    def _args(self, now: float) -> list[str]:
-        return [repr(now), *self._fixed]
+    def _triples(self, amounts: Mapping[str, float]) -> list[str]:
+        specs = self._specs
+        return [part for res, x in amounts.items() for part in (res, repr(x), specs[res])]
 
     async def _change_usage(
         self, user_id: str, resource: str, amount: float, mode: str
@@ -212,11 +212,25 @@ class ClusterQuotas:
         reply = await self._client.call(
             self._change,
             [self._key(user_id, "cfg"), self._key(user_id, "use", resource)],
-            [*self._args(self._clock.now()), resource, repr(amount), mode],
+            [repr(self._clock.now()), self._buckets, resource, repr(amount),
+             self._specs[resource], mode],
         )
         assert isinstance(reply, list)
         return reply
 
 
-def _pairs(amounts: Mapping[str, float]) -> list[str]:
-    return [part for res, amount in amounts.items() for part in (res, repr(amount))]
+def _tier_specs(
+    tiers: Mapping[str, Mapping[str, QuotaLimit]], default_tier: str
+) -> dict[str, str]:
+    """Per resource, every tier's "<tier> <limit> <window, 0: none>", the default tier first."""
+    for name in tiers:
+        if not name or any(c.isspace() for c in name):
+            raise ConfigurationError(f"tier names cannot be empty or hold spaces, got {name!r}")
+    order = [default_tier, *(name for name in tiers if name != default_tier)]
+    return {
+        res: " ".join(
+            f"{name} {float(tiers[name][res].limit)!r} {float(tiers[name][res].window_s or 0)!r}"
+            for name in order
+        )
+        for res in RESOURCES
+    }
