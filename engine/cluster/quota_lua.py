@@ -153,56 +153,98 @@ local function lapse(resv, resa, rsum)
 end
 """
 
+# Reserve every amount or none. `k`: cfg, resv, resa, rsum, ids keys and `use`, one usage key
+# per wanted entry; `wanted`: {resource, amount, tier spec}... Returns {1, id} or
+# {0, resource, limit, retry_after}.
+RESERVE_FN = r"""
+local function reserve(k, wanted, expires, reservation_retry)
+  lapse(k.resv, k.resa, k.rsum)
+  local tier = redis.call('HGET', k.cfg, 'tier')
+  local held = {}
+  for i, w in ipairs(wanted) do
+    local res, amount = w[1], w[2]
+    local limit, window = limit_of(tier, redis.call('HGET', k.cfg, 'o:' .. res), w[3])
+    local st = usage(k.use[i], window)
+    local reserved = tonumber(redis.call('HGET', k.rsum, res) or '0')
+    if st.total + reserved + amount > limit then
+      local retry
+      if amount > limit then retry = 'inf'
+      elseif reserved + amount > limit then retry = reservation_retry
+      elseif window ~= 0 then retry = fmt(time_to_free(st, st.total + reserved + amount - limit))
+      else retry = 'inf' end
+      return {0, res, fmt(limit), retry}
+    end
+    held[i] = reserved
+  end
+  local id = redis.call('INCR', k.ids)
+  local parts, sums = {}, {}
+  for i, w in ipairs(wanted) do
+    parts[#parts + 1] = w[1] .. ' ' .. fmt(w[2])
+    sums[#sums + 1] = w[1]
+    sums[#sums + 1] = fmt(held[i] + w[2])
+  end
+  redis.call('HSET', k.rsum, unpack(sums))
+  redis.call('HSET', k.resa, id, table.concat(parts, ' '))
+  redis.call('ZADD', k.resv, expires, id)
+  local gc = math.ceil((tonumber(expires) - now) * 1000) + 60000
+  for _, key in ipairs({k.resv, k.resa, k.rsum}) do redis.call('PEXPIRE', key, gc) end
+  return {1, id}
+end
+
+-- The reservation keys from KEYS[first..first+4] and a usage key per wanted entry after them;
+-- the wanted entries from ARGV[from..] as (resource, amount, tier spec) triples.
+local function reserve_args(first, from)
+  local k = {cfg = KEYS[first], resv = KEYS[first + 1], resa = KEYS[first + 2],
+             rsum = KEYS[first + 3], ids = KEYS[first + 4], use = {}}
+  local wanted = {}
+  for i = from, #ARGV, 3 do
+    wanted[#wanted + 1] = {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}
+    k.use[#wanted] = KEYS[first + 4 + #wanted]
+  end
+  return k, wanted
+end
+"""
+
 # KEYS: cfg, resv, resa, rsum, ids, use:<res>...
 # ARGV: now, buckets, expiry, reservation retry, then (resource, amount, tier spec)...
-# Returns {1, id} or {0, resource, limit, retry_after}.
-RESERVE = COMMON + r"""
-local cfg, resv, resa, rsum = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-lapse(resv, resa, rsum)
-local tier = redis.call('HGET', cfg, 'tier')
-local wanted = {}
-for i = 5, #ARGV, 3 do
-  local res, amount = ARGV[i], tonumber(ARGV[i + 1])
-  local limit, window = limit_of(tier, redis.call('HGET', cfg, 'o:' .. res), ARGV[i + 2])
-  local st = usage(KEYS[5 + (i - 2) / 3], window)
-  local reserved = tonumber(redis.call('HGET', rsum, res) or '0')
-  if st.total + reserved + amount > limit then
-    local retry
-    if amount > limit then retry = 'inf'
-    elseif reserved + amount > limit then retry = ARGV[4]
-    elseif window ~= 0 then retry = fmt(time_to_free(st, st.total + reserved + amount - limit))
-    else retry = 'inf' end
-    return {0, res, fmt(limit), retry}
+RESERVE = COMMON + RESERVE_FN + r"""
+local k, wanted = reserve_args(1, 5)
+return reserve(k, wanted, ARGV[3], ARGV[4])
+"""
+
+# Replace an open reservation by the actual use. `k`: cfg, resv, resa, rsum keys and `use`, one
+# usage key per used entry; `used`: {resource, amount, tier spec}... Returns 1 if it was open
+# (a repeat, or a reservation released or lapsed, records nothing).
+SETTLE_FN = r"""
+local function settle(k, id, used)
+  if not take(k.resv, k.resa, k.rsum, id) then return 0 end
+  local tier = redis.call('HGET', k.cfg, 'tier')
+  for i, u in ipairs(used) do
+    local _, window = limit_of(tier, redis.call('HGET', k.cfg, 'o:' .. u[1]), u[3])
+    add(usage(k.use[i], window), u[2])
   end
-  wanted[#wanted + 1] = {res, amount, reserved}
+  return 1
 end
-local id = redis.call('INCR', KEYS[5])
-local parts, sums = {}, {}
-for _, w in ipairs(wanted) do
-  parts[#parts + 1] = w[1] .. ' ' .. fmt(w[2])
-  sums[#sums + 1] = w[1]
-  sums[#sums + 1] = fmt(w[3] + w[2])
+
+-- The keys from KEYS[first..first+3] and a usage key per used entry after them; the used
+-- entries from ARGV[from..] as (resource, amount, tier spec) triples.
+local function settle_args(first, from)
+  local k = {cfg = KEYS[first], resv = KEYS[first + 1], resa = KEYS[first + 2],
+             rsum = KEYS[first + 3], use = {}}
+  local used = {}
+  for i = from, #ARGV, 3 do
+    used[#used + 1] = {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]}
+    k.use[#used] = KEYS[first + 3 + #used]
+  end
+  return k, used
 end
-redis.call('HSET', rsum, unpack(sums))
-redis.call('HSET', resa, id, table.concat(parts, ' '))
-redis.call('ZADD', resv, ARGV[3], id)
-local gc = math.ceil((tonumber(ARGV[3]) - now) * 1000) + 60000
-for _, key in ipairs({resv, resa, rsum}) do redis.call('PEXPIRE', key, gc) end
-return {1, id}
 """
 
 # KEYS: cfg, resv, resa, rsum, use:<res>...   ARGV: now, buckets, id, then (resource, amount,
-# tier spec)... for the actual use (resources with 0 left out). Returns 1 if it was open.
-SETTLE = COMMON + r"""
-local cfg, resv, resa, rsum = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if not take(resv, resa, rsum, ARGV[3]) then return 0 end
-local tier = redis.call('HGET', cfg, 'tier')
-for i = 4, #ARGV, 3 do
-  local res, amount = ARGV[i], tonumber(ARGV[i + 1])
-  local _, window = limit_of(tier, redis.call('HGET', cfg, 'o:' .. res), ARGV[i + 2])
-  add(usage(KEYS[4 + (i - 1) / 3], window), amount)
-end
-return 1
+# tier spec)... for the actual use (resources with 0 left out).
+SETTLE = COMMON + SETTLE_FN + r"""
+local k, used = settle_args(1, 4)
+return settle(k, ARGV[3], used)
 """
 
 # KEYS: resv, resa, rsum   ARGV: now, buckets, id   Returns 1 if it was open.

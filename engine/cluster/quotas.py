@@ -11,7 +11,7 @@ refusal carries (`QuotaExceeded` with resource, limit and retry_after).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import EllipsisType, MappingProxyType
 
 from engine.clock import Clock
@@ -49,7 +49,8 @@ class ClusterQuotas:
         self._clock = clock
         self._tiers = {name: dict(limits) for name, limits in tiers.items()}
         self._default_tier = default_tier
-        self._buckets = str(buckets_per_window)
+        self.buckets = str(buckets_per_window)
+        self._ids = client.key("quota-ids")
         self._reservation_ttl_s = reservation_ttl_s
         self._specs = _tier_specs(self._tiers, default_tier)
         self._reserve = client.script(quota_lua.RESERVE)
@@ -118,36 +119,29 @@ class ClusterQuotas:
         now = self._clock.now()
         reply = await self._client.call(
             self._reserve,
-            [*self._reservation_keys(user_id), self._client.key("quota-ids"),
-             *(self._key(user_id, "use", res) for res in wanted)],
-            [repr(now), self._buckets, repr(now + self._reservation_ttl_s),
-             repr(RESERVATION_RETRY_S), *self._triples(wanted)],
+            self.reserve_keys(user_id, wanted),
+            [repr(now), self.buckets, *self.reserve_args(now), *self.triples(wanted)],
         )
-        assert isinstance(reply, list)
-        if reply[0] == 0:
-            _, resource, limit, retry = reply
-            raise QuotaExceeded(resource, float(limit), float(retry))
-        return Reservation(int(reply[1]), user_id, MappingProxyType(wanted))
+        return self.reserved(user_id, wanted, reply)
 
     async def settle(self, reservation: Reservation, actual: Mapping[str, float]) -> None:
         """Drop the hold and record what was really used (even above the estimate).
 
         A reservation already settled, released or lapsed is left alone (no double count).
         """
-        used = {res: amount for res, amount in validated_amounts(actual).items() if amount}
-        user_id = reservation.user_id
+        used = self.used(actual)
         await self._client.call(
             self._settle,
-            [*self._reservation_keys(user_id), *(self._key(user_id, "use", r) for r in used)],
-            [repr(self._clock.now()), self._buckets, str(reservation.id), *self._triples(used)],
+            self.settle_keys(reservation.user_id, used),
+            [repr(self._clock.now()), self.buckets, str(reservation.id), *self.triples(used)],
         )
 
     async def release(self, reservation: Reservation) -> None:
         """Drop the hold without recording anything (the call failed or was refused)."""
         await self._client.call(
             self._release,
-            self._reservation_keys(reservation.user_id)[1:],
-            [repr(self._clock.now()), self._buckets, str(reservation.id)],
+            self.settle_keys(reservation.user_id, ())[1:],
+            [repr(self._clock.now()), self.buckets, str(reservation.id)],
         )
 
     async def record(self, user_id: str, resource: str, amount: float) -> None:
@@ -173,8 +167,8 @@ class ClusterQuotas:
     async def usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
         reply = await self._client.call(
             self._usage,
-            [*self._reservation_keys(user_id), *(self._key(user_id, "use", r) for r in RESOURCES)],
-            [repr(self._clock.now()), self._buckets,
+            self.settle_keys(user_id, RESOURCES),
+            [repr(self._clock.now()), self.buckets,
              *(part for res in RESOURCES for part in (res, self._specs[res]))],
         )
         assert isinstance(reply, list)
@@ -193,7 +187,44 @@ class ClusterQuotas:
             ))
         return tuple(report)
 
-    # Internals.
+    # Keys, arguments and replies of the scripts, shared with engine/cluster/turns.py.
+
+    def reserve_keys(self, user_id: str, resources: Iterable[str]) -> list[str]:
+        """cfg, resv, resa, rsum, the id counter, then a usage key per resource."""
+        return [
+            *self._reservation_keys(user_id), self._ids,
+            *(self._key(user_id, "use", res) for res in resources),
+        ]
+
+    def reserve_args(self, now: float) -> list[str]:
+        """After now and buckets: the reservation's expiry and the retry_after reservations
+        give (the wanted triples follow)."""
+        return [repr(now + self._reservation_ttl_s), repr(RESERVATION_RETRY_S)]
+
+    def reserved(self, user_id: str, wanted: Mapping[str, float], reply: object) -> Reservation:
+        """The reservation a reserve reply grants, or the QuotaExceeded it carries."""
+        assert isinstance(reply, list)
+        if reply[0] == 0:
+            _, resource, limit, retry = reply
+            raise QuotaExceeded(resource, float(limit), float(retry))
+        return Reservation(int(reply[1]), user_id, MappingProxyType(dict(wanted)))
+
+    def settle_keys(self, user_id: str, resources: Iterable[str]) -> list[str]:
+        """cfg, resv, resa, rsum, then a usage key per resource."""
+        return [
+            *self._reservation_keys(user_id),
+            *(self._key(user_id, "use", res) for res in resources),
+        ]
+
+    @staticmethod
+    def used(actual: Mapping[str, float]) -> dict[str, float]:
+        """The actual use worth recording: validated, zeros left out."""
+        return {res: amount for res, amount in validated_amounts(actual).items() if amount}
+
+    def triples(self, amounts: Mapping[str, float]) -> list[str]:
+        """(resource, amount, tier spec) per resource, as the scripts read them."""
+        specs = self._specs
+        return [part for res, x in amounts.items() for part in (res, repr(x), specs[res])]
 
     def _key(self, user_id: str, *parts: str) -> str:
         # One hash tag per user: a user's keys share a slot on a sharded Redis.
@@ -202,17 +233,13 @@ class ClusterQuotas:
     def _reservation_keys(self, user_id: str) -> list[str]:
         return [self._key(user_id, part) for part in ("cfg", "resv", "resa", "rsum")]
 
-    def _triples(self, amounts: Mapping[str, float]) -> list[str]:
-        specs = self._specs
-        return [part for res, x in amounts.items() for part in (res, repr(x), specs[res])]
-
     async def _change_usage(
         self, user_id: str, resource: str, amount: float, mode: str
     ) -> list[object]:
         reply = await self._client.call(
             self._change,
             [self._key(user_id, "cfg"), self._key(user_id, "use", resource)],
-            [repr(self._clock.now()), self._buckets, resource, repr(amount),
+            [repr(self._clock.now()), self.buckets, resource, repr(amount),
              self._specs[resource], mode],
         )
         assert isinstance(reply, list)

@@ -3,7 +3,8 @@
 `await ClusterState.open(config.cluster, clock, config.limits)` connects to Valkey/Redis (and
 fails at once with ClusterUnavailable if it is down) and gives the parts a worker uses on a
 turn: `quotas` and `rates` (the QuotaBackend and RateBackend of engine/limits.py), `leases`,
-`inflight`, and the worker `registry`. `aclose()` closes the connection pool.
+`inflight`, the worker `registry`, and `turns`, which admits, starts and finishes a turn in one
+round trip each. `aclose()` closes the connection pool.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engine.cluster.leases import SessionLeases
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import ClusterRates
 from engine.cluster.registry import WorkerRegistry
+from engine.cluster.turns import TurnGate
 from engine.config import ClusterSettings, LimitSettings
 from engine.errors import ConfigurationError
 
@@ -29,6 +31,7 @@ class ClusterState:
     leases: SessionLeases
     inflight: InFlightCaps
     registry: WorkerRegistry
+    turns: TurnGate
 
     @classmethod
     async def open(
@@ -48,18 +51,23 @@ class ClusterState:
         except BaseException:
             await client.aclose()
             raise
+        quotas = ClusterQuotas(
+            client, clock, limits.tiers, limits.default_tier,
+            reservation_ttl_s=settings.reservation_ttl_s,
+        )
+        rates = ClusterRates(
+            client, clock, {"session": limits.session_rate, "user": limits.user_rate}
+        )
+        leases = SessionLeases(client, settings.lease_ttl_s)
+        inflight = InFlightCaps(client, clock, settings.reservation_ttl_s)
         return cls(
             client=client,
-            quotas=ClusterQuotas(
-                client, clock, limits.tiers, limits.default_tier,
-                reservation_ttl_s=settings.reservation_ttl_s,
-            ),
-            rates=ClusterRates(
-                client, clock, {"session": limits.session_rate, "user": limits.user_rate}
-            ),
-            leases=SessionLeases(client, settings.lease_ttl_s),
-            inflight=InFlightCaps(client, clock, settings.reservation_ttl_s),
+            quotas=quotas,
+            rates=rates,
+            leases=leases,
+            inflight=inflight,
             registry=WorkerRegistry(client, clock, settings.worker_dead_after_s),
+            turns=TurnGate(client, clock, quotas, rates, leases, inflight),
         )
 
     async def aclose(self) -> None:
