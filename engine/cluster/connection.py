@@ -1,7 +1,8 @@
 """The cluster's one connection pool to Valkey/Redis, and the one place its failures are typed.
 
-Every call goes through `ClusterClient.run`, which turns a connection failure or a timeout into
-`ClusterUnavailable` naming the server (its URL without the password). There is no fallback:
+Every call goes through `ClusterClient.run`, which turns a connection failure, a timeout or a
+server that cannot take writes into `ClusterUnavailable` naming the server (its URL without the
+password). There is no fallback:
 a worker that cannot reach the shared state refuses rather than enforce limits on its own.
 redis-py reconnects by itself, so the first call after the server is back succeeds; a restarted
 server has lost the Lua scripts, and redis-py's `Script` loads them again on NOSCRIPT.
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -25,23 +27,33 @@ from engine.errors import ClusterUnavailable
 T = TypeVar("T")
 
 BACKEND = "Valkey/Redis"
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+# Down, unreachable, or up but unable to take writes (out of memory, a replica after failover,
+# a cluster without quorum): to a worker all mean the same, no decision can be made now.
+_UNAVAILABLE = (
+    RedisConnectionError, RedisTimeoutError, TimeoutError, OSError,
+    OutOfMemoryError, ReadOnlyError, ClusterDownError, TryAgainError,
+)
 
 ScriptArg = str | int | float
 
 
 def redacted(url: str) -> str:
-    """The URL as it may be shown: the password (if any) removed, the user name kept."""
+    """The URL as it may be shown: the password (in the user part or the query) removed."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}@{host}" if parts.username else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(name, value) for name, value in query if name != "password"]
+    if len(kept) != len(query):
+        parts = parts._replace(query=urlencode(kept))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username}@{host}" if parts.username else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"
 
 
 class ClusterClient:
@@ -78,7 +90,7 @@ class ClusterClient:
     async def run(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
-        except _UNREACHABLE as exc:
+        except _UNAVAILABLE as exc:
             raise ClusterUnavailable(BACKEND, self.url, _cause(exc)) from exc
 
     async def call(

@@ -88,7 +88,9 @@ class WorkerRegistry:
             if fields
         )
 
-    async def beat_forever(self, worker_id: str, load: Callable[[], WorkerLoad], every_s: float):
+    async def beat_forever(
+        self, worker_id: str, load: Callable[[], WorkerLoad], every_s: float
+    ) -> None:
         """Heartbeat every `every_s` until cancelled; an outage is logged, never fatal."""
         while True:
             try:

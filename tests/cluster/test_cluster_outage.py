@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import ClusterSettings, EngineConfig
+from engine import ClusterSettings
 from engine.cluster import ClusterState, WorkerLoad
-from engine.cluster.connection import redacted
 from engine.errors import ClusterUnavailable, ConfigurationError, EngineError, QuotaExceeded
 
 
@@ -23,6 +22,8 @@ def calls(state: ClusterState):
         "enter": lambda: state.inflight.enter("u", 2),
         "heartbeat": lambda: state.registry.heartbeat("w1", WorkerLoad()),
         "alive": lambda: state.registry.alive(),
+        "admit": lambda: state.turns.admit("s", "u", {"api_calls": 1}),
+        "start": lambda: state.turns.start("s2", "u", "w1", 5),
     }
 
 
@@ -53,6 +54,19 @@ async def test_stopped_valkey_fails_every_call_typed_and_works_again_after_resta
     await state.aclose()
 
 
+async def test_a_server_out_of_memory_refuses_typed_until_it_has_room(private_valkey, clock):
+    state = await ClusterState.open(ClusterSettings(redis_url=private_valkey.url), clock)
+    with private_valkey.client() as admin:
+        admin.config_set("maxmemory", 1)  # every byte is over: no write is allowed
+        try:
+            with pytest.raises(ClusterUnavailable, match="OutOfMemoryError"):
+                await state.quotas.reserve("u", {"api_calls": 1})
+        finally:
+            admin.config_set("maxmemory", 0)
+    await state.quotas.reserve("u", {"api_calls": 1})
+    await state.aclose()
+
+
 async def test_a_cap_is_still_enforced_after_a_restart_not_bypassed(private_valkey, clock):
     """While down nothing is granted; after the restart the limit holds from zero."""
     state = await ClusterState.open(ClusterSettings(redis_url=private_valkey.url), clock)
@@ -76,25 +90,3 @@ async def test_opening_against_a_stopped_server_fails_at_once(private_valkey, cl
         await ClusterState.open(ClusterSettings(redis_url=url), clock)
     with pytest.raises(ConfigurationError, match="SESSION_CONSOLE_REDIS_URL"):
         await ClusterState.open(ClusterSettings(), clock)
-
-
-def test_urls_are_shown_without_their_password():
-    assert redacted("redis://:pw@h:6379/0") == "redis://h:6379/0"
-    assert redacted("rediss://user:pw@host.example/2") == "rediss://user@host.example/2"
-    assert redacted("redis://[::1]:7000") == "redis://[::1]:7000"
-    assert redacted("redis://u:p@[::1]:7000/1") == "redis://u@[::1]:7000/1"
-
-
-def test_the_url_comes_from_the_environment_unless_set():
-    config = EngineConfig.from_env({"SESSION_CONSOLE_REDIS_URL": "redis://:pw@10.0.0.5:6379/1"})
-    assert config.cluster.redis_url == "redis://:pw@10.0.0.5:6379/1"
-    assert "pw" not in repr(config.cluster)
-    kept = EngineConfig.from_env(
-        {"SESSION_CONSOLE_REDIS_URL": "redis://other"},
-        cluster=ClusterSettings(redis_url="redis://mine"),
-    )
-    assert kept.cluster.redis_url == "redis://mine"
-    assert EngineConfig.from_env({"SESSION_CONSOLE_REDIS_URL": ""}).cluster.redis_url is None
-    assert EngineConfig().cluster.redis_url is None
-    with pytest.raises(ConfigurationError, match="lease_ttl_s"):
-        ClusterSettings(lease_ttl_s=0)
