@@ -29,11 +29,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
-# KEYS: the user's slots   ARGV: now, new expiry, slot id   Returns 1 if it was still live.
+# KEYS: the user's slots   ARGV: now, new expiry, slot id, gc ms   Returns 1 if it was live.
 RENEW = r"""
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if not expiry or tonumber(expiry) <= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
@@ -72,7 +73,8 @@ class InFlightCaps:
         """Push a running turn's expiry out by the slot TTL; False if the slot already lapsed."""
         now = self._clock.now()
         renewed = await self._client.call(
-            self._renew, [self.key(user_id)], [repr(now), repr(now + self.slot_ttl_s), slot]
+            self._renew, [self.key(user_id)],
+            [repr(now), repr(now + self.slot_ttl_s), slot, self.gc_ms],
         )
         return renewed == 1
 
