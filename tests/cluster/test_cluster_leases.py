@@ -102,7 +102,7 @@ async def test_a_killed_holders_lease_expires_and_another_worker_takes_it(redis_
     """A real process holds the session's lease and renews it; SIGKILL it, and the lease
     lapses by itself: another worker then gets it with a larger token."""
     holder_process = subprocess.Popen(
-        [sys.executable, str(WORKER), "hold", redis_url, "t:", "s1", "2.0"],
+        [sys.executable, str(WORKER), "hold", redis_url, "t:", "s1", "3.0"],
         stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
