@@ -48,6 +48,10 @@ class QuotaBackend(Protocol):
 
     async def adjust(self, user_id: str, resource: str, delta: float) -> None: ...
 
+    async def restore(self, user_id: str, resource: str, amount: float, at: float) -> None:
+        """Re-count windowed usage recorded at `at` (after a restart or a loss of data)."""
+        ...
+
     async def usage(self, user_id: str) -> tuple[QuotaUsage, ...]: ...
 
 
@@ -105,6 +109,9 @@ class LocalQuotas:
 
     async def adjust(self, user_id: str, resource: str, delta: float) -> None:
         self.manager.adjust(user_id, resource, delta)
+
+    async def restore(self, user_id: str, resource: str, amount: float, at: float) -> None:
+        self.manager.restore(user_id, resource, amount, at)
 
     async def usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
         return self.manager.usage(user_id)

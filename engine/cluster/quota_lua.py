@@ -253,16 +253,32 @@ if take(KEYS[1], KEYS[2], KEYS[3], ARGV[3]) then return 1 end
 return 0
 """
 
-# KEYS: cfg, use:<res>   ARGV: now, buckets, resource, amount or delta, tier spec, mode
-# ("record": usage that happened now; "adjust": move a no-window total). Returns {1}, or
-# {0, window} when "adjust" meets a windowed resource.
+# KEYS: cfg, use:<res>   ARGV: now, buckets, resource, amount or delta, tier spec, mode, at
+# ("record": usage that happened now; "adjust": move a no-window total; "restore": usage that
+# happened at `at`, put back in its sub-bucket if that is still in the window). Returns {1}, or
+# {0, window} when "adjust" meets a windowed resource or "restore" one without a window.
 CHANGE = COMMON + r"""
 local cfg, res, amount, mode = KEYS[1], ARGV[3], tonumber(ARGV[4]), ARGV[6]
 local tier, override = unpack(redis.call('HMGET', cfg, 'tier', 'o:' .. res))
 local _, window = limit_of(tier, override, ARGV[5])
-if mode == 'adjust' and window ~= 0 then return {0, fmt(window)} end
+if (mode == 'adjust' and window ~= 0) or (mode == 'restore' and window == 0) then
+  return {0, fmt(window)}
+end
 local st = usage(KEYS[2], window)
-if amount ~= 0 then add(st, amount) end
+if amount == 0 then return {1} end
+if mode ~= 'restore' then
+  add(st, amount)
+  return {1}
+end
+local k = math.min(math.floor(tonumber(ARGV[7]) / st.width), st.head)
+if k >= st.head - buckets then
+  local field = tostring(k)
+  local current = tonumber(redis.call('HGET', st.key, field) or '0')
+  st.total = st.total + amount
+  redis.call('HSET', st.key, 'w', fmt(st.window), 'h', st.head, 't', fmt(st.total),
+    field, fmt(current + amount))
+  redis.call('PEXPIRE', st.key, math.ceil((st.window + st.width) * 1000) + 60000)
+end
 return {1}
 """
 

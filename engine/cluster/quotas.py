@@ -162,6 +162,15 @@ class ClusterQuotas:
                 "own; use record() to add to it"
             )
 
+    async def restore(self, user_id: str, resource: str, amount: float, at: float) -> None:
+        """Re-count usage recorded at `at` (the cluster's data was lost); windowed resources
+        only. Usage already out of its window is not counted. Exactly one worker should do it:
+        see `ClusterState.claim_restore`."""
+        (amount,) = validated_amounts({resource: amount}).values()
+        reply = await self._change_usage(user_id, resource, amount, "restore", at)
+        if reply[0] == 0:
+            raise InvalidInput(f"{resource} has no window; restore it with adjust()")
+
     # Reports.
 
     async def usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
@@ -234,13 +243,13 @@ class ClusterQuotas:
         return [self._key(user_id, part) for part in ("cfg", "resv", "resa", "rsum")]
 
     async def _change_usage(
-        self, user_id: str, resource: str, amount: float, mode: str
+        self, user_id: str, resource: str, amount: float, mode: str, at: float = 0.0
     ) -> list[object]:
         reply = await self._client.call(
             self._change,
             [self._key(user_id, "cfg"), self._key(user_id, "use", resource)],
             [repr(self._clock.now()), self.buckets, resource, repr(amount),
-             self._specs[resource], mode],
+             self._specs[resource], mode, repr(at)],
         )
         assert isinstance(reply, list)
         return reply

@@ -70,5 +70,15 @@ class ClusterState:
             turns=TurnGate(client, clock, quotas, rates, leases, inflight),
         )
 
+    async def claim_restore(self, worker_id: str) -> bool:
+        """True for exactly one caller per life of the server's data: the first worker to ask
+        after the server started empty (first start, or a restart that lost its data) replays
+        the quota windows from the store; the others must not, or usage would count twice.
+        Ask at start and with each heartbeat, so a loss while workers run is noticed."""
+        claimed = await self.client.run(
+            self.client.redis.set(self.client.key("restored-by"), worker_id, nx=True)
+        )
+        return bool(claimed)
+
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -62,11 +62,15 @@ operation = st.one_of(
     st.tuples(st.just("override"), st.sampled_from(RESOURCES), st.sampled_from([0, 4, 30]),
               st.sampled_from([..., None, 10.0, 90.0])),
     st.tuples(st.just("clear"), st.sampled_from(RESOURCES)),
+    st.tuples(st.just("restore"), st.sampled_from(RESOURCES), amount,
+              st.sampled_from([0, 0.5, 7, 59, 61, 200, 5000])),
     st.tuples(st.just("tier"), st.sampled_from(["free", "pro"])),
 )
 
 
-async def apply(backend: QuotaBackend, op: tuple, held: list[Reservation]) -> object:
+async def apply(
+    backend: QuotaBackend, op: tuple, held: list[Reservation], clock: ManualClock
+) -> object:
     """One operation's observable outcome: its result or the error's fields."""
     kind, *args = op
     try:
@@ -87,6 +91,8 @@ async def apply(backend: QuotaBackend, op: tuple, held: list[Reservation]) -> ob
             await backend.set_override("u", args[0], args[1], args[2])
         elif kind == "clear":
             await backend.clear_override("u", args[0])
+        elif kind == "restore":
+            await backend.restore("u", args[0], args[1], clock.now() - args[2])
         elif kind == "tier":
             await backend.set_tier("u", args[0])
     except QuotaExceeded as exc:
@@ -123,7 +129,9 @@ def test_every_answer_is_the_local_managers(valkey, ops):
                     local_clock.advance(op[1])
                     cluster_clock.advance(op[1])
                     continue
-                assert await apply(shared, op, shared_held) == await apply(local, op, local_held)
+                assert await apply(shared, op, shared_held, cluster_clock) == await apply(
+                    local, op, local_held, local_clock
+                )
                 assert await standing(shared) == await standing(local)
         finally:
             await shared._client.aclose()

@@ -1,4 +1,5 @@
-"""Worker registry and per-user in-flight caps in a real Valkey, on the injected clock."""
+"""Worker registry, per-user in-flight caps and the restore claim in a real Valkey, on the
+injected clock."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 
 import pytest
 
-from engine.cluster import ClusterClient, InFlightCaps, WorkerLoad, WorkerRegistry
+from engine import ClusterSettings
+from engine.cluster import ClusterClient, ClusterState, InFlightCaps, WorkerLoad, WorkerRegistry
 from engine.errors import InvalidInput
 
 
@@ -84,3 +86,20 @@ async def test_a_dead_workers_in_flight_turns_lapse(client, clock):
     assert await caps.count("alice") == 1
     assert not await caps.renew("alice", orphan)
     assert await caps.enter("alice", 2) is not None
+
+
+async def test_one_worker_claims_the_restore_of_an_empty_server(redis_url, valkey, clock):
+    """Exactly one worker replays quota windows into a server that started empty, and again
+    only once the server has lost its data."""
+    states = [
+        await ClusterState.open(ClusterSettings(redis_url=redis_url), clock) for _ in range(3)
+    ]
+    claims = await asyncio.gather(*(s.claim_restore(f"w{i}") for i, s in enumerate(states)))
+    assert sorted(claims) == [False, False, True]
+    assert not await states[0].claim_restore("w0")
+    with valkey.client() as admin:
+        admin.flushall()  # what a restart without persistence leaves
+    assert await states[1].claim_restore("w1")
+    assert not await states[2].claim_restore("w2")
+    for state in states:
+        await state.aclose()
