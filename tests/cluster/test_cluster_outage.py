@@ -3,9 +3,11 @@ decision), the password never shows, and the same objects work again once it is 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from engine import ClusterSettings
+from engine import ClusterSettings, LimitSettings, RateLimit
 from engine.cluster import ClusterState, WorkerLoad
 from engine.errors import ClusterUnavailable, ConfigurationError, EngineError, QuotaExceeded
 
@@ -90,3 +92,49 @@ async def test_opening_against_a_stopped_server_fails_at_once(private_valkey, cl
         await ClusterState.open(ClusterSettings(redis_url=url), clock)
     with pytest.raises(ConfigurationError, match="SESSION_CONSOLE_REDIS_URL"):
         await ClusterState.open(ClusterSettings(), clock)
+
+
+async def test_calls_in_flight_when_the_server_dies_fail_typed_and_then_recover(
+    private_valkey, clock
+):
+    """Stop and restart the server under 32 concurrent callers: every call either succeeds or
+    raises ClusterUnavailable (never another error, never hangs), and after the restart every
+    caller succeeds again."""
+    settings = ClusterSettings(redis_url=private_valkey.url, timeout_s=2.0, max_connections=8)
+    unlimited = RateLimit(rate_per_s=1e9, burst=10**9)
+    limits = LimitSettings(session_rate=unlimited, user_rate=unlimited)
+    state = await ClusterState.open(settings, clock, limits)
+    outcomes: dict[str, int] = {}
+    phase = "before"
+    stop = asyncio.Event()
+
+    async def caller(i: int) -> None:
+        while not stop.is_set():
+            try:
+                reservation = await state.turns.admit(f"s{i}", f"u{i}", {"api_calls": 0})
+                await state.quotas.settle(reservation, {"api_calls": 0})
+                outcome = "ok"
+            except ClusterUnavailable:
+                outcome = "unavailable"
+            key = f"{phase}:{outcome}"
+            outcomes[key] = outcomes.get(key, 0) + 1
+            await asyncio.sleep(0.005)
+
+    callers = [asyncio.create_task(caller(i)) for i in range(32)]
+    async with asyncio.timeout(120):  # a bound on a hang, not a timing assertion
+        while outcomes.get("before:ok", 0) < 100:
+            await asyncio.sleep(0.01)
+        private_valkey.stop()
+        phase = "down"
+        while outcomes.get("down:unavailable", 0) < 50:
+            await asyncio.sleep(0.01)
+        private_valkey.start()
+        phase = "after"
+        while outcomes.get("after:ok", 0) < 200:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*callers)  # any other exception surfaces here
+    assert set(outcomes) <= {
+        "before:ok", "down:ok", "down:unavailable", "after:ok", "after:unavailable"
+    }
+    await state.aclose()
