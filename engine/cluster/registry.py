@@ -39,10 +39,17 @@ class WorkerView:
 class WorkerRegistry:
     """Register and heartbeat this worker; list the alive ones with their load."""
 
-    def __init__(self, client: ClusterClient, clock: Clock, dead_after_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        client: ClusterClient,
+        clock: Clock,
+        dead_after_s: float = 5.0,
+        heartbeat_s: float = 1.0,
+    ) -> None:
         self._client = client
         self._clock = clock
         self.dead_after_s = dead_after_s
+        self.heartbeat_s = heartbeat_s
         self._index = client.key("workers")
 
     async def heartbeat(self, worker_id: str, load: WorkerLoad) -> None:
@@ -88,16 +95,14 @@ class WorkerRegistry:
             if fields
         )
 
-    async def beat_forever(
-        self, worker_id: str, load: Callable[[], WorkerLoad], every_s: float
-    ) -> None:
-        """Heartbeat every `every_s` until cancelled; an outage is logged, never fatal."""
+    async def beat_forever(self, worker_id: str, load: Callable[[], WorkerLoad]) -> None:
+        """Heartbeat every `heartbeat_s` until cancelled; an outage is logged, never fatal."""
         while True:
             try:
                 await self.heartbeat(worker_id, load())
             except ClusterUnavailable as exc:
                 log.warning("heartbeat of worker %s failed: %s", worker_id, exc)
-            await self._clock.sleep(every_s)
+            await self._clock.sleep(self.heartbeat_s)
 
     def _key(self, worker_id: str) -> str:
         return self._client.key("worker", worker_id)

@@ -66,7 +66,9 @@ class ClusterState:
             rates=rates,
             leases=leases,
             inflight=inflight,
-            registry=WorkerRegistry(client, clock, settings.worker_dead_after_s),
+            registry=WorkerRegistry(
+                client, clock, settings.worker_dead_after_s, settings.heartbeat_s
+            ),
             turns=TurnGate(client, clock, quotas, rates, leases, inflight),
         )
 

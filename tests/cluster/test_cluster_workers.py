@@ -36,10 +36,10 @@ async def test_heartbeats_list_the_alive_workers_with_their_load(client, clock):
 
 
 async def test_the_heartbeat_loop_beats_on_the_clock(client, clock):
-    registry = WorkerRegistry(client, clock, dead_after_s=5.0)
+    registry = WorkerRegistry(client, clock, dead_after_s=5.0, heartbeat_s=1.0)
     loads = iter(range(1, 100))
     beating = asyncio.create_task(
-        registry.beat_forever("w1", lambda: WorkerLoad(sessions=next(loads)), every_s=1.0)
+        registry.beat_forever("w1", lambda: WorkerLoad(sessions=next(loads)))
     )
     try:
         async with asyncio.timeout(30):  # a bound on a broken loop, not a timing assertion
