@@ -5,6 +5,7 @@ Everything a caller needs is importable from here; the modules behind it are the
 
 from engine import errors
 from engine.config import (
+    ClusterSettings,
     EngineConfig,
     GatewaySettings,
     LimitSettings,
@@ -32,6 +33,7 @@ from engine.views import (
 )
 
 __all__ = [
+    "ClusterSettings",
     "CreatedSession",
     "Engine",
     "EngineConfig",

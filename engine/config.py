@@ -7,6 +7,7 @@ that reads the process environment (master keys, app keys, the OpenAI endpoint).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import Literal
 
 from engine.admission import AuthBackoffPolicy
 from engine.clock import Clock, SystemClock
+from engine.errors import ConfigurationError
 from engine.overload import OverloadPolicy
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
@@ -22,6 +24,7 @@ from engine.ratelimit import RateLimit
 MASTER_KEY_ENV = "SESSION_CONSOLE_MASTER_KEY"  # comma-separated Fernet keys, primary first
 APP_KEYS_ENV = "SESSION_CONSOLE_APP_KEYS"  # comma-separated keys allowed to create sessions
 DATABASE_URL_ENV = "SESSION_CONSOLE_DATABASE_URL"  # postgresql://... : the store in PostgreSQL
+REDIS_URL_ENV = "SESSION_CONSOLE_REDIS_URL"  # the cluster's shared state (Valkey/Redis)
 OPENAI_ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL")
 
 
@@ -175,6 +178,38 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """The shared hot state of a cluster of engine processes (engine/cluster/).
+
+    `redis_url` None is a single process (everything in memory). Set, every worker of the
+    cluster enforces quotas, rates, session leases and per-user caps through that Valkey/Redis.
+    """
+
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    key_prefix: str = "sc:"  # several clusters (or tests) can share one server
+    lease_ttl_s: float = 5.0  # a dead worker's sessions are served elsewhere after this
+    heartbeat_s: float = 1.0
+    worker_dead_after_s: float = 5.0  # no heartbeat for this long: the worker is gone
+    # A reservation or in-flight turn left by a dead worker lapses after this; longer than any
+    # turn (llm.turn_timeout_s plus the time it may wait behind its session's other turns).
+    reservation_ttl_s: float = 300.0
+    timeout_s: float = 1.0  # connect and reply timeout: an unreachable server fails fast
+    max_connections: int = 64  # per worker; a burst of calls queues for a free one
+
+    def __post_init__(self) -> None:
+        for name in (
+            "lease_ttl_s", "heartbeat_s", "worker_dead_after_s", "reservation_ttl_s", "timeout_s"
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ConfigurationError(f"cluster {name} must be a number > 0, got {value!r}")
+        if self.max_connections < 1:
+            raise ConfigurationError(
+                f"cluster max_connections must be >= 1, got {self.max_connections!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     sessions: SessionSettings = field(default_factory=SessionSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -183,6 +218,7 @@ class EngineConfig:
     limits: LimitSettings = field(default_factory=LimitSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     # Freeze start-up objects out of the collector's passes (engine/runtime.py): process-wide.
     tune_gc: bool = True
     clock: Clock = field(default_factory=SystemClock)
@@ -194,9 +230,10 @@ class EngineConfig:
         """`EngineConfig(**parts)` completed from the environment (`os.environ` by default).
 
         Reads SESSION_CONSOLE_MASTER_KEY and SESSION_CONSOLE_APP_KEYS (comma-separated; set
-        values replace the key files), SESSION_CONSOLE_DATABASE_URL (a PostgreSQL store), and
-        OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL (for what `llm` leaves unset). Empty
-        variables count as unset.
+        values replace the key files), SESSION_CONSOLE_DATABASE_URL (a PostgreSQL store),
+        SESSION_CONSOLE_REDIS_URL (cluster mode, unless `cluster` sets one) and OPENAI_BASE_URL,
+        OPENAI_API_KEY, OPENAI_MODEL (for what `llm` leaves unset). Empty variables count as
+        unset.
         """
         env = os.environ if env is None else env
         config = cls(**parts)  # type: ignore[arg-type]
@@ -218,6 +255,10 @@ class EngineConfig:
             gateway=replace(
                 config.gateway,
                 app_keys=config.gateway.app_keys or _split(env.get(APP_KEYS_ENV, "")),
+            ),
+            cluster=replace(
+                config.cluster,
+                redis_url=config.cluster.redis_url or env.get(REDIS_URL_ENV) or None,
             ),
         )
 

@@ -19,6 +19,7 @@ parsing text, and the families let them branch with one `except`:
     ├── Interrupted              cancelled by a newer turn sent with multitask_strategy interrupt
     ├── LLMError
     ├── StoreError
+    ├── ClusterUnavailable       the shared state (Valkey/Redis) is down or cannot take writes
     ├── DecryptionFailed
     └── EngineClosed
 """
@@ -160,6 +161,23 @@ class LLMError(EngineError):
 
 class StoreError(EngineError):
     """The database is corrupt, foreign, newer than this code, or unwritable."""
+
+
+class ClusterUnavailable(EngineError):
+    """The cluster's shared state (Valkey/Redis) cannot be used; nothing was decided locally.
+
+    A worker never falls back to enforcing quotas or leases on its own (that would let every
+    worker grant the whole limit); the call fails, and the next one works once the server is back.
+    `url` never carries a password.
+    """
+
+    def __init__(self, backend: str, url: str, cause: str) -> None:
+        self.backend = backend
+        self.url = url
+        super().__init__(
+            f"{backend} at {url} is unavailable ({cause}); turns are refused until it is back, "
+            "nothing is enforced locally instead"
+        )
 
 
 class DecryptionFailed(EngineError):

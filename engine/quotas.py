@@ -206,16 +206,7 @@ class QuotaManager:
         default_tier: str = "free",
         buckets_per_window: int = 60,
     ) -> None:
-        for name, limits in tiers.items():
-            if set(limits) != set(RESOURCES):
-                wanted = ", ".join(RESOURCES)
-                raise ConfigurationError(
-                    f"tier {name!r} must define exactly {wanted}; got {sorted(limits)}"
-                )
-        if default_tier not in tiers:
-            raise ConfigurationError(f"default tier {default_tier!r} is not one of {sorted(tiers)}")
-        if buckets_per_window < 1:
-            raise ConfigurationError(f"buckets_per_window must be >= 1, got {buckets_per_window}")
+        check_tiers(tiers, default_tier, buckets_per_window)
         self._clock = clock
         self._tiers = {name: dict(limits) for name, limits in tiers.items()}
         self._default_tier = default_tier
@@ -246,7 +237,7 @@ class QuotaManager:
         window_s: float | EllipsisType | None = ...,
     ) -> None:
         """Replace the tier's limit for one user; `...` keeps the window the tier has right now."""
-        _check_resource(resource)
+        check_resource(resource)
         state = self._users.setdefault(user_id, _User())
         if window_s is ...:
             window_s = self._tiers[state.tier or self._default_tier][resource].window_s
@@ -256,7 +247,7 @@ class QuotaManager:
             raise InvalidInput(f"override for {resource}: {exc}") from None
 
     def clear_override(self, user_id: str, resource: str) -> None:
-        _check_resource(resource)
+        check_resource(resource)
         state = self._users.get(user_id)
         if state is not None:
             state.overrides.pop(resource, None)
@@ -265,7 +256,7 @@ class QuotaManager:
 
     def reserve(self, user_id: str, amounts: Mapping[str, float]) -> Reservation:
         """Hold every amount or none: the first resource that would overrun raises QuotaExceeded."""
-        wanted = _validated(amounts)
+        wanted = validated_amounts(amounts)
         now = self._clock.now()
         state = self._users.get(user_id) or _User()
         for resource, amount in wanted.items():
@@ -284,7 +275,7 @@ class QuotaManager:
 
     def settle(self, reservation: Reservation, actual: Mapping[str, float]) -> None:
         """Drop the hold and record what was really used (even above the estimate)."""
-        used = _validated(actual)
+        used = validated_amounts(actual)
         state = self._take(reservation)
         if state is None:
             return
@@ -300,7 +291,7 @@ class QuotaManager:
 
     def record(self, user_id: str, resource: str, amount: float) -> None:
         """Consume without a check: the usage already happened."""
-        (amount,) = _validated({resource: amount}).values()
+        (amount,) = validated_amounts({resource: amount}).values()
         if amount:
             state = self._users.setdefault(user_id, _User())
             now = self._clock.now()
@@ -308,7 +299,7 @@ class QuotaManager:
 
     def restore(self, user_id: str, resource: str, amount: float, at: float) -> None:
         """Re-count usage recorded at `at` before a restart; windowed resources only."""
-        (amount,) = _validated({resource: amount}).values()
+        (amount,) = validated_amounts({resource: amount}).values()
         state = self._users.setdefault(user_id, _User())
         limit = self._limit(state, resource)
         if limit.window_s is None:
@@ -325,7 +316,7 @@ class QuotaManager:
 
     def adjust(self, user_id: str, resource: str, delta: float) -> None:
         """Move a no-window total up or down (storage freed); it never goes below zero."""
-        _check_resource(resource)
+        check_resource(resource)
         if not (isinstance(delta, int | float) and math.isfinite(delta)):
             raise InvalidInput(f"delta for {resource} must be a finite number, got {delta!r}")
         state = self._users.setdefault(user_id, _User())
@@ -355,7 +346,7 @@ class QuotaManager:
                     used=used,
                     reserved=reserved,
                     limit=limit.limit,
-                    percent=_percent(used + reserved, limit.limit),
+                    percent=percent_taken(used + reserved, limit.limit),
                     reset_in_s=usage.reset_in(now) if usage else 0.0,
                 )
             )
@@ -372,7 +363,7 @@ class QuotaManager:
             limit = self._limit(state, resource)
             usage = self._usage(state, resource, limit, now, create=False)
             amount = (usage.used(now) if usage else 0.0) + state.reserved.get(resource, 0.0)
-            taken.append((resource, _percent(amount, limit.limit)))
+            taken.append((resource, percent_taken(amount, limit.limit)))
         return tuple(taken)
 
     def highest_percent(self, user_id: str) -> float:
@@ -440,15 +431,33 @@ class QuotaManager:
         return state
 
 
-def _check_resource(resource: str) -> None:
+def check_tiers(
+    tiers: Mapping[str, Mapping[str, QuotaLimit]], default_tier: str, buckets_per_window: int
+) -> None:
+    """ConfigurationError unless every tier limits every resource and the default is a tier."""
+    for name, limits in tiers.items():
+        if set(limits) != set(RESOURCES):
+            wanted = ", ".join(RESOURCES)
+            raise ConfigurationError(
+                f"tier {name!r} must define exactly {wanted}; got {sorted(limits)}"
+            )
+    if default_tier not in tiers:
+        raise ConfigurationError(f"default tier {default_tier!r} is not one of {sorted(tiers)}")
+    if buckets_per_window < 1:
+        raise ConfigurationError(f"buckets_per_window must be >= 1, got {buckets_per_window}")
+
+
+def check_resource(resource: str) -> None:
+    """InvalidInput unless `resource` is one of RESOURCES."""
     if resource not in RESOURCES:
         raise InvalidInput(f"unknown resource {resource!r}; use one of {', '.join(RESOURCES)}")
 
 
-def _validated(amounts: Mapping[str, float]) -> dict[str, float]:
+def validated_amounts(amounts: Mapping[str, float]) -> dict[str, float]:
+    """The amounts as floats, or InvalidInput naming the first unknown resource or bad amount."""
     checked = {}
     for resource, amount in amounts.items():
-        _check_resource(resource)
+        check_resource(resource)
         if isinstance(amount, bool) or not isinstance(amount, int | float):
             raise InvalidInput(f"amount for {resource} must be a number, got {amount!r}")
         if not (math.isfinite(amount) and amount >= 0):
@@ -475,6 +484,6 @@ def _retry_after(
     return math.inf
 
 
-def _percent(taken: float, limit: float) -> float:
+def percent_taken(taken: float, limit: float) -> float:
     """A zero limit reads as 100%: nothing is available."""
     return 100.0 * taken / limit if limit else 100.0

@@ -19,6 +19,8 @@ def _no_keys_from_environment(monkeypatch):
     """EngineConfig.from_env() (the CLIs, their subprocesses) never sees a developer's keys."""
     monkeypatch.delenv("SESSION_CONSOLE_MASTER_KEY", raising=False)
     monkeypatch.delenv("SESSION_CONSOLE_APP_KEYS", raising=False)
+    monkeypatch.delenv("SESSION_CONSOLE_REDIS_URL", raising=False)
+    monkeypatch.delenv("SESSION_CONSOLE_DATABASE_URL", raising=False)
 
 
 @pytest.fixture

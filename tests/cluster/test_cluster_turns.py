@@ -1,0 +1,143 @@
+"""A turn's cluster checks in one round trip each: the answers of the separate primitives."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import ClusterSettings, LimitSettings
+from engine.clock import ManualClock
+from engine.cluster import ClusterState, RunningTurn, TurnWaits
+from engine.errors import QuotaExceeded, RateLimited
+from engine.limits import LocalQuotas, LocalRates
+from engine.quotas import QuotaLimit, QuotaManager
+from engine.ratelimit import RateLimit
+
+TIERS = {"free": {
+    "api_calls": QuotaLimit(5, 60.0), "tokens": QuotaLimit(100, 60.0),
+    "storage_mb": QuotaLimit(10, None), "compute_seconds": QuotaLimit(100, 60.0),
+}}
+LIMITS = LimitSettings(
+    tiers=TIERS, session_rate=RateLimit(2.0, 3), user_rate=RateLimit(4.0, 4)
+)
+
+
+async def open_state(url: str, clock: ManualClock, **settings: object) -> ClusterState:
+    return await ClusterState.open(ClusterSettings(redis_url=url, **settings), clock, LIMITS)
+
+
+async def test_admit_counts_rates_then_reserves(redis_url, clock):
+    state = await open_state(redis_url, clock)
+    first = await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 30})
+    assert dict(first.amounts) == {"api_calls": 1, "tokens": 30}
+    with pytest.raises(QuotaExceeded) as over:
+        await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 80})
+    assert over.value.resource == "tokens"
+    await state.turns.admit("s1", "u", {"api_calls": 1})  # the session's 3rd request
+    with pytest.raises(RateLimited) as fast:
+        await state.turns.admit("s1", "u", {"api_calls": 1})
+    # The quota refusal still counted against the rates, as the local turn path does.
+    assert fast.value.scope == "session" and fast.value.retry_after == pytest.approx(0.5)
+    await state.turns.admit("s2", "u", {"api_calls": 1})  # the user's 4th
+    with pytest.raises(RateLimited) as user:
+        await state.turns.admit("s3", "u", {"api_calls": 1})
+    assert user.value.scope == "user" and user.value.retry_after == pytest.approx(0.25)
+    usage = {u.resource: u for u in await state.quotas.usage("u")}
+    assert usage["api_calls"].reserved == 3 and usage["tokens"].reserved == 30
+    await state.aclose()
+
+
+async def test_start_takes_the_lease_and_a_slot_or_neither(redis_url, clock):
+    state = await open_state(redis_url, clock)
+    turn = await state.turns.start("s1", "u", "w1", cap=2)
+    assert isinstance(turn, RunningTurn) and turn.lease.worker_id == "w1"
+    busy = await state.turns.start("s1", "u", "w2", cap=2)
+    assert isinstance(busy, TurnWaits) and busy.reason == "lease"
+    assert 0 < (busy.lease_left_s or 0) <= 5.0
+    assert await state.inflight.count("u") == 1  # the waiting turn took no slot
+    other = await state.turns.start("s2", "u", "w2", cap=2)
+    assert isinstance(other, RunningTurn) and other.lease.token > turn.lease.token
+    capped = await state.turns.start("s3", "u", "w1", cap=2)
+    assert capped == TurnWaits("cap")
+    assert await state.leases.holder("s3") is None  # ...and no lease
+    await state.aclose()
+
+
+async def test_finish_settles_leaves_and_releases(redis_url, clock):
+    state = await open_state(redis_url, clock)
+    reservation = await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 60})
+    turn = await state.turns.start("s1", "u", "w1", cap=1)
+    assert isinstance(turn, RunningTurn)
+    assert await state.turns.finish(turn, reservation, {"api_calls": 1, "tokens": 25})
+    usage = {u.resource: u for u in await state.quotas.usage("u")}
+    assert (usage["tokens"].used, usage["tokens"].reserved) == (25, 0)
+    assert await state.inflight.count("u") == 0
+    assert await state.leases.holder("s1") is None
+    assert not await state.turns.finish(turn, reservation, {"tokens": 25})  # nothing twice
+    usage = {u.resource: u for u in await state.quotas.usage("u")}
+    assert usage["tokens"].used == 25
+
+    failed = await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 60})
+    turn = await state.turns.start("s1", "u", "w1", cap=1)
+    assert isinstance(turn, RunningTurn)
+    assert await state.turns.finish(turn, failed, None)  # the turn failed: release
+    usage = {u.resource: u for u in await state.quotas.usage("u")}
+    assert (usage["tokens"].used, usage["tokens"].reserved) == (25, 0)
+    await state.aclose()
+
+
+async def test_finish_says_when_the_lease_had_passed_to_another(redis_url, clock):
+    state = await open_state(redis_url, clock, lease_ttl_s=0.05)
+    reservation = await state.turns.admit("s1", "u", {"api_calls": 1})
+    turn = await state.turns.start("s1", "u", "w1", cap=2)
+    assert isinstance(turn, RunningTurn)
+    while not isinstance(taken := await state.turns.start("s1", "u", "w2", cap=2), RunningTurn):
+        await asyncio.sleep(0.02)
+    assert not await state.turns.finish(turn, reservation, {"api_calls": 1})
+    holder = await state.leases.holder("s1")
+    assert holder is not None and holder.token == taken.lease.token  # not freed by w1
+    await state.aclose()
+
+
+admission = st.tuples(
+    st.sampled_from(["s1", "s2", "s3"]),
+    st.dictionaries(st.sampled_from(["api_calls", "tokens"]), st.sampled_from([0, 1, 20, 70]),
+                    min_size=1),
+)
+step = st.one_of(admission, st.sampled_from([0.1, 0.25, 0.5, 2.0, 30.0]))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(step, max_size=25))
+def test_admit_answers_as_the_local_rate_then_reserve(valkey, steps):
+    async def run() -> None:
+        with valkey.client() as admin:
+            admin.flushall()
+        local_clock, cluster_clock = ManualClock(), ManualClock()
+        rates = LocalRates(local_clock, {"session": LIMITS.session_rate, "user": LIMITS.user_rate})
+        quotas = LocalQuotas(QuotaManager(local_clock, TIERS))
+        state = await open_state(valkey.url, cluster_clock)
+        try:
+            for item in steps:
+                if isinstance(item, float):
+                    local_clock.advance(item)
+                    cluster_clock.advance(item)
+                    continue
+                session_id, amounts = item
+                try:
+                    await rates.acquire([("session", session_id), ("user", "u")])
+                    expected = dict((await quotas.reserve("u", amounts)).amounts)
+                except (RateLimited, QuotaExceeded) as exc:
+                    expected = str(exc)
+                try:
+                    got = dict((await state.turns.admit(session_id, "u", amounts)).amounts)
+                except (RateLimited, QuotaExceeded) as exc:
+                    got = str(exc)
+                assert got == expected
+        finally:
+            await state.aclose()
+
+    asyncio.run(run())
