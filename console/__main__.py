@@ -2,15 +2,19 @@
 
     session-console [--listen HOST:PORT] [--data-dir DIR]     the console (+ gateway if --listen)
     session-console serve [--listen HOST:PORT] [--data-dir DIR]   engine + gateway, no terminal
+
+Both take `--database-url postgresql://...` (the store in PostgreSQL) and, with it,
+`--redis-url redis://...` (a worker of a cluster sharing that Valkey/Redis).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from engine import EngineConfig, StoreSettings
+from engine import ClusterSettings, EngineConfig, StoreSettings
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -50,12 +54,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where the engine keeps its state (default ./data)")
+    parser.add_argument("--database-url", default=None, metavar="URL",
+                        help="keep the store in PostgreSQL (postgresql://...) instead of "
+                             "SQLite under the data dir; default $SESSION_CONSOLE_DATABASE_URL")
+    parser.add_argument("--redis-url", default=None, metavar="URL",
+                        help="run as a worker of a cluster sharing this Valkey/Redis "
+                             "(needs --database-url); default $SESSION_CONSOLE_REDIS_URL")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    store = StoreSettings() if args.data_dir is None else StoreSettings(data_dir=args.data_dir)
-    config = EngineConfig.from_env(store=store)
+    store = StoreSettings(database_url=args.database_url)
+    if args.data_dir is not None:
+        store = replace(store, data_dir=args.data_dir)
+    config = EngineConfig.from_env(
+        store=store, cluster=ClusterSettings(redis_url=args.redis_url)
+    )
     if args.command == "serve":
         from engine.gateway.serve import main as serve
 

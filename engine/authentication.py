@@ -43,10 +43,7 @@ class Authenticator:
         reveals nothing: only the token's holder can see it. A session id and token that
         already failed and are backing off are refused before anything else (AuthBackoff).
         """
-        presentation = presentation_key(session_id, token)
-        wait = self._failures.refuse_unchecked(presentation)
-        if wait > 0:
-            self._refuse(session_id, wait)
+        presentation = self.refuse_backed_off(session_id, token)
         now = self._clock.now()
         session = self._registry.get(session_id) if isinstance(session_id, str) else None
         record = session.token if session is not None else None
@@ -62,6 +59,15 @@ class Authenticator:
         self._registry.touch(session, now)
         self._views.invalidate(session)
         return session
+
+    def refuse_backed_off(self, session_id: object, token: object) -> int:
+        """AuthBackoff now if this id and token already failed and are backing off (nothing
+        looked up, nothing hashed); else the presentation's key."""
+        presentation = presentation_key(session_id, token)
+        wait = self._failures.refuse_unchecked(presentation)
+        if wait > 0:
+            self._refuse(session_id, wait)
+        return presentation
 
     def stats(self) -> AuthFailureStats:
         return self._failures.stats()

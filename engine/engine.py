@@ -24,6 +24,7 @@ from engine.admission import AuthFailures, AuthFailureStats
 from engine.agents import load_agent_specs
 from engine.authentication import Authenticator
 from engine.balancer import Balancer, Move
+from engine.cluster.worker import ClusterWorker, check_cluster_key, worker_load
 from engine.config import MASTER_KEY_ENV, EngineConfig, SimSettings
 from engine.errors import (
     ConfigurationError,
@@ -135,6 +136,7 @@ class Engine:
         self._housekeeping_passes = 0
         self._store_ok = True  # the last durable write committed (readiness)
         self._store_probe: asyncio.Task[None] | None = None
+        self._cluster: ClusterWorker | None = None  # a worker of a cluster (cluster.redis_url)
         self._state = "new"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -153,8 +155,12 @@ class Engine:
             power_safe=store.durability == "power",
         )
         try:
+            if self.config.cluster.redis_url:
+                self._cluster = await self._join_cluster()
             self.restore_report = await self._restore()
         except BaseException:
+            if self._cluster is not None:
+                await self._cluster.leave()
             await self._store.aclose()
             raise
         self._runner.prewarm()
@@ -177,7 +183,8 @@ class Engine:
     @property
     def ready(self) -> bool:
         """Serving turns: open, not draining, and the store committing (for /readyz)."""
-        return self._state == "open" and self._store_ok
+        cluster_ok = self._cluster is None or self._cluster.available
+        return self._state == "open" and self._store_ok and cluster_ok
 
     @property
     def turns_in_flight(self) -> int:
@@ -215,6 +222,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
             self._housekeeping = None
+        if self._cluster is not None:
+            await self._cluster.leave()
         if self._store is not None:
             await self._store.aclose()
         await self._runner.aclose()
@@ -284,7 +293,7 @@ class Engine:
         text = validation.text(text, self.config.sessions.max_text_bytes)
         agent_type = validation.agent_type(agent_type, self.agent_types)
         strategy = check_strategy(multitask_strategy)
-        session = self._auth.authenticate(session_id, token, client)
+        session = await self._authenticate(session_id, token, client)
         if self._shedder is not None:
             self._shedder.admit(session.user_id)  # while overloaded, heaviest users first
         return await self._turns.run(session, agent_type, text, strategy, on_delta)
@@ -293,14 +302,14 @@ class Engine:
         """Authenticate only (a gateway route that needs a caller's session); returns when the
         session expires at the latest. Raises as every call does; counts as activity."""
         self._require_open()
-        return self._auth.authenticate(session_id, token, client).deadline
+        return (await self._authenticate(session_id, token, client)).deadline
 
     async def history(
         self, session_id: str, token: str, *, client: str | None = None
     ) -> list[Message]:
         """The session's context, oldest first."""
         self._require_open()
-        session = self._auth.authenticate(session_id, token, client)
+        session = await self._authenticate(session_id, token, client)
         await self._hot.warm(session)
         assert session.context is not None
         return list(session.context)
@@ -308,13 +317,13 @@ class Engine:
     async def rotate_token(self, session_id: str, token: str, *, client: str | None = None) -> str:
         """Issue a new token for the session; the presented one stops working at once."""
         self._require_open()
-        return await self._rotate(self._auth.authenticate(session_id, token, client))
+        return await self._rotate(await self._authenticate(session_id, token, client))
 
     async def end_session(
         self, session_id: str, token: str, *, client: str | None = None
     ) -> None:
         self._require_open()
-        session = self._auth.authenticate(session_id, token, client)
+        session = await self._authenticate(session_id, token, client)
         await self._end(session, "ended by owner")
 
     # -- engine-wide controls --------------------------------------------------------------------
@@ -410,6 +419,28 @@ class Engine:
             cache=self._hot.view(self._residency.unreadable),
         )
 
+    # -- authentication and cluster membership --------------------------------------------------
+    async def _authenticate(self, session_id: object, token: object, client: str | None) -> Session:
+        if self._cluster is not None:  # a worker of a cluster: make its copy current first
+            self._auth.refuse_backed_off(session_id, token)  # before any round trip
+            await self._cluster.sync(session_id)
+        return self._auth.authenticate(session_id, token, client)
+
+    async def _join_cluster(self) -> ClusterWorker:
+        worker = await ClusterWorker.open(
+            self.config, registry=self._registry, quotas=self._quotas,
+            balancer=self._balancer, monitor=self._monitor, store=lambda: self.store,
+            persist_later=self._persist_later,
+            forget=lambda s: self._registry.remove(
+                s.session_id, "ended", self.clock.now(), "ended on another worker"
+            ),
+        )
+        self._turns.cluster = worker
+        worker.join(lambda: worker_load(
+            self._monitor.snapshot(), self._runner.pool_views(), len(self._registry)
+        ))
+        return worker
+
     # -- tokens, ending and durability ----------------------------------------------------------
     def _on_move(self, move: Move) -> None:
         """A session migrates: its next turn runs on the new worker's pools."""
@@ -430,12 +461,16 @@ class Engine:
         await self.store.write(
             TokenUpdate(session.session_id, record.token_hash, record.issued_at, record.expires_at)
         )
+        if self._cluster is not None:  # the other workers' copies take the new token's hash
+            await self._cluster.bump(session.session_id)
         return new_token
 
     async def _end(self, session: Session, reason: str) -> None:
         """End a session now and return once its rows and wrapped key are deleted on disk."""
         self._registry.remove(session.session_id, "ended", self.clock.now(), reason)
         await self.store.flush()
+        if self._cluster is not None:  # the other workers forget it at its next use
+            await self._cluster.bump(session.session_id)
 
     async def _commit(self, *ops: Op) -> None:
         """Write ops and wait as the store acknowledges, remembering whether it is committing
@@ -472,6 +507,8 @@ class Engine:
         """Bring back live sessions (cold: no message read) and the users' quota windows."""
         assert self._store is not None and self._keyring is not None
         restored = await self._store.load_live(self.clock.now())
+        if self._cluster is not None and restored.sessions:
+            check_cluster_key(self._keyring, restored.sessions[0].wrapped_key)
         report, moved = adopt_restored(
             restored,
             registry=self._registry, quotas=self._quotas, balancer=self._balancer,

@@ -74,6 +74,37 @@ def warm(
         session.next_seq = max(session.next_seq, stored.messages[-1].seq + 1)
 
 
+def adopt_cold(
+    session: Session,
+    *,
+    registry: SessionRegistry,
+    quotas: QuotaManager,
+    balancer: Balancer,
+    monitor: Monitor,
+    tiers: frozenset[str],
+    default_tier: str,
+) -> Assign | None:
+    """Hold a stored session cold (at open, or first seen by this worker of a cluster);
+    returns the op recording its move when it is placed on another worker lane."""
+    registry.adopt(session)
+    if session.tier not in tiers:
+        monitor.alert_manager.fire(
+            f"tier:{session.tier}", "configuration", "warning",
+            f"restored sessions use tier {session.tier!r}, which is no longer "
+            f"configured; their users get {default_tier!r}",
+        )
+        session.tier = default_tier
+    if session.tier != quotas.tier_of(session.user_id):
+        quotas.set_tier(session.user_id, session.tier)
+    monitor.session_started(session.session_id, session.user_id)
+    quotas.adjust(session.user_id, "storage_mb", session.cold_bytes / BYTES_PER_MB)
+    worker = balancer.assign(session.session_id)
+    if worker == session.worker:
+        return None
+    session.worker = worker
+    return Assign(session.session_id, worker)
+
+
 def adopt_restored(
     restored: Restored,
     *,
@@ -90,22 +121,12 @@ def adopt_restored(
     moved: list[Op] = []
     for row in restored.sessions:
         session = cold_session(row, restored.contexts.get(row.session_id))
-        registry.adopt(session)
-        if session.tier not in tiers:
-            monitor.alert_manager.fire(
-                f"tier:{session.tier}", "configuration", "warning",
-                f"restored sessions use tier {session.tier!r}, which is no longer "
-                f"configured; their users get {default_tier!r}",
-            )
-            session.tier = default_tier
-        if session.tier != quotas.tier_of(session.user_id):
-            quotas.set_tier(session.user_id, session.tier)
-        worker = balancer.assign(session.session_id)
-        if worker != session.worker:
-            session.worker = worker
-            moved.append(Assign(session.session_id, worker))
-        monitor.session_started(session.session_id, session.user_id)
-        quotas.adjust(session.user_id, "storage_mb", session.cold_bytes / BYTES_PER_MB)
+        move = adopt_cold(
+            session, registry=registry, quotas=quotas, balancer=balancer, monitor=monitor,
+            tiers=tiers, default_tier=default_tier,
+        )
+        if move is not None:
+            moved.append(move)
     for event in restored.quota:
         if quotas.window_of(event.user_id, event.resource) is not None:
             quotas.restore(event.user_id, event.resource, event.amount, event.at)

@@ -145,6 +145,7 @@ class Session:
     cold_messages: int = 0  # the stored conversation's size while cold (context is None)
     cold_bytes: int = 0
     stale: bool = False  # memory holds a turn the store refused: reload before the next use
+    version: int = 0  # in a cluster: the session's version this copy was read or written at
 
     @property
     def busy(self) -> bool:

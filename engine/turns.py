@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 
 from engine.balancer import Balancer
 from engine.clock import Clock
+from engine.cluster.worker import ClusterWorker
 from engine.config import EngineConfig
 from engine.errors import (
     EngineError,
@@ -99,6 +100,9 @@ class TurnPipeline:
         self._views = views
         self._commit = commit
         self._persist_later = persist_later
+        # A worker of a cluster (set at open): rates, quotas and the session's lease are then
+        # decided in Valkey/Redis for every worker at once, never here.
+        self.cluster: ClusterWorker | None = None
         self.tasks: set[asyncio.Task[Any]] = set()  # tasks running or awaiting a turn
         self._interrupted: set[asyncio.Task[Any]] = set()  # turns cancelled by a newer one
 
@@ -113,8 +117,11 @@ class TurnPipeline:
         """Admit, limit and reserve on arrival (a waiting turn too), then run the turn."""
         try:
             self._admit(session, strategy)
-            self._check_rates(session)
-            reservation = self._reserve(session, text)
+            if self.cluster is None:
+                self._check_rates(session)
+                reservation = self._reserve(session, text)
+            else:
+                reservation = await self._reserve_in_cluster(self.cluster, session, text)
         except EngineError as exc:
             self._record_failure(session, exc, None)
             raise
@@ -141,21 +148,31 @@ class TurnPipeline:
         self._session_rate.acquire(session.session_id)
         self._user_rate.acquire(session.user_id)
 
-    def _reserve(self, session: Session, text: str) -> Reservation:
+    def _amounts(self, session: Session, text: str) -> dict[str, float]:
+        """What a turn reserves: its call, the most tokens it can use, compute, storage."""
         llm = self._config.llm
         history_tokens = session.context_bytes // CHARS_PER_TOKEN
         text_bytes = len(text.encode("utf-8", errors="surrogatepass"))
         reply_bytes = llm.max_completion_tokens * CHARS_PER_TOKEN
+        return {
+            "api_calls": 1,
+            "tokens": history_tokens + estimate_tokens(text) + llm.max_completion_tokens,
+            "compute_seconds": self._config.limits.compute_reserve_s,
+            "storage_mb": (text_bytes + reply_bytes) / BYTES_PER_MB,
+        }
+
+    def _reserve(self, session: Session, text: str) -> Reservation:
         try:
-            return self._quotas.reserve(
-                session.user_id,
-                {
-                    "api_calls": 1,
-                    "tokens": history_tokens + estimate_tokens(text) + llm.max_completion_tokens,
-                    "compute_seconds": self._config.limits.compute_reserve_s,
-                    "storage_mb": (text_bytes + reply_bytes) / BYTES_PER_MB,
-                },
-            )
+            return self._quotas.reserve(session.user_id, self._amounts(session, text))
+        except QuotaExceeded as exc:
+            self._quota_watch.refused(session.user_id, exc.resource)
+            raise
+
+    async def _reserve_in_cluster(
+        self, cluster: ClusterWorker, session: Session, text: str
+    ) -> Reservation:
+        try:
+            return await cluster.admit(session, self._amounts(session, text))
         except QuotaExceeded as exc:
             self._quota_watch.refused(session.user_id, exc.resource)
             raise
@@ -175,10 +192,13 @@ class TurnPipeline:
         assert task is not None
         self.tasks.add(task)
         started = self._clock.now()
+        cluster, running = self.cluster, None
         try:
             async with session.turn_lock:
                 session.running_turn = task
                 try:
+                    if cluster is not None:  # one turn at a time on it, cluster-wide
+                        running = await cluster.start(session, self._config.llm.turn_timeout_s)
                     await self._hot.warm(session)
                     model = await self._runner.run(session, agent_type, text, on_delta)
                 finally:
@@ -186,7 +206,10 @@ class TurnPipeline:
         except BaseException as exc:
             # Cancelled by a newer turn alone (not by its own caller too): say why.
             interrupted = task in self._interrupted and task.cancelling() == 1
-            self._quotas.release(reservation)
+            if cluster is None:
+                self._quotas.release(reservation)
+            else:
+                cluster.release_soon(running, reservation)
             self._end(session, task)
             if interrupted:
                 task.uncancel()
@@ -200,15 +223,14 @@ class TurnPipeline:
             raise
         latency = self._clock.now() - started
         self._end(session, task)
-        self._quotas.settle(
-            reservation,
-            {
-                "api_calls": 1,
-                "tokens": model.prompt_tokens + model.completion_tokens,
-                "compute_seconds": latency,
-                "storage_mb": 0,
-            },
-        )
+        used = {
+            "api_calls": 1,
+            "tokens": model.prompt_tokens + model.completion_tokens,
+            "compute_seconds": latency,
+            "storage_mb": 0,
+        }
+        if cluster is None:
+            self._quotas.settle(reservation, used)
         ops = self._complete(session, agent_type, text, model, latency)
         if ops:
             try:
@@ -217,7 +239,11 @@ class TurnPipeline:
                 # Memory holds what the store refused: reload the session before its next use,
                 # so neither its history nor the model sees a turn that was not acknowledged.
                 session.stale = True
+                if cluster is not None:
+                    cluster.release_soon(running, reservation)
                 raise
+        if cluster is not None and running is not None:
+            await cluster.finish(session, running, reservation, used)
         return Reply(
             session.session_id, agent_type, model.text,
             model.prompt_tokens, model.completion_tokens, latency, model.model_latency_s,

@@ -19,6 +19,7 @@ from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import ClusterRates
 from engine.cluster.registry import WorkerRegistry
 from engine.cluster.turns import TurnGate
+from engine.cluster.versions import SessionVersions
 from engine.config import ClusterSettings, LimitSettings
 from engine.errors import ConfigurationError
 
@@ -32,6 +33,7 @@ class ClusterState:
     inflight: InFlightCaps
     registry: WorkerRegistry
     turns: TurnGate
+    versions: SessionVersions
 
     @classmethod
     async def open(
@@ -60,6 +62,7 @@ class ClusterState:
         )
         leases = SessionLeases(client, settings.lease_ttl_s)
         inflight = InFlightCaps(client, clock, settings.reservation_ttl_s)
+        versions = SessionVersions(client)
         return cls(
             client=client,
             quotas=quotas,
@@ -69,7 +72,8 @@ class ClusterState:
             registry=WorkerRegistry(
                 client, clock, settings.worker_dead_after_s, settings.heartbeat_s
             ),
-            turns=TurnGate(client, clock, quotas, rates, leases, inflight),
+            turns=TurnGate(client, clock, quotas, rates, leases, inflight, versions),
+            versions=versions,
         )
 
     async def claim_restore(self, worker_id: str) -> bool:

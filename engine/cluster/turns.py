@@ -22,6 +22,7 @@ from engine.cluster.inflight import HAS_ROOM_FN, InFlightCaps, check_cap, new_sl
 from engine.cluster.leases import ACQUIRE_FN, RELEASE_FN, Lease, SessionLeases, ms
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import GCRA_FN, ClusterRates
+from engine.cluster.versions import SessionVersions
 from engine.errors import RateLimited
 from engine.quotas import Reservation, validated_amounts
 
@@ -39,28 +40,32 @@ local k, wanted = reserve_args(n + 1, 6 + 2 * n)
 return reserve(k, wanted, ARGV[3], ARGV[4])
 """
 
-# KEYS: lease, fence counter, the user's slots
+# KEYS: lease, fence counter, the user's slots, the session's version
 # ARGV: now, worker id, lease ttl ms, slot expiry, cap, slot id, slots gc ms
-# Returns {1, token}, {0, 'cap'} or {0, 'lease', ms left}.
+# Returns {1, token, version}, {0, 'cap'} or {0, 'lease', ms left}.
 START = HAS_ROOM_FN + ACQUIRE_FN + r"""
 if not has_room(KEYS[3], ARGV[1], ARGV[5]) then return {0, 'cap'} end
 local got = acquire_lease(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 if got[1] == 0 then return {0, 'lease', got[3]} end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[7])
-return {1, got[2]}
+return {1, got[2], tonumber(redis.call('GET', KEYS[4]) or '0')}
 """
 
-# KEYS: the user's slots, lease, then the settle keys (quota_lua.SETTLE's)
+# KEYS: the user's slots, lease, the session's version, then the settle keys (quota_lua.SETTLE's)
 # ARGV: now, buckets, reservation id, slot id, lease value, "settle" or "release", then
-# (resource, amount, tier spec)... of the actual use. Returns 1 if the lease was still held.
+# (resource, amount, tier spec)... of the actual use. A settled turn was committed: its
+# session's version goes up before the lease is free. Returns {1 if the lease was still held,
+# the session's version}.
 FINISH = quota_lua.COMMON + quota_lua.SETTLE_FN + RELEASE_FN + r"""
 redis.call('ZREM', KEYS[1], ARGV[4])
+local version = tonumber(redis.call('GET', KEYS[3]) or '0')
+if ARGV[6] == 'settle' then version = redis.call('INCR', KEYS[3]) end
 local held = release_lease(KEYS[2], ARGV[5])
-local k, used = settle_args(3, 7)
+local k, used = settle_args(4, 7)
 if ARGV[6] == 'settle' then settle(k, ARGV[3], used)
 else take(k.resv, k.resa, k.rsum, ARGV[3]) end
-return held
+return {held, version}
 """
 
 
@@ -71,6 +76,7 @@ class RunningTurn:
     lease: Lease
     user_id: str
     slot: str
+    version: int  # the session's version when the lease was taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +99,10 @@ class TurnGate:
         rates: ClusterRates,
         leases: SessionLeases,
         inflight: InFlightCaps,
+        versions: SessionVersions,
     ) -> None:
         self._client = client
+        self._versions = versions
         self._clock = clock
         self._quotas = quotas
         self._rates = rates
@@ -134,13 +142,15 @@ class TurnGate:
         now = self._clock.now()
         reply = await self._client.call(
             self._start,
-            [self._leases.key(session_id), self._leases.fence_key, self._inflight.key(user_id)],
+            [self._leases.key(session_id), self._leases.fence_key, self._inflight.key(user_id),
+             self._versions.key(session_id)],
             [repr(now), worker_id, ms(ttl), repr(now + self._inflight.slot_ttl_s), cap, slot,
              self._inflight.gc_ms],
         )
         assert isinstance(reply, list)
         if reply[0] == 1:
-            return RunningTurn(Lease(session_id, worker_id, int(reply[1]), ttl), user_id, slot)
+            lease = Lease(session_id, worker_id, int(reply[1]), ttl)
+            return RunningTurn(lease, user_id, slot, int(reply[2]))
         if reply[1] == "lease":
             return TurnWaits("lease", max(0, int(reply[2])) / 1000)
         return TurnWaits("cap")
@@ -150,18 +160,21 @@ class TurnGate:
         turn: RunningTurn,
         reservation: Reservation,
         actual: Mapping[str, float] | None,
-    ) -> bool:
+    ) -> tuple[bool, int]:
         """Settle the reservation with `actual` (None: release it, the turn failed), leave the
-        slot and release the lease. False if the lease had already passed to another worker:
-        whatever the turn wrote under its token may have been overtaken."""
+        slot and release the lease; a settled turn (committed) raises the session's version.
+        Returns whether the lease was still held (False: it had passed to another worker, and
+        whatever the turn wrote under its token may have been overtaken), and the version."""
         used = self._quotas.used(actual) if actual is not None else {}
         quotas = self._quotas
         reply = await self._client.call(
             self._finish,
             [self._inflight.key(turn.user_id), self._leases.key(turn.lease.session_id),
+             self._versions.key(turn.lease.session_id),
              *quotas.settle_keys(reservation.user_id, used)],
             [repr(self._clock.now()), quotas.buckets, str(reservation.id), turn.slot,
              turn.lease.value, "settle" if actual is not None else "release",
              *quotas.triples(used)],
         )
-        return reply == 1
+        assert isinstance(reply, list)
+        return reply[0] == 1, int(reply[1])

@@ -88,7 +88,7 @@ def failure_of(exc: BaseException) -> HTTPFailure:
             )
         case errors.LLMError():
             return HTTPFailure(502, "llm_error", str(exc))
-        case errors.EngineClosed() | errors.StoreError():
+        case errors.EngineClosed() | errors.StoreError() | errors.ClusterUnavailable():
             return HTTPFailure(503, "unavailable", str(exc))
         case errors.PoolTimeout():
             return HTTPFailure(504, "pool_timeout", str(exc))

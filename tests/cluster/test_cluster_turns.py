@@ -70,20 +70,22 @@ async def test_finish_settles_leaves_and_releases(redis_url, clock):
     state = await open_state(redis_url, clock)
     reservation = await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 60})
     turn = await state.turns.start("s1", "u", "w1", cap=1)
-    assert isinstance(turn, RunningTurn)
-    assert await state.turns.finish(turn, reservation, {"api_calls": 1, "tokens": 25})
+    assert isinstance(turn, RunningTurn) and turn.version == 0  # never changed yet
+    assert await state.turns.finish(turn, reservation, {"api_calls": 1, "tokens": 25}) == (True, 1)
     usage = {u.resource: u for u in await state.quotas.usage("u")}
     assert (usage["tokens"].used, usage["tokens"].reserved) == (25, 0)
     assert await state.inflight.count("u") == 0
     assert await state.leases.holder("s1") is None
-    assert not await state.turns.finish(turn, reservation, {"tokens": 25})  # nothing twice
+    held, _ = await state.turns.finish(turn, reservation, {"tokens": 25})
+    assert not held  # nothing twice
     usage = {u.resource: u for u in await state.quotas.usage("u")}
     assert usage["tokens"].used == 25
 
     failed = await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 60})
     turn = await state.turns.start("s1", "u", "w1", cap=1)
-    assert isinstance(turn, RunningTurn)
-    assert await state.turns.finish(turn, failed, None)  # the turn failed: release
+    assert isinstance(turn, RunningTurn) and turn.version == 2
+    # The turn failed: release, and the session's version stays (nothing was committed).
+    assert await state.turns.finish(turn, failed, None) == (True, 2)
     usage = {u.resource: u for u in await state.quotas.usage("u")}
     assert (usage["tokens"].used, usage["tokens"].reserved) == (25, 0)
     await state.aclose()
@@ -96,7 +98,8 @@ async def test_finish_says_when_the_lease_had_passed_to_another(redis_url, clock
     assert isinstance(turn, RunningTurn)
     while not isinstance(taken := await state.turns.start("s1", "u", "w2", cap=2), RunningTurn):
         await asyncio.sleep(0.02)
-    assert not await state.turns.finish(turn, reservation, {"api_calls": 1})
+    held, _ = await state.turns.finish(turn, reservation, {"api_calls": 1})
+    assert not held
     holder = await state.leases.holder("s1")
     assert holder is not None and holder.token == taken.lease.token  # not freed by w1
     await state.aclose()

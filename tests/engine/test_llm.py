@@ -343,9 +343,9 @@ async def test_unusable_bodies_are_llm_errors(server, client, fault, expected):
 
 async def test_hanging_server_times_out_without_retry(server, client):
     server.inject(Fault.hang(), times=3)
-    model = compat(client, timeout_s=0.2)
+    model = compat(client, timeout_s=1.0)  # long enough for the request to arrive on a busy box
     assert await model.get_response_async("hi") is None
-    assert "no response within 0.2s" in str(model.outcome.error)
+    assert "no response within 1s" in str(model.outcome.error)
     assert len(server.requests) == 1
 
 

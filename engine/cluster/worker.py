@@ -1,0 +1,289 @@
+"""What one engine process does as a worker of a cluster, around the engine's own steps.
+
+Any worker serves any session: the sessions live in the shared store (PostgreSQL) and each
+worker holds copies. A copy is current while the session's version in Valkey/Redis is the one
+the worker last read or wrote (engine/cluster/versions.py); otherwise it is read again from
+the store before it is used. So before a call is authenticated (`sync`) the worker checks the
+version (one round trip) and brings in a session it has not seen, refreshes one another worker
+changed, or forgets one another worker ended. A turn then takes the session's lease through
+the TurnGate (`start`): one turn at a time cluster-wide, and if another worker held the session
+since, its copy is refreshed under the lease. `finish` settles and raises the version after
+the store has the turn. Quotas and rates are decided in Valkey/Redis alone, never locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+from engine.balancer import Balancer
+from engine.cluster.registry import WorkerLoad
+from engine.cluster.state import ClusterState
+from engine.cluster.turns import RunningTurn
+from engine.config import DATABASE_URL_ENV, MASTER_KEY_ENV, REDIS_URL_ENV, EngineConfig
+from engine.errors import ClusterUnavailable, ConfigurationError, DecryptionFailed, SessionBusy
+from engine.monitor import Monitor, MonitorSnapshot
+from engine.pool import PoolView
+from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
+from engine.restore import adopt_cold, cold_session
+from engine.security import KeyRing, TokenRecord
+from engine.sessions import Session, SessionRegistry
+from engine.store import SessionRecord, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_SESSION_ID_CHARS = 64  # ids are 32 hex characters: longer ones are never looked up
+LEASE_POLL_S = 0.02  # how often a turn waiting for another worker's turn asks again
+
+
+class ClusterWorker:
+    def __init__(
+        self,
+        state: ClusterState,
+        worker_id: str,
+        config: EngineConfig,
+        *,
+        registry: SessionRegistry,
+        quotas: QuotaManager,
+        balancer: Balancer,
+        monitor: Monitor,
+        store: Callable[[], Store],
+        persist_later: Callable[..., None],
+        forget: Callable[[Session], None],
+    ) -> None:
+        self.state = state
+        self.worker_id = worker_id
+        self._config = config
+        self._registry = registry
+        self._quotas = quotas
+        self._balancer = balancer
+        self._monitor = monitor
+        self._store = store
+        self._persist_later = persist_later
+        self._forget = forget
+        self._tiers = frozenset(config.limits.tiers)
+        self.available = True  # the last call to Valkey/Redis was answered (readiness)
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        config: EngineConfig,
+        *,
+        registry: SessionRegistry,
+        quotas: QuotaManager,
+        balancer: Balancer,
+        monitor: Monitor,
+        store: Callable[[], Store],
+        persist_later: Callable[..., None],
+        forget: Callable[[Session], None],
+    ) -> ClusterWorker:
+        """Connect to the cluster's Valkey/Redis; its sessions must be in a shared store."""
+        if not config.store.database_url:
+            raise ConfigurationError(
+                "a worker of a cluster keeps its sessions in PostgreSQL, shared by every worker: "
+                f"set {DATABASE_URL_ENV} (or StoreSettings.database_url) with {REDIS_URL_ENV}"
+            )
+        state = await ClusterState.open(config.cluster, config.clock, config.limits)
+        worker_id = config.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        return cls(
+            state, worker_id, config, registry=registry, quotas=quotas, balancer=balancer,
+            monitor=monitor, store=store, persist_later=persist_later, forget=forget,
+        )
+
+    # -- membership ------------------------------------------------------------------------------
+    def join(self, load: Callable[[], WorkerLoad]) -> None:
+        """Appear in the worker registry, with `load()` at each heartbeat, until `leave()`."""
+        self._heartbeat = asyncio.create_task(self._beat(load), name="cluster heartbeat")
+
+    async def _beat(self, load: Callable[[], WorkerLoad]) -> None:
+        registry = self.state.registry
+        while True:
+            try:
+                await registry.heartbeat(self.worker_id, load())
+                self.available = True
+            except ClusterUnavailable as exc:
+                self.available = False
+                log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+            await asyncio.sleep(registry.heartbeat_s)
+
+    async def leave(self) -> None:
+        """Leave the registry at once (not after `worker_dead_after_s`) and disconnect."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        with contextlib.suppress(ClusterUnavailable):
+            await self.state.registry.deregister(self.worker_id)
+        await self.state.aclose()
+
+    async def _answered(self, call: Awaitable[T]) -> T:
+        """`await call`, keeping `available` true to whether the server answers."""
+        try:
+            result = await call
+        except ClusterUnavailable:
+            self.available = False
+            raise
+        self.available = True
+        return result
+
+    # -- sessions --------------------------------------------------------------------------------
+    async def sync(self, session_id: object) -> None:
+        """Make this worker's copy of the session current before it is authenticated."""
+        if not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_CHARS:
+            return
+        version = await self._answered(self.state.versions.get(session_id))
+        session = self._registry.get(session_id)
+        if session is not None and session.version == version:
+            return
+        await self._reload(session_id, version)
+
+    async def _reload(self, session_id: str, version: int) -> None:
+        record = await self._store().load_record(session_id)
+        session = self._registry.get(session_id)  # it may have come or gone meanwhile
+        if record is None:
+            if session is not None and not session.busy:
+                self._forget(session)  # ended by another worker
+            return
+        if session is None:
+            session = cold_session(record.row, record.figures)
+            move = adopt_cold(
+                session, registry=self._registry, quotas=self._quotas,
+                balancer=self._balancer, monitor=self._monitor, tiers=self._tiers,
+                default_tier=self._config.limits.default_tier,
+            )
+            if move is not None:
+                self._persist_later(move)
+        else:
+            self._refresh(session, record)
+        session.version = version
+
+    def _refresh(self, session: Session, record: SessionRecord) -> None:
+        """Another worker changed the session: take its counters and token from the store, and
+        read the context again at its next use."""
+        row = record.row
+        session.token = TokenRecord(row.token_hash, row.token_issued_at, row.token_expires_at)
+        self._registry.touch(session, row.last_active_at)
+        session.turns, session.errors = row.turns, row.errors
+        session.prompt_tokens, session.completion_tokens = row.prompt_tokens, row.completion_tokens
+        session.agent_type = row.agent_type
+        if session.hot:
+            session.stale = True
+            return
+        figures = record.figures
+        messages, size = (figures.messages, figures.bytes) if figures else (0, 0)
+        change = (size - session.cold_bytes) / BYTES_PER_MB
+        self._quotas.adjust(session.user_id, "storage_mb", change)
+        session.cold_messages, session.cold_bytes = messages, size
+        session.next_seq = figures.next_seq if figures else 0
+
+    # -- turns -----------------------------------------------------------------------------------
+    async def admit(self, session: Session, amounts: Mapping[str, float]) -> Reservation:
+        """The session's and the user's rates, then the quota reservation, cluster-wide."""
+        turns = self.state.turns
+        return await self._answered(turns.admit(session.session_id, session.user_id, amounts))
+
+    async def start(self, session: Session, wait_s: float) -> RunningTurn:
+        """Take the session's lease (waiting up to `wait_s` for another worker's turn on it)
+        and a slot under the user's cap; refresh the copy if another worker held it since."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        cap = self._config.sessions.max_per_user
+        while True:
+            got = await self._answered(
+                self.state.turns.start(session.session_id, session.user_id, self.worker_id, cap)
+            )
+            if isinstance(got, RunningTurn):
+                break
+            if loop.time() >= deadline:
+                raise SessionBusy("enqueue", 0)
+            await asyncio.sleep(LEASE_POLL_S)
+        if got.version != session.version:
+            try:
+                record = await self._store().load_record(session.session_id)
+            except BaseException:
+                self.release_soon(got, None)
+                raise
+            if record is not None:
+                self._refresh(session, record)
+            session.version = got.version
+        return got
+
+    async def finish(
+        self, session: Session, turn: RunningTurn, reservation: Reservation,
+        used: Mapping[str, float],
+    ) -> None:
+        """The turn is in the store: settle, leave, release the lease, raise the version.
+
+        The reply is owed whatever happens here: if the server went away, the lease, slot and
+        reservation lapse by themselves, and another worker's copy reloads when its write of
+        the next message collides with this one's (a rejected write marks its copy stale)."""
+        try:
+            held, version = await self.state.turns.finish(turn, reservation, used)
+        except ClusterUnavailable as exc:
+            log.warning("session %s: finishing a stored turn: %s", session.session_id[:8], exc)
+            return
+        if not held:
+            log.warning(
+                "session %s: the lease passed to another worker before this turn finished",
+                session.session_id[:8],
+            )
+        session.version = version
+
+    def release_soon(self, turn: RunningTurn | None, reservation: Reservation | None) -> None:
+        """A failed or cancelled turn: give back its reservation, slot and lease, without
+        making the failing caller wait (nor failing it again if the server is down: the
+        reservation, slot and lease lapse by themselves)."""
+        if reservation is None:
+            return
+        task = asyncio.ensure_future(self._release(turn, reservation))
+        task.add_done_callback(_log_failure)
+
+    async def _release(self, turn: RunningTurn | None, reservation: Reservation) -> None:
+        if turn is not None:
+            await self.state.turns.finish(turn, reservation, None)
+        else:
+            await self.state.quotas.release(reservation)
+
+    async def bump(self, session_id: str) -> None:
+        """After a change outside a turn (rotation, end) is in the store."""
+        version = await self.state.versions.bump(session_id)
+        session = self._registry.get(session_id)
+        if session is not None:
+            session.version = version
+
+
+def worker_load(snap: MonitorSnapshot, pools: Sequence[PoolView], sessions: int) -> WorkerLoad:
+    """What this worker reports of itself with each heartbeat."""
+    capacity = sum(p.max_size for p in pools)
+    return WorkerLoad(
+        sessions=sessions, turns_per_s=snap.turns_rate, p99_s=snap.latency.p99,
+        pool_occupancy=sum(p.in_use for p in pools) / capacity if capacity else 0.0,
+    )
+
+
+def check_cluster_key(keyring: KeyRing, wrapped_key: bytes) -> None:
+    """Refuse to start a worker whose master key cannot unwrap the cluster's session keys,
+    before it serves anything (it would answer every session as unreadable)."""
+    try:
+        keyring.unwrap(wrapped_key)
+    except DecryptionFailed:
+        raise ConfigurationError(
+            "this worker's master key cannot unwrap the cluster's session keys: every worker "
+            f"of a cluster needs the same {MASTER_KEY_ENV} (this worker's key fingerprints: "
+            f"{', '.join(keyring.fingerprints())})"
+        ) from None
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        if isinstance(exc, ClusterUnavailable):
+            log.warning("releasing a failed turn's hold: %s (it lapses by itself)", exc)
+        else:
+            log.error("releasing a failed turn's hold failed", exc_info=exc)

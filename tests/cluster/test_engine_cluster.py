@@ -1,0 +1,138 @@
+"""Two engines as workers of one cluster: one PostgreSQL store, one Valkey, any worker serves
+any session. Real servers, real praisonaiagents agents with the simulated model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from cryptography.fernet import Fernet
+
+from engine import Engine
+from engine.errors import (
+    AuthenticationError,
+    ClusterUnavailable,
+    ConfigurationError,
+    QuotaExceeded,
+)
+from engine.quotas import QuotaLimit
+from engine.ratelimit import RateLimit
+
+MASTER_KEY = Fernet.generate_key().decode()
+GENEROUS = {"session_rate": RateLimit(1000.0, 1000), "user_rate": RateLimit(1000.0, 1000)}
+
+
+@pytest.fixture
+def worker_config(make_config, tmp_path, postgres_url, redis_url):
+    """A worker's config: the cluster's store, Valkey and master key; its own folder."""
+
+    def make(name: str, *, master_key: str = MASTER_KEY, redis: str | None = None, **parts):
+        limits = {**GENEROUS, **parts.pop("limits", {})}
+        return make_config(
+            store={
+                "data_dir": tmp_path / name, "database_url": postgres_url,
+                "master_keys": (master_key,),
+            },
+            cluster={"redis_url": redis or redis_url, "worker_id": name},
+            limits=limits,
+            **parts,
+        )
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def workers(*configs):
+    engines = [Engine(config) for config in configs]
+    async with contextlib.AsyncExitStack() as stack:
+        for engine in engines:
+            await stack.enter_async_context(engine)
+        yield engines
+
+
+async def user_texts(engine: Engine, session_id: str, token: str) -> list[str]:
+    return [m.content for m in await engine.history(session_id, token) if m.role == "user"]
+
+
+async def test_a_session_is_served_alternately_by_two_workers_and_stays_consistent(
+    worker_config,
+):
+    async with workers(worker_config("w1"), worker_config("w2")) as (one, two):
+        created = await one.create_session("alice")
+        sid, token = created.session_id, created.token
+        await one.send(sid, token, "first, on w1")
+        await two.send(sid, token, "second, on w2")  # w2 had never seen it
+        await one.send(sid, token, "third, on w1")  # w1's copy is reloaded: w2 changed it
+        expected = ["first, on w1", "second, on w2", "third, on w1"]
+        assert await user_texts(two, sid, token) == expected
+        assert await user_texts(one, sid, token) == expected
+        assert one.snapshot().sessions_by_id[sid].turns == 3  # counters follow too
+
+        new_token = await two.rotate_token(sid, token)
+        with pytest.raises(AuthenticationError):
+            await one.history(sid, token)  # the rotated token no longer works anywhere
+        await one.send(sid, new_token, "fourth, on w1 with the new token")
+
+        await one.end_session(sid, new_token)
+        with pytest.raises(AuthenticationError):
+            await two.history(sid, new_token)  # ended on w1: gone on w2 as well
+
+
+async def test_quotas_are_exact_across_workers(worker_config):
+    calls = 12
+    tiers = {"tiny": {
+        "api_calls": QuotaLimit(calls, 3600.0), "tokens": QuotaLimit(1e9, 3600.0),
+        "storage_mb": QuotaLimit(1e6, None), "compute_seconds": QuotaLimit(1e6, 3600.0),
+    }}
+    limits = {"tiers": tiers, "default_tier": "tiny"}
+    async with workers(
+        worker_config("w1", limits=limits), worker_config("w2", limits=limits)
+    ) as (one, two):
+        sessions = [await one.create_session("bob") for _ in range(4)]
+        outcomes: list[str] = []
+
+        async def client(engine: Engine, session, turns: int) -> None:
+            for n in range(turns):
+                try:
+                    await engine.send(session.session_id, session.token, f"call {n}")
+                    outcomes.append("ok")
+                except QuotaExceeded:
+                    outcomes.append("refused")
+
+        await asyncio.gather(*(
+            client(one if i % 2 else two, s, 6) for i, s in enumerate(sessions)
+        ))
+        assert outcomes.count("ok") == calls  # 24 asked, over two workers: exactly the limit
+        assert outcomes.count("refused") == 24 - calls
+
+
+async def test_a_worker_with_another_master_key_is_refused_at_start(worker_config):
+    async with workers(worker_config("w1")) as (one,):
+        await one.create_session("carol")
+    stranger = worker_config("w2", master_key=Fernet.generate_key().decode())
+    with pytest.raises(ConfigurationError, match="cannot unwrap the cluster's session keys"):
+        await Engine(stranger).open()
+
+
+async def test_a_cluster_needs_the_shared_store(make_config, redis_url):
+    config = make_config(cluster={"redis_url": redis_url})
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        await Engine(config).open()
+
+
+async def test_valkey_down_fails_turns_fast_and_readiness_follows(worker_config, private_valkey):
+    config = worker_config("w1", redis=private_valkey.url)
+    async with workers(config) as (one,):
+        created = await one.create_session("dave")
+        await one.send(created.session_id, created.token, "before")
+        assert one.ready
+        private_valkey.stop()
+        with pytest.raises(ClusterUnavailable, match="Valkey/Redis"):
+            await one.send(created.session_id, created.token, "while down")
+        assert not one.ready  # /readyz follows; nothing is enforced locally instead
+        private_valkey.start()
+        await one.send(created.session_id, created.token, "after")
+        assert one.ready
+        texts = await user_texts(one, created.session_id, created.token)
+        assert texts == ["before", "after"]
