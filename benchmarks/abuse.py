@@ -12,6 +12,12 @@ Cost: CPU per call of `history()` in a tight loop: with a right token, with a wr
 ids never seen before (a fresh failure each time), and with a dead token presented again and
 again (the storm's pattern).
 
+Backpressure: 100 callers, each on its own session, send turns back to back with
+`durable_ack=False` (a reply does not wait for its commit) against the zero-latency model, so
+the turns outrun the store's writer for the whole run (sustained overload). Reports the turn
+time p50/p99/max (the whole `engine.send` call), the ratio p99/p50 (issue 15: at most 5), and
+the store's queue depth and admission waits sampled every 10 ms.
+
 Overload: 10,000 users with `durable_ack=False` (benchmarks/load_capacity.py's scenario,
 spawned in one burst), reporting the event loop's lag p50/p99/max, turn overhead and the
 collector's pauses (from `gc.callbacks`) after the spawn burst.
@@ -19,6 +25,7 @@ collector's pauses (from `gc.callbacks`) after the spawn burst.
 The sim backend keeps its default latency (median 0.2 s, p99 1.5 s): the quiet user's p95
 alone is about 0.86 s. Each phase has its own engine and temporary directory.
 Run: .venv/bin/python benchmarks/abuse.py [--storm-s 30] [--alone-s 20] [--overload-s 20]
+     [--backpressure-s 20] [--parts cost,storm,backpressure,overload]
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ RETRY_S = 0.01
 COST_CALLS = 20_000
 COST_BLOCKS = 10
 OVERLOAD_USERS = 10_000
+BACKPRESSURE_CALLERS = int(os.environ.get('CALLERS', 100))
+BACKPRESSURE_WARMUP_S = 3.0
+BACKPRESSURE_RATIO = 5.0  # p99 within this many p50s
 P95_FACTOR = 3.0
 P95_SLACK_S = 0.05
 
@@ -272,6 +282,81 @@ async def cost(calls: int) -> dict:
     return out
 
 
+def zero_latency_llm() -> LLMSettings:
+    return LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1))
+
+
+async def backpressure(seconds: float) -> dict:
+    """100 callers back to back, replies not waiting for commits: the writer falls behind."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = config_for(
+            folder,
+            llm=zero_latency_llm(),
+            limits=unlimited_limits(api_calls_window_s=60.0, overload=None),
+            durable_ack=False,
+        )
+        async with Engine(config) as engine:
+            sessions = [
+                await engine.create_session(f"caller-{n:03d}")
+                for n in range(BACKPRESSURE_CALLERS)
+            ]
+            turns: list[float] = []
+            depths: list[int] = []
+            commits: list[float] = []
+            measuring = False
+            stop = asyncio.Event()
+
+            async def caller(session_id: str, token: str) -> None:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    await engine.send(session_id, token, "what changed since yesterday?")
+                    if measuring:
+                        turns.append(time.perf_counter() - started)
+                    await asyncio.sleep(0)  # a caller doing I/O yields between turns
+
+            async def sample_depth() -> None:
+                while True:
+                    await asyncio.sleep(0.01)
+                    if measuring:
+                        stats = engine.store.stats()
+                        depths.append(stats.queue_depth)
+                        commits.append(stats.last_commit_ms)
+
+            tasks = [asyncio.create_task(caller(s.session_id, s.token)) for s in sessions]
+            sampler = asyncio.create_task(sample_depth())
+            await asyncio.sleep(BACKPRESSURE_WARMUP_S)
+            before = engine.store.stats()
+            measuring = True
+            started = time.perf_counter()
+            await asyncio.sleep(seconds)
+            measuring = False
+            elapsed = time.perf_counter() - started
+            after = engine.store.stats()
+            stop.set()
+            sampler.cancel()
+            await asyncio.gather(*tasks)
+    ordered = sorted(turns)
+    p50, p99 = Tally(ordered).percentile(0.5), Tally(ordered).percentile(0.99)
+    return {
+        "callers": BACKPRESSURE_CALLERS,
+        "durable_ack": False,
+        "turns_per_s": round(len(turns) / elapsed, 1),
+        "turn_p50_ms": ms(p50),
+        "turn_p99_ms": ms(p99),
+        "turn_max_ms": ms(ordered[-1]) if ordered else 0.0,
+        "p99_over_p50": round(p99 / p50, 2) if p50 else None,
+        "p99_within_5x_p50": bool(p50) and p99 <= BACKPRESSURE_RATIO * p50,
+        "store_ops_per_s": round((after.ops - before.ops) / elapsed, 1),
+        "store_avg_batch_ops": round(
+            (after.ops - before.ops) / max(1, after.batches - before.batches), 1
+        ),
+        "queue_depth_p50": sorted(depths)[len(depths) // 2] if depths else 0,
+        "queue_depth_max": max(depths, default=0),
+        "commit_ms_p50": sorted(commits)[len(commits) // 2] if commits else 0.0,
+        "commit_ms_max": max(commits, default=0.0),
+    }
+
+
 async def overload(seconds: float) -> dict:
     """10,000 users, replies not waiting for commits; loop lag and GC after the spawn burst."""
     options = LoadOptions(
@@ -283,7 +368,7 @@ async def overload(seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         config = config_for(
             folder,
-            llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+            llm=zero_latency_llm(),
             limits=unlimited_limits(api_calls_window_s=60.0),
             durable_ack=False,
         )
@@ -329,6 +414,8 @@ async def run(args: argparse.Namespace) -> dict:
         out["cost"] = await cost(args.cost_calls)
     if "storm" in args.parts:
         out["storm"] = await storm(args.alone_s, args.storm_s)
+    if "backpressure" in args.parts:
+        out["backpressure"] = await backpressure(args.backpressure_s)
     if "overload" in args.parts:
         out["overload"] = await overload(args.overload_s)
     out["machine"] = machine(load_average_1m_at_start=load_at_start)
@@ -338,7 +425,7 @@ async def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="cost,storm,overload",
+    parser.add_argument("--parts", default="cost,storm,backpressure,overload",
                         help="which parts to run, comma-separated (default: %(default)s)")
     parser.add_argument("--alone-s", type=float, default=20.0,
                         help="seconds the quiet users run alone (default: %(default)s)")
@@ -346,6 +433,8 @@ def main() -> None:
                         help="seconds measured under the storm (default: %(default)s)")
     parser.add_argument("--overload-s", type=float, default=20.0,
                         help="seconds measured at 10,000 users (default: %(default)s)")
+    parser.add_argument("--backpressure-s", type=float, default=20.0,
+                        help="seconds measured with 100 callers (default: %(default)s)")
     parser.add_argument("--cost-calls", type=int, default=COST_CALLS,
                         help="calls per cost figure (default: %(default)s)")
     args = parser.parse_args()

@@ -19,6 +19,7 @@ from pathlib import Path
 from common import print_json
 from cryptography.fernet import Fernet
 
+from engine import StoreSettings
 from engine.security import SessionCipher
 from engine.store import MessageRow, SessionRow, Store
 
@@ -74,7 +75,7 @@ async def appends(folder: Path, writers: int, seconds: float, durable: bool = Tr
     pool = ciphertexts(64)
     size = len(pool[0])
     path = folder / f"appends-{writers}-{durable}.db"
-    async with await Store.open(path, durable_ack=durable) as store:
+    async with await Store.open(path, StoreSettings(durable_ack=durable)) as store:
         for w in range(writers):
             await store.save_session(session_row(f"s{w}", w))
         latencies: list[float] = []
@@ -112,7 +113,7 @@ async def paced_latency(
     size = len(pool[0])
     rng = random.Random(11)
     path = folder / f"paced-{batch_ms}.db"
-    async with await Store.open(path, batch_ms=batch_ms) as store:
+    async with await Store.open(path, StoreSettings(batch_ms=batch_ms)) as store:
         for w in range(writers):
             await store.save_session(session_row(f"s{w}", w))
         latencies: list[float] = []
@@ -148,7 +149,7 @@ async def paced_latency(
 async def populate(path: Path, sessions: int) -> int:
     """Sessions with MESSAGES_PER_SESSION messages each, written through the store itself."""
     pool = ciphertexts(256)
-    async with await Store.open(path, batch_max=8192) as store:
+    async with await Store.open(path, StoreSettings(batch_max=8192)) as store:
         next_id = iter(range(sessions))
 
         async def loader() -> None:

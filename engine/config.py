@@ -15,6 +15,7 @@ from typing import Literal
 
 from engine.admission import AuthBackoffPolicy
 from engine.clock import Clock, SystemClock
+from engine.errors import ConfigurationError
 from engine.overload import OverloadPolicy
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
@@ -60,9 +61,43 @@ class StoreSettings:
     # power, and an acknowledgement costs a write() instead of an fsync (lower latency).
     durability: Literal["power", "process"] = "power"
     audit_retention_s: float = 0.0  # >0 keeps ended sessions' metadata (no content) this long
+    # The group-commit writer (engine/store/writer.py). It commits as soon as it is free and
+    # writes queued meanwhile form the next batch; batch_ms > 0 also waits up to that long for
+    # a fuller batch (fewer fsyncs, more latency). batch_max caps ops per transaction: large,
+    # so a writer that fell behind catches up in a few big commits.
+    batch_ms: float = 0.0
+    batch_max: int = 4096
+    # Without durable_ack, writers wait for their commit once this many ops are queued.
+    backlog_ops: int = 32_768
+    # What a Prune keeps: the newest alert_keep alerts, metrics roll-ups of metrics_keep_s.
+    alert_keep: int = 1000
+    metrics_keep_s: float = 7 * 86400.0
+    # SQLite: the checkpointer copies the WAL into the file every checkpoint_s and has the
+    # writer restart a log that grew to wal_restart_frames (~8 MB) (sqlite/checkpointer.py).
+    checkpoint_s: float = 0.2
+    wal_restart_frames: int = 2048
     # Master keys given by the deployment (from_env: SESSION_CONSOLE_MASTER_KEY), primary first;
     # empty: the key file under data_dir, created on first run.
     master_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_max < 1 or self.alert_keep < 1 or self.wal_restart_frames < 1:
+            raise ConfigurationError(
+                "StoreSettings: batch_max, alert_keep and wal_restart_frames must be >= 1; got "
+                f"{self.batch_max=}, {self.alert_keep=}, {self.wal_restart_frames=}"
+            )
+        if not (self.batch_ms >= 0 and self.audit_retention_s >= 0 and self.metrics_keep_s > 0
+                and self.checkpoint_s > 0):
+            raise ConfigurationError(
+                "StoreSettings: batch_ms and audit_retention_s must be >= 0, metrics_keep_s and "
+                f"checkpoint_s > 0; got {self.batch_ms=}, {self.audit_retention_s=}, "
+                f"{self.metrics_keep_s=}, {self.checkpoint_s=}"
+            )
+        if self.backlog_ops < self.batch_max:
+            raise ConfigurationError(
+                "StoreSettings: backlog_ops must be >= batch_max; got "
+                f"{self.backlog_ops=}, {self.batch_max=}"
+            )
 
     @property
     def master_key_file(self) -> Path:

@@ -33,10 +33,9 @@ from engine.store.ops import (
     TrimMessages,
 )
 from engine.store.sqlite import SqliteBackend
-from engine.store.writer import DEFAULT_PATH, Store
+from engine.store.writer import Store
 
 __all__ = [
-    "DEFAULT_PATH",
     "AlertRow",
     "Assign",
     "Backend",

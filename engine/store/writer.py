@@ -5,8 +5,8 @@ Why it is built this way:
 - Every write goes through one writer that puts whatever concurrent turns queued into one
   transaction (group commit), so one fsync covers hundreds of writes. With `durable_ack` (the
   default) `write()` returns only after the transaction holding its ops has committed: nothing
-  a caller was told is saved is lost to `kill -9` (or, with the SQLite backend's `power_safe`,
-  a power cut). `durable_ack=False` returns as soon as the ops are queued; that is for
+  a caller was told is saved is lost to `kill -9` (or, with durability "power", a power
+  cut). `durable_ack=False` returns as soon as the ops are queued; that is for
   benchmarks and risks the last few milliseconds of acknowledged writes on a crash, and a
   failed commit (disk full) is then only logged and counted, never reported to the writer.
 - The writer is callbacks, not a task: the next batch starts as the previous commit's result
@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from engine.config import StoreSettings
 from engine.errors import StoreError
 from engine.store.backend import Backend
 from engine.store.ops import (
@@ -50,9 +51,6 @@ from engine.store.sqlite import SqliteBackend
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path("data/sessions.db")
-BACKLOG_OPS = 32_768  # without durable_ack, writers wait once this many ops are queued
-
 
 @dataclass(slots=True)
 class _Queued:
@@ -66,30 +64,21 @@ class _Queued:
 
 
 class Store:
-    """The engine's store. Create with `await Store.open(path)` (an SQLite file) or
-    `Store(backend)` over another open `Backend`; `await aclose()`."""
+    """The engine's store. Create with `await Store.open(path, settings)` (an SQLite file) or
+    `Store(backend, settings)` over another open `Backend`; `await aclose()`."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        durable_ack: bool = True,
-        batch_ms: float = 0.0,
-        batch_max: int = 4096,
-    ) -> None:
+    def __init__(self, backend: Backend, settings: StoreSettings | None = None) -> None:
         """Run the writer, on the running loop, over an open `backend`; `aclose()` closes it.
 
-        `Store.open` does this for an SQLite file; see there for the settings.
+        The writer's tuning is `settings`' (`StoreSettings`, engine/config.py, says what each
+        does); `Store.open` does this for an SQLite file.
         """
-        if batch_max < 1 or not batch_ms >= 0:
-            raise ValueError(
-                f"batch_max must be >= 1 and batch_ms >= 0; got {batch_max=}, {batch_ms=}"
-            )
+        self.settings = settings = settings or StoreSettings()
         self.backend = backend
-        self.durable_ack = durable_ack
-        self._batch_s = batch_ms / 1000
-        self._batch_max = batch_max
-        self._backlog = max(batch_max, BACKLOG_OPS)
+        self.durable_ack = settings.durable_ack
+        self._batch_s = settings.batch_ms / 1000
+        self._batch_max = settings.batch_max
+        self._backlog = settings.backlog_ops
         self._loop = asyncio.get_running_loop()
         self._queue: deque[_Queued] = deque()
         self._queued_ops = 0
@@ -106,48 +95,17 @@ class Store:
         self._last_error: str | None = None
 
     @classmethod
-    async def open(
-        cls,
-        path: Path | str = DEFAULT_PATH,
-        *,
-        durable_ack: bool = True,
-        batch_ms: float = 0.0,
-        batch_max: int = 4096,
-        retention_s: float = 0.0,
-        alert_keep: int = 1000,
-        metrics_keep_s: float = 7 * 86400.0,
-        power_safe: bool = True,
-    ) -> Store:
+    async def open(cls, path: Path | str, settings: StoreSettings | None = None) -> Store:
         """Open the SQLite file at `path` (lock, check, migrate) and start the writer.
 
-        `power_safe` (synchronous=FULL) fsyncs the WAL at every commit, so an acknowledged
-        write survives a power cut. False (synchronous=NORMAL) leaves the commit in the OS page
-        cache: it still survives the process crashing or being killed, not the machine
-        losing power, and an acknowledgement then costs a write() instead of an fsync.
-
-        The writer commits as soon as it is free; writes queued meanwhile form the next batch,
-        so batches grow by themselves with load and with slow disks. `batch_ms` > 0 makes it
-        also wait up to that long (from the oldest queued write, only while writes arrive
-        concurrently) for a fuller batch: fewer fsyncs for that much more latency (see
-        benchmarks/store.py). `batch_max` caps ops per transaction; it is large so that a writer
-        that fell behind (a collector pause, a burst of new sessions) catches up in a few big
-        commits instead of queueing until writers must wait. `durable_ack=False`: see the
-        module docstring for what it risks. `retention_s` > 0 keeps an audit row (metadata, no
-        content) per ended session that long.
+        `settings` (`StoreSettings`, the defaults if None) tune the writer and the file: how
+        durable an acknowledgement is, batching, the backlog bound, what a prune keeps and
+        the checkpointer; engine/config.py says what each does. `durable_ack=False`: see the
+        module docstring for what it risks.
         """
-        if batch_max < 1 or not batch_ms >= 0 or not retention_s >= 0 or alert_keep < 1:
-            raise ValueError(
-                "batch_max and alert_keep must be >= 1, batch_ms and retention_s >= 0; got "
-                f"{batch_max=}, {batch_ms=}, {retention_s=}, {alert_keep=}"
-            )
-        backend = await SqliteBackend.open(
-            Path(path),
-            retention_s=retention_s,
-            alert_keep=alert_keep,
-            metrics_keep_s=metrics_keep_s,
-            power_safe=power_safe,
-        )
-        return cls(backend, durable_ack=durable_ack, batch_ms=batch_ms, batch_max=batch_max)
+        settings = settings or StoreSettings()
+        backend = await SqliteBackend.open(Path(path), settings)
+        return cls(backend, settings)
 
     async def __aenter__(self) -> Store:
         return self
