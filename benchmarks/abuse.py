@@ -16,7 +16,9 @@ Backpressure: 100 callers, each on its own session, send turns back to back with
 `durable_ack=False` (a reply does not wait for its commit) against the zero-latency model, so
 the turns outrun the store's writer for the whole run (sustained overload). Reports the turn
 time p50/p99/max (the whole `engine.send` call), the ratio p99/p50 (issue 15: at most 5), and
-the store's queue depth and admission waits sampled every 10 ms.
+the store's queue depth sampled every 10 ms, and how many writes were paced or found the queue
+full. Four runs: the shipped store settings and a writer capped at small batches, each with
+and without pacing (BACKPRESSURE_RUNS says why).
 
 Overload: 10,000 users with `durable_ack=False` (benchmarks/load_capacity.py's scenario,
 spawned in one burst), reporting the event loop's lag p50/p99/max, turn overhead and the
@@ -57,9 +59,21 @@ RETRY_S = 0.01
 COST_CALLS = 20_000
 COST_BLOCKS = 10
 OVERLOAD_USERS = 10_000
-BACKPRESSURE_CALLERS = int(os.environ.get('CALLERS', 100))
+BACKPRESSURE_CALLERS = 100
 BACKPRESSURE_WARMUP_S = 3.0
 BACKPRESSURE_RATIO = 5.0  # p99 within this many p50s
+# Store settings per backpressure run. "unpaced" sets pacing_ops = backlog_ops: no pacing,
+# each write waits for nothing until the queue is full, then for its own commit (the policy
+# before pacing). "small_batches" caps batches at 256 ops so the writer cannot catch up by
+# growing its batches, and the queue reaches its bound on any machine (the shipped 4,096 keeps
+# up with 100 in-process callers on a fast one); its bounds keep the shipped proportions.
+SMALL_BATCHES = {"batch_max": 256, "pacing_ops": 2048, "backlog_ops": 4096}
+BACKPRESSURE_RUNS: dict[str, dict[str, int]] = {
+    "shipped": {},
+    "shipped_unpaced": {"pacing_ops": StoreSettings().backlog_ops},
+    "small_batches": SMALL_BATCHES,
+    "small_batches_unpaced": {**SMALL_BATCHES, "pacing_ops": SMALL_BATCHES["backlog_ops"]},
+}
 P95_FACTOR = 3.0
 P95_SLACK_S = 0.05
 
@@ -122,8 +136,10 @@ def error_name(exc: EngineError) -> str:
     return f"{name}:{exc.scope}" if isinstance(exc, RateLimited) else name
 
 
-def config_for(folder: str, *, durable_ack: bool = True, **parts: object) -> EngineConfig:
-    store = StoreSettings(data_dir=Path(folder), durable_ack=durable_ack)
+def config_for(
+    folder: str, *, durable_ack: bool = True, store: dict | None = None, **parts: object
+) -> EngineConfig:
+    store = StoreSettings(data_dir=Path(folder), durable_ack=durable_ack, **(store or {}))
     return EngineConfig(store=store, **parts)  # type: ignore[arg-type]
 
 
@@ -286,7 +302,7 @@ def zero_latency_llm() -> LLMSettings:
     return LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1))
 
 
-async def backpressure(seconds: float) -> dict:
+async def backpressure(seconds: float, store: dict[str, int]) -> dict:
     """100 callers back to back, replies not waiting for commits: the writer falls behind."""
     with tempfile.TemporaryDirectory() as folder:
         config = config_for(
@@ -294,6 +310,7 @@ async def backpressure(seconds: float) -> dict:
             llm=zero_latency_llm(),
             limits=unlimited_limits(api_calls_window_s=60.0, overload=None),
             durable_ack=False,
+            store=store,
         )
         async with Engine(config) as engine:
             sessions = [
@@ -302,7 +319,6 @@ async def backpressure(seconds: float) -> dict:
             ]
             turns: list[float] = []
             depths: list[int] = []
-            commits: list[float] = []
             measuring = False
             stop = asyncio.Event()
 
@@ -318,9 +334,7 @@ async def backpressure(seconds: float) -> dict:
                 while True:
                     await asyncio.sleep(0.01)
                     if measuring:
-                        stats = engine.store.stats()
-                        depths.append(stats.queue_depth)
-                        commits.append(stats.last_commit_ms)
+                        depths.append(engine.store.stats().queue_depth)
 
             tasks = [asyncio.create_task(caller(s.session_id, s.token)) for s in sessions]
             sampler = asyncio.create_task(sample_depth())
@@ -340,6 +354,7 @@ async def backpressure(seconds: float) -> dict:
     return {
         "callers": BACKPRESSURE_CALLERS,
         "durable_ack": False,
+        "store_settings": store,
         "turns_per_s": round(len(turns) / elapsed, 1),
         "turn_p50_ms": ms(p50),
         "turn_p99_ms": ms(p99),
@@ -352,8 +367,8 @@ async def backpressure(seconds: float) -> dict:
         ),
         "queue_depth_p50": sorted(depths)[len(depths) // 2] if depths else 0,
         "queue_depth_max": max(depths, default=0),
-        "commit_ms_p50": sorted(commits)[len(commits) // 2] if commits else 0.0,
-        "commit_ms_max": max(commits, default=0.0),
+        "paced_writes": after.paced_writes - before.paced_writes,
+        "backlog_writes": after.backlog_writes - before.backlog_writes,
     }
 
 
@@ -415,7 +430,10 @@ async def run(args: argparse.Namespace) -> dict:
     if "storm" in args.parts:
         out["storm"] = await storm(args.alone_s, args.storm_s)
     if "backpressure" in args.parts:
-        out["backpressure"] = await backpressure(args.backpressure_s)
+        out["backpressure"] = {
+            name: await backpressure(args.backpressure_s, BACKPRESSURE_RUNS[name])
+            for name in args.backpressure_runs.split(",")
+        }
     if "overload" in args.parts:
         out["overload"] = await overload(args.overload_s)
     out["machine"] = machine(load_average_1m_at_start=load_at_start)
@@ -435,6 +453,9 @@ def main() -> None:
                         help="seconds measured at 10,000 users (default: %(default)s)")
     parser.add_argument("--backpressure-s", type=float, default=20.0,
                         help="seconds measured with 100 callers (default: %(default)s)")
+    parser.add_argument("--backpressure-runs", default=",".join(BACKPRESSURE_RUNS),
+                        help="store settings to run the backpressure part with "
+                             "(default: %(default)s)")
     parser.add_argument("--cost-calls", type=int, default=COST_CALLS,
                         help="calls per cost figure (default: %(default)s)")
     args = parser.parse_args()

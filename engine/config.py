@@ -67,7 +67,10 @@ class StoreSettings:
     # so a writer that fell behind catches up in a few big commits.
     batch_ms: float = 0.0
     batch_max: int = 4096
-    # Without durable_ack, writers wait for their commit once this many ops are queued.
+    # Without durable_ack, a write that finds more than pacing_ops queued waits for a share
+    # of the queue ahead of it to commit, growing with the queue to all of it (its own commit)
+    # at backlog_ops: admission slows smoothly, never a few turns stalled for a catch-up.
+    pacing_ops: int = 16_384
     backlog_ops: int = 32_768
     # What a Prune keeps: the newest alert_keep alerts, metrics roll-ups of metrics_keep_s.
     alert_keep: int = 1000
@@ -93,10 +96,10 @@ class StoreSettings:
                 f"checkpoint_s > 0; got {self.batch_ms=}, {self.audit_retention_s=}, "
                 f"{self.metrics_keep_s=}, {self.checkpoint_s=}"
             )
-        if self.backlog_ops < self.batch_max:
+        if not 0 <= self.pacing_ops <= self.backlog_ops or self.backlog_ops < self.batch_max:
             raise ConfigurationError(
-                "StoreSettings: backlog_ops must be >= batch_max; got "
-                f"{self.backlog_ops=}, {self.batch_max=}"
+                "StoreSettings: need 0 <= pacing_ops <= backlog_ops and backlog_ops >= "
+                f"batch_max; got {self.pacing_ops=}, {self.backlog_ops=}, {self.batch_max=}"
             )
 
     @property

@@ -9,6 +9,9 @@ Why it is built this way:
   cut). `durable_ack=False` returns as soon as the ops are queued; that is for
   benchmarks and risks the last few milliseconds of acknowledged writes on a crash, and a
   failed commit (disk full) is then only logged and counted, never reported to the writer.
+  Those writes are paced while the writer is behind (`pacing.py`): past `pacing_ops` queued,
+  each waits for a share of the queue ahead of it to commit, growing with the queue, so a
+  sustained overload slows every writer a little instead of stalling a few for a catch-up.
 - The writer is callbacks, not a task: the next batch starts as the previous commit's result
   arrives, and the waiters are resolved straight from the backend's completion callback
   (for SQLite, scheduled by its connection thread), because under a busy event loop every
@@ -47,6 +50,7 @@ from engine.store.ops import (
     StoredSession,
     StoreStats,
 )
+from engine.store.pacing import Pacer
 from engine.store.sqlite import SqliteBackend
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,10 @@ class Store:
         self._batch_s = settings.batch_ms / 1000
         self._batch_max = settings.batch_max
         self._backlog = settings.backlog_ops
+        self._pacer = Pacer(settings.pacing_ops, settings.backlog_ops)
+        self._taken_ops = 0  # ops handed to batches so far (the pacer's positions)
+        self._done_ops = 0  # ops whose batch has finished, committed or not
+        self._backlog_writes = 0
         self._loop = asyncio.get_running_loop()
         self._queue: deque[_Queued] = deque()
         self._queued_ops = 0
@@ -127,12 +135,19 @@ class Store:
     async def write(self, *ops: Op) -> None:
         """Queue `ops` to commit in one transaction; with durable_ack, return once committed.
 
-        Raises StoreError when the transaction failed (nothing of it was saved) or when this
-        write was rejected (e.g. a message for a session that is not stored).
+        Without durable_ack, return at once unless the writer is behind: past `pacing_ops`
+        queued, once a share of the queue ahead has committed; past `backlog_ops`, once these
+        ops have. Raises StoreError when the transaction failed (nothing of it was saved) or
+        when this write was rejected (e.g. a message for a session that is not stored).
         """
         self._check_ops(ops)
-        durable = self.durable_ack or self._queued_ops >= self._backlog
-        future = self._enqueue(ops, None, durable)
+        depth = self._queued_ops
+        if self.durable_ack or depth >= self._backlog:
+            self._backlog_writes += not self.durable_ack
+            future = self._enqueue(ops, None, True)
+        else:
+            future = self._pacer.hold(self._loop, self._taken_ops, depth)
+            self._enqueue(ops, None, False)
         if future is not None:
             await future
 
@@ -201,6 +216,8 @@ class Store:
             last_commit_ms=self._last_commit_ms,
             failed_batches=self._failed,
             rejected_writes=self._rejected,
+            paced_writes=self._pacer.paced,
+            backlog_writes=self._backlog_writes,
             last_error=self._last_error,
             file_bytes=figures.file_bytes,
             wal_bytes=figures.wal_bytes,
@@ -306,6 +323,7 @@ class Store:
             batch.append(queue.popleft())
             count += size
         self._queued_ops -= count
+        self._taken_ops += count
         return batch
 
     def _start_batch(self, batch: list[_Queued]) -> None:
@@ -331,6 +349,8 @@ class Store:
             else:
                 self._batch_failed(batch, error)
         finally:
+            self._done_ops += sum(len(queued.ops) for queued in batch)
+            self._pacer.release(self._done_ops)
             self._busy = False
             self._pump()
 

@@ -63,7 +63,7 @@ def test_settings_are_frozen_and_varied_with_replace():
 def test_store_settings_refuse_what_the_store_cannot_run_with():
     for bad in ({"batch_max": 0}, {"batch_ms": -1.0}, {"alert_keep": 0},
                 {"metrics_keep_s": 0.0}, {"checkpoint_s": 0.0}, {"wal_restart_frames": 0},
-                {"backlog_ops": 100, "batch_max": 200}):
+                {"backlog_ops": 100, "batch_max": 200}, {"pacing_ops": 40_000}, {"pacing_ops": -1}):
         with pytest.raises(ConfigurationError, match="StoreSettings"):
             StoreSettings(**bad)
 
@@ -73,7 +73,7 @@ async def test_the_engine_runs_its_store_with_the_store_settings(tmp_path):
     elsewhere): the writer's batches, the connection's synchronous mode, the checkpointer's
     period and restart threshold, and what a prune keeps."""
     settings = StoreSettings(
-        data_dir=tmp_path, durability="process", batch_max=3, backlog_ops=64,
+        data_dir=tmp_path, durability="process", batch_max=3, pacing_ops=32, backlog_ops=64,
         alert_keep=2, metrics_keep_s=60.0, checkpoint_s=3600.0, wal_restart_frames=7,
     )
     config = EngineConfig(store=settings, llm=LLMSettings(sim=INSTANT), tune_gc=False)
