@@ -217,7 +217,8 @@ class EngineConfig:
     limits: LimitSettings = field(default_factory=LimitSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
-    # Freeze start-up objects out of the collector's passes (engine/runtime.py): process-wide.
+    # Tune the collector and the GIL's switch interval for serving (engine/runtime.py):
+    # process-wide.
     tune_gc: bool = True
     clock: Clock = field(default_factory=SystemClock)
 
