@@ -143,11 +143,11 @@ class Store:
         self._check_ops(ops)
         depth = self._queued_ops
         if self.durable_ack or depth >= self._backlog:
-            self._backlog_writes += not self.durable_ack
             future = self._enqueue(ops, None, True)
+            self._backlog_writes += not self.durable_ack
         else:
+            self._enqueue(ops, None, False)  # takes no batch yet: the positions still hold
             future = self._pacer.hold(self._loop, self._taken_ops, depth)
-            self._enqueue(ops, None, False)
         if future is not None:
             await future
 
