@@ -12,6 +12,14 @@ Cost: CPU per call of `history()` in a tight loop: with a right token, with a wr
 ids never seen before (a fresh failure each time), and with a dead token presented again and
 again (the storm's pattern).
 
+Backpressure: 100 callers, each on its own session, send turns back to back with
+`durable_ack=False` (a reply does not wait for its commit) against the zero-latency model, so
+the turns outrun the store's writer for the whole run (sustained overload). Reports the turn
+time p50/p99/max (the whole `engine.send` call), the ratio p99/p50 (issue 15: at most 5), and
+the store's queue depth sampled every 10 ms, and how many writes were paced or found the queue
+full. Four runs: the shipped store settings and a writer capped at small batches, each with
+and without pacing (BACKPRESSURE_RUNS says why).
+
 Overload: 10,000 users with `durable_ack=False` (benchmarks/load_capacity.py's scenario,
 spawned in one burst), reporting the event loop's lag p50/p99/max, turn overhead and the
 collector's pauses (from `gc.callbacks`) after the spawn burst.
@@ -19,6 +27,7 @@ collector's pauses (from `gc.callbacks`) after the spawn burst.
 The sim backend keeps its default latency (median 0.2 s, p99 1.5 s): the quiet user's p95
 alone is about 0.86 s. Each phase has its own engine and temporary directory.
 Run: .venv/bin/python benchmarks/abuse.py [--storm-s 30] [--alone-s 20] [--overload-s 20]
+     [--backpressure-s 20] [--parts cost,storm,backpressure,overload]
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import LoopLag, load_average, machine, ms, print_json, unlimited_limits
+from common import GcPauses, LoopLag, load_average, machine, ms, print_json, unlimited_limits
 
 from engine import Engine, EngineConfig, LLMSettings, SimSettings, StoreSettings
 from engine.errors import AuthenticationError, EngineError, RateLimited
@@ -50,46 +59,23 @@ RETRY_S = 0.01
 COST_CALLS = 20_000
 COST_BLOCKS = 10
 OVERLOAD_USERS = 10_000
+BACKPRESSURE_CALLERS = 100
+BACKPRESSURE_WARMUP_S = 3.0
+BACKPRESSURE_RATIO = 5.0  # p99 within this many p50s
+# Store settings per backpressure run. "unpaced" sets pacing_ops = backlog_ops: no pacing,
+# each write waits for nothing until the queue is full, then for its own commit (the policy
+# before pacing). "small_batches" caps batches at 256 ops so the writer cannot catch up by
+# growing its batches, and the queue reaches its bound on any machine (the shipped 4,096 keeps
+# up with 100 in-process callers on a fast one); its bounds keep the shipped proportions.
+SMALL_BATCHES = {"batch_max": 256, "pacing_ops": 2048, "backlog_ops": 4096}
+BACKPRESSURE_RUNS: dict[str, dict[str, int]] = {
+    "shipped": {},
+    "shipped_unpaced": {"pacing_ops": StoreSettings().backlog_ops},
+    "small_batches": SMALL_BATCHES,
+    "small_batches_unpaced": {**SMALL_BATCHES, "pacing_ops": SMALL_BATCHES["backlog_ops"]},
+}
 P95_FACTOR = 3.0
 P95_SLACK_S = 0.05
-
-
-class GcPauses:
-    """Every collector pass's duration, by generation, from `gc.callbacks`: wall time (what
-    the loop waits) and the collecting thread's CPU time (the pass's own work, which a busy
-    neighbour on the machine does not inflate as much)."""
-
-    def __init__(self) -> None:
-        self.pauses: list[tuple[int, float, float]] = []
-        self._started = (0.0, 0.0)
-
-    def _callback(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._started = (time.perf_counter(), time.thread_time())
-        else:
-            wall, cpu = self._started
-            self.pauses.append(
-                (info["generation"], time.perf_counter() - wall, time.thread_time() - cpu)
-            )
-
-    def __enter__(self) -> GcPauses:
-        gc.callbacks.append(self._callback)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._callback)
-
-    def report(self) -> dict:
-        out = {}
-        for generation in (0, 1, 2):
-            passes = [(wall, cpu) for g, wall, cpu in self.pauses if g == generation]
-            out[f"gen{generation}"] = {
-                "passes": len(passes),
-                "max_wall_ms": ms(max((w for w, _ in passes), default=0.0)),
-                "max_cpu_ms": ms(max((c for _, c in passes), default=0.0)),
-                "total_cpu_ms": ms(sum(c for _, c in passes)),
-            }
-        return out
 
 
 @dataclass
@@ -112,8 +98,10 @@ def error_name(exc: EngineError) -> str:
     return f"{name}:{exc.scope}" if isinstance(exc, RateLimited) else name
 
 
-def config_for(folder: str, *, durable_ack: bool = True, **parts: object) -> EngineConfig:
-    store = StoreSettings(data_dir=Path(folder), durable_ack=durable_ack)
+def config_for(
+    folder: str, *, durable_ack: bool = True, store: dict | None = None, **parts: object
+) -> EngineConfig:
+    store = StoreSettings(data_dir=Path(folder), durable_ack=durable_ack, **(store or {}))
     return EngineConfig(store=store, **parts)  # type: ignore[arg-type]
 
 
@@ -272,6 +260,80 @@ async def cost(calls: int) -> dict:
     return out
 
 
+def zero_latency_llm() -> LLMSettings:
+    return LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1))
+
+
+async def backpressure(seconds: float, store: dict[str, int]) -> dict:
+    """100 callers back to back, replies not waiting for commits: the writer falls behind."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = config_for(
+            folder,
+            llm=zero_latency_llm(),
+            limits=unlimited_limits(api_calls_window_s=60.0, overload=None),
+            durable_ack=False,
+            store=store,
+        )
+        async with Engine(config) as engine:
+            sessions = [
+                await engine.create_session(f"caller-{n:03d}")
+                for n in range(BACKPRESSURE_CALLERS)
+            ]
+            turns: list[float] = []
+            depths: list[int] = []
+            measuring = False
+            stop = asyncio.Event()
+
+            async def caller(session_id: str, token: str) -> None:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    await engine.send(session_id, token, "what changed since yesterday?")
+                    if measuring:
+                        turns.append(time.perf_counter() - started)
+                    await asyncio.sleep(0)  # a caller doing I/O yields between turns
+
+            async def sample_depth() -> None:
+                while True:
+                    await asyncio.sleep(0.01)
+                    if measuring:
+                        depths.append(engine.store.stats().queue_depth)
+
+            tasks = [asyncio.create_task(caller(s.session_id, s.token)) for s in sessions]
+            sampler = asyncio.create_task(sample_depth())
+            await asyncio.sleep(BACKPRESSURE_WARMUP_S)
+            before = engine.store.stats()
+            measuring = True
+            started = time.perf_counter()
+            await asyncio.sleep(seconds)
+            measuring = False
+            elapsed = time.perf_counter() - started
+            after = engine.store.stats()
+            stop.set()
+            sampler.cancel()
+            await asyncio.gather(*tasks)
+    ordered = sorted(turns)
+    p50, p99 = Tally(ordered).percentile(0.5), Tally(ordered).percentile(0.99)
+    return {
+        "callers": BACKPRESSURE_CALLERS,
+        "durable_ack": False,
+        "store_settings": store,
+        "turns_per_s": round(len(turns) / elapsed, 1),
+        "turn_p50_ms": ms(p50),
+        "turn_p99_ms": ms(p99),
+        "turn_max_ms": ms(ordered[-1]) if ordered else 0.0,
+        "p99_over_p50": round(p99 / p50, 2) if p50 else None,
+        "p99_within_5x_p50": bool(p50) and p99 <= BACKPRESSURE_RATIO * p50,
+        "store_ops_per_s": round((after.ops - before.ops) / elapsed, 1),
+        "store_avg_batch_ops": round(
+            (after.ops - before.ops) / max(1, after.batches - before.batches), 1
+        ),
+        "queue_depth_p50": sorted(depths)[len(depths) // 2] if depths else 0,
+        "queue_depth_max": max(depths, default=0),
+        "paced_writes": after.paced_writes - before.paced_writes,
+        "backlog_writes": after.backlog_writes - before.backlog_writes,
+    }
+
+
 async def overload(seconds: float) -> dict:
     """10,000 users, replies not waiting for commits; loop lag and GC after the spawn burst."""
     options = LoadOptions(
@@ -283,7 +345,7 @@ async def overload(seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         config = config_for(
             folder,
-            llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
+            llm=zero_latency_llm(),
             limits=unlimited_limits(api_calls_window_s=60.0),
             durable_ack=False,
         )
@@ -329,6 +391,11 @@ async def run(args: argparse.Namespace) -> dict:
         out["cost"] = await cost(args.cost_calls)
     if "storm" in args.parts:
         out["storm"] = await storm(args.alone_s, args.storm_s)
+    if "backpressure" in args.parts:
+        out["backpressure"] = {
+            name: await backpressure(args.backpressure_s, BACKPRESSURE_RUNS[name])
+            for name in args.backpressure_runs.split(",")
+        }
     if "overload" in args.parts:
         out["overload"] = await overload(args.overload_s)
     out["machine"] = machine(load_average_1m_at_start=load_at_start)
@@ -338,7 +405,7 @@ async def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="cost,storm,overload",
+    parser.add_argument("--parts", default="cost,storm,backpressure,overload",
                         help="which parts to run, comma-separated (default: %(default)s)")
     parser.add_argument("--alone-s", type=float, default=20.0,
                         help="seconds the quiet users run alone (default: %(default)s)")
@@ -346,6 +413,11 @@ def main() -> None:
                         help="seconds measured under the storm (default: %(default)s)")
     parser.add_argument("--overload-s", type=float, default=20.0,
                         help="seconds measured at 10,000 users (default: %(default)s)")
+    parser.add_argument("--backpressure-s", type=float, default=20.0,
+                        help="seconds measured with 100 callers (default: %(default)s)")
+    parser.add_argument("--backpressure-runs", default=",".join(BACKPRESSURE_RUNS),
+                        help="store settings to run the backpressure part with "
+                             "(default: %(default)s)")
     parser.add_argument("--cost-calls", type=int, default=COST_CALLS,
                         help="calls per cost figure (default: %(default)s)")
     args = parser.parse_args()

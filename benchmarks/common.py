@@ -8,6 +8,7 @@ not the project root, and importing this module puts the root there.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -98,6 +99,45 @@ class LoopLag:
             "p50_ms": ms(h.percentile(0.5)), "p99_ms": ms(h.percentile(0.99)),
             "max_ms": ms(self.worst),
         }
+
+
+class GcPauses:
+    """Every collector pass's duration, by generation, from `gc.callbacks`: wall time (what
+    the loop waits) and the collecting thread's CPU time (the pass's own work, which a busy
+    neighbour on the machine does not inflate as much)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float, float]] = []
+        self._started = (0.0, 0.0)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = (time.perf_counter(), time.thread_time())
+        else:
+            wall, cpu = self._started
+            self.pauses.append(
+                (info["generation"], time.perf_counter() - wall, time.thread_time() - cpu)
+            )
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def report(self) -> dict:
+        out = {}
+        for generation in (0, 1, 2):
+            passes = [(wall, cpu) for g, wall, cpu in self.pauses if g == generation]
+            out[f"gen{generation}"] = {
+                "passes": len(passes),
+                "over_50ms": sum(wall > 0.05 for wall, _ in passes),
+                "max_wall_ms": ms(max((w for w, _ in passes), default=0.0)),
+                "max_cpu_ms": ms(max((c for _, c in passes), default=0.0)),
+                "total_cpu_ms": ms(sum(c for _, c in passes)),
+            }
+        return out
 
 
 def load_average() -> float:

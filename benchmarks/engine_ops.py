@@ -152,7 +152,9 @@ async def build_store(data_dir: Path, n: int) -> float:
     cfg = stored_config(data_dir)
     keyring = KeyRing.load(cfg.store.master_key_file)
     now = time.time()
-    async with await Store.open(cfg.store.db_path, durable_ack=False, power_safe=False) as store:
+    async with await Store.open(
+        cfg.store.db_path, replace(cfg.store, durable_ack=False, durability="process")
+    ) as store:
         for start in range(0, n, 2000):
             ops: list = []
             for i in range(start, min(n, start + 2000)):

@@ -30,6 +30,7 @@ import asyncpg
 from common import print_json
 from cryptography.fernet import Fernet
 
+from engine import StoreSettings
 from engine.security import SessionCipher
 from engine.store import MessageRow, SessionRow, open_store, redacted
 
@@ -141,7 +142,7 @@ async def appends(
     pool = ciphertexts(64)
     size = len(pool[0])
     target = await databases.fresh(f"appends-{writers}-{durable}")
-    async with await open_store(target, durable_ack=durable) as store:
+    async with await open_store(target, StoreSettings(durable_ack=durable)) as store:
         for w in range(writers):
             await store.save_session(session_row(f"s{w}", w))
         latencies: list[float] = []
@@ -179,7 +180,7 @@ async def paced_latency(
     size = len(pool[0])
     rng = random.Random(11)
     target = await databases.fresh(f"paced-{batch_ms}")
-    async with await open_store(target, batch_ms=batch_ms) as store:
+    async with await open_store(target, StoreSettings(batch_ms=batch_ms)) as store:
         for w in range(writers):
             await store.save_session(session_row(f"s{w}", w))
         latencies: list[float] = []
@@ -215,7 +216,7 @@ async def paced_latency(
 async def populate(target: Path | str, sessions: int) -> int:
     """Sessions with MESSAGES_PER_SESSION messages each, written through the store itself."""
     pool = ciphertexts(256)
-    async with await open_store(target, batch_max=8192) as store:
+    async with await open_store(target, StoreSettings(batch_max=8192)) as store:
         next_id = iter(range(sessions))
 
         async def loader() -> None:

@@ -67,9 +67,46 @@ class StoreSettings:
     # A `postgresql://` URL (from_env: SESSION_CONSOLE_DATABASE_URL): the store lives in that
     # PostgreSQL database, shared by a cluster's workers, instead of the SQLite file db_path.
     database_url: str | None = field(default=None, repr=False)
+    # The group-commit writer (engine/store/writer.py). It commits as soon as it is free and
+    # writes queued meanwhile form the next batch; batch_ms > 0 also waits up to that long for
+    # a fuller batch (fewer fsyncs, more latency). batch_max caps ops per transaction: large,
+    # so a writer that fell behind catches up in a few big commits.
+    batch_ms: float = 0.0
+    batch_max: int = 4096
+    # Without durable_ack, a write that finds more than pacing_ops queued waits for a share
+    # of the queue ahead of it to commit, growing with the queue to all of it (its own commit)
+    # at backlog_ops: admission slows smoothly, never a few turns stalled for a catch-up.
+    pacing_ops: int = 16_384
+    backlog_ops: int = 32_768
+    # What a Prune keeps: the newest alert_keep alerts, metrics roll-ups of metrics_keep_s.
+    alert_keep: int = 1000
+    metrics_keep_s: float = 7 * 86400.0
+    # SQLite: the checkpointer copies the WAL into the file every checkpoint_s and has the
+    # writer restart a log that grew to wal_restart_frames (~8 MB) (sqlite/checkpointer.py).
+    checkpoint_s: float = 0.2
+    wal_restart_frames: int = 2048
     # Master keys given by the deployment (from_env: SESSION_CONSOLE_MASTER_KEY), primary first;
     # empty: the key file under data_dir, created on first run.
     master_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_max < 1 or self.alert_keep < 1 or self.wal_restart_frames < 1:
+            raise ConfigurationError(
+                "StoreSettings: batch_max, alert_keep and wal_restart_frames must be >= 1; got "
+                f"{self.batch_max=}, {self.alert_keep=}, {self.wal_restart_frames=}"
+            )
+        if not (self.batch_ms >= 0 and self.audit_retention_s >= 0 and self.metrics_keep_s > 0
+                and self.checkpoint_s > 0):
+            raise ConfigurationError(
+                "StoreSettings: batch_ms and audit_retention_s must be >= 0, metrics_keep_s and "
+                f"checkpoint_s > 0; got {self.batch_ms=}, {self.audit_retention_s=}, "
+                f"{self.metrics_keep_s=}, {self.checkpoint_s=}"
+            )
+        if not 0 <= self.pacing_ops <= self.backlog_ops or self.backlog_ops < self.batch_max:
+            raise ConfigurationError(
+                "StoreSettings: need 0 <= pacing_ops <= backlog_ops and backlog_ops >= "
+                f"batch_max; got {self.pacing_ops=}, {self.backlog_ops=}, {self.batch_max=}"
+            )
 
     @property
     def master_key_file(self) -> Path:
@@ -220,7 +257,8 @@ class EngineConfig:
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    # Freeze start-up objects out of the collector's passes (engine/runtime.py): process-wide.
+    # Tune the collector and the GIL's switch interval for serving (engine/runtime.py):
+    # process-wide.
     tune_gc: bool = True
     clock: Clock = field(default_factory=SystemClock)
 

@@ -148,12 +148,7 @@ class Engine:
             KeyRing.load, store.master_key_file, store.master_keys,
             given_source=f"StoreSettings.master_keys ({MASTER_KEY_ENV})",
         )
-        self._store = await open_store(
-            store.database_url or store.db_path,
-            durable_ack=store.durable_ack,
-            retention_s=store.audit_retention_s,
-            power_safe=store.durability == "power",
-        )
+        self._store = await open_store(store.database_url or store.db_path, store)
         try:
             if self.config.cluster.redis_url:
                 self._cluster = await self._join_cluster()

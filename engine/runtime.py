@@ -1,66 +1,59 @@
-"""Process settings for serving: the garbage collector, tuned for many long-lived objects.
+"""Process settings for serving: the collector and the GIL, tuned for one busy event loop.
 
 A running engine holds hundreds of thousands of objects that live as long as it does (pooled
 Agents, imported modules, sessions). The collector's passes walk every object of the
 generations they collect and stall the event loop meanwhile: the tail of every turn.
 
 - Start-up objects are frozen out of every pass.
-- Passes are kept small: a pass walks the objects of the generations it collects, and during a
-  burst (10,000 users spawning) nearly every new object survives, so a middle pass walks up to
-  GEN0_THRESHOLD x (GEN1_THRESHOLD + 1) objects. A first threshold of 50,000 made young passes
-  of 50,000 objects and middle passes of up to a million after a spawn burst. Counts are net
-  (allocations minus frees), so in steady state, where most objects die young, passes stay
-  rare whatever the threshold.
-- Survivors are frozen once walking them has cost FREEZE_AFTER_S: a spawn burst's sessions
-  survive into the older generations, where every later pass would walk them again; frozen,
-  they are walked by none. Frozen objects are still freed when their last reference goes;
-  only cyclic garbage among them is never collected, and the engine's own operations make
-  none (turns, failed authentications and ended sessions leave no cycles, measured with
-  `gc.collect()` after thousands of each).
+- Passes are kept small: a young pass walks up to GEN0_THRESHOLD objects (counts are net,
+  allocations minus frees, so in steady state, where most objects die young, passes stay
+  rare), a middle pass up to GEN0_THRESHOLD x (GEN1_THRESHOLD + 1). During a spawn burst
+  nearly every new object survives, and each of them is walked by a young and a middle pass.
+- What survives a middle pass is frozen at once (`SurvivorFreezer`): a spawn burst's sessions
+  would otherwise pile up in the oldest generation, where a full pass walks all of them (the
+  pauses of hundreds of milliseconds issue 15 measured); frozen, no pass walks them again, so
+  the oldest generation stays nearly empty and its passes short. Frozen objects are still freed
+  when their last reference goes; only cyclic garbage among them is never collected, and the
+  engine's own operations make none (turns, failed authentications, ended sessions and spawn
+  bursts leave no cycles: `gc.callbacks` report nothing collected after thousands of each).
+- The GIL is handed over sooner (SWITCH_INTERVAL_S instead of 5 ms). The loop thread drops
+  the GIL in system calls (`os.urandom` for every message's nonce, socket I/O) and the store's
+  connection thread, busy committing a batch, then holds it until the loop thread has waited a
+  whole switch interval: at hundreds of turns a second those waits add up to seconds of loop
+  lag per second. A shorter interval bounds each wait; the price is more frequent switching
+  while both threads compute, a small share of the time.
 """
 
 from __future__ import annotations
 
 import gc
-import time
+import sys
 
-GEN0_THRESHOLD = 5_000
+GEN0_THRESHOLD = 2_000
 GEN1_THRESHOLD = 2
 GEN2_THRESHOLD = 100
-FREEZE_AFTER_S = 0.02
+SWITCH_INTERVAL_S = 0.0005
 
 
 class SurvivorFreezer:
-    """A `gc.callbacks` hook: freezes the older generations once their passes cost a budget.
+    """A `gc.callbacks` hook: freezes everything tracked after every pass over an older
+    generation, so its survivors are walked by no later pass. `gc.freeze()` is O(1)."""
 
-    Passes over generations 1 and 2 walk survivors; their durations add up until `budget_s`,
-    then everything tracked is frozen and the sum starts again. `gc.freeze()` is O(1).
-    """
-
-    def __init__(self, budget_s: float = FREEZE_AFTER_S) -> None:
-        self.budget_s = budget_s
+    def __init__(self) -> None:
         self.freezes = 0
-        self._started = 0.0
-        self._spent = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if info["generation"] == 0:
-            return
-        if phase == "start":
-            self._started = time.perf_counter()
-            return
-        self._spent += time.perf_counter() - self._started
-        if self._spent >= self.budget_s:
+        if phase == "stop" and info["generation"] > 0:
             gc.freeze()
             self.freezes += 1
-            self._spent = 0.0
 
 
 FREEZER = SurvivorFreezer()
 
 
 def prepare_for_serving() -> None:
-    """Collect once, freeze the survivors, keep passes short and freeze later survivors.
+    """Collect once, freeze the survivors, keep passes short, freeze later survivors, and
+    hand the GIL over sooner.
 
     Process-wide, so the engine calls it only when `EngineConfig.tune_gc` is set (the default
     for a serving process; tests that open many engines turn it off). Idempotent.
@@ -70,3 +63,4 @@ def prepare_for_serving() -> None:
     gc.set_threshold(GEN0_THRESHOLD, GEN1_THRESHOLD, GEN2_THRESHOLD)
     if FREEZER not in gc.callbacks:
         gc.callbacks.append(FREEZER)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)

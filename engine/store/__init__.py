@@ -39,10 +39,9 @@ from engine.store.ops import (
 )
 from engine.store.postgres import PostgresBackend, is_postgres_url, redacted
 from engine.store.sqlite import SqliteBackend
-from engine.store.writer import DEFAULT_PATH, Store
+from engine.store.writer import Store
 
 __all__ = [
-    "DEFAULT_PATH",
     "AlertRow",
     "Assign",
     "Backend",

@@ -293,4 +293,6 @@ class StoreStats:
     wal_bytes: int
     checkpoints: int = 0
     wal_frames: int = 0
+    paced_writes: int = 0  # without durable_ack: writes held until part of the queue committed
+    backlog_writes: int = 0  # ...and writes that found the queue full and waited for their commit
 

@@ -5,10 +5,13 @@ Why it is built this way:
 - Every write goes through one writer that puts whatever concurrent turns queued into one
   transaction (group commit), so one fsync covers hundreds of writes. With `durable_ack` (the
   default) `write()` returns only after the transaction holding its ops has committed: nothing
-  a caller was told is saved is lost to `kill -9` (or, with the SQLite backend's `power_safe`,
-  a power cut). `durable_ack=False` returns as soon as the ops are queued; that is for
+  a caller was told is saved is lost to `kill -9` (or, with durability "power", a power
+  cut). `durable_ack=False` returns as soon as the ops are queued; that is for
   benchmarks and risks the last few milliseconds of acknowledged writes on a crash, and a
   failed commit (disk full) is then only logged and counted, never reported to the writer.
+  Those writes are paced while the writer is behind (`pacing.py`): past `pacing_ops` queued,
+  each waits for a share of the queue ahead of it to commit, growing with the queue, so a
+  sustained overload slows every writer a little instead of stalling a few for a catch-up.
 - The writer is callbacks, not a task: the next batch starts as the previous commit's result
   arrives, and the waiters are resolved straight from the backend's completion callback
   (for SQLite, scheduled by its connection thread), because under a busy event loop every
@@ -32,6 +35,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from engine.config import StoreSettings
 from engine.errors import StoreError
 from engine.store.backend import Backend
 from engine.store.ops import (
@@ -47,12 +51,10 @@ from engine.store.ops import (
     StoredSession,
     StoreStats,
 )
+from engine.store.pacing import Pacer
 from engine.store.sqlite import SqliteBackend
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PATH = Path("data/sessions.db")
-BACKLOG_OPS = 32_768  # without durable_ack, writers wait once this many ops are queued
 
 
 @dataclass(slots=True)
@@ -67,30 +69,25 @@ class _Queued:
 
 
 class Store:
-    """The engine's store. Create with `await Store.open(path)` (an SQLite file) or
-    `Store(backend)` over another open `Backend`; `await aclose()`."""
+    """The engine's store. Create with `await Store.open(path, settings)` (an SQLite file) or
+    `Store(backend, settings)` over another open `Backend`; `await aclose()`."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        durable_ack: bool = True,
-        batch_ms: float = 0.0,
-        batch_max: int = 4096,
-    ) -> None:
+    def __init__(self, backend: Backend, settings: StoreSettings | None = None) -> None:
         """Run the writer, on the running loop, over an open `backend`; `aclose()` closes it.
 
-        `Store.open` does this for an SQLite file; see there for the settings.
+        The writer's tuning is `settings`' (`StoreSettings`, engine/config.py, says what each
+        does); `Store.open` does this for an SQLite file.
         """
-        if batch_max < 1 or not batch_ms >= 0:
-            raise ValueError(
-                f"batch_max must be >= 1 and batch_ms >= 0; got {batch_max=}, {batch_ms=}"
-            )
+        self.settings = settings = settings or StoreSettings()
         self.backend = backend
-        self.durable_ack = durable_ack
-        self._batch_s = batch_ms / 1000
-        self._batch_max = batch_max
-        self._backlog = max(batch_max, BACKLOG_OPS)
+        self.durable_ack = settings.durable_ack
+        self._batch_s = settings.batch_ms / 1000
+        self._batch_max = settings.batch_max
+        self._backlog = settings.backlog_ops
+        self._pacer = Pacer(settings.pacing_ops, settings.backlog_ops)
+        self._taken_ops = 0  # ops handed to batches so far (the pacer's positions)
+        self._done_ops = 0  # ops whose batch has finished, committed or not
+        self._backlog_writes = 0
         self._loop = asyncio.get_running_loop()
         self._queue: deque[_Queued] = deque()
         self._queued_ops = 0
@@ -107,48 +104,17 @@ class Store:
         self._last_error: str | None = None
 
     @classmethod
-    async def open(
-        cls,
-        path: Path | str = DEFAULT_PATH,
-        *,
-        durable_ack: bool = True,
-        batch_ms: float = 0.0,
-        batch_max: int = 4096,
-        retention_s: float = 0.0,
-        alert_keep: int = 1000,
-        metrics_keep_s: float = 7 * 86400.0,
-        power_safe: bool = True,
-    ) -> Store:
+    async def open(cls, path: Path | str, settings: StoreSettings | None = None) -> Store:
         """Open the SQLite file at `path` (lock, check, migrate) and start the writer.
 
-        `power_safe` (synchronous=FULL) fsyncs the WAL at every commit, so an acknowledged
-        write survives a power cut. False (synchronous=NORMAL) leaves the commit in the OS page
-        cache: it still survives the process crashing or being killed, not the machine
-        losing power, and an acknowledgement then costs a write() instead of an fsync.
-
-        The writer commits as soon as it is free; writes queued meanwhile form the next batch,
-        so batches grow by themselves with load and with slow disks. `batch_ms` > 0 makes it
-        also wait up to that long (from the oldest queued write, only while writes arrive
-        concurrently) for a fuller batch: fewer fsyncs for that much more latency (see
-        benchmarks/store.py). `batch_max` caps ops per transaction; it is large so that a writer
-        that fell behind (a collector pause, a burst of new sessions) catches up in a few big
-        commits instead of queueing until writers must wait. `durable_ack=False`: see the
-        module docstring for what it risks. `retention_s` > 0 keeps an audit row (metadata, no
-        content) per ended session that long.
+        `settings` (`StoreSettings`, the defaults if None) tune the writer and the file: how
+        durable an acknowledgement is, batching, the backlog bound, what a prune keeps and
+        the checkpointer; engine/config.py says what each does. `durable_ack=False`: see the
+        module docstring for what it risks.
         """
-        if batch_max < 1 or not batch_ms >= 0 or not retention_s >= 0 or alert_keep < 1:
-            raise ValueError(
-                "batch_max and alert_keep must be >= 1, batch_ms and retention_s >= 0; got "
-                f"{batch_max=}, {batch_ms=}, {retention_s=}, {alert_keep=}"
-            )
-        backend = await SqliteBackend.open(
-            Path(path),
-            retention_s=retention_s,
-            alert_keep=alert_keep,
-            metrics_keep_s=metrics_keep_s,
-            power_safe=power_safe,
-        )
-        return cls(backend, durable_ack=durable_ack, batch_ms=batch_ms, batch_max=batch_max)
+        settings = settings or StoreSettings()
+        backend = await SqliteBackend.open(Path(path), settings)
+        return cls(backend, settings)
 
     async def __aenter__(self) -> Store:
         return self
@@ -170,12 +136,19 @@ class Store:
     async def write(self, *ops: Op) -> None:
         """Queue `ops` to commit in one transaction; with durable_ack, return once committed.
 
-        Raises StoreError when the transaction failed (nothing of it was saved) or when this
-        write was rejected (e.g. a message for a session that is not stored).
+        Without durable_ack, return at once unless the writer is behind: past `pacing_ops`
+        queued, once a share of the queue ahead has committed; past `backlog_ops`, once these
+        ops have. Raises StoreError when the transaction failed (nothing of it was saved) or
+        when this write was rejected (e.g. a message for a session that is not stored).
         """
         self._check_ops(ops)
-        durable = self.durable_ack or self._queued_ops >= self._backlog
-        future = self._enqueue(ops, None, durable)
+        depth = self._queued_ops
+        if self.durable_ack or depth >= self._backlog:
+            future = self._enqueue(ops, None, True)
+            self._backlog_writes += not self.durable_ack
+        else:
+            self._enqueue(ops, None, False)  # takes no batch yet: the positions still hold
+            future = self._pacer.hold(self._loop, self._taken_ops, depth)
         if future is not None:
             await future
 
@@ -249,6 +222,8 @@ class Store:
             last_commit_ms=self._last_commit_ms,
             failed_batches=self._failed,
             rejected_writes=self._rejected,
+            paced_writes=self._pacer.paced,
+            backlog_writes=self._backlog_writes,
             last_error=self._last_error,
             file_bytes=figures.file_bytes,
             wal_bytes=figures.wal_bytes,
@@ -354,6 +329,7 @@ class Store:
             batch.append(queue.popleft())
             count += size
         self._queued_ops -= count
+        self._taken_ops += count
         return batch
 
     def _start_batch(self, batch: list[_Queued]) -> None:
@@ -379,6 +355,8 @@ class Store:
             else:
                 self._batch_failed(batch, error)
         finally:
+            self._done_ops += sum(len(queued.ops) for queued in batch)
+            self._pacer.release(self._done_ops)
             self._busy = False
             self._pump()
 

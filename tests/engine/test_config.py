@@ -6,7 +6,10 @@ import dataclasses
 
 import pytest
 
-from engine import EngineConfig, LLMSettings, StoreSettings
+from engine import Engine, EngineConfig, LLMSettings, StoreSettings
+from engine.errors import ConfigurationError
+from engine.store import AlertRow, MetricsRow, Prune
+from tests.conftest import INSTANT
 
 ENV = {
     "SESSION_CONSOLE_MASTER_KEY": " key-one, key-two ,",
@@ -55,3 +58,43 @@ def test_settings_are_frozen_and_varied_with_replace():
     variant = dataclasses.replace(config, sessions=dataclasses.replace(config.sessions,
                                                                        max_per_user=1))
     assert variant.sessions.max_per_user == 1 and config.sessions.max_per_user == 5
+
+
+def test_store_settings_refuse_what_the_store_cannot_run_with():
+    for bad in ({"batch_max": 0}, {"batch_ms": -1.0}, {"alert_keep": 0},
+                {"metrics_keep_s": 0.0}, {"checkpoint_s": 0.0}, {"wal_restart_frames": 0},
+                {"backlog_ops": 100, "batch_max": 200}, {"pacing_ops": 40_000}, {"pacing_ops": -1}):
+        with pytest.raises(ConfigurationError, match="StoreSettings"):
+            StoreSettings(**bad)
+
+
+async def test_the_engine_runs_its_store_with_the_store_settings(tmp_path):
+    """Every tuning field reaches the writer and the SQLite backend (none has a second default
+    elsewhere): the writer's batches, the connection's synchronous mode, the checkpointer's
+    period and restart threshold, and what a prune keeps."""
+    settings = StoreSettings(
+        data_dir=tmp_path, durability="process", batch_max=3, pacing_ops=32, backlog_ops=64,
+        alert_keep=2, metrics_keep_s=60.0, checkpoint_s=3600.0, wal_restart_frames=7,
+    )
+    config = EngineConfig(store=settings, llm=LLMSettings(sim=INSTANT), tune_gc=False)
+    async with Engine(config) as engine:
+        store = engine.store
+        assert store.settings is settings
+        assert await store.backend.connection.run(
+            lambda conn: conn.execute("PRAGMA synchronous").fetchone()
+        ) == (1,)  # NORMAL: durability "process"
+        checkpointer = store.backend.checkpointer
+        assert (checkpointer.every_s, checkpointer.restart_frames) == (3600.0, 7)
+        before = store.stats().batches
+        for n in range(1, 10):  # nine one-op writes queued together: batches of batch_max
+            store.write_nowait(AlertRow(n, f"k{n}", "rule", "warning", "a", None, 1.0, 1.0))
+        await store.flush()
+        assert store.stats().batches - before == 3
+        await store.write(
+            MetricsRow(900, "global", 1, 0, 1, 1, 0.1, 0.2, 0.3),
+            MetricsRow(990, "global", 1, 0, 1, 1, 0.1, 0.2, 0.3),
+            Prune(1_000.0),
+        )
+        restored = await store.load_live(1_000.0)
+    assert [alert.alert_id for alert in restored.alerts] == [8, 9]  # alert_keep
+    assert [row.minute for row in restored.metrics] == [990]  # metrics_keep_s

@@ -31,6 +31,7 @@ import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 
+from engine.config import StoreSettings
 from engine.errors import StoreError
 from engine.security import DecryptionFailed, KeyRing, SessionCipher, hash_token, new_token
 from engine.store import (
@@ -141,7 +142,8 @@ class Database:
     target: Path | str  # what `open_store` takes: a file path or a postgresql:// URL
 
     async def open(self, **settings) -> Store:
-        return await open_store(self.target, **settings)
+        """`settings`: fields of StoreSettings."""
+        return await open_store(self.target, StoreSettings(**settings))
 
     async def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """`sql` with `?` placeholders, through a separate connection (committed)."""
@@ -298,21 +300,19 @@ def folder_state(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in path.parent.iterdir()}
 
 
-async def test_a_second_store_on_an_open_file_is_refused_and_the_file_left_untouched(
-    db_path, monkeypatch
-):
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)  # no pass moves bytes meanwhile
-    async with await Store.open(db_path) as first:
+async def test_a_second_store_on_an_open_file_is_refused_and_the_file_left_untouched(db_path):
+    settings = StoreSettings(checkpoint_s=3600.0)  # no pass moves bytes meanwhile
+    async with await Store.open(db_path, settings) as first:
         await first.save_session(session_row())
         before = disk_bytes(db_path)
         with pytest.raises(StoreError, match="is open in another engine") as caught:
-            await Store.open(db_path)
+            await Store.open(db_path, settings)
         assert str(db_path) in str(caught.value)
         assert f"(pid {os.getpid()})" in str(caught.value)
         assert "data_dir" in str(caught.value)
         assert disk_bytes(db_path) == before
         await first.save_session(session_row("s2"))  # the holder is unaffected
-    async with await Store.open(db_path) as again:  # close released the lock
+    async with await Store.open(db_path, settings) as again:  # close released the lock
         restored = await again.load_live(NOW)
     assert [s.session_id for s in restored.sessions] == ["s1", "s2"]
 
@@ -714,11 +714,9 @@ async def test_lingering_ends_when_the_batch_is_full_or_the_store_closes(backend
     assert rows == [(n,) for n in range(1, 8)]
 
 
-async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(
-    db_path, monkeypatch
-):
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)  # no background pass either
-    store = await Store.open(db_path)
+async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(db_path):
+    settings = StoreSettings(checkpoint_s=3600.0)  # no background pass either
+    store = await Store.open(db_path, settings)
     assert await on_writer_connection(store, "PRAGMA wal_autocheckpoint") == (0,)
     await store.save_session(session_row())
     for n in range(300):  # ~1,500 pages: an automatic checkpoint would have run at 1,000
@@ -731,10 +729,10 @@ async def test_commits_never_checkpoint_and_close_leaves_everything_in_the_file(
 
 
 async def test_the_checkpointer_copies_the_wal_into_the_file_while_the_store_is_open(
-    db_path, tmp_path, monkeypatch
+    db_path, tmp_path
 ):
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 0.01)
-    async with await Store.open(db_path) as store:
+    settings = StoreSettings(checkpoint_s=0.01)
+    async with await Store.open(db_path, settings) as store:
         await store.write(session_row(), *(message("s1", n, os.urandom(2000)) for n in range(200)))
         await checkpoint_passes(store, 2)  # one began after the last commit
         assert store.stats().wal_frames > 100
@@ -754,9 +752,9 @@ def wal_frames(path: Path) -> int:
     return int.from_bytes(Path(f"{path}-shm").read_bytes()[16:20], sys.byteorder)
 
 
-async def test_a_log_that_grew_too_long_restarts_at_the_next_batch(db_path, monkeypatch):
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)
-    async with await Store.open(db_path) as store:
+async def test_a_log_that_grew_too_long_restarts_at_the_next_batch(db_path):
+    settings = StoreSettings(checkpoint_s=3600.0)
+    async with await Store.open(db_path, settings) as store:
         await store.save_session(session_row())
         for n in range(50):
             await store.write(*(message("s1", 10 * n + k, os.urandom(2000)) for k in range(10)))
@@ -771,18 +769,16 @@ async def test_a_log_that_grew_too_long_restarts_at_the_next_batch(db_path, monk
         assert query(db_path, "SELECT count(*) FROM messages") == [(502,)]
 
 
-async def test_a_pass_that_finds_the_log_too_long_asks_the_writer_to_restart_it(
-    db_path, monkeypatch
-):
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 3600.0)
-    async with await Store.open(db_path) as store:
+async def test_a_pass_that_finds_the_log_too_long_asks_the_writer_to_restart_it(db_path):
+    settings = StoreSettings(checkpoint_s=3600.0)
+    async with await Store.open(db_path, settings) as store:
         await store.write(session_row(), *(message("s1", n, os.urandom(2000)) for n in range(20)))
         checkpointer = store.backend.checkpointer
         with contextlib.closing(checkpointer._connect()) as conn:
-            monkeypatch.setattr(checkpointing, "WAL_RESTART_FRAMES", 10**6)
+            checkpointer.restart_frames = 10**6
             checkpointer._checkpoint(conn)
             assert not checkpointer.take_restart() and checkpointer.checkpoints == 1
-            monkeypatch.setattr(checkpointing, "WAL_RESTART_FRAMES", 10)
+            checkpointer.restart_frames = 10
             checkpointer._checkpoint(conn)  # and a second, short pass before asking
             assert checkpointer.take_restart() and checkpointer.checkpoints == 3
             assert not checkpointer.take_restart()
@@ -791,7 +787,7 @@ async def test_a_pass_that_finds_the_log_too_long_asks_the_writer_to_restart_it(
 async def test_a_failing_pass_is_logged_once_and_the_checkpointer_goes_on(
     db_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 0.01)
+    settings = StoreSettings(checkpoint_s=0.01)
     failures = iter([sqlite3.OperationalError("disk I/O error")] * 3)
     real_pass = checkpointing.Checkpointer._pass
 
@@ -801,17 +797,17 @@ async def test_a_failing_pass_is_logged_once_and_the_checkpointer_goes_on(
         return real_pass(self, conn)
 
     monkeypatch.setattr(checkpointing.Checkpointer, "_pass", flaky_pass)
-    async with await Store.open(db_path) as store:
+    async with await Store.open(db_path, settings) as store:
         await store.write(session_row())
         await checkpoint_passes(store, 2)
     warnings = [r for r in caplog.records if "background checkpoint" in r.getMessage()]
     assert len(warnings) == 1 and "disk I/O error" in warnings[0].getMessage()
 
 
-async def test_a_shredded_key_leaves_the_database_file_at_the_next_pass(db_path, monkeypatch):
-    monkeypatch.setattr(checkpointing, "CHECKPOINT_S", 0.01)
+async def test_a_shredded_key_leaves_the_database_file_at_the_next_pass(db_path):
+    settings = StoreSettings(checkpoint_s=0.01)
     wrapped = os.urandom(48)
-    async with await Store.open(db_path) as store:
+    async with await Store.open(db_path, settings) as store:
         await store.write(session_row(wrapped_key=wrapped), message("s1", 1))
         await checkpoint_passes(store, 2)
         assert wrapped in db_path.read_bytes()  # checkpointed into the file itself
@@ -973,7 +969,7 @@ async def test_alerts_and_metrics_round_trip_and_prune_keeps_them_bounded(backen
 
 
 async def test_restore_brings_back_live_sessions_and_purges_expired_ones(backend):
-    async with await backend.open(retention_s=86400) as store:
+    async with await backend.open(audit_retention_s=86400) as store:
         await store.write(
             session_row("live", created_at=NOW, last_active_at=NOW + 500),
             session_row("idle", created_at=NOW, last_active_at=NOW),  # idle since NOW + 600
@@ -982,7 +978,7 @@ async def test_restore_brings_back_live_sessions_and_purges_expired_ones(backend
             QuotaEvent("alice", "tokens", NOW + 500, 42, 3600.0),
             AlertRow(7, "quota:alice", "quota", "critical", "alice at 100%", "alice", NOW, NOW),
         )
-    async with await backend.open(retention_s=86400) as store:
+    async with await backend.open(audit_retention_s=86400) as store:
         restored = await store.load_live(NOW + 700)
         assert [m.seq for m in await stored_messages(store, "live")] == [1, 2, 3]
     assert [s.session_id for s in restored.sessions] == ["live"]
@@ -1036,7 +1032,7 @@ async def test_ending_a_session_deletes_its_key_and_messages_without_retention(b
 
 
 async def test_retention_keeps_an_audit_row_without_content_until_it_runs_out(backend):
-    async with await backend.open(retention_s=3600) as store:
+    async with await backend.open(audit_retention_s=3600) as store:
         await store.write(session_row(metadata_json='{"tier": "pro"}'), message("s1", 1),
                           message("s1", 2))
         await store.write(EndSession("s1", NOW + 10, "ended by owner"))

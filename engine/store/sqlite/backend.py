@@ -2,10 +2,10 @@
 
 Why it is built this way:
 
-- Durability: in WAL mode with `synchronous=FULL` (`power_safe`, the default) every commit
-  fsyncs the log, so nothing the writer acknowledged is lost to `kill -9` or a power cut; with
-  `power_safe=False` (`synchronous=NORMAL`) the commit stays in the OS page cache and survives
-  the process dying, not the machine.
+- Durability: in WAL mode with `synchronous=FULL` (durability "power", the default) every
+  commit fsyncs the log, so nothing the writer acknowledged is lost to `kill -9` or a power
+  cut; with "process" (`synchronous=NORMAL`) the commit stays in the OS page cache and
+  survives the process dying, not the machine.
 - A batch is one call on the connection thread (`transactions.commit_batch`): begin, apply,
   commit or roll back, and the thread itself schedules the writer's callback. The thread is
   the store's own, not aiosqlite's (`connection.py` says why).
@@ -13,7 +13,7 @@ Why it is built this way:
   the database file from its own connection and thread, and says how the WAL stays bounded.
 - Crypto-shredding: `secure_delete` zeroes the bytes a deleted session row frees, its wrapped
   key among them. The zeroed page reaches the database file at the checkpointer's next pass
-  (every `CHECKPOINT_S`); older -wal frames may hold the key until the log restarts and new
+  (every `checkpoint_s`); older -wal frames may hold the key until the log restarts and new
   frames overwrite them, and `aclose()` empties the -wal.
 - One store per file (`filelock.py`), and a file that fails a check at open is left untouched
   (`checks.py`). A file deleted or replaced while open fails every commit until it is put
@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+from engine.config import StoreSettings
 from engine.errors import StoreError
 from engine.store.backend import CommitDone, StorageFigures
 from engine.store.ops import Op, Restored, RewrapReport, SessionRecord, StoredSession
@@ -47,17 +48,16 @@ from engine.store.sqlite.transactions import (
 
 
 class SqliteBackend:
-    """`Backend` on one SQLite file. Create with `await SqliteBackend.open(path)`."""
+    """`Backend` on one SQLite file. Create with `await SqliteBackend.open(path, settings)`."""
 
     def __init__(
         self,
         path: Path,
         connection: ConnectionThread,
-        statements: OpStatements,
+        settings: StoreSettings,
         *,
         clean_shutdown: bool,
         lock_fd: int,
-        synchronous: str,
         identity: FileIdentity,
     ) -> None:
         """Use `open`, which locks, checks and migrates the file first."""
@@ -65,43 +65,35 @@ class SqliteBackend:
         self.location = str(path)
         self.clean_shutdown = clean_shutdown
         self.connection = connection
-        self.checkpointer = Checkpointer(path, synchronous, identity)
-        self._statements = statements
+        self.checkpointer = Checkpointer(
+            path, _synchronous(settings), identity, settings.checkpoint_s,
+            settings.wal_restart_frames,
+        )
+        self._statements = OpStatements(
+            settings.audit_retention_s, settings.alert_keep, settings.metrics_keep_s
+        )
         self._lock_fd = lock_fd
         self._identity = identity
 
     @classmethod
-    async def open(
-        cls,
-        path: Path,
-        *,
-        retention_s: float = 0.0,
-        alert_keep: int = 1000,
-        metrics_keep_s: float = 7 * 86400.0,
-        power_safe: bool = True,
-    ) -> SqliteBackend:
+    async def open(cls, path: Path, settings: StoreSettings) -> SqliteBackend:
         """Lock the file, check it read-only, connect, and migrate it forward.
 
-        `retention_s` > 0 keeps an audit row per ended session that long; `alert_keep` and
-        `metrics_keep_s` bound the alerts and roll-ups kept (see `Prune`).
+        From `settings`: `durability` (the module docstring says what each level survives),
+        `audit_retention_s`, `alert_keep` and `metrics_keep_s` (what a `Prune` keeps), and
+        the checkpointer's `checkpoint_s` and `wal_restart_frames`.
         """
         lock_fd = filelock.lock(path)  # before anything reads the file: it may be another's
         try:
             await asyncio.to_thread(check_file, path)
-            synchronous = "FULL" if power_safe else "NORMAL"
             connection = await ConnectionThread.open(
-                partial(connect, path, synchronous), name=f"store-writer {path}"
+                partial(connect, path, _synchronous(settings)), name=f"store-writer {path}"
             )
             try:
                 clean = await connection.run(partial(prepare, path))
                 identity = await asyncio.to_thread(FileIdentity.of, path)
                 return cls(
-                    path,
-                    connection,
-                    OpStatements(retention_s, alert_keep, metrics_keep_s),
-                    clean_shutdown=clean,
-                    lock_fd=lock_fd,
-                    synchronous=synchronous,
+                    path, connection, settings, clean_shutdown=clean, lock_fd=lock_fd,
                     identity=identity,
                 )
             except BaseException:
@@ -160,6 +152,11 @@ class SqliteBackend:
             checkpoints=self.checkpointer.checkpoints,
             wal_frames=self.checkpointer.wal_frames,
         )
+
+
+def _synchronous(settings: StoreSettings) -> str:
+    """FULL fsyncs the WAL at every commit (durability "power"); NORMAL leaves it to the OS."""
+    return "FULL" if settings.durability == "power" else "NORMAL"
 
 
 def _size(path: Path) -> int:

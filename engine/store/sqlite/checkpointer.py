@@ -16,16 +16,13 @@ from engine.store.sqlite.checks import FileIdentity, store_error
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_S = 0.2  # how often the checkpointer copies new WAL frames into the database file
-WAL_RESTART_FRAMES = 2048  # a log this long (~8 MB) that never restarted: the writer helps
-
 
 class Checkpointer:
     """Copies committed WAL frames into the database file, from its own connection and thread.
 
     The writer runs with `wal_autocheckpoint = 0`, so no commit pays for a checkpoint (the
     commit that crossed 1,000 WAL pages used to copy them all and fsync the database file,
-    several milliseconds on the acknowledgement path). Every `CHECKPOINT_S` this thread runs a
+    several milliseconds on the acknowledgement path). Every `every_s` this thread runs a
     PASSIVE checkpoint, which never blocks the writer or readers and syncs the WAL before and
     the database file after copying, as the store's `synchronous` setting asks.
 
@@ -33,7 +30,7 @@ class Checkpointer:
     when a write transaction starts after every frame was copied, and under steady load the
     writer keeps appending while a concurrent checkpoint runs (at 1,000 engine turns/s it
     appends ~7,000 frames a second and the log never restarts by itself). So when the log has
-    grown to `WAL_RESTART_FRAMES`, this thread runs a second, short pass and `take_restart()`
+    grown to `restart_frames`, this thread runs a second, short pass and `take_restart()`
     asks the writer's next batch to checkpoint first, on its own connection: that copies only
     the frames committed during the short pass, and the batch's transaction then restarts the
     log (SQLite syncs the new log header at that commit). That costs one batch a few
@@ -44,15 +41,25 @@ class Checkpointer:
     to `journal_size_limit` when the log restarts, and aclose() truncates it.
     """
 
-    def __init__(self, path: Path, synchronous: str, identity: FileIdentity) -> None:
-        """`identity`: a pass is skipped (and reported) while the file is deleted or replaced,
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        identity: FileIdentity,
+        every_s: float,
+        restart_frames: int,
+    ) -> None:
+        """Start the thread: a pass every `every_s`; the writer helps at `restart_frames`.
+
+        `identity`: a pass is skipped (and reported) while the file is deleted or replaced,
         so this connection never opens, or checkpoints the log into, a stranger's file."""
         self.path = path
         self._identity = identity
+        self.every_s = every_s
+        self.restart_frames = restart_frames
         self.checkpoints = 0  # passes run
         self.wal_frames = 0  # frames in the log at the last pass
         self._synchronous = synchronous
-        self._every_s = CHECKPOINT_S
         self._restart = False
         self._last_error: str | None = None
         self._stop = threading.Event()
@@ -74,7 +81,7 @@ class Checkpointer:
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
-            while not self._stop.wait(self._every_s):
+            while not self._stop.wait(self.every_s):
                 try:
                     self._identity.check()
                     conn = conn or self._connect()
@@ -95,7 +102,7 @@ class Checkpointer:
         """One pass; if the log is too long, a second one right away, so that the writer's
         catch-up has only the frames committed during that short pass left to copy."""
         frames = self._pass(conn)
-        if frames >= WAL_RESTART_FRAMES:
+        if frames >= self.restart_frames:
             self._pass(conn)
             self._restart = True
         self._last_error = None

@@ -21,9 +21,10 @@ from engine.store.sqlite.statements import AUDIT_EXPIRED, EXPIRED, OpStatements,
 
 log = logging.getLogger(__name__)
 
-# synchronous is set per store (power_safe). secure_delete zeroes deleted rows, so a shredded
-# wrapped key does not linger in free space. No automatic checkpoints: the commit that crossed
-# 1,000 WAL pages used to copy them all and fsync the database file (see `Checkpointer`).
+# synchronous is set per store (StoreSettings.durability). secure_delete zeroes deleted rows,
+# so a shredded wrapped key does not linger in free space. No automatic checkpoints: the
+# commit that crossed 1,000 WAL pages used to copy them all and fsync the database file (see
+# `Checkpointer`).
 _PRAGMAS = (
     "PRAGMA foreign_keys = ON",
     "PRAGMA busy_timeout = 5000",
