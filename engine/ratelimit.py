@@ -7,11 +7,11 @@ seconds, with O(1) time and memory per key and no per-call lists.
 
 The TAT is kept as two floats, when the key last counted a request (`at`) and how many intervals
 it then owed (`owed`, so TAT = at + owed * interval), not as one epoch float: that one rounds to
-the clock's 2.4e-7 s grid on every request, and a burst's worth of roundings refused a request
-within the burst whenever the interval is not a binary fraction (5/s). Counted in intervals, a
-burst at one instant is exact small integers, and time is rounded once, to give the instant the
-next request passes; `retry_after` is that instant minus now (exact), so advancing the clock by
-it always lets the request through.
+the clock's grid (2.4e-7 s at today's epoch seconds) on every request, and a burst's worth of
+roundings refused a request within the burst whenever the interval is not a binary fraction
+(5/s). Counted in intervals, a burst at one instant is exact small integers, and time is rounded
+once, to give the instant the next request passes; `retry_after` is that instant minus now
+(exact), so advancing the clock by it always lets the request through.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _after_one_more(
     """Intervals owed once one more request is counted now, and how long before it is allowed.
 
     engine/cluster/rates.py runs this arithmetic in Lua, operation for operation, so the
-    cluster's answers are these to the last bit. A key never owes more than `burst` intervals at
-    its own `at` unless the clock stepped back; it then starts over, as a new key, instead of
-    waiting out the step.
+    cluster's answers are these to the last bit. A key whose clock stepped back so far that it
+    would owe more than `burst` intervals starts over, as a new key, instead of waiting out the
+    step; a smaller step counts the request as that much earlier, as a TAT would.
     """
     owed_now = owed - (now - at) / interval
     if owed_now > burst and now < at:
