@@ -1,9 +1,17 @@
 """Request rate limits by GCRA (generic cell rate algorithm).
 
-Each key's whole state is one float, its theoretical arrival time (TAT): when the key would have
-caught up if requests came exactly at the sustained rate. A request is allowed if pushing the TAT
-one interval further keeps it within `burst` intervals of now. So `burst` requests pass at once,
-then one per `1 / rate_per_s` seconds, with O(1) time and memory per key and no per-call lists.
+A key's theoretical arrival time (TAT) is when it would have caught up if requests came exactly
+at the sustained rate; a request is allowed if pushing the TAT one interval further keeps it
+within `burst` intervals of now. So `burst` requests pass at once, then one per `1 / rate_per_s`
+seconds, with O(1) time and memory per key and no per-call lists.
+
+The TAT is kept as two floats, when the key last counted a request (`at`) and how many intervals
+it then owed (`owed`, so TAT = at + owed * interval), not as one epoch float: that one rounds to
+the clock's grid (2.4e-7 s at today's epoch seconds) on every request, and a burst's worth of
+roundings refused a request within the burst whenever the interval is not a binary fraction
+(5/s). Counted in intervals, a burst at one instant is exact small integers, and time is rounded
+once, to give the instant the next request passes; `retry_after` is that instant minus now
+(exact), so advancing the clock by it always lets the request through.
 """
 
 from __future__ import annotations
@@ -33,29 +41,58 @@ class RateLimit:
         _validate(self.rate_per_s, self.burst)
 
 
+@dataclass(slots=True)
+class _Owed:
+    """A key's state: at `at` it owed `owed` intervals that time had not yet paid back."""
+
+    at: float
+    owed: float
+
+
+def _after_one_more(
+    at: float, owed: float, now: float, interval: float, burst: int
+) -> tuple[float, float]:
+    """Intervals owed once one more request is counted now, and how long before it is allowed.
+
+    engine/cluster/rates.py runs this arithmetic in Lua, operation for operation, so the
+    cluster's answers are these to the last bit. A key whose clock stepped back so far that it
+    would owe more than `burst` intervals starts over, as a new key, instead of waiting out the
+    step; a smaller step counts the request as that much earlier, as a TAT would.
+    """
+    owed_now = owed - (now - at) / interval
+    if owed_now > burst and now < at:
+        return 1.0, 0.0
+    allowed_at = at + (owed + 1 - burst) * interval
+    return max(owed_now, 0.0) + 1, allowed_at - now
+
+
 class RateLimiter:
     """GCRA limiter for one scope ("session", "user", ...) over any number of keys."""
 
-    __slots__ = ("_clock", "_interval", "_scope", "_tat", "_tolerance")
+    __slots__ = ("_burst", "_clock", "_interval", "_keys", "_scope")
 
     def __init__(self, clock: Clock, rate_per_s: float, burst: int, scope: str) -> None:
         _validate(rate_per_s, burst)
         self._clock = clock
         self._scope = scope
         self._interval = 1.0 / rate_per_s
-        # How far the TAT may run ahead of now once a request is counted.
-        self._tolerance = burst * self._interval
-        self._tat: dict[str, float] = {}
+        self._burst = burst
+        self._keys: dict[str, _Owed] = {}
 
     def __len__(self) -> int:
-        return len(self._tat)
+        return len(self._keys)
 
     def acquire(self, key: str) -> None:
         """Count one request for `key`, or raise RateLimited saying exactly when one will pass."""
-        tat, wait = self._next(key, self._clock.now())
+        now = self._clock.now()
+        owed, wait = self._next(key, now)
         if wait > 0:
             raise RateLimited(self._scope, wait)
-        self._tat[key] = tat
+        state = self._keys.get(key)
+        if state is None:
+            self._keys[key] = _Owed(now, owed)
+        else:
+            state.at, state.owed = now, owed
 
     def retry_after(self, key: str) -> float:
         """Seconds until `key` may make a request (0 if now), without counting one."""
@@ -63,19 +100,13 @@ class RateLimiter:
         return max(0.0, wait)
 
     def _next(self, key: str, now: float) -> tuple[float, float]:
-        """The TAT after one more request, and how long before that request is allowed.
-
-        A TAT never runs more than `tolerance` ahead of now unless the clock stepped back; the
-        key then starts over, as a new key, instead of waiting out the step.
-        """
-        tat = self._tat.get(key, now)
-        if tat > now + self._tolerance:
-            tat = now
-        tat = max(tat, now) + self._interval
-        return tat, (tat - self._tolerance) - now
+        state = self._keys.get(key)
+        if state is None:
+            return 1.0, 0.0
+        return _after_one_more(state.at, state.owed, now, self._interval, self._burst)
 
     def forget(self, key: str) -> None:
-        self._tat.pop(key, None)
+        self._keys.pop(key, None)
 
     def prune(self) -> int:
         """Drop keys whose TAT has passed (they behave as new keys); returns how many.
@@ -84,7 +115,11 @@ class RateLimiter:
         shrinks its table on deletes.
         """
         now = self._clock.now()
-        kept = {key: tat for key, tat in self._tat.items() if tat > now}
-        dropped = len(self._tat) - len(kept)
-        self._tat = kept
+        kept = {
+            key: state
+            for key, state in self._keys.items()
+            if state.at + state.owed * self._interval > now
+        }
+        dropped = len(self._keys) - len(kept)
+        self._keys = kept
         return dropped

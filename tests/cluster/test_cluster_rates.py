@@ -12,11 +12,13 @@ from engine.clock import ManualClock
 from engine.cluster import ClusterClient, ClusterRates
 from engine.errors import InvalidInput, RateLimited
 from engine.limits import LocalRates, RateBackend
-from engine.ratelimit import RateLimit
+from engine.ratelimit import RateLimit, RateLimiter
 
-# Intervals that are exact binary fractions: engine/ratelimit.py's float arithmetic at epoch
-# magnitudes lets one request fewer than the burst through when they are not (0.2 s), and the
-# cluster mirrors it exactly (the differential test below covers that case too).
+# Clock values where a float TAT rounds (a 2.4e-7 s grid at 1.8e9), and intervals that are not
+# binary fractions (1/3, 0.2, 1/7, 3.33 s) besides one that is.
+STARTS = [0.0, 1e9, 1.8e9]
+RATES = [3.0, 5.0, 7.0, 0.3, 2.0]
+
 LIMITS = {"session": RateLimit(rate_per_s=2.0, burst=3), "user": RateLimit(rate_per_s=4.0, burst=4)}
 
 
@@ -70,6 +72,41 @@ async def test_workers_share_one_rate(redis_url, clock):
     await two._client.aclose()
 
 
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("rate", RATES)
+async def test_exactly_burst_pass_at_any_clock_value_as_locally(redis_url, start, rate):
+    burst = 4
+    clock = ManualClock(start)
+    rates = cluster_rates(redis_url, clock, {"user": RateLimit(rate, burst)})
+    local = RateLimiter(clock, rate, burst, "user")
+    for _ in range(burst):
+        await rates.acquire([("user", "u")])
+        local.acquire("u")
+    with pytest.raises(RateLimited) as refused:
+        await rates.acquire([("user", "u")])
+    wait = refused.value.retry_after
+    assert wait == pytest.approx(1 / rate, abs=1e-6)
+    assert wait == local.retry_after("u")  # to the last bit
+    assert await rates.retry_after("user", "u") == wait
+    for _ in range(5):  # one per interval from here, each refusal the interval again
+        clock.advance(wait)
+        await rates.acquire([("user", "u")])
+        local.acquire("u")
+        wait = await rates.retry_after("user", "u")
+        assert wait == local.retry_after("u") == pytest.approx(1 / rate, abs=1e-6)
+    await rates._client.aclose()
+
+
+async def test_a_key_expires_late_never_early(valkey, redis_url, clock):
+    rates = cluster_rates(redis_url, clock, {"user": RateLimit(5.0, 4)})
+    for _ in range(4):
+        await rates.acquire([("user", "u")])
+    with valkey.client() as admin:
+        left_ms = admin.pttl(rates.keys([("user", "u")])[0])
+    assert 60_000 < left_ms <= 60_000 + 800  # the TAT is 0.8 s ahead, plus the grace
+    await rates._client.aclose()
+
+
 step = st.one_of(
     st.tuples(st.just("advance"), st.sampled_from([0.05, 0.1, 0.2, 0.5, 1.3])),
     st.tuples(st.just("acquire"), st.lists(
@@ -93,14 +130,15 @@ async def outcome(rates: RateBackend, op: tuple) -> object:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ops=st.lists(step, max_size=30),
-    user_rate=st.builds(RateLimit, st.sampled_from([5.0, 4.0, 0.3, 7.0]), st.integers(1, 5)),
+    user_rate=st.builds(RateLimit, st.sampled_from([5.0, 4.0, 0.3, 7.0, 3.0]), st.integers(1, 5)),
+    start=st.sampled_from([*STARTS, 1.7e9]),
 )
-def test_every_answer_is_the_local_limiters(valkey, ops, user_rate):
+def test_every_answer_is_the_local_limiters(valkey, ops, user_rate, start):
     async def run() -> None:
         with valkey.client() as admin:
             admin.flushall()
         limits = {**LIMITS, "user": user_rate}
-        local_clock, cluster_clock = ManualClock(), ManualClock()
+        local_clock, cluster_clock = ManualClock(start), ManualClock(start)
         local = LocalRates(local_clock, limits)
         shared = cluster_rates(valkey.url, cluster_clock, limits)
         try:

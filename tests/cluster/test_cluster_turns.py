@@ -105,6 +105,30 @@ async def test_finish_says_when_the_lease_had_passed_to_another(redis_url, clock
     await state.aclose()
 
 
+@pytest.mark.parametrize("start", [0.0, 1e9, 1.8e9])
+async def test_admit_lets_exactly_the_burst_through_at_any_clock_value(redis_url, start):
+    clock = ManualClock(start)
+    limits = LimitSettings(
+        tiers={"free": {**TIERS["free"], "api_calls": QuotaLimit(100, 60.0)}},
+        session_rate=RateLimit(5.0, 4), user_rate=RateLimit(7.0, 6),
+    )
+    state = await ClusterState.open(ClusterSettings(redis_url=redis_url), clock, limits)
+    for _ in range(4):
+        await state.turns.admit("s1", "u", {"api_calls": 1})
+    with pytest.raises(RateLimited) as session:
+        await state.turns.admit("s1", "u", {"api_calls": 1})
+    assert session.value.scope == "session"
+    assert session.value.retry_after == pytest.approx(0.2, abs=1e-6)
+    for _ in range(2):  # the user's 5th and 6th of a burst of 6
+        await state.turns.admit("s2", "u", {"api_calls": 1})
+    with pytest.raises(RateLimited) as user:
+        await state.turns.admit("s3", "u", {"api_calls": 1})
+    assert user.value.scope == "user" and user.value.retry_after == pytest.approx(1 / 7, abs=1e-6)
+    clock.advance(user.value.retry_after)
+    await state.turns.admit("s3", "u", {"api_calls": 1})
+    await state.aclose()
+
+
 admission = st.tuples(
     st.sampled_from(["s1", "s2", "s3"]),
     st.dictionaries(st.sampled_from(["api_calls", "tokens"]), st.sampled_from([0, 1, 20, 70]),
@@ -114,12 +138,12 @@ step = st.one_of(admission, st.sampled_from([0.1, 0.25, 0.5, 2.0, 30.0]))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=st.lists(step, max_size=25))
-def test_admit_answers_as_the_local_rate_then_reserve(valkey, steps):
+@given(steps=st.lists(step, max_size=25), start=st.sampled_from([0.0, 1e9, 1.8e9]))
+def test_admit_answers_as_the_local_rate_then_reserve(valkey, steps, start):
     async def run() -> None:
         with valkey.client() as admin:
             admin.flushall()
-        local_clock, cluster_clock = ManualClock(), ManualClock()
+        local_clock, cluster_clock = ManualClock(start), ManualClock(start)
         rates = LocalRates(local_clock, {"session": LIMITS.session_rate, "user": LIMITS.user_rate})
         quotas = LocalQuotas(QuotaManager(local_clock, TIERS))
         state = await open_state(valkey.url, cluster_clock)

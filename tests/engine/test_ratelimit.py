@@ -132,3 +132,71 @@ def test_no_interval_admits_more_than_burst_plus_rate_times_length(
         for j in range(i, len(times)):
             count = j - i + 1
             assert count <= burst + rate * (times[j] - start) + 1e-6
+
+
+# Clock values where a float TAT rounds: 0, and epoch seconds (a 2.4e-7 s grid at 1.8e9).
+STARTS = [0.0, 1e9, 1.7e9, 1.8e9]
+# Intervals that are not binary fractions (1/3, 0.2, 1/7, 3.33 s) besides ones that are.
+RATES = [3.0, 5.0, 7.0, 0.3, 2.0]
+
+
+def burst_then_refusal(limiter: RateLimiter, key: str, burst: int) -> float:
+    """Assert exactly `burst` requests pass at once; return the next one's retry_after."""
+    for n in range(burst):
+        assert allowed(limiter, key), f"request {n + 1} of a burst of {burst} was refused"
+    with pytest.raises(RateLimited) as refused:
+        limiter.acquire(key)
+    return refused.value.retry_after
+
+
+@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("burst", [1, 4, 10])
+def test_exactly_burst_pass_at_any_clock_value(start: float, rate: float, burst: int) -> None:
+    clock = ManualClock(start)
+    limiter = RateLimiter(clock, rate_per_s=rate, burst=burst, scope="user")
+    wait = burst_then_refusal(limiter, "k", burst)
+    assert wait == pytest.approx(1 / rate, abs=1e-6)
+    assert limiter.retry_after("k") == wait
+    # The state never drifts: one request per interval, each refusal the interval again.
+    for _ in range(20):
+        clock.advance(wait)
+        assert allowed(limiter, "k")
+        with pytest.raises(RateLimited) as refused:
+            limiter.acquire("k")
+        wait = refused.value.retry_after
+        assert wait == pytest.approx(1 / rate, abs=1e-6)
+    clock.advance(burst / rate + 1e-6)  # idle a full burst's worth: the whole burst again
+    assert burst_then_refusal(limiter, "k", burst) == pytest.approx(1 / rate, abs=2e-6)
+
+
+@given(
+    start=st.floats(min_value=0.0, max_value=4e9),
+    rate=st.floats(min_value=0.01, max_value=1000.0),
+    burst=st.integers(min_value=1, max_value=50),
+)
+def test_burst_and_retry_after_are_exact_for_any_rate(
+    start: float, rate: float, burst: int
+) -> None:
+    clock = ManualClock(start)
+    limiter = RateLimiter(clock, rate_per_s=rate, burst=burst, scope="user")
+    wait = burst_then_refusal(limiter, "k", burst)
+    assert wait == pytest.approx(1 / rate, abs=1e-6)
+    clock.advance(wait)  # exactly the wait: the request passes, not one clock tick later
+    assert limiter.retry_after("k") == 0.0
+    assert allowed(limiter, "k")
+    assert not allowed(limiter, "k")
+
+
+def test_a_small_step_back_counts_the_request_as_earlier() -> None:
+    """As a TAT does: the step adds to what the key owes, unless it is more than the burst."""
+    clock, limiter = make(rate=1.0, burst=3)
+    limiter.acquire("k")
+    clock.step(-0.5)
+    limiter.acquire("k")  # owes 2.5 intervals of 3
+    assert limiter.retry_after("k") == pytest.approx(0.5)
+    clock.step(-1.0)  # now owes 3.5 of 3: the key starts over as a new one
+    assert limiter.retry_after("k") == 0.0
+    for _ in range(3):
+        limiter.acquire("k")
+    assert limiter.retry_after("k") == pytest.approx(1.0)
