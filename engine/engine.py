@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -30,9 +30,9 @@ from engine.errors import (
     ConfigurationError,
     EngineClosed,
     EngineError,
-    StoreError,
 )
 from engine.hot_sessions import HotSessions
+from engine.key_rotation import rotate_master_key
 from engine.monitor import Monitor
 from engine.operator import Operator
 from engine.overload import LoadShedder, OverloadStats
@@ -46,7 +46,8 @@ from engine.runner import AgentRunner
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, issue_token, rotate
 from engine.sessions import Message, Session, SessionRegistry
-from engine.store import Assign, Op, Prune, RewrapReport, Store, TokenUpdate, open_store
+from engine.store import Assign, Prune, RewrapReport, Store, TokenUpdate, open_store
+from engine.store_link import StoreLink
 from engine.turns import MultitaskStrategy, TurnPipeline, check_strategy
 from engine.views import (
     CreatedSession,
@@ -91,9 +92,9 @@ class Engine:
         self._monitor = Monitor(
             self.clock, max_alerts=config.monitor.max_alerts,
             cooldown_s=config.monitor.alert_cooldown_s,
-            on_alert=lambda alert: self._persist_later(alert_row(alert)),
+            on_alert=lambda alert: self._link.later(alert_row(alert)),
         )
-        self._store: Store | None = None
+        self._link = StoreLink()
         self._rollup = MetricsRollup()
         self.restore_report: RestoreReport | None = None
         specs = load_agent_specs(config.pools.agent_types_file)
@@ -109,7 +110,7 @@ class Engine:
             config.sessions, registry=self._registry, views=self._views, quotas=self._quotas,
             session_rate=self._session_rate, user_rate=self._user_rate,
             balancer=self._balancer, monitor=self._monitor, store=lambda: self.store,
-            keyring=lambda: self.keyring, persist_later=self._persist_later,
+            keyring=lambda: self.keyring, persist_later=self._link.later,
         )
         self._hot = HotSessions(
             self._registry, config.sessions, self._residency.load, self._views.invalidate
@@ -126,7 +127,7 @@ class Engine:
             quota_watch=self._quota_watch, session_rate=self._session_rate,
             user_rate=self._user_rate, runner=self._runner, hot=self._hot,
             balancer=self._balancer, monitor=self._monitor, views=self._views,
-            commit=self._commit, persist_later=self._persist_later,
+            commit=self._link.commit, persist_later=self._link.later,
         )
         self.operator = Operator(
             registry=self._registry, views=self._views, monitor=self._monitor,
@@ -134,8 +135,6 @@ class Engine:
         )
         self._housekeeping: asyncio.Task[None] | None = None
         self._housekeeping_passes = 0
-        self._store_ok = True  # the last durable write committed (readiness)
-        self._store_probe: asyncio.Task[None] | None = None
         self._cluster: ClusterWorker | None = None  # a worker of a cluster (cluster.redis_url)
         self._state = "new"
 
@@ -148,7 +147,7 @@ class Engine:
             KeyRing.load, store.master_key_file, store.master_keys,
             given_source=f"StoreSettings.master_keys ({MASTER_KEY_ENV})",
         )
-        self._store = await open_store(store.database_url or store.db_path, store)
+        self._link.store = await open_store(store.database_url or store.db_path, store)
         try:
             if self.config.cluster.redis_url:
                 self._cluster = await self._join_cluster()
@@ -156,14 +155,14 @@ class Engine:
         except BaseException:
             if self._cluster is not None:
                 await self._cluster.leave()
-            await self._store.aclose()
+            await self._link.aclose()
             raise
         self._runner.prewarm()
         if self.config.tune_gc:
             prepare_for_serving()
         self._housekeeping = asyncio.create_task(self._housekeep_forever(), name="housekeeping")
         if self._shedder is not None:
-            store = self._store
+            store = self._link.store
             self._overload_probe = asyncio.create_task(
                 self._shedder.watch(lambda: store.stats().queue_depth), name="overload probe"
             )
@@ -179,7 +178,7 @@ class Engine:
     def ready(self) -> bool:
         """Serving turns: open, not draining, and the store committing (for /readyz)."""
         cluster_ok = self._cluster is None or self._cluster.available
-        return self._state == "open" and self._store_ok and cluster_ok
+        return self._state == "open" and self._link.ok and cluster_ok
 
     @property
     def turns_in_flight(self) -> int:
@@ -208,10 +207,9 @@ class Engine:
     async def aclose(self) -> None:
         """Stop housekeeping, flush and close the store, close the model clients."""
         self._state = "closed"
-        for probe in (self._overload_probe, self._store_probe):
-            if probe is not None:
-                probe.cancel()
-        self._overload_probe = self._store_probe = None
+        if self._overload_probe is not None:
+            self._overload_probe.cancel()
+            self._overload_probe = None
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -219,8 +217,7 @@ class Engine:
             self._housekeeping = None
         if self._cluster is not None:
             await self._cluster.leave()
-        if self._store is not None:
-            await self._store.aclose()
+        await self._link.aclose()
         await self._runner.aclose()
 
     async def __aenter__(self) -> Engine:
@@ -258,7 +255,7 @@ class Engine:
         session.worker = self._balancer.assign(session.session_id)
         self._views.invalidate(session)
         try:
-            await self._committed(self.store.save_session(session_row(session)))
+            await self._link.committed(self.store.save_session(session_row(session)))
         except EngineError:
             self._registry.remove(session.session_id, "ended", now, "could not be saved")
             raise
@@ -327,32 +324,24 @@ class Engine:
     def store(self) -> Store:
         if self._state != "draining":  # turns in flight still commit while draining
             self._require_open()
-        assert self._store is not None
-        return self._store
+        assert self._link.store is not None
+        return self._link.store
 
     async def rotate_master_key(self, new_key: bytes | None = None) -> RewrapReport:
-        """Re-wrap every session key under a new master key; message ciphertext is untouched.
-
-        The key file first holds the new key and the old ones, so a crash mid-way leaves every
-        key readable; once all are re-wrapped it holds the new key alone.
-        """
+        """Re-wrap every session key under a new master key (engine/key_rotation.py)."""
         if self.config.store.master_keys:
             raise ConfigurationError(
                 f"master keys come from {MASTER_KEY_ENV}: put a new key first in "
                 "that variable (comma-separated, old keys after it) and restart to rotate"
             )
-        key_file = self.config.store.master_key_file
-        ring = self.keyring.rotate(new_key or Fernet.generate_key())
-        await asyncio.to_thread(ring.save, key_file)
-        self._keyring = ring
-        report = await self.store.rewrap_keys(ring.rewrap)
-        for session in self._registry:
-            if session.wrapped_key is not None:
-                session.wrapped_key = ring.rewrap(session.wrapped_key)
-        if not report.failed:
-            self._keyring = ring.drop_old_keys()
-            await asyncio.to_thread(self._keyring.save, key_file)
-        return report
+
+        def use(ring: KeyRing) -> None:
+            self._keyring = ring
+
+        return await rotate_master_key(
+            self.keyring, new_key or Fernet.generate_key(), self.config.store.master_key_file,
+            self.store, self._registry, use,
+        )
 
     def auth_failure_stats(self) -> AuthFailureStats:
         """Presenters that kept failing authentication and how many were refused unchecked."""
@@ -389,11 +378,11 @@ class Engine:
         self._runner.reap(now)
         self._monitor.tick()
         self._housekeeping_passes += 1
-        if not self._store_ok:
-            self._probe_store(now)
+        if not self._link.ok:
+            self._link.probe(now)
         if self._housekeeping_passes % PRUNE_EVERY == 0:
             self._quotas.prune()
-            self._persist_later(Prune(now), self._rollup.row(now, self._monitor.snapshot()))
+            self._link.later(Prune(now), self._rollup.row(now, self._monitor.snapshot()))
         return len(expired)
 
     def snapshot(self) -> EngineSnapshot:
@@ -410,7 +399,7 @@ class Engine:
             workers=self._balancer.snapshot(),
             moves_total=self._balancer.moves_total,
             clients=self._runner.client_stats(),
-            store=self._store.stats() if self._store is not None else None,
+            store=self._link.store.stats() if self._link.store is not None else None,
             cache=self._hot.view(self._residency.unreadable),
         )
 
@@ -425,7 +414,7 @@ class Engine:
         worker = await ClusterWorker.open(
             self.config, registry=self._registry, quotas=self._quotas,
             balancer=self._balancer, monitor=self._monitor, store=lambda: self.store,
-            persist_later=self._persist_later,
+            persist_later=self._link.later,
             forget=lambda s: self._registry.remove(
                 s.session_id, "ended", self.clock.now(), "ended on another worker"
             ),
@@ -443,7 +432,7 @@ class Engine:
         if session is not None:
             session.worker = move.to_worker
             self._views.invalidate(session)
-            self._persist_later(Assign(move.session_id, move.to_worker))
+            self._link.later(Assign(move.session_id, move.to_worker))
 
     async def _rotate(self, session: Session) -> str:
         """Replace the session's token (same expiry) and store its hash; returns the new one."""
@@ -467,41 +456,11 @@ class Engine:
         if self._cluster is not None:  # the other workers forget it at its next use
             await self._cluster.bump(session.session_id)
 
-    async def _commit(self, *ops: Op) -> None:
-        """Write ops and wait as the store acknowledges, remembering whether it is committing
-        (readiness)."""
-        await self._committed(self.store.write(*ops))
-
-    async def _committed(self, write: Awaitable[None]) -> None:
-        try:
-            await write
-        except StoreError:
-            self._store_ok = False
-            raise
-        self._store_ok = True
-
-    def _probe_store(self, now: float) -> None:
-        """While the store fails, try a small real write each housekeeping pass, so readiness
-        comes back with the disk or the file even when no traffic is let in to find out."""
-        if self._store_probe is None or self._store_probe.done():
-            self._store_probe = asyncio.create_task(self._commit_probe(now), name="store probe")
-
-    async def _commit_probe(self, now: float) -> None:
-        with contextlib.suppress(EngineError):  # still failing, or closing meanwhile
-            await self._commit(Prune(now))
-
-    def _persist_later(self, *ops: Op) -> None:
-        """Queue ops without making the caller wait (events raised outside any request).
-
-        Queued in order behind everything already written, so a later `flush()` covers them.
-        """
-        if self._store is not None and self._state != "closed":
-            self._store.write_nowait(*ops)
-
     async def _restore(self) -> RestoreReport:
         """Bring back live sessions (cold: no message read) and the users' quota windows."""
-        assert self._store is not None and self._keyring is not None
-        restored = await self._store.load_live(self.clock.now())
+        store = self._link.store
+        assert store is not None and self._keyring is not None
+        restored = await store.load_live(self.clock.now())
         if self._cluster is not None and restored.sessions:
             check_cluster_key(self._keyring, restored.sessions[0].wrapped_key)
         report, moved = adopt_restored(
@@ -511,7 +470,7 @@ class Engine:
             default_tier=self.config.limits.default_tier,
         )
         if moved:
-            await self._store.write(*moved)
+            await store.write(*moved)
         return report
 
     async def _housekeep_forever(self) -> None:
