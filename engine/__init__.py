@@ -23,6 +23,8 @@ from engine.quotas import QuotaLimit, QuotaUsage
 from engine.ratelimit import RateLimit
 from engine.sessions import Message
 from engine.views import (
+    CacheView,
+    ClusterView,
     CreatedSession,
     EngineSnapshot,
     QuotaView,
@@ -33,7 +35,9 @@ from engine.views import (
 )
 
 __all__ = [
+    "CacheView",
     "ClusterSettings",
+    "ClusterView",
     "CreatedSession",
     "Engine",
     "EngineConfig",

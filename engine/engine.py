@@ -401,6 +401,7 @@ class Engine:
             clients=self._runner.client_stats(),
             store=self._link.store.stats() if self._link.store is not None else None,
             cache=self._hot.view(self._residency.unreadable),
+            cluster=self._cluster.view() if self._cluster is not None else None,
         )
 
     # -- authentication and cluster membership --------------------------------------------------

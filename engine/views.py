@@ -13,6 +13,7 @@ from typing import Any
 from engine.alerts import Alert
 from engine.balancer import WorkerView
 from engine.clients import ClientCacheStats
+from engine.cluster.registry import WorkerView as ClusterMember
 from engine.health import SessionMetrics
 from engine.monitor import Monitor, MonitorSnapshot
 from engine.pool import PoolView
@@ -116,6 +117,16 @@ class SessionDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterView:
+    """This worker's view of its cluster: its name, whether Valkey/Redis answers, and the
+    workers alive at its last heartbeat with the load each reported."""
+
+    worker_id: str
+    available: bool
+    members: tuple[ClusterMember, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class EngineSnapshot:
     """Plain immutable data for the console; building it costs O(sessions) pointer copies."""
 
@@ -132,6 +143,7 @@ class EngineSnapshot:
     clients: ClientCacheStats | None
     store: StoreStats | None
     cache: CacheView | None = None
+    cluster: ClusterView | None = None  # None: a single process
 
 
 class SessionViews:

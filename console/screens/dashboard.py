@@ -29,7 +29,7 @@ from widgets import (
 )
 
 if TYPE_CHECKING:
-    from engine import CacheView, EngineSnapshot
+    from engine import CacheView, ClusterView, EngineSnapshot
     from engine.gateway import GatewayStats
 
 HEALTH_WARN = 80
@@ -41,6 +41,7 @@ DASHBOARD_QUOTAS = 6
 SPARK_SECONDS = 180  # "the last minutes"
 HTTP_MARK = "↗"  # sessions created through the HTTP gateway (filter: via:http)
 GATEWAY_ROUTES = 6  # routes listed in the gateway panel, busiest first
+CLUSTER_WORKERS = 6  # workers listed in the cluster panel
 
 # Shift+letter sorts by a column, as in k9s; the same key again reverses.
 SORT_BINDINGS = (
@@ -130,6 +131,28 @@ def gateway_lines(stats: GatewayStats, limit: int) -> str:
     ]
     if len(stats.routes) > limit:
         lines.append(f"+{len(stats.routes) - limit} more routes · GET /metrics for all")
+    return "\n".join(lines)
+
+
+def cluster_title(cluster: ClusterView) -> str:
+    title = f"Cluster  {len(cluster.members)} workers · this one {cluster.worker_id}"
+    return title if cluster.available else title + " · Valkey/Redis unreachable"
+
+
+def cluster_lines(cluster: ClusterView, limit: int) -> str:
+    """Every worker alive at the last heartbeat (this one marked *): sessions it holds,
+    turns/s, p99, pool occupancy and how long ago it was heard from. 60 columns at most."""
+    if not cluster.members:
+        return "no heartbeat yet" if cluster.available else "workers unknown while unreachable"
+    lines = [
+        f"{'*' if m.worker_id == cluster.worker_id else ' '}{m.worker_id:<10.10}"
+        f"{fmt.count(m.load.sessions):>6} sess{fmt.rate(m.load.turns_per_s):>6}/s"
+        f" p99 {fmt.latency(m.load.p99_s):>6} pool{m.load.pool_occupancy:>4.0%}"
+        f"{m.heartbeat_age_s:>5.1f}s"
+        for m in cluster.members[:limit]
+    ]
+    if len(cluster.members) > limit:
+        lines.append(f"+{len(cluster.members) - limit} more workers")
     return "\n".join(lines)
 
 
@@ -250,6 +273,9 @@ class DashboardScreen(TableScreen):
                 with Vertical(classes="box", id="alerts-box"):
                     yield Label("Alerts", classes="box-title", id="alerts-title")
                     yield AlertList(id="alerts", more_hint="a: all alerts")
+                with Vertical(classes="box", id="cluster-box"):
+                    yield Label("Cluster", classes="box-title", id="cluster-title")
+                    yield Static("", id="cluster")
                 with Vertical(classes="box", id="gateway-box"):
                     yield Label("Gateway", classes="box-title", id="gateway-title")
                     yield Static("", id="gateway")
@@ -299,6 +325,20 @@ class DashboardScreen(TableScreen):
             alert_rows(listed, snapshot.taken_at, DASHBOARD_ALERTS), total=len(listed)
         )
         self._show_gateway(self.console.gateway_stats)
+        self._show_cluster(snapshot.cluster)
+
+    def _show_cluster(self, cluster: ClusterView | None) -> None:
+        box = self.query_one("#cluster-box")
+        box.display = cluster is not None
+        if cluster is None:
+            return
+        title = self.query_one("#cluster-title", Label)
+        set_text(title, cluster_title(cluster))
+        title.set_class(not cluster.available, "-down")
+        lines = cluster_lines(cluster, CLUSTER_WORKERS)
+        members = self.query_one("#cluster", Static)
+        if str(members.content) != lines:
+            members.update(lines)
 
     def _show_cache(self, summary: str) -> None:
         line = self.query_one("#cache-line", Label)

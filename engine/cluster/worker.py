@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from engine.balancer import Balancer
-from engine.cluster.registry import WorkerLoad
+from engine.cluster.registry import WorkerLoad, WorkerView
 from engine.cluster.state import ClusterState
 from engine.cluster.turns import RunningTurn
 from engine.config import DATABASE_URL_ENV, MASTER_KEY_ENV, REDIS_URL_ENV, EngineConfig
@@ -34,6 +34,7 @@ from engine.restore import adopt_cold, cold_session
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Session, SessionRegistry
 from engine.store import SessionRecord, Store
+from engine.views import ClusterView
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +70,7 @@ class ClusterWorker:
         self._forget = forget
         self._tiers = frozenset(config.limits.tiers)
         self.available = True  # the last call to Valkey/Redis was answered (readiness)
+        self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
         self._heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
@@ -107,11 +109,15 @@ class ClusterWorker:
         while True:
             try:
                 await registry.heartbeat(self.worker_id, load())
+                self.members = await registry.alive()
                 self.available = True
             except ClusterUnavailable as exc:
                 self.available = False
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
             await asyncio.sleep(registry.heartbeat_s)
+
+    def view(self) -> ClusterView:
+        return ClusterView(self.worker_id, self.available, self.members)
 
     async def leave(self) -> None:
         """Leave the registry at once (not after `worker_dead_after_s`) and disconnect."""

@@ -9,6 +9,7 @@ import contextlib
 import pytest
 from cryptography.fernet import Fernet
 
+from console.app import SessionConsole
 from engine import Engine
 from engine.errors import (
     AuthenticationError,
@@ -18,6 +19,7 @@ from engine.errors import (
 )
 from engine.quotas import QuotaLimit
 from engine.ratelimit import RateLimit
+from tests.console.rendered import screen_text
 
 MASTER_KEY = Fernet.generate_key().decode()
 GENEROUS = {"session_rate": RateLimit(1000.0, 1000), "user_rate": RateLimit(1000.0, 1000)}
@@ -136,3 +138,18 @@ async def test_valkey_down_fails_turns_fast_and_readiness_follows(worker_config,
         assert one.ready
         texts = await user_texts(one, created.session_id, created.token)
         assert texts == ["before", "after"]
+
+
+async def test_the_console_shows_every_worker_of_the_cluster(worker_config):
+    async with workers(worker_config("w1"), worker_config("w2")) as (one, two):
+        created = await two.create_session("frank")
+        await two.send(created.session_id, created.token, "hello from w2")
+        while {m.worker_id for m in one.snapshot().cluster.members} != {"w1", "w2"}:
+            await asyncio.sleep(0.05)  # both have sent a heartbeat since they started
+        app = SessionConsole(engine=one, refresh_hz=0.25)  # refreshed by the test
+        async with app.run_test(size=(160, 50)) as pilot:
+            app.refresh_data(force=True)
+            await pilot.pause()
+            text = screen_text(app)
+            assert "Cluster  2 workers · this one w1" in text
+            assert "*w1" in text and " w2" in text
