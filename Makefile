@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo cluster-demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python demo_load.py
+
+cluster-demo: $(STAMP)
+	$(BIN)/python demo_load.py --cluster 2 --data-dir data
 
 test: $(STAMP)
 	$(BIN)/ruff check .

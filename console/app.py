@@ -24,6 +24,7 @@ from textual.timer import Timer
 
 from console.export import write_export
 from console.load import STOP_GRACE_S, LoadController
+from console.logs import NotifyHandler
 from console.messages import (
     AcknowledgeAlerts,
     AcknowledgeAllAlerts,
@@ -113,9 +114,11 @@ class SessionConsole(App[None]):
         self._listen = listen
         self.gateway: Gateway | None = None
         self.gateway_stats: GatewayStats | None = None
+        self._log_handler = NotifyHandler(self)  # logged warnings as notifications
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_mount(self) -> None:
+        self._log_handler.install()
         if self.owns_engine:
             await self.engine.open()
         self._engine_ready = True
@@ -152,6 +155,7 @@ class SessionConsole(App[None]):
             await self.gateway.stop()
         if self.owns_engine:
             await self.engine.aclose()
+        self._log_handler.remove()
 
     # -- the refresh loop ------------------------------------------------------------------------
     def _arm(self) -> None:

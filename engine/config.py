@@ -25,6 +25,7 @@ MASTER_KEY_ENV = "SESSION_CONSOLE_MASTER_KEY"  # comma-separated Fernet keys, pr
 APP_KEYS_ENV = "SESSION_CONSOLE_APP_KEYS"  # comma-separated keys allowed to create sessions
 DATABASE_URL_ENV = "SESSION_CONSOLE_DATABASE_URL"  # postgresql://... : the store in PostgreSQL
 REDIS_URL_ENV = "SESSION_CONSOLE_REDIS_URL"  # the cluster's shared state (Valkey/Redis)
+WORKER_ID_ENV = "SESSION_CONSOLE_WORKER_ID"  # a worker's name in the cluster's registry
 OPENAI_ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL")
 
 
@@ -270,7 +271,8 @@ class EngineConfig:
 
         Reads SESSION_CONSOLE_MASTER_KEY and SESSION_CONSOLE_APP_KEYS (comma-separated; set
         values replace the key files), SESSION_CONSOLE_DATABASE_URL (a PostgreSQL store),
-        SESSION_CONSOLE_REDIS_URL (cluster mode, unless `cluster` sets one) and OPENAI_BASE_URL,
+        SESSION_CONSOLE_REDIS_URL and SESSION_CONSOLE_WORKER_ID (cluster mode, unless `cluster`
+        sets them) and OPENAI_BASE_URL,
         OPENAI_API_KEY, OPENAI_MODEL (for what `llm` leaves unset). Empty variables count as
         unset.
         """
@@ -298,6 +300,7 @@ class EngineConfig:
             cluster=replace(
                 config.cluster,
                 redis_url=config.cluster.redis_url or env.get(REDIS_URL_ENV) or None,
+                worker_id=config.cluster.worker_id or env.get(WORKER_ID_ENV, ""),
             ),
         )
 

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "engine, e.g. http://127.0.0.1:8080 (default: in-process)")
     g.add_argument("--app-key", metavar="KEY",
                    help=f"the gateway's app key for --target (default: ${APP_KEY_ENV})")
+    g.add_argument("--cluster", type=int, metavar="N",
+                   help="run a local cluster first (Valkey and PostgreSQL from the pip wheels "
+                        "under DATA_DIR/cluster, N `serve` workers each with its own HTTP load) "
+                        "and open the console as one more worker of it (make cluster-demo)")
     g.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
                    help="--target: a request without a reply after this fails "
                         "(default: %(default)s)")

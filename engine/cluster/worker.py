@@ -71,6 +71,7 @@ class ClusterWorker:
         self._tiers = frozenset(config.limits.tiers)
         self.available = True  # the last call to Valkey/Redis was answered (readiness)
         self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
+        self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
@@ -121,6 +122,8 @@ class ClusterWorker:
 
     async def leave(self) -> None:
         """Leave the registry at once (not after `worker_dead_after_s`) and disconnect."""
+        for task in self._renewing.values():
+            task.cancel()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -219,7 +222,26 @@ class ClusterWorker:
             if record is not None:
                 self._refresh(session, record)
             session.version = got.version
+        self._renewing[got.slot] = asyncio.create_task(self._renew(got), name="lease renewal")
         return got
+
+    async def _renew(self, turn: RunningTurn) -> None:
+        """Keep the lease while the turn runs (a turn may outlast the TTL: a slow model, a
+        queue for an agent); the TTL only decides how soon a dead worker's sessions move."""
+        lease = turn.lease
+        while True:
+            await asyncio.sleep(lease.ttl_s / 3)
+            try:
+                ok = await self.state.leases.renew(lease)
+                if not ok:
+                    return  # lapsed already: `finish` reports it
+            except ClusterUnavailable as exc:
+                log.warning("session %s: renewing its lease: %s", lease.session_id[:8], exc)
+
+    def _stop_renewing(self, turn: RunningTurn) -> None:
+        task = self._renewing.pop(turn.slot, None)
+        if task is not None:
+            task.cancel()
 
     async def finish(
         self, session: Session, turn: RunningTurn, reservation: Reservation,
@@ -230,6 +252,7 @@ class ClusterWorker:
         The reply is owed whatever happens here: if the server went away, the lease, slot and
         reservation lapse by themselves, and another worker's copy reloads when its write of
         the next message collides with this one's (a rejected write marks its copy stale)."""
+        self._stop_renewing(turn)
         try:
             held, version = await self.state.turns.finish(turn, reservation, used)
         except ClusterUnavailable as exc:
@@ -246,6 +269,8 @@ class ClusterWorker:
         """A failed or cancelled turn: give back its reservation, slot and lease, without
         making the failing caller wait (nor failing it again if the server is down: the
         reservation, slot and lease lapse by themselves)."""
+        if turn is not None:
+            self._stop_renewing(turn)
         if reservation is None:
             return
         task = asyncio.ensure_future(self._release(turn, reservation))

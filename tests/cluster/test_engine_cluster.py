@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import pytest
 from cryptography.fernet import Fernet
 
 from console.app import SessionConsole
-from engine import Engine
+from engine import Engine, SimSettings
 from engine.errors import (
     AuthenticationError,
     ClusterUnavailable,
@@ -153,3 +154,24 @@ async def test_the_console_shows_every_worker_of_the_cluster(worker_config):
             text = screen_text(app)
             assert "Cluster  2 workers · this one w1" in text
             assert "*w1" in text and " w2" in text
+
+
+async def test_a_turn_longer_than_the_lease_keeps_it_and_the_next_waits(
+    worker_config, caplog
+):
+    slow = {"sim": SimSettings(median_latency_s=4.0, p99_latency_s=4.0, seed=1),
+            "turn_timeout_s": 30.0}
+    cluster = {"lease_ttl_s": 1.5}  # renewed every 0.5 s: room for a busy machine's loop lag
+    one_config, two_config = (worker_config(name, llm=slow) for name in ("w1", "w2"))
+    one_config = replace(one_config, cluster=replace(one_config.cluster, **cluster))
+    two_config = replace(two_config, cluster=replace(two_config.cluster, **cluster))
+    async with workers(one_config, two_config) as (one, two):
+        created = await one.create_session("gina")
+        sid, token = created.session_id, created.token
+        first = asyncio.create_task(one.send(sid, token, "long turn on w1"))
+        await asyncio.sleep(3.2)  # two lease TTLs into w1's turn
+        await two.send(sid, token, "then w2")
+        await first
+        texts = await user_texts(two, sid, token)
+        assert texts == ["long turn on w1", "then w2"]  # w2 waited for w1's turn
+    assert "lease passed to another worker" not in caplog.text

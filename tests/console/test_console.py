@@ -6,6 +6,8 @@ import contextlib
 import csv
 import itertools
 import json
+import logging
+import threading
 import types
 
 import pytest
@@ -894,3 +896,20 @@ def test_command_line_and_run_console_open_the_console(monkeypatch, tmp_path):
     (owns, load, hz, first), (_, load_flag, _, _), (_, with_options, _, given) = opened
     assert owns and not load and hz == 4 and first.store.data_dir == tmp_path
     assert load_flag and with_options and given is config
+
+
+async def test_logged_warnings_become_notifications_not_text_over_the_screen(engine):
+    app = console_for(engine)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        logging.getLogger("engine.cluster.worker").warning("lease of %s lapsed", "s1")
+        threading.Thread(
+            target=logging.getLogger("engine.store").error, args=("disk trouble",)
+        ).start()  # from another thread too
+        for _ in range(50):
+            await pilot.pause()
+            if len(app.notices) >= 2:
+                break
+        assert "engine.cluster.worker: lease of s1 lapsed" in app.notices
+        assert "engine.store: disk trouble" in app.notices
+    logging.getLogger("engine").warning("after the console closed")  # its handler is gone
+    assert not any("after the console" in notice for notice in app.notices)
