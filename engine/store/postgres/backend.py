@@ -39,7 +39,7 @@ from engine.store.ops import Op, Restored, RewrapReport, SessionRecord, StoredSe
 from engine.store.postgres.dsn import redacted, without_password
 from engine.store.postgres.errors import store_error
 from engine.store.postgres.restore import read_live, read_record, read_session
-from engine.store.postgres.statements import OpStatements, Statement
+from engine.store.postgres.statements import PostgresStatements
 from engine.store.postgres.transactions import (
     close_out,
     commit_batch,
@@ -47,6 +47,7 @@ from engine.store.postgres.transactions import (
     purge_expired,
     rewrap,
 )
+from engine.store.statements import OpStatements, Statement
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class PostgresBackend:
         return cls(
             pool,
             location,
-            OpStatements(retention_s, alert_keep, metrics_keep_s),
+            PostgresStatements(retention_s, alert_keep, metrics_keep_s),
             clean_shutdown=clean,
             size=size,
         )

@@ -16,23 +16,15 @@ The others (session upserts, alerts, ...) keep SQLite's row-after-row semantics 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
-
 from engine.store.ops import (
     AlertRow,
-    Assign,
-    EndSession,
     MessageRow,
     MetricsRow,
-    Op,
-    Prune,
     QuotaEvent,
     SessionRow,
-    TokenUpdate,
     Touch,
-    TrimMessages,
 )
+from engine.store.statements import OpStatements, Sql, Statements, latest_touches
 
 SESSION_COLUMNS = ", ".join(SessionRow.__dataclass_fields__)
 _AUDIT = (
@@ -147,71 +139,32 @@ _PRUNE_ALERTS = (
 )
 _PRUNE_METRICS = "DELETE FROM metrics_minute WHERE minute < $1::float8"
 
-Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and the arguments of each execution
-Statements = Iterator[Statement]
 
 
-class OpStatements:
-    """The statements that apply ops, given the store's retention and pruning settings."""
+SQL = Sql(
+    upsert_session=_UPSERT_SESSION,
+    assign=_ASSIGN,
+    update_token=_UPDATE_TOKEN,
+    trim=_TRIM,
+    upsert_alert=_UPSERT_ALERT,
+    upsert_metrics=_UPSERT_METRICS,
+    audit_ended=_AUDIT_ENDED,
+    delete_session=_DELETE_SESSION,
+    prune_quota=_PRUNE_QUOTA,
+    prune_audit=_PRUNE_AUDIT,
+    prune_alerts=_PRUNE_ALERTS,
+    prune_metrics=_PRUNE_METRICS,
+)
+
+
+class PostgresStatements(OpStatements):
+    """PostgreSQL's statements; many rows of a kind go in one statement as arrays (unnest)."""
 
     def __init__(self, retention_s: float, alert_keep: int, metrics_keep_s: float) -> None:
-        self.retention_s = retention_s
-        self.alert_keep = alert_keep
-        self.metrics_keep_s = metrics_keep_s
-        self._phases: tuple[tuple[type, Callable[[list[Any]], Statements]], ...] = (
-            (SessionRow, self._sessions_sql),
-            (Assign, self._assign_sql),
-            (TokenUpdate, self._token_sql),
-            (Touch, self._touch_sql),
-            (MessageRow, self._messages_sql),
-            (TrimMessages, self._trim_sql),
-            (QuotaEvent, self._usage_sql),
-            (AlertRow, self._alerts_sql),
-            (MetricsRow, self._metrics_sql),
-            (EndSession, self._end_sql),
-            (Prune, self._prune_sql),
-        )
-
-    def of(self, ops: Sequence[Op]) -> list[Statement]:
-        """The statements that apply `ops`, in phase order."""
-        groups: dict[type, list[Any]] = {}
-        for op in ops:
-            groups.setdefault(type(op), []).append(op)
-        return [
-            statement
-            for kind, statements in self._phases
-            if (chosen := groups.get(kind))
-            for statement in statements(chosen)
-        ]
-
-    def prune(self, now: float) -> Statements:
-        return self._prune_sql([Prune(now)])
-
-    def _sessions_sql(self, rows: list[SessionRow]) -> Statements:
-        yield _UPSERT_SESSION, [
-            (
-                r.session_id, r.user_id, r.tier, r.metadata_json, r.created_at,
-                r.last_active_at, r.idle_timeout_s, r.lifetime_s, r.token_hash,
-                r.token_issued_at, r.token_expires_at, r.wrapped_key, r.worker, r.agent_type,
-                r.turns, r.prompt_tokens, r.completion_tokens, r.errors,
-            )
-            for r in rows
-        ]
-
-    def _assign_sql(self, ops: list[Assign]) -> Statements:
-        yield _ASSIGN, [(op.session_id, op.worker) for op in ops]
-
-    def _token_sql(self, ops: list[TokenUpdate]) -> Statements:
-        yield _UPDATE_TOKEN, [
-            (op.session_id, op.token_hash, op.issued_at, op.expires_at) for op in ops
-        ]
+        super().__init__(SQL, retention_s, alert_keep, metrics_keep_s)
 
     def _touch_sql(self, ops: list[Touch]) -> Statements:
-        latest: dict[str, Touch] = {}
-        for op in ops:
-            earlier = latest.get(op.session_id)
-            latest[op.session_id] = op if earlier is None else earlier.then(op)
-        touches = latest.values()
+        touches = latest_touches(ops)
         yield _TOUCH, [(
             [t.session_id for t in touches],
             [t.last_active_at for t in touches],
@@ -231,9 +184,6 @@ class OpStatements:
             [r.at for r in rows],
             [r.size for r in rows],
         )]
-
-    def _trim_sql(self, ops: list[TrimMessages]) -> Statements:
-        yield _TRIM, [(op.session_id, op.through_seq) for op in ops]
 
     def _usage_sql(self, events: list[QuotaEvent]) -> Statements:
         buckets: dict[tuple[str, str, float, int], list[float]] = {}
@@ -256,33 +206,3 @@ class OpStatements:
             [s[1] for s in sums],
             [s[2] for s in sums],
         )]
-
-    def _alerts_sql(self, rows: list[AlertRow]) -> Statements:
-        yield _UPSERT_ALERT, [
-            (
-                r.alert_id, r.key, r.rule, r.severity, r.message, r.subject, r.first_at,
-                r.last_at, r.count, r.acknowledged, r.resolved_at,
-            )
-            for r in rows
-        ]
-
-    def _metrics_sql(self, rows: list[MetricsRow]) -> Statements:
-        yield _UPSERT_METRICS, [
-            (
-                r.minute, r.scope, r.turns, r.errors, r.prompt_tokens, r.completion_tokens,
-                r.p50_s, r.p95_s, r.p99_s,
-            )
-            for r in rows
-        ]
-
-    def _end_sql(self, ops: list[EndSession]) -> Statements:
-        if self.retention_s > 0:
-            yield _AUDIT_ENDED, [(op.session_id, op.ended_at, op.reason) for op in ops]
-        yield _DELETE_SESSION, [(op.session_id,) for op in ops]
-
-    def _prune_sql(self, ops: list[Prune]) -> Statements:
-        now = max(op.now for op in ops)
-        yield _PRUNE_QUOTA, [(now,)]
-        yield _PRUNE_AUDIT, [(now - self.retention_s,)]
-        yield _PRUNE_ALERTS, [(self.alert_keep,)]
-        yield _PRUNE_METRICS, [(now - self.metrics_keep_s,)]

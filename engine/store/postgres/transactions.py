@@ -17,12 +17,8 @@ from engine.errors import StoreError
 from engine.store.ops import Op, RewrapReport
 from engine.store.postgres import migrations
 from engine.store.postgres.errors import store_error
-from engine.store.postgres.statements import (
-    AUDIT_EXPIRED,
-    DELETE_EXPIRED,
-    OpStatements,
-    Statement,
-)
+from engine.store.postgres.statements import AUDIT_EXPIRED, DELETE_EXPIRED
+from engine.store.statements import OpStatements, Statement
 
 log = logging.getLogger(__name__)
 

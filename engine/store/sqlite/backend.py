@@ -36,7 +36,7 @@ from engine.store.sqlite.checkpointer import Checkpointer
 from engine.store.sqlite.checks import FileIdentity, check_file, store_error
 from engine.store.sqlite.connection import ConnectionThread
 from engine.store.sqlite.restore import read_live, read_record, read_session
-from engine.store.sqlite.statements import OpStatements
+from engine.store.sqlite.statements import SqliteStatements
 from engine.store.sqlite.transactions import (
     close_out,
     commit_batch,
@@ -69,7 +69,7 @@ class SqliteBackend:
             path, _synchronous(settings), identity, settings.checkpoint_s,
             settings.wal_restart_frames,
         )
-        self._statements = OpStatements(
+        self._statements = SqliteStatements(
             settings.audit_retention_s, settings.alert_keep, settings.metrics_keep_s
         )
         self._lock_fd = lock_fd

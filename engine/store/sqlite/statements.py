@@ -8,24 +8,16 @@ write is in `migrations.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from typing import Any
 
 from engine.store.ops import (
-    AlertRow,
-    Assign,
-    EndSession,
     MessageRow,
-    MetricsRow,
-    Op,
-    Prune,
     QuotaEvent,
     SessionRow,
-    TokenUpdate,
     Touch,
-    TrimMessages,
 )
+from engine.store.statements import OpStatements, Sql, Statements, latest_touches
 
 SESSION_COLUMNS = ", ".join(SessionRow.__dataclass_fields__)
 EXPIRED = "min(last_active_at + idle_timeout_s, created_at + lifetime_s) <= ?1"
@@ -87,8 +79,6 @@ _PRUNE_ALERTS = (
 )
 _PRUNE_METRICS = "DELETE FROM metrics_minute WHERE minute < ?"
 
-Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and the parameters of each execution
-Statements = Iterator[Statement]
 
 
 class _ManyRows:
@@ -150,81 +140,41 @@ WHERE sessions.session_id = t.column1
 )
 
 
-class OpStatements:
-    """The statements that apply ops, given the store's retention and pruning settings."""
+SQL = Sql(
+    upsert_session=_UPSERT_SESSION,
+    assign=_ASSIGN,
+    update_token=_UPDATE_TOKEN,
+    trim=_TRIM,
+    upsert_alert=_UPSERT_ALERT,
+    upsert_metrics=_UPSERT_METRICS,
+    audit_ended=_AUDIT_ENDED,
+    delete_session=_DELETE_SESSION,
+    prune_quota=_PRUNE_QUOTA,
+    prune_audit=_PRUNE_AUDIT,
+    prune_alerts=_PRUNE_ALERTS,
+    prune_metrics=_PRUNE_METRICS,
+)
+
+
+class SqliteStatements(OpStatements):
+    """SQLite's statements; many rows of a kind go in one multi-row statement (`_ManyRows`)."""
 
     def __init__(self, retention_s: float, alert_keep: int, metrics_keep_s: float) -> None:
-        self.retention_s = retention_s
-        self.alert_keep = alert_keep
-        self.metrics_keep_s = metrics_keep_s
-        self._phases: tuple[tuple[type, Callable[[list[Any]], Statements]], ...] = (
-            (SessionRow, self._sessions_sql),
-            (Assign, self._assign_sql),
-            (TokenUpdate, self._token_sql),
-            (Touch, self._touch_sql),
-            (MessageRow, self._messages_sql),
-            (TrimMessages, self._trim_sql),
-            (QuotaEvent, self._usage_sql),
-            (AlertRow, self._alerts_sql),
-            (MetricsRow, self._metrics_sql),
-            (EndSession, self._end_sql),
-            (Prune, self._prune_sql),
-        )
-
-    def of(self, ops: Sequence[Op]) -> list[Statement]:
-        """The statements that apply `ops`, in phase order, one executemany per statement."""
-        groups: dict[type, list[Any]] = {}
-        for op in ops:
-            groups.setdefault(type(op), []).append(op)
-        return [
-            statement
-            for kind, statements in self._phases
-            if (chosen := groups.get(kind))
-            for statement in statements(chosen)
-        ]
-
-    def prune(self, now: float) -> Statements:
-        return self._prune_sql([Prune(now)])
-
-    def _sessions_sql(self, rows: list[SessionRow]) -> Statements:
-        yield _UPSERT_SESSION, [
-            (
-                r.session_id, r.user_id, r.tier, r.metadata_json, r.created_at,
-                r.last_active_at, r.idle_timeout_s, r.lifetime_s, r.token_hash,
-                r.token_issued_at, r.token_expires_at, r.wrapped_key, r.worker, r.agent_type,
-                r.turns, r.prompt_tokens, r.completion_tokens, r.errors,
-            )
-            for r in rows
-        ]
-
-    def _assign_sql(self, ops: list[Assign]) -> Statements:
-        yield _ASSIGN, [(op.session_id, op.worker) for op in ops]
-
-    def _token_sql(self, ops: list[TokenUpdate]) -> Statements:
-        yield _UPDATE_TOKEN, [
-            (op.session_id, op.token_hash, op.issued_at, op.expires_at) for op in ops
-        ]
+        super().__init__(SQL, retention_s, alert_keep, metrics_keep_s)
 
     def _touch_sql(self, ops: list[Touch]) -> Statements:
-        latest: dict[str, Touch] = {}
-        for op in ops:
-            earlier = latest.get(op.session_id)
-            latest[op.session_id] = op if earlier is None else earlier.then(op)
         yield from _TOUCH.statements([
             (
                 op.session_id, op.last_active_at, op.turns, op.prompt_tokens,
                 op.completion_tokens, op.errors, op.agent_type,
             )
-            for op in latest.values()
+            for op in latest_touches(ops)
         ])
 
     def _messages_sql(self, rows: list[MessageRow]) -> Statements:
         yield from _INSERT_MESSAGES.statements(
             [(r.session_id, r.seq, r.role, r.ciphertext, r.at, r.size) for r in rows]
         )
-
-    def _trim_sql(self, ops: list[TrimMessages]) -> Statements:
-        yield _TRIM, [(op.session_id, op.through_seq) for op in ops]
 
     def _usage_sql(self, events: list[QuotaEvent]) -> Statements:
         yield from _ADD_USAGE.statements([
@@ -235,34 +185,3 @@ class OpStatements:
             )
             for e in events
         ])
-
-    def _alerts_sql(self, rows: list[AlertRow]) -> Statements:
-        yield _UPSERT_ALERT, [
-            (
-                r.alert_id, r.key, r.rule, r.severity, r.message, r.subject, r.first_at,
-                r.last_at, r.count, r.acknowledged, r.resolved_at,
-            )
-            for r in rows
-        ]
-
-    def _metrics_sql(self, rows: list[MetricsRow]) -> Statements:
-        yield _UPSERT_METRICS, [
-            (
-                r.minute, r.scope, r.turns, r.errors, r.prompt_tokens, r.completion_tokens,
-                r.p50_s, r.p95_s, r.p99_s,
-            )
-            for r in rows
-        ]
-
-    def _end_sql(self, ops: list[EndSession]) -> Statements:
-        if self.retention_s > 0:
-            yield _AUDIT_ENDED, [(op.session_id, op.ended_at, op.reason) for op in ops]
-        yield _DELETE_SESSION, [(op.session_id,) for op in ops]
-
-    def _prune_sql(self, ops: list[Prune]) -> Statements:
-        now = max(op.now for op in ops)
-        yield _PRUNE_QUOTA, [(now,)]
-        yield _PRUNE_AUDIT, [(now - self.retention_s,)]
-        yield _PRUNE_ALERTS, [(self.alert_keep,)]
-        yield _PRUNE_METRICS, [(now - self.metrics_keep_s,)]
-

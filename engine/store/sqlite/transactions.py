@@ -17,7 +17,8 @@ from engine.errors import StoreError
 from engine.store.ops import Op, RewrapReport
 from engine.store.sqlite import migrations
 from engine.store.sqlite.checks import FileIdentity, store_error
-from engine.store.sqlite.statements import AUDIT_EXPIRED, EXPIRED, OpStatements, Statement
+from engine.store.sqlite.statements import AUDIT_EXPIRED, EXPIRED
+from engine.store.statements import OpStatements, Statement
 
 log = logging.getLogger(__name__)
 
