@@ -244,6 +244,8 @@ class Engine:
         tier = meta.get("tier")
         if tier is not None:
             self._quotas.set_tier(user_id, tier)  # validates before anything is created
+            if self._cluster is not None:  # the user's quotas are decided cluster-wide
+                await self._cluster.set_tier(user_id, tier)
         now = self.clock.now()
         session = self._registry.create(user_id, meta, now)
         session.origin = origin

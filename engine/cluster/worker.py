@@ -282,6 +282,9 @@ class ClusterWorker:
         else:
             await self.state.quotas.release(reservation)
 
+    async def set_tier(self, user_id: str, tier: str) -> None:
+        await self._answered(self.state.quotas.set_tier(user_id, tier))
+
     async def bump(self, session_id: str) -> None:
         """After a change outside a turn (rotation, end) is in the store."""
         version = await self.state.versions.bump(session_id)

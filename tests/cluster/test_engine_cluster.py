@@ -110,6 +110,28 @@ async def test_quotas_are_exact_across_workers(worker_config):
         assert outcomes.count("refused") == 24 - calls
 
 
+async def test_a_tier_given_at_creation_holds_on_every_worker(worker_config):
+    tiers = {
+        "tiny": {
+            "api_calls": QuotaLimit(3, 3600.0), "tokens": QuotaLimit(1e9, 3600.0),
+            "storage_mb": QuotaLimit(1e6, None), "compute_seconds": QuotaLimit(1e6, 3600.0),
+        },
+        "roomy": {
+            "api_calls": QuotaLimit(1000, 3600.0), "tokens": QuotaLimit(1e9, 3600.0),
+            "storage_mb": QuotaLimit(1e6, None), "compute_seconds": QuotaLimit(1e6, 3600.0),
+        },
+    }
+    limits = {"tiers": tiers, "default_tier": "roomy"}
+    async with workers(
+        worker_config("w1", limits=limits), worker_config("w2", limits=limits)
+    ) as (one, two):
+        created = await one.create_session("hank", metadata={"tier": "tiny"})
+        for n in range(3):
+            await two.send(created.session_id, created.token, f"call {n}")  # served by w2
+        with pytest.raises(QuotaExceeded):
+            await two.send(created.session_id, created.token, "one too many")
+
+
 async def test_a_worker_with_another_master_key_is_refused_at_start(worker_config):
     async with workers(worker_config("w1")) as (one,):
         await one.create_session("carol")
