@@ -39,22 +39,20 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 from common import (
     UNLIMITED_TIER,
+    ServedProcess,
     load_average,
     machine,
     ms,
@@ -151,30 +149,14 @@ class Worker:
     def __init__(self, name: str, folder: Path, database_url: str, redis_url: str,
                  env: dict[str, str], default_tier: str, durability: str) -> None:
         self.name = name
-        self.process = subprocess.Popen(
+        self.served = ServedProcess(
             [sys.executable, __file__, "--serve", name, "--data-dir", str(folder / name),
              "--database-url", database_url, "--redis-url", redis_url,
              "--default-tier", default_tier, "--durability", durability],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+            env, f"worker {name}", wait_s=120,
         )
-        self.lines: deque[str] = deque(maxlen=50)
-        found = threading.Event()
-        self.base = ""
-
-        def drain() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self.lines.append(line.rstrip())
-                match = re.search(r"serving (http://\S+)", line)
-                if match and not found.is_set():
-                    self.base = match.group(1)
-                    found.set()
-            found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not found.wait(120) or not self.base:
-            self.stop()
-            raise RuntimeError(f"worker {name} did not start:\n" + "\n".join(self.lines))
+        self.process = self.served.process
+        self.base = self.served.url
 
     def cpu_s(self) -> float:
         return process_cpu_s(self.process.pid)
@@ -184,13 +166,7 @@ class Worker:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.served.stop()
 
 
 @dataclasses.dataclass(slots=True)

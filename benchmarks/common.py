@@ -12,8 +12,13 @@ import gc
 import json
 import os
 import platform
+import re
+import signal
+import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +157,41 @@ def machine(**facts: Any) -> dict[str, Any]:
 
 def print_json(figures: Any) -> None:
     print(json.dumps(figures, indent=2))
+
+
+class ServedProcess:
+    """A process that serves the gateway: started with `args`, ready once it prints
+    `serving http://...` on stderr (kept: its last lines explain a failed start), stopped
+    with SIGTERM so it drains, killed if it does not exit in 30 s."""
+
+    def __init__(self, args: list[str], env: dict[str, str], what: str, wait_s: float) -> None:
+        self.process = subprocess.Popen(
+            args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        )
+        self.lines: deque[str] = deque(maxlen=50)
+        self.url = ""
+        found = threading.Event()
+
+        def drain() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                self.lines.append(line.rstrip())
+                match = re.search(r"serving (http://\S+)", line)
+                if match and not found.is_set():
+                    self.url = match.group(1)
+                    found.set()
+            found.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not found.wait(wait_s) or not self.url:
+            self.stop()
+            raise RuntimeError(f"{what} did not start:\n" + "\n".join(self.lines))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

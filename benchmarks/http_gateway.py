@@ -38,18 +38,16 @@ import dataclasses
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import load_average, machine, print_json, unlimited_limits
+from common import ServedProcess, load_average, machine, print_json, unlimited_limits
 
 APP_KEY = "http-gateway-benchmark-app-key"
 SIZE = (160, 45)  # the console's terminal in the 2 Hz run
@@ -187,42 +185,20 @@ class ServerProcess:
 
     def __init__(self, mode: str, durable_ack: bool) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="http-gateway-bench-")
-        self.process = subprocess.Popen(
+        self.served = ServedProcess(
             [sys.executable, __file__, "--serve", mode, "--data-dir", self._dir.name,
              "--durable-ack", str(int(durable_ack))],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=child_env(),
+            child_env(), "server", wait_s=90,
         )
-        self.lines: deque[str] = deque(maxlen=50)
-        found = threading.Event()
-        self.address = ""
-
-        def drain() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self.lines.append(line.rstrip())
-                match = re.search(r"serving http://(\S+)", line)
-                if match and not found.is_set():
-                    self.address = match.group(1)
-                    found.set()
-            found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not found.wait(90) or not self.address:
-            self.stop()
-            raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
+        self.process = self.served.process
+        self.address = self.served.url.removeprefix("http://")
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.served.stop()
         self._dir.cleanup()
 
 
