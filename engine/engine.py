@@ -2,10 +2,11 @@
 callers use.
 
 It builds the parts and wires them: who may act on a session (engine.authentication), the turn
-(engine.turns), cold sessions (engine.hot_sessions), the views (engine.views), restore
-(engine.restore) and the operator's actions (engine.operator). What stays here is the
-lifecycle (open, drain, close), the calls of the public API, and what happens when a session
-ends or is loaded, because those touch every part.
+(engine.turns), sessions coming into memory and leaving it (engine.residency, engine.hot_sessions),
+the store (engine.store_link), the views (engine.views), restore (engine.restore), the
+operator's actions (engine.operator) and, in a cluster, this worker's part in it
+(engine.cluster.worker). What stays here is the lifecycle (open, drain, close) and the calls of
+the public API.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from engine.admission import AuthFailures, AuthFailureStats
 from engine.agents import load_agent_specs
 from engine.authentication import Authenticator
 from engine.balancer import Balancer, Move
-from engine.cluster.worker import ClusterWorker, check_cluster_key, worker_load
+from engine.cluster.worker import ClusterWorker, check_cluster_key, connect, worker_load
 from engine.config import MASTER_KEY_ENV, EngineConfig, SimSettings
 from engine.errors import (
     ConfigurationError,
@@ -176,7 +177,8 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Serving turns: open, not draining, and the store committing (for /readyz)."""
+        """Serving turns: open, not draining, the store committing and, in a cluster, its
+        Valkey/Redis answering (for /readyz)."""
         cluster_ok = self._cluster is None or self._cluster.available
         return self._state == "open" and self._link.ok and cluster_ok
 
@@ -414,8 +416,9 @@ class Engine:
         return self._auth.authenticate(session_id, token, client)
 
     async def _join_cluster(self) -> ClusterWorker:
-        worker = await ClusterWorker.open(
-            self.config, registry=self._registry, quotas=self._quotas,
+        state, worker_id = await connect(self.config)
+        worker = ClusterWorker(
+            state, worker_id, self.config, registry=self._registry, quotas=self._quotas,
             balancer=self._balancer, monitor=self._monitor, store=lambda: self.store,
             persist_later=self._link.later,
             forget=lambda s: self._registry.remove(

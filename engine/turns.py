@@ -199,6 +199,7 @@ class TurnPipeline:
                 try:
                     if cluster is not None:  # one turn at a time on it, cluster-wide
                         running = await cluster.start(session, self._config.llm.turn_timeout_s)
+                        await cluster.catch_up(session, running)
                     await self._hot.warm(session)
                     model = await self._runner.run(session, agent_type, text, on_delta)
                 finally:

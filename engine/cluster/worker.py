@@ -74,32 +74,6 @@ class ClusterWorker:
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
 
-    @classmethod
-    async def open(
-        cls,
-        config: EngineConfig,
-        *,
-        registry: SessionRegistry,
-        quotas: QuotaManager,
-        balancer: Balancer,
-        monitor: Monitor,
-        store: Callable[[], Store],
-        persist_later: Callable[..., None],
-        forget: Callable[[Session], None],
-    ) -> ClusterWorker:
-        """Connect to the cluster's Valkey/Redis; its sessions must be in a shared store."""
-        if not config.store.database_url:
-            raise ConfigurationError(
-                "a worker of a cluster keeps its sessions in PostgreSQL, shared by every worker: "
-                f"set {DATABASE_URL_ENV} (or StoreSettings.database_url) with {REDIS_URL_ENV}"
-            )
-        state = await ClusterState.open(config.cluster, config.clock, config.limits)
-        worker_id = config.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        return cls(
-            state, worker_id, config, registry=registry, quotas=quotas, balancer=balancer,
-            monitor=monitor, store=store, persist_later=persist_later, forget=forget,
-        )
-
     # -- membership ------------------------------------------------------------------------------
     def join(self, load: Callable[[], WorkerLoad]) -> None:
         """Appear in the worker registry, with `load()` at each heartbeat, until `leave()`."""
@@ -200,7 +174,7 @@ class ClusterWorker:
 
     async def start(self, session: Session, wait_s: float) -> RunningTurn:
         """Take the session's lease (waiting up to `wait_s` for another worker's turn on it)
-        and a slot under the user's cap; refresh the copy if another worker held it since."""
+        and a slot under the user's cap; `catch_up` next."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         cap = self._config.sessions.max_per_user
@@ -213,17 +187,13 @@ class ClusterWorker:
             if loop.time() >= deadline:
                 raise SessionBusy("enqueue", 0)
             await asyncio.sleep(LEASE_POLL_S)
-        if got.version != session.version:
-            try:
-                record = await self._store().load_record(session.session_id)
-            except BaseException:
-                self.release_soon(got, None)
-                raise
-            if record is not None:
-                self._refresh(session, record)
-            session.version = got.version
         self._renewing[got.slot] = asyncio.create_task(self._renew(got), name="lease renewal")
         return got
+
+    async def catch_up(self, session: Session, turn: RunningTurn) -> None:
+        """Under the lease: read the session again if another worker changed it since."""
+        if turn.version != session.version:
+            await self._reload(session.session_id, turn.version)
 
     async def _renew(self, turn: RunningTurn) -> None:
         """Keep the lease while the turn runs (a turn may outlast the TTL: a slow model, a
@@ -265,14 +235,12 @@ class ClusterWorker:
             )
         session.version = version
 
-    def release_soon(self, turn: RunningTurn | None, reservation: Reservation | None) -> None:
-        """A failed or cancelled turn: give back its reservation, slot and lease, without
-        making the failing caller wait (nor failing it again if the server is down: the
-        reservation, slot and lease lapse by themselves)."""
+    def release_soon(self, turn: RunningTurn | None, reservation: Reservation) -> None:
+        """A failed or cancelled turn (`turn` None: before it held the lease): give back its
+        reservation, slot and lease, without making the failing caller wait (nor failing it
+        again if the server is down: the reservation, slot and lease lapse by themselves)."""
         if turn is not None:
             self._stop_renewing(turn)
-        if reservation is None:
-            return
         task = asyncio.ensure_future(self._release(turn, reservation))
         task.add_done_callback(_log_failure)
 
@@ -291,6 +259,18 @@ class ClusterWorker:
         session = self._registry.get(session_id)
         if session is not None:
             session.version = version
+
+
+async def connect(config: EngineConfig) -> tuple[ClusterState, str]:
+    """The cluster's shared state and this worker's name; its sessions must be in a shared
+    store (ConfigurationError) and its Valkey/Redis must answer (ClusterUnavailable)."""
+    if not config.store.database_url:
+        raise ConfigurationError(
+            "a worker of a cluster keeps its sessions in PostgreSQL, shared by every worker: "
+            f"set {DATABASE_URL_ENV} (or StoreSettings.database_url) with {REDIS_URL_ENV}"
+        )
+    state = await ClusterState.open(config.cluster, config.clock, config.limits)
+    return state, config.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def worker_load(snap: MonitorSnapshot, pools: Sequence[PoolView], sessions: int) -> WorkerLoad:
