@@ -8,8 +8,6 @@ before any of that work. Expiry is revealed only to the token's holder.
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 from engine.admission import IN_PROCESS, AuthFailures, AuthFailureStats, presentation_key
 from engine.clock import Clock
 from engine.errors import AuthBackoff, AuthenticationError, SessionExpired
@@ -42,20 +40,21 @@ class Authenticator:
         A right token on a session past its idle or absolute limit is `SessionExpired`, which
         reveals nothing: only the token's holder can see it. A session id and token that
         already failed and are backing off are refused before anything else (AuthBackoff).
+        Refusals are raised here, not in helpers: each frame a refusal unwinds costs.
         """
         presentation = self.refuse_backed_off(session_id, token)
         now = self._clock.now()
         session = self._registry.get(session_id) if isinstance(session_id, str) else None
         record = session.token if session is not None else None
         if not check_token(record, token):
-            self._refuse_checked(session_id, presentation, client)
+            raise self._refusal(session_id, presentation, client)
         assert session is not None and record is not None
         reason = session.expiry_reason(now)
         if reason is not None and not session.busy:
             self._registry.remove(session.session_id, "expired", now, reason)
             raise SessionExpired(reason)
         if record.expired(now):
-            self._refuse_checked(session_id, presentation, client)
+            raise self._refusal(session_id, presentation, client)
         self._registry.touch(session, now)
         self._views.invalidate(session)
         return session
@@ -66,21 +65,17 @@ class Authenticator:
         presentation = presentation_key(session_id, token)
         wait = self._failures.refuse_unchecked(presentation)
         if wait > 0:
-            self._refuse(session_id, wait)
+            self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
+            raise AuthBackoff(wait)
         return presentation
 
     def stats(self) -> AuthFailureStats:
         return self._failures.stats()
 
-    def _refuse_checked(
+    def _refusal(
         self, session_id: object, presentation: int, client: str | None
-    ) -> NoReturn:
-        """The token was checked and is not right: strike its presenters, then refuse."""
+    ) -> AuthenticationError:
+        """The token was checked and is not right: strike its presenters; the error to raise."""
         wait = self._failures.failed(presentation, client or IN_PROCESS)
-        self._refuse(session_id, wait)
-
-    def _refuse(self, session_id: object, retry_after: float) -> NoReturn:
         self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
-        if retry_after > 0:
-            raise AuthBackoff(retry_after)
-        raise AuthenticationError()
+        return AuthBackoff(wait) if wait > 0 else AuthenticationError()

@@ -14,8 +14,7 @@ Records for a session that was never started (or has ended) count engine-wide an
 from __future__ import annotations
 
 import heapq
-import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -113,7 +112,7 @@ class Monitor:
         self._pools: dict[str, PoolStats] = {}
         # Per presented id: (failures, when the first of them was). A fresh id costs one small
         # tuple, not a deque: an attacker's ids are all fresh, and refusing must stay cheap.
-        self._auth_ids: dict[str, tuple[int, float]] = {}
+        self._auth_ids: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._auth_fired: dict[str, float] = {}  # alert key -> when it was last fired
         burst = alert_rules.auth_burst
         self._auth_recent: deque[float] = deque(maxlen=burst.global_count if burst else 1)
@@ -239,13 +238,17 @@ class Monitor:
         return stats.recent
 
     def record_auth_failure(self, session_id_presented: str | None) -> None:
-        """A wrong token or unknown session; bursts per presented id and engine-wide alert."""
+        """A wrong token or unknown session; bursts per presented id and engine-wide alert.
+
+        On every refusal of a storm, so kept to plain dict and deque work."""
         now = self._clock.now()
         self._auth_failures += 1
-        presented = None if session_id_presented is None else session_id_presented[:_MAX_ID_CHARS]
-        stats = self._sessions.get(presented) if presented is not None else None
-        if stats is not None:
-            self._user(stats.user.user_id).auth_failures += 1
+        presented = None
+        if session_id_presented is not None:
+            presented = session_id_presented[:_MAX_ID_CHARS]
+            stats = self._sessions.get(presented)
+            if stats is not None:
+                self._user(stats.user.user_id).auth_failures += 1
         rule = self._rules.auth_burst
         if rule is None:
             return
@@ -265,12 +268,13 @@ class Monitor:
         if presented is None:
             return
         ids = self._auth_ids
-        failures, first_at = ids.get(presented, (0, now))
-        if now - first_at >= rule.window_s:
-            failures, first_at = 0, now  # a new window from this failure
-        elif not failures and len(ids) >= _MAX_AUTH_IDS:
-            del ids[next(iter(ids))]  # the longest tracked goes first
-        failures += 1
+        tracked = ids.get(presented)
+        if tracked is None or now - tracked[1] >= rule.window_s:
+            if tracked is None and len(ids) >= _MAX_AUTH_IDS:
+                ids.popitem(last=False)  # the longest tracked goes first, in O(1)
+            failures, first_at = 1, now  # a new window from this failure
+        else:
+            failures, first_at = tracked[0] + 1, tracked[1]
         ids[presented] = (failures, first_at)
         if failures >= rule.per_id and self._auth_alert_due(f"auth_burst:{presented}", now):
             self.alert_manager.fire(
@@ -284,7 +288,8 @@ class Monitor:
 
     def _auth_alert_due(self, key: str, now: float) -> bool:
         """True at most once per _AUTH_ALERT_REFRESH_S for `key`; the table stays bounded."""
-        if now - self._auth_fired.get(key, -math.inf) < _AUTH_ALERT_REFRESH_S:
+        last = self._auth_fired.get(key)
+        if last is not None and now - last < _AUTH_ALERT_REFRESH_S:
             return False
         if len(self._auth_fired) > 2 * _MAX_AUTH_IDS:
             self._auth_fired.clear()  # a forgotten key only fires once more

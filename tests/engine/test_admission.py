@@ -66,7 +66,8 @@ def test_tables_stay_bounded_under_a_flood_of_new_ids_and_clients():
     for i in range(1000):
         failures.failed(presentation_key(f"id-{i}", "t"), f"client-{i}" + "x" * 500)
     stats = failures.stats()
-    assert (stats.presentations, stats.clients) == (100, 100)
+    # Past the bound the least recently struck quarter goes at once: between 75 and 100 kept.
+    assert 75 <= stats.presentations <= 100 and 75 <= stats.clients <= 100
 
 
 def test_malformed_tokens_share_one_key_and_long_ids_are_cut():
