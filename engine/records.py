@@ -38,6 +38,7 @@ def session_row(session: Session) -> SessionRow:
         prompt_tokens=session.prompt_tokens,
         completion_tokens=session.completion_tokens,
         errors=session.errors,
+        origin=session.origin,
     )
 
 

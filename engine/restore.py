@@ -43,6 +43,7 @@ def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
         agent_type=sys.intern(row.agent_type),
         worker=sys.intern(row.worker or ""),
         tier=sys.intern(row.tier),
+        origin=sys.intern(row.origin),
         token=TokenRecord(row.token_hash, row.token_issued_at, row.token_expires_at),
         next_seq=figures.next_seq if figures is not None else 0,
         cold_messages=figures.messages if figures is not None else 0,

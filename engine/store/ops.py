@@ -44,6 +44,7 @@ class SessionRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    origin: str = "python"  # set at creation, never updated
 
     @property
     def deadline(self) -> float:

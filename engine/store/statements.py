@@ -107,7 +107,7 @@ class OpStatements:
                 r.session_id, r.user_id, r.tier, r.metadata_json, r.created_at,
                 r.last_active_at, r.idle_timeout_s, r.lifetime_s, r.token_hash,
                 r.token_issued_at, r.token_expires_at, r.wrapped_key, r.worker, r.agent_type,
-                r.turns, r.prompt_tokens, r.completion_tokens, r.errors,
+                r.turns, r.prompt_tokens, r.completion_tokens, r.errors, r.origin,
             )
             for r in rows
         ]

@@ -54,6 +54,18 @@ async def test_restart_restores_context_tokens_quotas_and_deadlines(make_config,
         assert engine.restore_report.purged == 1 and engine.snapshot().sessions == ()
 
 
+async def test_sessions_created_over_http_stay_marked_after_a_restart(make_config):
+    config = make_config()
+    async with Engine(config) as engine:
+        web = await engine.create_session("alice", origin="http")
+        await engine.create_session("bob")
+    async with Engine(config) as engine:
+        origins = {v.user_id: v.origin for v in engine.snapshot().sessions}
+        assert origins == {"alice": "http", "bob": "python"}
+        await engine.send(web.session_id, web.token, "still marked once warm?")
+        assert engine.snapshot().sessions_by_id[web.session_id].origin == "http"
+
+
 async def test_alert_ids_continue_after_a_restart(make_config):
     config = make_config()
     async with Engine(config) as engine:

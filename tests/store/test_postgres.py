@@ -9,6 +9,7 @@ test_store.py, which runs on both.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -22,6 +23,7 @@ from engine.store import (
     EndSession,
     PostgresBackend,
     QuotaEvent,
+    SessionRow,
     Store,
     Touch,
     open_store,
@@ -94,6 +96,29 @@ async def test_an_older_database_is_migrated_forward_in_place(postgres_url, monk
     assert await fetch(postgres_url, "SELECT to_regclass('later_feature')::text") == [
         ("later_feature",)
     ]
+
+
+async def test_a_first_version_database_gains_session_origins_marked_python(
+    postgres_url, monkeypatch
+):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    async with await open_store(postgres_url):
+        pass
+    columns = [c for c in SessionRow.__dataclass_fields__ if c != "origin"]
+    row = session_row()
+    await fetch(
+        postgres_url,
+        f"INSERT INTO sessions ({', '.join(columns)})"
+        f" VALUES ({', '.join(f'${n}' for n in range(1, len(columns) + 1))})",
+        *[getattr(row, c) for c in columns],
+    )
+    monkeypatch.undo()
+    async with await open_store(postgres_url) as store:
+        record = await store.load_record("s1")
+        await store.save_session(replace(session_row("s2"), origin="http"))
+        assert (await store.load_record("s2")).row.origin == "http"
+    assert record is not None and record.row.origin == "python"
+    assert await fetch(postgres_url, "SELECT version FROM schema_version") == [(LATEST,)]
 
 
 async def test_workers_opening_an_empty_database_together_migrate_it_once(postgres_url):

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
@@ -1134,6 +1134,27 @@ async def test_an_older_file_is_migrated_forward_in_place(db_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(StoreError, match="newer version"):
         await Store.open(db_path)
+
+
+async def test_a_first_version_file_gains_session_origins_marked_python(db_path, monkeypatch):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    async with await Store.open(db_path):
+        pass
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        columns = [c for c in SessionRow.__dataclass_fields__ if c != "origin"]
+        row = session_row()
+        conn.execute(
+            f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [getattr(row, c) for c in columns],
+        )
+        conn.commit()
+    monkeypatch.undo()
+    async with await Store.open(db_path) as store:
+        record = await store.load_record("s1")
+        await store.save_session(replace(session_row("s2"), origin="http"))
+        assert (await store.load_record("s2")).row.origin == "http"
+    assert record is not None and record.row.origin == "python"
+    assert query(db_path, "PRAGMA user_version") == [(LATEST,)]
 
 
 # --- crash safety -------------------------------------------------------------------------------

@@ -122,4 +122,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (minute, scope)
         )""",
     ),
+    # 1 -> 2: who created each session ("python": an in-process caller, "http": the gateway),
+    # so the console still marks gateway sessions after a restart or on another worker.
+    ("ALTER TABLE sessions ADD COLUMN origin text NOT NULL DEFAULT 'python'",),
 )

@@ -112,4 +112,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (minute, scope)
         ) WITHOUT ROWID""",
     ),
+    # 1 -> 2: who created each session ("python": an in-process caller, "http": the gateway),
+    # so the console still marks gateway sessions after a restart or on another worker.
+    ("ALTER TABLE sessions ADD COLUMN origin TEXT NOT NULL DEFAULT 'python'",),
 )
