@@ -53,9 +53,11 @@ class AuthBackoff(AuthenticationError):
 
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
-        EngineError.__init__(
-            self, f"{self.MESSAGE}; too many failed attempts, retry after {retry_after:.2f}s"
-        )
+        super().__init__()
+
+    def __str__(self) -> str:
+        # Written when read, not when raised: most refusals in a storm are never printed.
+        return f"{self.MESSAGE}; too many failed attempts, retry after {self.retry_after:.2f}s"
 
 
 class Refusal(EngineError):
