@@ -31,12 +31,22 @@ Parts, in order (progress on stderr):
    every session's history is read from the survivor: a turn answered 200 whose user message
    is missing there is lost (target 0). Seconds until each killed worker's session got its
    first 200 from the survivor, counted from the kill (target <= the lease TTL, 5 s).
+4. users (run before part 3, on the same two workers): simulated users as `load_capacity.py`
+   drives them in-process (`loadgen.LoadGenerator`, each user one long session, thinking 5 s
+   on average, exponential), here over HTTP (`loadgen.GatewayTransport`), each user's session
+   created on one of the two workers in turn and served there. The user count steps up; a step
+   is sustained when the engines' overhead p99 (Server-Timing engine minus model time, so the
+   client's own queueing is not counted) is at most 5 ms, no turn failed, and the turn rate
+   reached 90% of users / mean think time; a step that misses is measured once more, and the
+   first that misses twice ends the ladder (target: 20,000 users on 2 workers). Replies wait
+   for their commit (durable_ack), at the workers' --durability.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -72,7 +82,14 @@ QUOTA_SESSIONS = 100
 LEASE_TTL_S = 5.0  # the product's default (ClusterSettings.lease_ttl_s)
 TEXT = "What changed in my account since yesterday, and what should I do next?"
 TARGETS = {"scaling_ratio": 1.7, "quota_overshoot": 0, "lost_acknowledged": 0,
-           "failover_s": LEASE_TTL_S}
+           "failover_s": LEASE_TTL_S, "users_sustained": 20_000}
+USER_STEPS = (500, 1000, 2000, 3000, 4000, 6000, 8000, 12_000, 16_000, 20_000)
+USER_THINK_S = 5.0  # mean, exponential: load_capacity.py's user
+USER_P99_LIMIT_MS = 5.0
+USER_RATE_FLOOR = 0.9  # of users / mean think time
+USER_SPAWN_RATE = 1000.0
+USER_SETTLE_S = 6.0  # past the spawn burst (each user's first turn comes at once)
+USER_CONNECTIONS = 256  # per worker: the generator's keep-alive pool
 
 
 def progress(text: str) -> None:
@@ -304,6 +321,107 @@ async def throughput(workers: list[Worker], serving: int, servers: Servers, clie
     }
 
 
+class SpreadTransport:
+    """The load generator's users spread over workers: user n's sessions are created on worker
+    n mod the number of workers and every later call for a session goes to the worker that
+    created it (any worker could serve it; this keeps the load even)."""
+
+    def __init__(self, transports: list[Any]) -> None:
+        self._transports = transports
+        self._by_session: dict[str, Any] = {}
+        self._created = 0
+
+    def __getattr__(self, name: str) -> Any:  # target, agent_types, tiers, default_tier, sim
+        return getattr(self._transports[0], name)
+
+    async def create_session(self, user_id: str, tier: str | None) -> Any:
+        transport = self._transports[self._created % len(self._transports)]
+        self._created += 1
+        grant = await transport.create_session(user_id, tier)
+        self._by_session[grant.session_id] = transport
+        return grant
+
+    async def send(self, session_id: str, token: str, text: str, agent_type: str) -> Any:
+        return await self._by_session[session_id].send(session_id, token, text, agent_type)
+
+    async def history(self, session_id: str, token: str) -> int:
+        return await self._by_session[session_id].history(session_id, token)
+
+    async def rotate_token(self, session_id: str, token: str) -> str:
+        return await self._by_session[session_id].rotate_token(session_id, token)
+
+    async def end_session(self, session_id: str, token: str) -> None:
+        await self._by_session.pop(session_id).end_session(session_id, token)
+
+
+async def users_step(generator: Any, users: int, measure_s: float) -> dict[str, Any]:
+    generator.set_users(users)
+    while generator.stats().live_users < users:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(USER_SETTLE_S)
+    generator.reset_stats()
+    started = time.perf_counter()
+    await asyncio.sleep(measure_s)
+    elapsed = time.perf_counter() - started
+    stats = generator.stats()
+    send = stats.operation("send")
+    done = (send.successes + send.failures) if send else 0
+    failures = send.failures if send else 0
+    expected = users / USER_THINK_S
+    turns_per_s = done / elapsed
+    return {
+        "users": users,
+        "turns_per_s": round(turns_per_s, 1),
+        "expected_turns_per_s": round(expected, 1),
+        "overhead_p50_ms": stats.overhead_p50_ms,
+        "overhead_p99_ms": stats.overhead_p99_ms,
+        "round_trip_p99_ms": send.p99_ms if send else None,
+        "turn_failures": failures,
+        "failures_by_type": {f"{f.operation}:{f.error}": f.count for f in stats.failures},
+        "sustained": (stats.overhead_p99_ms <= USER_P99_LIMIT_MS and failures == 0
+                      and turns_per_s >= USER_RATE_FLOOR * expected),
+    }
+
+
+async def users_sustained(workers: list[Worker], steps: tuple[int, ...],
+                          measure_s: float) -> dict[str, Any]:
+    """Step simulated users up over both workers until a step is not sustained (see part 4)."""
+    from loadgen import Distribution, GatewayTransport, LoadGenerator, LoadOptions
+
+    options = LoadOptions(
+        users=0, spawn_rate=USER_SPAWN_RATE, seed=1,
+        think=Distribution("exp", USER_THINK_S), session_turns=Distribution("const", 1e9),
+        sessions_per_user=1, reuse_probability=1.0, abandon_probability=0.0,
+        history_probability=0.0, rotate_probability=0.0, tier_mix=((UNLIMITED_TIER, 1.0),),
+    )
+    transports = [GatewayTransport(w.base, APP_KEY, connections=USER_CONNECTIONS)
+                  for w in workers]
+    results: list[dict[str, Any]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for transport in transports:
+            await stack.enter_async_context(transport)
+        generator = LoadGenerator(SpreadTransport(transports), options)
+        generator.start()
+        try:
+            for users in steps:
+                progress(f"users: {users} over {len(workers)} workers")
+                result = await users_step(generator, users, measure_s)
+                if not result["sustained"]:  # once more: a busy neighbour is not capacity
+                    result = await users_step(generator, users, measure_s)
+                results.append(result)
+                if not result["sustained"]:
+                    break
+        finally:
+            await generator.stop()
+    best = max((r for r in results if r["sustained"]), key=lambda r: r["users"], default=None)
+    return {
+        "think_s_mean": USER_THINK_S,
+        "max_users_sustained": best["users"] if best else 0,
+        "turns_per_s": best["turns_per_s"] if best else 0.0,
+        "steps": results,
+    }
+
+
 async def quota_overshoot(workers: list[Worker]) -> dict[str, Any]:
     """One `tiny`-tier user's 1,000 turns at once, request i at worker i % 2."""
     bases = [w.base for w in workers]
@@ -466,6 +584,7 @@ async def orchestrate(folder: Path, servers: Servers, args: argparse.Namespace,
                 r["ceiling_ratio_from_cpu_per_turn"] or 0.0 for r in rounds),
             "rounds": rounds,
         }
+        out["users"] = await users_sustained(workers, args.user_steps, args.user_measure)
         progress("SIGKILL of w1 under load")
         out["sigkill"] = await sigkill(workers, args.kill_clients, args.before_kill,
                                        after_s=3 * LEASE_TTL_S)
@@ -482,6 +601,8 @@ def targets(out: dict[str, Any]) -> dict[str, Any]:
 
     kill = out["sigkill"]
     return {
+        "users_sustained": check(
+            out["users"]["max_users_sustained"], TARGETS["users_sustained"], False),
         "two_over_one_worker_turns_ratio": check(
             out["throughput"]["ratio_median"], TARGETS["scaling_ratio"], False),
         "quota_overshoot": check(
@@ -549,7 +670,12 @@ def main() -> None:
     parser.add_argument("--durability", choices=("process", "power"), default="process",
                         help="the workers' StoreSettings.durability: PostgreSQL's "
                              "synchronous_commit off or on (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    parser.add_argument("--user-steps", default=",".join(map(str, USER_STEPS)),
+                        type=lambda text: tuple(int(n) for n in text.split(",")),
+                        help="user counts of part 4, in order (default: %(default)s)")
+    parser.add_argument("--user-measure", type=float, default=10.0,
+                        help="seconds measured per user step (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="short runs (under two minutes)")
     # Internal: a worker process this script starts.
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -563,6 +689,7 @@ def main() -> None:
     if args.quick:
         args.duration, args.warmup, args.clients, args.rounds = 3.0, 1.5, 32, 1
         args.kill_clients, args.before_kill = 32, 2.0
+        args.user_steps, args.user_measure = (250, 1000), 3.0
     print_json(run(args))
 
 
