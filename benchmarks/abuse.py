@@ -12,6 +12,10 @@ Cost: CPU per call of `history()` in a tight loop: with a right token, with a wr
 ids never seen before (a fresh failure each time), and with a dead token presented again and
 again (the storm's pattern).
 
+HTTP cost: the same three cases against a `session-console serve` process over HTTP (GET the
+session's messages; keep-alive, HTTP_COST_CLIENTS requests in flight), as the server's CPU per
+request, so the gateway's share of a refusal (a 401 or 429 body) is counted with the engine's.
+
 Backpressure: 100 callers, each on its own session, send turns back to back with
 `durable_ack=False` (a reply does not wait for its commit) against the zero-latency model, so
 the turns outrun the store's writer for the whole run (sustained overload). Reports the turn
@@ -27,7 +31,7 @@ collector's pauses (from `gc.callbacks`) after the spawn burst.
 The sim backend keeps its default latency (median 0.2 s, p99 1.5 s): the quiet user's p95
 alone is about 0.86 s. Each phase has its own engine and temporary directory.
 Run: .venv/bin/python benchmarks/abuse.py [--storm-s 30] [--alone-s 20] [--overload-s 20]
-     [--backpressure-s 20] [--parts cost,storm,backpressure,overload]
+     [--backpressure-s 20] [--parts cost,http_cost,storm,backpressure,overload]
 """
 
 from __future__ import annotations
@@ -39,13 +43,24 @@ import dataclasses
 import gc
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import GcPauses, LoopLag, load_average, machine, ms, print_json, unlimited_limits
+from common import (
+    GcPauses,
+    LoopLag,
+    ServedProcess,
+    load_average,
+    machine,
+    ms,
+    print_json,
+    process_cpu_s,
+    unlimited_limits,
+)
 
 from engine import Engine, EngineConfig, LLMSettings, SimSettings, StoreSettings
 from engine.errors import AuthenticationError, EngineError, RateLimited
@@ -58,6 +73,9 @@ QUIET_THINK_S = 1.0
 RETRY_S = 0.01
 COST_CALLS = 20_000
 COST_BLOCKS = 10
+HTTP_COST_CALLS = 4000  # per case
+HTTP_COST_CLIENTS = 8
+HTTP_APP_KEY = "abuse-benchmark-app-key"
 OVERLOAD_USERS = 10_000
 BACKPRESSURE_CALLERS = 100
 BACKPRESSURE_WARMUP_S = 3.0
@@ -260,6 +278,79 @@ async def cost(calls: int) -> dict:
     return out
 
 
+async def http_cost(calls: int) -> dict:
+    """Server CPU µs per GET of a session's messages over HTTP, the cost part's cases.
+
+    Blocks of each case interleaved, COST_BLOCKS of them, the median per case reported: the
+    server's CPU time (from /proc) over a block divided by its requests."""
+    import aiohttp
+
+    with tempfile.TemporaryDirectory() as folder:
+        env = {**os.environ, "SESSION_CONSOLE_APP_KEYS": HTTP_APP_KEY,
+               "PRAISONAI_TELEMETRY_DISABLED": "true"}
+        served = ServedProcess(
+            [sys.executable, "-m", "console", "serve", "--listen", "127.0.0.1:0",
+             "--data-dir", folder], env, "session-console serve", wait_s=120,
+        )
+        try:
+            connector = aiohttp.TCPConnector(limit=HTTP_COST_CLIENTS)
+            async with aiohttp.ClientSession(served.url, connector=connector) as http:
+                app = {"Authorization": f"Bearer {HTTP_APP_KEY}"}
+
+                async def create(user: str) -> tuple[str, str]:
+                    async with http.post("/v1/sessions", json={"user_id": user},
+                                         headers=app) as r:
+                        body = await r.json()
+                    return body["session_id"], body["token"]
+
+                sid, token = await create("owner")
+                dead_sid, dead_token = await create("gone")
+                async with http.delete(f"/v1/sessions/{dead_sid}",
+                                       headers={"Authorization": f"Bearer {dead_token}"}):
+                    pass
+
+                async def per_call(session_ids: list[str], token: str) -> tuple[float, Counter]:
+                    statuses: Counter = Counter()
+                    headers = {"Authorization": f"Bearer {token}"}
+                    queue = iter(session_ids)
+
+                    async def client() -> None:
+                        for session_id in queue:
+                            async with http.get(f"/v1/sessions/{session_id}/messages",
+                                                headers=headers) as r:
+                                await r.read()
+                                statuses[r.status] += 1
+
+                    before = process_cpu_s(served.process.pid)
+                    await asyncio.gather(*(client() for _ in range(HTTP_COST_CLIENTS)))
+                    used = process_cpu_s(served.process.pid) - before
+                    return used / len(session_ids) * 1e6, statuses
+
+                block = max(1, calls // COST_BLOCKS)
+                cases: dict[str, list[float]] = {
+                    "history_ok_us": [], "failed_auth_fresh_ids_us": [],
+                    "failed_auth_same_dead_token_us": [],
+                }
+                statuses: dict[str, Counter] = {name: Counter() for name in cases}
+                for _ in range(COST_BLOCKS):
+                    fresh = [os.urandom(16).hex() for _ in range(block)]
+                    for name, ids, presented in (
+                        ("history_ok_us", [sid] * block, token),
+                        ("failed_auth_fresh_ids_us", fresh, token),
+                        ("failed_auth_same_dead_token_us", [dead_sid] * block, dead_token),
+                    ):
+                        cost_us, seen = await per_call(ids, presented)
+                        cases[name].append(cost_us)
+                        statuses[name] += seen
+        finally:
+            served.stop()
+    out: dict = {"calls_each": block * COST_BLOCKS, "blocks": COST_BLOCKS,
+                 "clients": HTTP_COST_CLIENTS}
+    out.update({name: round(statistics.median(v), 1) for name, v in cases.items()})
+    out["statuses"] = {name: dict(sorted(c.items())) for name, c in statuses.items()}
+    return out
+
+
 def zero_latency_llm() -> LLMSettings:
     return LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1))
 
@@ -389,6 +480,8 @@ async def run(args: argparse.Namespace) -> dict:
     out: dict = {"benchmark": "abuse"}
     if "cost" in args.parts:
         out["cost"] = await cost(args.cost_calls)
+    if "http_cost" in args.parts:
+        out["http_cost"] = await http_cost(args.http_cost_calls)
     if "storm" in args.parts:
         out["storm"] = await storm(args.alone_s, args.storm_s)
     if "backpressure" in args.parts:
@@ -405,7 +498,7 @@ async def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="cost,storm,backpressure,overload",
+    parser.add_argument("--parts", default="cost,http_cost,storm,backpressure,overload",
                         help="which parts to run, comma-separated (default: %(default)s)")
     parser.add_argument("--alone-s", type=float, default=20.0,
                         help="seconds the quiet users run alone (default: %(default)s)")
@@ -420,6 +513,8 @@ def main() -> None:
                              "(default: %(default)s)")
     parser.add_argument("--cost-calls", type=int, default=COST_CALLS,
                         help="calls per cost figure (default: %(default)s)")
+    parser.add_argument("--http-cost-calls", type=int, default=HTTP_COST_CALLS,
+                        help="requests per HTTP cost figure (default: %(default)s)")
     args = parser.parse_args()
     args.parts = set(args.parts.split(","))
     print_json(asyncio.run(run(args)))

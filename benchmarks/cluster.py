@@ -67,6 +67,7 @@ from common import (
     machine,
     ms,
     print_json,
+    process_cpu_s,
     unlimited_limits,
     unlimited_tiers,
 )
@@ -127,15 +128,6 @@ def serve_main(name: str, data_dir: Path, database_url: str, redis_url: str,
                                 lease_ttl_s=LEASE_TTL_S),
     )
     return main(config, "127.0.0.1:0")
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu_s() -> tuple[float, float]:

@@ -159,6 +159,15 @@ def print_json(figures: Any) -> None:
     print(json.dumps(figures, indent=2))
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServedProcess:
     """A process that serves the gateway: started with `args`, ready once it prints
     `serving http://...` on stderr (kept: its last lines explain a failed start), stopped
