@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python demo_load.py
+	$(BIN)/python demo_load.py --data-dir data
 
 cluster-demo: $(STAMP)
 	$(BIN)/python demo_load.py --cluster 2 --data-dir data
