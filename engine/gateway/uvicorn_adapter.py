@@ -121,6 +121,7 @@ class EmbeddedServer:
         self._server = uvicorn.Server(uvicorn.Config(
             None,
             http=protocol_with_header_timeout(header_timeout_s),
+            interface="asgi3",
             lifespan="off",
             limit_concurrency=max_connections,
             timeout_keep_alive=max(1, round(keep_alive_s)),
