@@ -54,7 +54,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 CLOSE_AFTER = frozenset({408, 413})  # the rest of the request may be unread: do not reuse
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr per field
 class _Turn:
     """What a request asks of the engine for one turn."""
 
