@@ -19,14 +19,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from engine.config import GatewaySettings
 from engine.engine import Engine
@@ -46,6 +45,7 @@ from engine.gateway.errors import (
 )
 from engine.gateway.openapi import openapi_document
 from engine.gateway.prometheus import EngineCollector, TurnHistograms
+from engine.gateway.routing import Routes
 from engine.gateway.stats import GatewayMonitor
 from engine.turns import MULTITASK_STRATEGIES
 from engine.views import Reply
@@ -54,7 +54,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 CLOSE_AFTER = frozenset({408, 413})  # the rest of the request may be unread: do not reuse
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a setattr per field
 class _Turn:
     """What a request asks of the engine for one turn."""
 
@@ -90,7 +90,8 @@ class _Stream:
 
 
 class GatewayApp:
-    """Builds the Starlette app; `monitor` and `registry` feed the console and /metrics."""
+    """The ASGI app (`asgi`) on Starlette's requests and responses; `monitor` and `registry`
+    feed the console and /metrics."""
 
     def __init__(
         self,
@@ -107,31 +108,39 @@ class GatewayApp:
         self._turns = TurnHistograms(self.registry)
         self._openapi = json.dumps(openapi_document(engine.agent_types)).encode()
         self.route_names: list[str] = []  # "METHOD /template" of every route, as recorded
-        ep = self._endpoint
-        self.asgi = Starlette(
-            routes=[
-                Route("/v1/sessions", ep("POST /v1/sessions", self.create_session),
-                      methods=["POST"]),
-                Route("/v1/sessions/{session_id}/messages",
-                      ep("GET /v1/sessions/{id}/messages", self.messages), methods=["GET"]),
-                Route("/v1/sessions/{session_id}/messages",
-                      ep("POST /v1/sessions/{id}/messages", self.send), methods=["POST"]),
-                Route("/v1/sessions/{session_id}/token",
-                      ep("POST /v1/sessions/{id}/token", self.rotate_token), methods=["POST"]),
-                Route("/v1/sessions/{session_id}",
-                      ep("DELETE /v1/sessions/{id}", self.end_session), methods=["DELETE"]),
-                Route("/v1/chat/completions",
-                      ep("POST /v1/chat/completions", self.chat_completions, openai=True),
-                      methods=["POST"]),
-                Route("/v1/models", ep("GET /v1/models", self.models, openai=True),
-                      methods=["GET"]),
-                Route("/metrics", ep("GET /metrics", self.metrics), methods=["GET"]),
-                Route("/healthz", ep("GET /healthz", self.healthz), methods=["GET"]),
-                Route("/readyz", ep("GET /readyz", self.readyz), methods=["GET"]),
-                Route("/openapi.json", ep("GET /openapi.json", self.openapi), methods=["GET"]),
-            ],
-            exception_handlers={HTTPException: self._not_routed},
-        )
+        self._routes: Routes[Handler] = Routes()
+        for route, template, handler, openai in (
+            ("POST /v1/sessions", "/v1/sessions", self.create_session, False),
+            ("GET /v1/sessions/{id}/messages", "/v1/sessions/{session_id}/messages",
+             self.messages, False),
+            ("POST /v1/sessions/{id}/messages", "/v1/sessions/{session_id}/messages",
+             self.send, False),
+            ("POST /v1/sessions/{id}/token", "/v1/sessions/{session_id}/token",
+             self.rotate_token, False),
+            ("DELETE /v1/sessions/{id}", "/v1/sessions/{session_id}", self.end_session, False),
+            ("POST /v1/chat/completions", "/v1/chat/completions", self.chat_completions, True),
+            ("GET /v1/models", "/v1/models", self.models, True),
+            ("GET /metrics", "/metrics", self.metrics, False),
+            ("GET /healthz", "/healthz", self.healthz, False),
+            ("GET /readyz", "/readyz", self.readyz, False),
+            ("GET /openapi.json", "/openapi.json", self.openapi, False),
+        ):
+            method = route.split(" ", 1)[0]
+            self._routes.add(method, template, self._endpoint(route, handler, openai=openai))
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app: the route looked up once, its response sent straight to the server
+        (no middleware: every endpoint already answers its own failures)."""
+        if scope["type"] != "http":  # lifespan is off, and websockets are not served
+            return
+        found = self._routes.match(scope["method"], scope["path"])
+        scope["path_params"] = found.params
+        request = Request(scope, receive)
+        if found.endpoint is None:
+            response = self._not_routed(request, found.status)
+        else:
+            response = await found.endpoint(request)
+        await response(scope, receive, send)
 
     # -- sessions ----------------------------------------------------------------------------
     async def create_session(self, request: Request) -> Response:
@@ -327,12 +336,11 @@ class GatewayApp:
 
         return endpoint
 
-    async def _not_routed(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind = "not_found" if exc.status_code == 404 else "method_not_allowed"
-        failure = HTTPFailure(exc.status_code, kind, f"{request.method} {request.url.path}: "
-                              f"{exc.detail}; GET /openapi.json lists the routes")
-        self.monitor.record("unrouted", exc.status_code, 0.0)
+    def _not_routed(self, request: Request, status: int) -> Response:
+        kind = "not_found" if status == 404 else "method_not_allowed"
+        failure = HTTPFailure(status, kind, f"{request.method} {request.url.path}: "
+                              f"{HTTPStatus(status).phrase}; GET /openapi.json lists the routes")
+        self.monitor.record("unrouted", status, 0.0)
         return error_response(failure)
 
     async def _body(self, request: Request) -> dict[str, Any]:

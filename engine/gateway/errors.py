@@ -49,6 +49,9 @@ def invalid_value(message: str, param: str) -> GatewayError:
     return GatewayError(HTTPFailure(422, "invalid_value", message, param=param))
 
 
+# Compact and ASCII-only; one encoder made once (json.dumps with options builds one per call).
+encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
 AUTHENTICATION = HTTPFailure(401, "authentication_error", errors.AuthenticationError.MESSAGE)
 APP_KEY_REQUIRED = HTTPFailure(
     401, "authentication_error",
@@ -111,7 +114,7 @@ def json_response(
     content: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """Compact JSON with non-ASCII escaped: content holding lone surrogates still encodes."""
-    body = json.dumps(content, separators=(",", ":")).encode()
+    body = encode_json(content).encode()
     return Response(body, status_code, headers, media_type="application/json")
 
 

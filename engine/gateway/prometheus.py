@@ -2,22 +2,21 @@
 
 Counters and gauges come from one `engine.snapshot()` per scrape (a custom collector), so the
 turn path pays nothing for them; the gateway's own request counters and the turn-latency
-histograms of turns served over HTTP are ordinary prometheus-client metrics in the same
-registry. Names follow Prometheus conventions: `session_console_` prefix, base units, `_total`
-on counters.
+histograms of turns served over HTTP are counted in plain numbers and exported the same way,
+by collectors in the same registry, in prometheus-client's own shapes. Names follow Prometheus
+conventions: `session_console_` prefix, base units, `_total` on counters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine.engine import Engine
-from engine.gateway.stats import DURATION_BUCKETS
+from engine.gateway.stats import Buckets, histogram_family
 
 # Error class names that are refusals by a limit, exported as their own counter.
 REFUSALS = {"RateLimited": "rate", "QuotaExceeded": "quota"}
@@ -105,27 +104,28 @@ class EngineCollector(Collector):
             )
 
 
-class TurnHistograms:
-    """Latency of turns served over HTTP: the engine's total and its overhead (no model)."""
+class TurnHistograms(Collector):
+    """Latency of turns served over HTTP: the engine's total and its overhead (no model);
+    a collector of `registry`, counted in plain numbers and exported at scrape time."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._total = Histogram(
-            "session_console_turn_duration_seconds", "Turn time in the engine, model included",
-            ("agent_type",), buckets=DURATION_BUCKETS, registry=registry,
-        )
-        self._overhead = Histogram(
-            "session_console_turn_overhead_seconds", "Turn time in the engine outside the model",
-            ("agent_type",), buckets=DURATION_BUCKETS, registry=registry,
-        )
-
-        # agent type -> its (total, overhead) children: labels() once per type, not per turn.
-        self._children: dict[str, tuple[Any, Any]] = {}
+        # agent type -> its (total, overhead) buckets
+        self._children: dict[str, tuple[Buckets, Buckets]] = {}
+        registry.register(self)
 
     def observe(self, agent_type: str, latency_s: float, model_latency_s: float) -> None:
         children = self._children.get(agent_type)
         if children is None:
-            children = self._children[agent_type] = (
-                self._total.labels(agent_type), self._overhead.labels(agent_type)
-            )
+            children = self._children[agent_type] = (Buckets(), Buckets())
         children[0].observe(latency_s)
         children[1].observe(max(0.0, latency_s - model_latency_s))
+
+    def collect(self) -> Iterator[Metric]:
+        yield histogram_family(
+            "session_console_turn_duration_seconds", "Turn time in the engine, model included",
+            ("agent_type",), {(name,): pair[0] for name, pair in self._children.items()},
+        )
+        yield histogram_family(
+            "session_console_turn_overhead_seconds", "Turn time in the engine outside the model",
+            ("agent_type",), {(name,): pair[1] for name, pair in self._children.items()},
+        )

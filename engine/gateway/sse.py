@@ -6,8 +6,9 @@ route sends unnamed `chat.completion.chunk` events and ends with `data: [DONE]`,
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from engine.gateway.errors import encode_json
 
 DONE = b"data: [DONE]\n\n"
 
@@ -21,5 +22,6 @@ def data(payload: Any) -> bytes:
 
 
 def _json(value: Any) -> str:
-    # One line: a newline inside `data:` would split the event.
-    return json.dumps(value, separators=(",", ":"))  # ASCII: lone surrogates stay encodable
+    # One line: a newline inside `data:` would split the event; ASCII: lone surrogates stay
+    # encodable.
+    return encode_json(value)

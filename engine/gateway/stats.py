@@ -7,10 +7,17 @@ the `session_console_http_*` series for `/metrics`.
 
 from __future__ import annotations
 
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from engine.clock import Clock
 from engine.metrics import RateRing
@@ -46,52 +53,93 @@ class GatewayStats:
     routes: tuple[RouteStats, ...]  # busiest first
 
 
+class Buckets:
+    """One histogram child as plain numbers: an observation is a bisect and two additions
+    (prometheus-client's Histogram takes a lock for its sum and for the bucket it counts).
+    Exported in Prometheus' shape at scrape time by `histogram_family`."""
+
+    __slots__ = ("counts", "created", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last: +Inf
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1  # le: value <= bound
+        self.sum += seconds
+
+
+_LE = [floatToGoString(bound) for bound in (*DURATION_BUCKETS, math.inf)]
+
+
+def histogram_family(
+    name: str, documentation: str, label_names: tuple[str, ...],
+    children: dict[tuple[str, ...], Buckets],
+) -> HistogramMetricFamily:
+    """The children as prometheus-client's own Histogram exports them (`_created` too)."""
+    family = HistogramMetricFamily(name, documentation, labels=label_names)
+    for labels, child in children.items():
+        cumulative = accumulate(float(count) for count in child.counts)
+        family.add_metric(labels, list(zip(_LE, cumulative, strict=True)), child.sum)
+        family.add_sample(f"{name}_created", dict(zip(label_names, labels, strict=True)),
+                          child.created)
+    return family
+
+
 class _Route:
-    """A route's counts and rings, and its Prometheus children: labels() looked up once, not
-    on every request (it takes a lock and builds a key each call)."""
+    """A route's counts, its rate rings, and its Prometheus figures as plain numbers."""
 
     __slots__ = ("by_status", "duration", "errors", "errors_ring", "requests", "requests_ring")
 
-    def __init__(self, clock: Clock, duration: Any) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.requests = 0
         self.errors = 0
         self.requests_ring = RateRing(clock, 60)
         self.errors_ring = RateRing(clock, 60)
-        self.duration = duration  # the route's request-duration histogram
-        self.by_status: dict[int, Any] = {}  # status -> the route's request counter
+        self.duration = Buckets()  # the route's request durations
+        self.by_status: dict[int, list[float]] = {}  # status -> [requests, created]
 
 
-class GatewayMonitor:
+class GatewayMonitor(Collector):
+    """Records each request once; a collector of `registry`, so /metrics reads the counts at
+    scrape time and a request pays no prometheus-client call."""
+
     def __init__(self, clock: Clock, registry: CollectorRegistry) -> None:
         self._clock = clock
         self._routes: dict[str, _Route] = {}
-        self._all = RateRing(clock, 60)
         self.streams = 0
-        self._requests = Counter(
-            "session_console_http_requests", "HTTP requests by route and status",
-            ("route", "status"), registry=registry,
-        )
-        self._duration = Histogram(
-            "session_console_http_request_duration_seconds",
-            "Time to the response's start (a streamed reply's first byte), by route",
-            ("route",), buckets=DURATION_BUCKETS, registry=registry,
-        )
+        registry.register(self)
 
     def record(self, route: str, status: int, seconds: float) -> None:
         stats = self._routes.get(route)
         if stats is None:
-            stats = self._routes[route] = _Route(self._clock, self._duration.labels(route))
+            stats = self._routes[route] = _Route(self._clock)
         stats.requests += 1
         stats.requests_ring.add()
-        self._all.add()
         if status >= 400:
             stats.errors += 1
             stats.errors_ring.add()
         counter = stats.by_status.get(status)
         if counter is None:
-            counter = stats.by_status[status] = self._requests.labels(route, str(status))
-        counter.inc()
+            counter = stats.by_status[status] = [0, time.time()]
+        counter[0] += 1
         stats.duration.observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "session_console_http_requests", "HTTP requests by route and status",
+            labels=("route", "status"),
+        )
+        for route, stats in self._routes.items():
+            for status, (count, created) in stats.by_status.items():
+                requests.add_metric((route, str(status)), count, created=created)
+        yield requests
+        yield histogram_family(
+            "session_console_http_request_duration_seconds",
+            "Time to the response's start (a streamed reply's first byte), by route",
+            ("route",), {(route, ): stats.duration for route, stats in self._routes.items()},
+        )
 
     def snapshot(self, listen: str, ready: bool, connections: int) -> GatewayStats:
         routes = tuple(
@@ -113,6 +161,6 @@ class GatewayMonitor:
             streams=self.streams,
             requests=sum(r.requests for r in routes),
             errors=sum(r.errors for r in routes),
-            requests_per_s=self._all.rate(RATE_WINDOW_S),
+            requests_per_s=sum(r.requests_per_s for r in routes),
             routes=routes,
         )

@@ -8,6 +8,8 @@
   client dripping a header byte at a time holds its connection forever (slow loris). The
   protocol subclass below gives every request `header_timeout_s` from its first byte (or from
   the connection's start) to finish its headers, then answers 408 and closes.
+- A request whose body has all arrived is marked in its scope (`body.BODY_RECEIVED`), so the
+  app reads it without a timer.
 - Open connections for the console come from the server's state.
 """
 
@@ -20,6 +22,8 @@ from typing import Any, ClassVar
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from engine.gateway.body import BODY_RECEIVED
 
 _TIMEOUT_BODY = (
     b'{"error":{"type":"request_timeout","message":"request headers not received in time"}}'
@@ -57,6 +61,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.headers_since = None
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.headers_since = None
@@ -121,6 +129,7 @@ class EmbeddedServer:
         self._server = uvicorn.Server(uvicorn.Config(
             None,
             http=protocol_with_header_timeout(header_timeout_s),
+            interface="asgi3",
             lifespan="off",
             limit_concurrency=max_connections,
             timeout_keep_alive=max(1, round(keep_alive_s)),

@@ -500,6 +500,14 @@ async def test_metrics_health_readiness_and_openapi(serve):
         assert served == documented
         unknown = await s.http.get("/v2/nothing")
         assert unknown.status_code == 404 and error_of(unknown)["type"] == "not_found"
+        no_id = await s.http.get("/v1/sessions//messages")
+        assert no_id.status_code == 404 and error_of(no_id)["type"] == "not_found"
+        for wrong in (await s.http.delete("/v1/models"),
+                      await s.http.put(f"/v1/sessions/{sid}/messages")):
+            assert wrong.status_code == 405
+            assert error_of(wrong)["type"] == "method_not_allowed"
+        head = await s.http.head("/healthz")
+        assert head.status_code == 200 and head.content == b""
 
 
 async def test_draining_refuses_new_turns_with_503_and_readyz_turns_false(serve):
