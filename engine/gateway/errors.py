@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from engine import errors
@@ -52,6 +53,10 @@ def invalid_value(message: str, param: str) -> GatewayError:
 # Compact and ASCII-only; one encoder made once (json.dumps with options builds one per call).
 encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
+# nginx's 499: recorded in the gateway's figures, never sent (the client is gone).
+CLIENT_CLOSED = HTTPFailure(
+    499, "client_closed_request", "the client closed the connection before sending its body"
+)
 AUTHENTICATION = HTTPFailure(401, "authentication_error", errors.AuthenticationError.MESSAGE)
 APP_KEY_REQUIRED = HTTPFailure(
     401, "authentication_error",
@@ -95,6 +100,8 @@ def failure_of(exc: BaseException) -> HTTPFailure:
             return HTTPFailure(503, "unavailable", str(exc))
         case errors.PoolTimeout():
             return HTTPFailure(504, "pool_timeout", str(exc))
+        case ClientDisconnect():  # gone mid-body: nothing to answer, nothing went wrong here
+            return CLIENT_CLOSED
     log.error("internal error serving a request", exc_info=exc)
     return HTTPFailure(500, "internal_error", "internal error; the server logged its cause")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from dataclasses import dataclass, replace
 
@@ -563,6 +564,26 @@ async def test_slow_headers_and_slow_bodies_are_cut_off(serve):
         writer.close()
         # The server is still serving everyone else.
         assert (await s.send(sid, token)).status_code == 200
+
+
+async def test_a_client_gone_mid_body_is_counted_not_logged_as_an_error(serve, caplog):
+    async with serve() as s:
+        sid, token = await s.session()
+        host, port = s.gateway.address.rsplit(":", 1)
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /v1/sessions/{sid}/messages HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: 50\r\n\r\n"
+            '{"content": '.encode()
+        )
+        await writer.drain()
+        writer.close()  # gone before the rest of its body
+        route = "POST /v1/sessions/{id}/messages"
+        await _until(lambda: any(
+            r.route == route and r.requests >= 1 for r in s.gateway.stats().routes
+        ))
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert (await s.send(sid, token)).status_code == 200  # and it serves on
 
 
 async def test_connections_beyond_the_bound_get_503(serve):
