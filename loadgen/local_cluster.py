@@ -42,7 +42,9 @@ class ValkeyProcess:
     Nothing is persisted (`--save ''`, no AOF): a restart starts empty, as a cache does."""
 
     def __init__(self, workdir: Path, password: str | None = None) -> None:
-        self.workdir = workdir
+        # Absolute: valkey-server changes into --dir before it opens --logfile, so a relative
+        # log path (make cluster-demo's data/cluster) would be looked up inside --dir.
+        self.workdir = workdir.resolve()
         self.password = password
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -120,6 +122,7 @@ def local_cluster(folder: Path, workers: int = 2, users_per_worker: int = 30) ->
     ClusterAccess
 ]:
     """Start Valkey, PostgreSQL, `workers` serve processes and their load; stop them all."""
+    folder = folder.resolve()  # the servers and workers run with their own working folders
     folder.mkdir(parents=True, exist_ok=True)
     master_key, app_key = _shared_keys(folder / ENV_FILE)
     with contextlib.ExitStack() as stack:
