@@ -194,7 +194,7 @@ def _load(name: str, folder: Path, url: str, app_key: str, users: int) -> Iterat
     with (folder / f"{name}-load.log").open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "demo_load.py", "--target", url, "--app-key", app_key,
-             "--headless", "--users", str(users)],
+             "--headless", "--users", str(users), "--duration", "0"],  # until stopped
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
         )
     try:
