@@ -267,8 +267,12 @@ class SessionRegistry:
         self._listeners.append(listener)
 
     # -- changes -------------------------------------------------------------------------------
-    def create(self, user_id: str, metadata: Mapping[str, Any], now: float) -> Session:
-        """Register a new session, first evicting the user's oldest idle one if at the cap."""
+    def create(
+        self, user_id: str, metadata: Mapping[str, Any], now: float, session_id: str | None = None
+    ) -> Session:
+        """Register a new session, first evicting the user's oldest idle one if at the cap.
+
+        `session_id` is given when the id was needed first (a cluster claims its place)."""
         owned = self._by_user.get(user_id)
         if owned is not None and len(owned) >= self.max_per_user:
             victim = next((s for s in owned.values() if not s.busy), None)
@@ -276,7 +280,7 @@ class SessionRegistry:
                 raise SessionLimitReached(user_id, self.max_per_user)
             self.remove(victim.session_id, "evicted", now, "user session cap reached")
         session = Session(
-            session_id=new_session_id(),
+            session_id=session_id or new_session_id(),
             user_id=user_id,
             metadata=MappingProxyType(dict(metadata)),
             created_at=now,

@@ -22,15 +22,18 @@ from engine.cluster.inflight import HAS_ROOM_FN, InFlightCaps, check_cap, new_sl
 from engine.cluster.leases import ACQUIRE_FN, RELEASE_FN, Lease, SessionLeases, ms
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import GCRA_FN, ClusterRates
+from engine.cluster.rebuild import NOT_REBUILT, REBUILT_FN, NotRebuilt
 from engine.cluster.versions import SessionVersions
 from engine.errors import RateLimited
 from engine.quotas import Reservation, validated_amounts
 
-# KEYS: a TAT per rate check, then the reserve keys (quota_lua.RESERVE's)
+# KEYS: a TAT per rate check, then the reserve keys (quota_lua.RESERVE's), the rebuild marker
 # ARGV: now, buckets, expiry, reservation retry, number of rate checks, their interval and
 # tolerance, then (resource, amount, tier spec)...
-# Returns {2, index of the refusing check, wait}, or quota_lua.RESERVE's reply.
-ADMIT = quota_lua.COMMON + GCRA_FN + quota_lua.RESERVE_FN + r"""
+# Returns {'rebuild'} while the shared state is not rebuilt after a loss (nothing counted),
+# {2, index of the refusing check, wait}, or quota_lua.RESERVE's reply.
+ADMIT = quota_lua.COMMON + GCRA_FN + quota_lua.RESERVE_FN + REBUILT_FN + r"""
+if not rebuilt(KEYS[#KEYS]) then return {'rebuild'} end
 local n = tonumber(ARGV[5])
 local rate_keys = {}
 for i = 1, n do rate_keys[i] = KEYS[i] end
@@ -100,8 +103,10 @@ class TurnGate:
         leases: SessionLeases,
         inflight: InFlightCaps,
         versions: SessionVersions,
+        rebuilt_key: str,
     ) -> None:
         self._client = client
+        self._rebuilt_key = rebuilt_key
         self._versions = versions
         self._clock = clock
         self._quotas = quotas
@@ -114,20 +119,25 @@ class TurnGate:
 
     async def admit(
         self, session_id: str, user_id: str, amounts: Mapping[str, float]
-    ) -> Reservation:
+    ) -> Reservation | NotRebuilt:
         """Count the request against the session's and the user's rates (RateLimited), then
-        reserve the amounts (QuotaExceeded, the rates staying counted)."""
+        reserve the amounts (QuotaExceeded, the rates staying counted). NotRebuilt, nothing
+        counted, while the shared state is lost and not yet rebuilt (engine/cluster/rebuild.py).
+        """
         wanted = validated_amounts(amounts)
         checks = [("session", session_id), ("user", user_id)]
         now = self._clock.now()
         quotas = self._quotas
         reply = await self._client.call(
             self._admit,
-            [*self._rates.keys(checks), *quotas.reserve_keys(user_id, wanted)],
+            [*self._rates.keys(checks), *quotas.reserve_keys(user_id, wanted),
+             self._rebuilt_key],
             [repr(now), quotas.buckets, *quotas.reserve_args(now), str(len(checks)),
              *self._rates.params(checks), *quotas.triples(wanted)],
         )
         assert isinstance(reply, list)
+        if reply[0] == NOT_REBUILT:
+            return NotRebuilt()
         if reply[0] == 2:
             raise RateLimited(checks[reply[1] - 1][0], float(reply[2]))
         return quotas.reserved(user_id, wanted, reply)

@@ -25,8 +25,13 @@ LIMITS = LimitSettings(
 )
 
 
-async def open_state(url: str, clock: ManualClock, **settings: object) -> ClusterState:
-    return await ClusterState.open(ClusterSettings(redis_url=url, **settings), clock, LIMITS)
+async def open_state(
+    url: str, clock: ManualClock, limits: LimitSettings = LIMITS, **settings: object
+) -> ClusterState:
+    """The state of a cluster whose shared state is whole (as a worker's rebuild leaves it)."""
+    state = await ClusterState.open(ClusterSettings(redis_url=url, **settings), clock, limits)
+    await state.rebuild.done("test")
+    return state
 
 
 async def test_admit_counts_rates_then_reserves(redis_url, clock):
@@ -112,7 +117,7 @@ async def test_admit_lets_exactly_the_burst_through_at_any_clock_value(redis_url
         tiers={"free": {**TIERS["free"], "api_calls": QuotaLimit(100, 60.0)}},
         session_rate=RateLimit(5.0, 4), user_rate=RateLimit(7.0, 6),
     )
-    state = await ClusterState.open(ClusterSettings(redis_url=redis_url), clock, limits)
+    state = await open_state(redis_url, clock, limits)
     for _ in range(4):
         await state.turns.admit("s1", "u", {"api_calls": 1})
     with pytest.raises(RateLimited) as session:
