@@ -258,10 +258,11 @@ class Engine:
             if self._cluster is not None:  # the user's quotas are decided cluster-wide
                 await self._cluster.set_tier(user_id, tier)
         now = self.clock.now()
-        session_id = new_session_id()
+        session_id, version = new_session_id(), 0
         if self._cluster is not None:  # the user's session cap holds cluster-wide
-            await self._cluster.place_session(user_id, session_id, now)
+            version = await self._cluster.place_session(user_id, session_id, now)
         session = self._registry.create(user_id, meta, now, session_id)
+        session.version = version
         session.origin = origin
         token, record = issue_token(now, cfg.sessions.lifetime_s)
         session.token = record
@@ -478,6 +479,8 @@ class Engine:
         await self._link.commit(UserTier(user_id, tier))
         if self._cluster is not None:
             await self._cluster.set_tier(user_id, tier)
+            await self.store.flush()  # in the store before other workers read it
+            await self._cluster.tier_changed(user_id)
 
     async def _end(self, session: Session, reason: str) -> None:
         """End a session now and return once its rows and wrapped key are deleted on disk."""

@@ -69,7 +69,7 @@ class ClusterState:
         inflight = InFlightCaps(client, clock, settings.reservation_ttl_s)
         versions = SessionVersions(client)
         marker = client.key("rebuilt")
-        sessions = UserSessions(client, leases.key(""), marker)
+        sessions = UserSessions(client, leases.key(""), marker, versions)
         rebuild = StateRebuild(client, marker, quotas, sessions)
         return cls(
             client=client,

@@ -23,7 +23,7 @@ from engine.cluster.leases import ACQUIRE_FN, RELEASE_FN, Lease, SessionLeases, 
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import GCRA_FN, ClusterRates
 from engine.cluster.rebuild import NOT_REBUILT, REBUILT_FN, NotRebuilt
-from engine.cluster.versions import SessionVersions
+from engine.cluster.versions import VERSION_FN, SessionVersions
 from engine.errors import RateLimited
 from engine.quotas import Reservation, validated_amounts
 
@@ -46,13 +46,13 @@ return reserve(k, wanted, ARGV[3], ARGV[4])
 # KEYS: lease, fence counter, the user's slots, the session's version
 # ARGV: now, worker id, lease ttl ms, slot expiry, cap, slot id, slots gc ms
 # Returns {1, token, version}, {0, 'cap'} or {0, 'lease', ms left}.
-START = HAS_ROOM_FN + ACQUIRE_FN + r"""
+START = HAS_ROOM_FN + ACQUIRE_FN + VERSION_FN + r"""
 if not has_room(KEYS[3], ARGV[1], ARGV[5]) then return {0, 'cap'} end
 local got = acquire_lease(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 if got[1] == 0 then return {0, 'lease', got[3]} end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[7])
-return {1, got[2], tonumber(redis.call('GET', KEYS[4]) or '0')}
+return {1, got[2], current_version(KEYS[4])}
 """
 
 # KEYS: the user's slots, lease, the session's version, then the settle keys (quota_lua.SETTLE's)
@@ -60,10 +60,11 @@ return {1, got[2], tonumber(redis.call('GET', KEYS[4]) or '0')}
 # (resource, amount, tier spec)... of the actual use. A settled turn was committed: its
 # session's version goes up before the lease is free. Returns {1 if the lease was still held,
 # the session's version}.
-FINISH = quota_lua.COMMON + quota_lua.SETTLE_FN + RELEASE_FN + r"""
+FINISH = quota_lua.COMMON + quota_lua.SETTLE_FN + RELEASE_FN + VERSION_FN + r"""
 redis.call('ZREM', KEYS[1], ARGV[4])
-local version = tonumber(redis.call('GET', KEYS[3]) or '0')
-if ARGV[6] == 'settle' then version = redis.call('INCR', KEYS[3]) end
+local version
+if ARGV[6] == 'settle' then version = next_version(KEYS[3])
+else version = current_version(KEYS[3]) end
 local held = release_lease(KEYS[2], ARGV[5])
 local k, used = settle_args(4, 7)
 if ARGV[6] == 'settle' then settle(k, ARGV[3], used)

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 from engine.cluster.connection import ClusterClient
 from engine.cluster.rebuild import NOT_REBUILT, REBUILT_FN, NotRebuilt
+from engine.cluster.versions import VERSION_FN, SessionVersions
 
-# KEYS: the user's sessions, the rebuild marker
+# KEYS: the user's sessions, the rebuild marker, the new session's version
 # ARGV: now, lifetime, cap, new session id, lease key prefix, gc ms
-# Returns {1, evicted id...}, {0} (at the cap, none idle) or {'rebuild'} (NOT_REBUILT).
-CLAIM = REBUILT_FN + r"""
+# Returns {1, the new session's version, evicted id...}, {0} (at the cap, none idle) or
+# {'rebuild'} (NOT_REBUILT).
+CLAIM = REBUILT_FN + VERSION_FN + r"""
 if not rebuilt(KEYS[2]) then return {'rebuild'} end
 local ids, now, cap = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', ids, '-inf', now - tonumber(ARGV[2]))
@@ -42,14 +44,16 @@ if over > 0 then
 end
 redis.call('ZADD', ids, now, ARGV[4])
 redis.call('PEXPIRE', ids, ARGV[6])
-return {1, unpack(evicted)}
+return {1, current_version(KEYS[3]), unpack(evicted)}
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """The new session holds a place; `evicted` must now be ended on every worker."""
+    """The new session holds a place, at `version`; `evicted` must now be ended on every
+    worker."""
 
+    version: int
     evicted: tuple[str, ...]
 
 
@@ -61,8 +65,15 @@ class Refused:
 class UserSessions:
     """Claim a place under a user's cluster-wide session cap; leave it when a session ends."""
 
-    def __init__(self, client: ClusterClient, lease_prefix: str, rebuilt_key: str) -> None:
+    def __init__(
+        self,
+        client: ClusterClient,
+        lease_prefix: str,
+        rebuilt_key: str,
+        versions: SessionVersions,
+    ) -> None:
         self._client = client
+        self._versions = versions
         self._lease_prefix = lease_prefix
         self._rebuilt_key = rebuilt_key
         self._claim = client.script(CLAIM)
@@ -71,7 +82,8 @@ class UserSessions:
         self, user_id: str, session_id: str, now: float, cap: int, lifetime_s: float
     ) -> Claimed | Refused | NotRebuilt:
         reply = await self._client.call(
-            self._claim, [self.key(user_id), self._rebuilt_key],
+            self._claim,
+            [self.key(user_id), self._rebuilt_key, self._versions.key(session_id)],
             [repr(now), repr(lifetime_s), cap, session_id, self._lease_prefix,
              self._gc_ms(lifetime_s)],
         )
@@ -80,7 +92,7 @@ class UserSessions:
             return NotRebuilt()
         if reply[0] == 0:
             return Refused()
-        return Claimed(tuple(reply[1:]))
+        return Claimed(int(reply[1]), tuple(reply[2:]))
 
     async def remove(self, user_id: str, session_id: str) -> None:
         await self._client.run(self._client.redis.zrem(self.key(user_id), session_id))

@@ -188,10 +188,10 @@ class ClusterWorker:
         session.cold_messages, session.cold_bytes = messages, size
         session.next_seq = figures.next_seq if figures else 0
 
-    async def place_session(self, user_id: str, session_id: str, now: float) -> None:
+    async def place_session(self, user_id: str, session_id: str, now: float) -> int:
         """Claim a new session's place under its user's cap, cluster-wide: the user's oldest
         idle sessions make room wherever they are served (SessionLimitReached when every one
-        has a turn running)."""
+        has a turn running). Returns the new session's version."""
         cap, lifetime = self._config.sessions.max_per_user, self._config.sessions.lifetime_s
         sessions = self.state.sessions
         got = await self._decided(
@@ -201,6 +201,7 @@ class ClusterWorker:
             raise SessionLimitReached(user_id, cap)
         if got.evicted:
             await self._end_evicted(got.evicted, now)
+        return got.version
 
     async def _end_evicted(self, evicted: Sequence[str], now: float) -> None:
         """End sessions the cap evicted: in the store first, then raise their versions, so a
@@ -356,6 +357,12 @@ class ClusterWorker:
     async def set_tier(self, user_id: str, tier: str) -> None:
         """Every worker's quota decisions use the tier from the next one on."""
         await self._answered(self.state.quotas.set_tier(user_id, tier))
+
+    async def tier_changed(self, user_id: str) -> None:
+        """After a tier change is in the store: every worker's copies of the user's sessions
+        take it at their next use (their versions go up)."""
+        for session_id in await self._answered(self.state.sessions.of_user(user_id)):
+            await self.bump(session_id)
 
     async def bump(self, session_id: str) -> None:
         """After a change outside a turn (rotation, end) is in the store."""
