@@ -391,7 +391,11 @@ class Engine:
         that is kept out of the per-second path.
         """
         now = self.clock.now()
-        expired = self._registry.expire_due(now)
+        if self._cluster is None:
+            expired = self._registry.expire_due(now)
+        else:  # another worker may have kept one alive: the stored record decides
+            expired = self._registry.due(now)
+            self._cluster.expire_soon(expired, now)
         self._hot.demote_idle(now)
         self._runner.reap(now)
         self._monitor.tick()

@@ -38,6 +38,7 @@ from engine.errors import (
     ClusterUnavailable,
     ConfigurationError,
     DecryptionFailed,
+    EngineError,
     SessionBusy,
     SessionLimitReached,
 )
@@ -58,6 +59,7 @@ LEASE_POLL_S = 0.02  # how often a turn waiting for another worker's turn asks a
 REBUILD_POLL_S = 0.05  # how often a worker waiting for another's rebuild asks again
 REBUILD_WAIT_S = 10.0  # how long a decision waits for another worker's rebuild
 EVICTED = "user session cap reached"
+EXPIRY_RETRY_S = 5.0  # a session whose expiry could not be checked is checked again after this
 
 
 class ClusterWorker:
@@ -222,6 +224,41 @@ class ClusterWorker:
             return
         task = asyncio.ensure_future(self.state.sessions.remove(event.user_id, event.session_id))
         task.add_done_callback(_log_failure)
+
+    def expire_soon(self, sessions: Sequence[Session], now: float) -> None:
+        """End the sessions past their deadline in this worker's copy once the store agrees
+        (another worker's turns may have kept one alive: it is then re-armed instead)."""
+        if sessions:
+            task = asyncio.ensure_future(self._expire(sessions, now))
+            task.add_done_callback(_log_failure)
+
+    async def _expire(self, sessions: Sequence[Session], now: float) -> None:
+        expired: list[str] = []
+        for session in sessions:
+            try:
+                record = await self._store().load_record(session.session_id)
+            except EngineError as exc:
+                log.warning("session %s: checking its expiry: %s", session.session_id[:8], exc)
+                self._registry.rearm(session, now + EXPIRY_RETRY_S)
+                continue
+            if self._registry.get(session.session_id) is not session:
+                continue  # ended meanwhile
+            if record is None:
+                if not session.busy:
+                    self._forget(session)  # ended by another worker
+                continue
+            self._registry.touch(session, record.row.last_active_at)
+            reason = session.expiry_reason(now)
+            if reason is None or session.busy:
+                log.info("session %s: kept alive on another worker", session.session_id[:8])
+                self._registry.rearm(session)
+                continue
+            self._registry.remove(session.session_id, "expired", now, reason)
+            expired.append(session.session_id)
+        if expired:
+            await self._store().flush()
+            for session_id in expired:  # every worker's copy finds it gone at its next use
+                await self.bump(session_id)
 
     async def rebuild(self, restored: Restored | None = None) -> None:
         """Make sure the shared state is whole. If Valkey/Redis lost it and this worker claims
