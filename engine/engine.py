@@ -28,6 +28,7 @@ from engine.balancer import Balancer, Move
 from engine.cluster.worker import ClusterWorker, check_cluster_key, connect, worker_load
 from engine.config import MASTER_KEY_ENV, EngineConfig, SimSettings
 from engine.errors import (
+    ClusterUnavailable,
     ConfigurationError,
     EngineClosed,
     EngineError,
@@ -204,6 +205,9 @@ class Engine:
         """
         if self._state == "open":
             self._state = "draining"
+            if self._cluster is not None:  # its sessions' affinity goes to the other workers
+                with contextlib.suppress(ClusterUnavailable):
+                    await self._cluster.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while self._turns.tasks and loop.time() < deadline:

@@ -8,6 +8,7 @@ locally instead.
 from engine.cluster.connection import ClusterClient
 from engine.cluster.inflight import InFlightCaps
 from engine.cluster.leases import Lease, LeaseHolder, SessionLeases
+from engine.cluster.placement import ClusterPlacement, Moved
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import ClusterRates
 from engine.cluster.registry import WorkerLoad, WorkerRegistry, WorkerView
@@ -16,12 +17,14 @@ from engine.cluster.turns import RunningTurn, TurnGate, TurnWaits
 
 __all__ = [
     "ClusterClient",
+    "ClusterPlacement",
     "ClusterQuotas",
     "ClusterRates",
     "ClusterState",
     "InFlightCaps",
     "Lease",
     "LeaseHolder",
+    "Moved",
     "RunningTurn",
     "SessionLeases",
     "TurnGate",

@@ -4,8 +4,9 @@
 fails at once with ClusterUnavailable if it is down) and gives the parts a worker uses on a
 turn: `quotas` and `rates` (the QuotaBackend and RateBackend of engine/limits.py), `leases`,
 `inflight`, the worker `registry`, `turns`, which admits, starts and finishes a turn in one
-round trip each, `sessions` (each user's sessions under the cluster-wide cap) and `rebuild`
-(putting the state back after the server lost it). `aclose()` closes the connection pool.
+round trip each, `sessions` (each user's sessions under the cluster-wide cap), `rebuild`
+(putting the state back after the server lost it) and `placement` (each session's worker).
+`aclose()` closes the connection pool.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from engine.clock import Clock
 from engine.cluster.connection import ClusterClient
 from engine.cluster.inflight import InFlightCaps
 from engine.cluster.leases import SessionLeases
+from engine.cluster.placement import ClusterPlacement
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import ClusterRates
 from engine.cluster.rebuild import StateRebuild
@@ -39,6 +41,7 @@ class ClusterState:
     versions: SessionVersions
     sessions: UserSessions
     rebuild: StateRebuild
+    placement: ClusterPlacement
 
     @classmethod
     async def open(
@@ -86,6 +89,7 @@ class ClusterState:
             versions=versions,
             sessions=sessions,
             rebuild=rebuild,
+            placement=ClusterPlacement(client),
         )
 
     async def aclose(self) -> None:

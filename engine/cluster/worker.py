@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from engine.balancer import Balancer
 from engine.cluster.connection import BACKEND
+from engine.cluster.placement import Moved
 from engine.cluster.rebuild import NotRebuilt
 from engine.cluster.registry import WorkerLoad, WorkerView
 from engine.cluster.state import ClusterState
@@ -203,6 +204,8 @@ class ClusterWorker:
             raise SessionLimitReached(user_id, cap)
         if got.evicted:
             await self._end_evicted(got.evicted, now)
+        candidates = [m.worker_id for m in self.members] or [self.worker_id]
+        await self._answered(self.state.placement.place(session_id, candidates))
         return got.version
 
     async def _end_evicted(self, evicted: Sequence[str], now: float) -> None:
@@ -211,19 +214,35 @@ class ClusterWorker:
         for session_id in evicted:
             if self._registry.get(session_id) is not None:  # the engine's listener ends it
                 self._registry.remove(session_id, "evicted", now, EVICTED)
-            else:
+            else:  # not held here: nothing here forgets its worker either
                 self._persist_later(EndSession(session_id, now, EVICTED))
+                await self._answered(self.state.placement.forget(session_id))
         await self._store().flush()
         for session_id in evicted:
             await self.bump(session_id)
 
     def _on_session_event(self, event: SessionEvent, session: Session) -> None:
         """A session that ended, expired or was evicted leaves its user's cluster-wide count
-        (in the background: the end itself does not wait for Valkey/Redis)."""
+        and its worker (in the background: the end itself does not wait for Valkey/Redis)."""
         if event.kind == "created":
             return
-        task = asyncio.ensure_future(self.state.sessions.remove(event.user_id, event.session_id))
+        task = asyncio.ensure_future(self._uncount(event.user_id, event.session_id))
         task.add_done_callback(_log_failure)
+
+    async def _uncount(self, user_id: str, session_id: str) -> None:
+        await self.state.sessions.remove(user_id, session_id)
+        await self.state.placement.forget(session_id)
+
+    async def drain(self) -> tuple[Moved, ...]:
+        """Take no new sessions and move this worker's sessions' affinity to the others alive,
+        the fewest moves there can be (engine/cluster/placement.py)."""
+        remaining = [m.worker_id for m in self.members if m.worker_id != self.worker_id]
+        moves = await self._answered(self.state.placement.drain(self.worker_id, remaining))
+        log.info(
+            "worker %s draining: %d sessions' affinity moved to %s", self.worker_id, len(moves),
+            ", ".join(remaining) or "no other worker",
+        )
+        return moves
 
     def expire_soon(self, sessions: Sequence[Session], now: float) -> None:
         """End the sessions past their deadline in this worker's copy once the store agrees
@@ -418,7 +437,13 @@ async def connect(config: EngineConfig) -> tuple[ClusterState, str]:
             f"set {DATABASE_URL_ENV} (or StoreSettings.database_url) with {REDIS_URL_ENV}"
         )
     state = await ClusterState.open(config.cluster, config.clock, config.limits)
-    return state, config.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    worker_id = config.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        await state.placement.undrain(worker_id)  # a worker coming back takes sessions again
+    except BaseException:
+        await state.aclose()
+        raise
+    return state, worker_id
 
 
 def worker_load(snap: MonitorSnapshot, pools: Sequence[PoolView], sessions: int) -> WorkerLoad:
