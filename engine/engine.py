@@ -262,8 +262,9 @@ class Engine:
             if self._cluster is not None:  # the user's quotas are decided cluster-wide
                 await self._cluster.set_tier(user_id, tier)
         now = self.clock.now()
-        session_id, version = new_session_id(), 0
-        if self._cluster is not None:  # the user's session cap holds cluster-wide
+        session_id, version = None, 0
+        if self._cluster is not None:  # the user's session cap holds cluster-wide: claim first
+            session_id = new_session_id()
             version = await self._cluster.place_session(user_id, session_id, now)
         session = self._registry.create(user_id, meta, now, session_id)
         session.version = version

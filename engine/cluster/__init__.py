@@ -1,4 +1,6 @@
-"""Cluster mode's shared hot state in Valkey/Redis: quotas, rates, leases, caps, workers.
+"""Cluster mode's shared hot state in Valkey/Redis: quotas, rates, leases, caps on turns in
+flight and on sessions, session versions, workers and the sessions' placement on them, and
+its rebuild from the store after the server lost it.
 
 Every decision that must hold across engine processes is one atomic Lua script; when the server
 cannot be reached every call raises `engine.errors.ClusterUnavailable` and nothing is decided
