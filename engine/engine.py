@@ -28,6 +28,7 @@ from engine.balancer import Balancer, Move
 from engine.cluster.worker import ClusterWorker, check_cluster_key, connect, worker_load
 from engine.config import MASTER_KEY_ENV, EngineConfig, SimSettings
 from engine.errors import (
+    ClusterUnavailable,
     ConfigurationError,
     EngineClosed,
     EngineError,
@@ -46,8 +47,16 @@ from engine.restore import adopt_restored
 from engine.runner import AgentRunner
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, issue_token, rotate
-from engine.sessions import Message, Session, SessionRegistry
-from engine.store import Assign, Prune, RewrapReport, Store, TokenUpdate, open_store
+from engine.sessions import Message, Session, SessionRegistry, new_session_id
+from engine.store import (
+    Assign,
+    Prune,
+    RewrapReport,
+    Store,
+    TokenUpdate,
+    UserTier,
+    open_store,
+)
 from engine.store_link import StoreLink
 from engine.turns import MultitaskStrategy, TurnPipeline, check_strategy
 from engine.views import (
@@ -133,6 +142,7 @@ class Engine:
         self.operator = Operator(
             registry=self._registry, views=self._views, monitor=self._monitor,
             quotas=self._quotas, end=self._end, rotate=self._rotate, warm=self._hot.warm,
+            set_tier=self._set_tier,
         )
         self._housekeeping: asyncio.Task[None] | None = None
         self._housekeeping_passes = 0
@@ -195,6 +205,9 @@ class Engine:
         """
         if self._state == "open":
             self._state = "draining"
+            if self._cluster is not None:  # its sessions' affinity goes to the other workers
+                with contextlib.suppress(ClusterUnavailable):
+                    await self._cluster.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while self._turns.tasks and loop.time() < deadline:
@@ -249,7 +262,12 @@ class Engine:
             if self._cluster is not None:  # the user's quotas are decided cluster-wide
                 await self._cluster.set_tier(user_id, tier)
         now = self.clock.now()
-        session = self._registry.create(user_id, meta, now)
+        session_id, version = None, 0
+        if self._cluster is not None:  # the user's session cap holds cluster-wide: claim first
+            session_id = new_session_id()
+            version = await self._cluster.place_session(user_id, session_id, now)
+        session = self._registry.create(user_id, meta, now, session_id)
+        session.version = version
         session.origin = origin
         token, record = issue_token(now, cfg.sessions.lifetime_s)
         session.token = record
@@ -259,7 +277,8 @@ class Engine:
         session.worker = self._balancer.assign(session.session_id)
         self._views.invalidate(session)
         try:
-            await self._link.committed(self.store.save_session(session_row(session)))
+            tier_ops = () if tier is None else (UserTier(user_id, session.tier),)
+            await self._link.committed(self.store.write(session_row(session), *tier_ops))
         except EngineError:
             self._registry.remove(session.session_id, "ended", now, "could not be saved")
             raise
@@ -377,7 +396,11 @@ class Engine:
         that is kept out of the per-second path.
         """
         now = self.clock.now()
-        expired = self._registry.expire_due(now)
+        if self._cluster is None:
+            expired = self._registry.expire_due(now)
+        else:  # another worker may have kept one alive: the stored record decides
+            expired = self._registry.due(now)
+            self._cluster.expire_soon(expired, now)
         self._hot.demote_idle(now)
         self._runner.reap(now)
         self._monitor.tick()
@@ -455,6 +478,19 @@ class Engine:
             await self._cluster.bump(session.session_id)
         return new_token
 
+    async def _set_tier(self, user_id: str, tier: str) -> None:
+        """The operator's tier change: here, with the user's stored sessions (it outlasts a
+        restart) and, in a cluster, in Valkey/Redis, where every worker's quotas read it."""
+        self._quotas.set_tier(user_id, tier)  # validates first
+        for session in self._registry.of_user(user_id):
+            session.tier = tier
+            self._views.invalidate(session)
+        await self._link.commit(UserTier(user_id, tier))
+        if self._cluster is not None:
+            await self._cluster.set_tier(user_id, tier)
+            await self.store.flush()  # in the store before other workers read it
+            await self._cluster.tier_changed(user_id)
+
     async def _end(self, session: Session, reason: str) -> None:
         """End a session now and return once its rows and wrapped key are deleted on disk."""
         self._registry.remove(session.session_id, "ended", self.clock.now(), reason)
@@ -477,6 +513,8 @@ class Engine:
         )
         if moved:
             await store.write(*moved)
+        if self._cluster is not None:  # the first worker after Valkey/Redis lost its data
+            await self._cluster.rebuild(restored)
         return report
 
     async def _housekeep_forever(self) -> None:

@@ -20,7 +20,9 @@ from engine.views import SessionDetail, SessionViews
 class Operator:
     """End sessions, rotate their tokens, acknowledge alerts, set tiers, inspect and report."""
 
-    __slots__ = ("_end", "_monitor", "_quotas", "_registry", "_rotate", "_views", "_warm")
+    __slots__ = (
+        "_end", "_monitor", "_quotas", "_registry", "_rotate", "_set_tier", "_views", "_warm",
+    )
 
     def __init__(
         self,
@@ -32,6 +34,7 @@ class Operator:
         end: Callable[[Session, str], Awaitable[None]],
         rotate: Callable[[Session], Awaitable[str]],
         warm: Callable[[Session], Awaitable[None]],
+        set_tier: Callable[[str, str], Awaitable[None]],
     ) -> None:
         self._registry = registry
         self._views = views
@@ -40,6 +43,7 @@ class Operator:
         self._end = end
         self._rotate = rotate
         self._warm = warm
+        self._set_tier = set_tier
 
     # -- sessions --------------------------------------------------------------------------------
     def inspect(self, session_id: str) -> SessionDetail | None:
@@ -106,9 +110,10 @@ class Operator:
         return self._monitor.acknowledge_all(severity)
 
     # -- users and quotas ------------------------------------------------------------------------
-    def set_tier(self, user_id: str, tier: str) -> None:
-        """InvalidInput for a tier that is not configured."""
-        self._quotas.set_tier(user_id, tier)
+    async def set_tier(self, user_id: str, tier: str) -> None:
+        """InvalidInput for a tier that is not configured. The user's stored sessions keep it
+        (a restart restores it) and in a cluster every worker enforces it from the next turn."""
+        await self._set_tier(user_id, tier)
 
     def quota_usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
         return self._quotas.usage(user_id)

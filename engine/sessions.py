@@ -267,8 +267,12 @@ class SessionRegistry:
         self._listeners.append(listener)
 
     # -- changes -------------------------------------------------------------------------------
-    def create(self, user_id: str, metadata: Mapping[str, Any], now: float) -> Session:
-        """Register a new session, first evicting the user's oldest idle one if at the cap."""
+    def create(
+        self, user_id: str, metadata: Mapping[str, Any], now: float, session_id: str | None = None
+    ) -> Session:
+        """Register a new session, first evicting the user's oldest idle one if at the cap.
+
+        `session_id` is given when the id was needed first (a cluster claims its place)."""
         owned = self._by_user.get(user_id)
         if owned is not None and len(owned) >= self.max_per_user:
             victim = next((s for s in owned.values() if not s.busy), None)
@@ -276,7 +280,7 @@ class SessionRegistry:
                 raise SessionLimitReached(user_id, self.max_per_user)
             self.remove(victim.session_id, "evicted", now, "user session cap reached")
         session = Session(
-            session_id=new_session_id(),
+            session_id=session_id or new_session_id(),
             user_id=user_id,
             metadata=MappingProxyType(dict(metadata)),
             created_at=now,
@@ -336,22 +340,34 @@ class SessionRegistry:
 
     def expire_due(self, now: float) -> list[Session]:
         """Remove every session whose deadline has passed; cost is O(due x log n)."""
-        expired: list[Session] = []
+        expired = self.due(now)
+        for session in expired:
+            self.remove(session.session_id, "expired", now, session.expiry_reason(now) or "")
+        return expired
+
+    def due(self, now: float) -> list[Session]:
+        """Take the idle sessions past their deadline off the heap without ending them: a
+        worker of a cluster asks the store first (another worker may have kept one alive),
+        then ends each or puts it back with `rearm`."""
+        due: dict[str, Session] = {}
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, session_id = heapq.heappop(heap)
             session = self._sessions.get(session_id)
-            if session is None:
-                continue  # ended earlier; its entry was left behind
+            if session is None or session_id in due:
+                continue  # ended earlier, or a second entry: left behind
             reason = session.expiry_reason(now)
             if reason is None or session.busy:
                 # Early entry (activity moved the deadline) or mid-turn: re-arm, never evict a turn.
                 rearm = session.deadline if reason is None else now + session.idle_timeout_s
                 heapq.heappush(heap, (rearm, session_id))
                 continue
-            self.remove(session_id, "expired", now, reason)
-            expired.append(session)
-        return expired
+            due[session_id] = session
+        return list(due.values())
+
+    def rearm(self, session: Session, at: float | None = None) -> None:
+        """Come due again at `at` (default: its deadline)."""
+        heapq.heappush(self._heap, (session.deadline if at is None else at, session.session_id))
 
     def _compact_heap(self) -> None:
         """Drop entries of ended sessions once they outnumber live ones (amortised O(1))."""

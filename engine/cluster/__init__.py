@@ -1,4 +1,6 @@
-"""Cluster mode's shared hot state in Valkey/Redis: quotas, rates, leases, caps, workers.
+"""Cluster mode's shared hot state in Valkey/Redis: quotas, rates, leases, caps on turns in
+flight and on sessions, session versions, workers and the sessions' placement on them, and
+its rebuild from the store after the server lost it.
 
 Every decision that must hold across engine processes is one atomic Lua script; when the server
 cannot be reached every call raises `engine.errors.ClusterUnavailable` and nothing is decided
@@ -8,6 +10,7 @@ locally instead.
 from engine.cluster.connection import ClusterClient
 from engine.cluster.inflight import InFlightCaps
 from engine.cluster.leases import Lease, LeaseHolder, SessionLeases
+from engine.cluster.placement import ClusterPlacement, Moved
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import ClusterRates
 from engine.cluster.registry import WorkerLoad, WorkerRegistry, WorkerView
@@ -16,12 +19,14 @@ from engine.cluster.turns import RunningTurn, TurnGate, TurnWaits
 
 __all__ = [
     "ClusterClient",
+    "ClusterPlacement",
     "ClusterQuotas",
     "ClusterRates",
     "ClusterState",
     "InFlightCaps",
     "Lease",
     "LeaseHolder",
+    "Moved",
     "RunningTurn",
     "SessionLeases",
     "TurnGate",

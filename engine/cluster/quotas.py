@@ -165,7 +165,7 @@ class ClusterQuotas:
     async def restore(self, user_id: str, resource: str, amount: float, at: float) -> None:
         """Re-count usage recorded at `at` (the cluster's data was lost); windowed resources
         only. Usage already out of its window is not counted. Exactly one worker should do it:
-        see `ClusterState.claim_restore`."""
+        see engine/cluster/rebuild.py."""
         (amount,) = validated_amounts({resource: amount}).values()
         reply = await self._change_usage(user_id, resource, amount, "restore", at)
         if reply[0] == 0:

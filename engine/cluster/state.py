@@ -3,8 +3,10 @@
 `await ClusterState.open(config.cluster, clock, config.limits)` connects to Valkey/Redis (and
 fails at once with ClusterUnavailable if it is down) and gives the parts a worker uses on a
 turn: `quotas` and `rates` (the QuotaBackend and RateBackend of engine/limits.py), `leases`,
-`inflight`, the worker `registry`, and `turns`, which admits, starts and finishes a turn in one
-round trip each. `aclose()` closes the connection pool.
+`inflight`, the worker `registry`, `turns`, which admits, starts and finishes a turn in one
+round trip each, `sessions` (each user's sessions under the cluster-wide cap), `rebuild`
+(putting the state back after the server lost it) and `placement` (each session's worker).
+`aclose()` closes the connection pool.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from engine.clock import Clock
 from engine.cluster.connection import ClusterClient
 from engine.cluster.inflight import InFlightCaps
 from engine.cluster.leases import SessionLeases
+from engine.cluster.placement import ClusterPlacement
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import ClusterRates
+from engine.cluster.rebuild import StateRebuild
 from engine.cluster.registry import WorkerRegistry
 from engine.cluster.turns import TurnGate
+from engine.cluster.user_sessions import UserSessions
 from engine.cluster.versions import SessionVersions
 from engine.config import ClusterSettings, LimitSettings
 from engine.errors import ConfigurationError
@@ -34,6 +39,9 @@ class ClusterState:
     registry: WorkerRegistry
     turns: TurnGate
     versions: SessionVersions
+    sessions: UserSessions
+    rebuild: StateRebuild
+    placement: ClusterPlacement
 
     @classmethod
     async def open(
@@ -63,6 +71,9 @@ class ClusterState:
         leases = SessionLeases(client, settings.lease_ttl_s)
         inflight = InFlightCaps(client, clock, settings.reservation_ttl_s)
         versions = SessionVersions(client)
+        marker = client.key("rebuilt")
+        sessions = UserSessions(client, leases.key(""), marker, versions)
+        rebuild = StateRebuild(client, marker, quotas, sessions)
         return cls(
             client=client,
             quotas=quotas,
@@ -72,19 +83,14 @@ class ClusterState:
             registry=WorkerRegistry(
                 client, clock, settings.worker_dead_after_s, settings.heartbeat_s
             ),
-            turns=TurnGate(client, clock, quotas, rates, leases, inflight, versions),
+            turns=TurnGate(
+                client, clock, quotas, rates, leases, inflight, versions, rebuild.key
+            ),
             versions=versions,
+            sessions=sessions,
+            rebuild=rebuild,
+            placement=ClusterPlacement(client),
         )
-
-    async def claim_restore(self, worker_id: str) -> bool:
-        """True for exactly one caller per life of the server's data: the first worker to ask
-        after the server started empty (first start, or a restart that lost its data) replays
-        the quota windows from the store; the others must not, or usage would count twice.
-        Ask at start and with each heartbeat, so a loss while workers run is noticed."""
-        claimed = await self.client.run(
-            self.client.redis.set(self.client.key("restored-by"), worker_id, nx=True)
-        )
-        return bool(claimed)
 
     async def aclose(self) -> None:
         await self.client.aclose()

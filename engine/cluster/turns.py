@@ -22,15 +22,18 @@ from engine.cluster.inflight import HAS_ROOM_FN, InFlightCaps, check_cap, new_sl
 from engine.cluster.leases import ACQUIRE_FN, RELEASE_FN, Lease, SessionLeases, ms
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import GCRA_FN, ClusterRates
-from engine.cluster.versions import SessionVersions
+from engine.cluster.rebuild import NOT_REBUILT, REBUILT_FN, NotRebuilt
+from engine.cluster.versions import VERSION_FN, SessionVersions
 from engine.errors import RateLimited
 from engine.quotas import Reservation, validated_amounts
 
-# KEYS: a TAT per rate check, then the reserve keys (quota_lua.RESERVE's)
+# KEYS: a TAT per rate check, then the reserve keys (quota_lua.RESERVE's), the rebuild marker
 # ARGV: now, buckets, expiry, reservation retry, number of rate checks, their interval and
 # tolerance, then (resource, amount, tier spec)...
-# Returns {2, index of the refusing check, wait}, or quota_lua.RESERVE's reply.
-ADMIT = quota_lua.COMMON + GCRA_FN + quota_lua.RESERVE_FN + r"""
+# Returns {'rebuild'} while the shared state is not rebuilt after a loss (nothing counted),
+# {2, index of the refusing check, wait}, or quota_lua.RESERVE's reply.
+ADMIT = quota_lua.COMMON + GCRA_FN + quota_lua.RESERVE_FN + REBUILT_FN + r"""
+if not rebuilt(KEYS[#KEYS]) then return {'rebuild'} end
 local n = tonumber(ARGV[5])
 local rate_keys = {}
 for i = 1, n do rate_keys[i] = KEYS[i] end
@@ -43,13 +46,13 @@ return reserve(k, wanted, ARGV[3], ARGV[4])
 # KEYS: lease, fence counter, the user's slots, the session's version
 # ARGV: now, worker id, lease ttl ms, slot expiry, cap, slot id, slots gc ms
 # Returns {1, token, version}, {0, 'cap'} or {0, 'lease', ms left}.
-START = HAS_ROOM_FN + ACQUIRE_FN + r"""
+START = HAS_ROOM_FN + ACQUIRE_FN + VERSION_FN + r"""
 if not has_room(KEYS[3], ARGV[1], ARGV[5]) then return {0, 'cap'} end
 local got = acquire_lease(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 if got[1] == 0 then return {0, 'lease', got[3]} end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[7])
-return {1, got[2], tonumber(redis.call('GET', KEYS[4]) or '0')}
+return {1, got[2], current_version(KEYS[4])}
 """
 
 # KEYS: the user's slots, lease, the session's version, then the settle keys (quota_lua.SETTLE's)
@@ -57,10 +60,11 @@ return {1, got[2], tonumber(redis.call('GET', KEYS[4]) or '0')}
 # (resource, amount, tier spec)... of the actual use. A settled turn was committed: its
 # session's version goes up before the lease is free. Returns {1 if the lease was still held,
 # the session's version}.
-FINISH = quota_lua.COMMON + quota_lua.SETTLE_FN + RELEASE_FN + r"""
+FINISH = quota_lua.COMMON + quota_lua.SETTLE_FN + RELEASE_FN + VERSION_FN + r"""
 redis.call('ZREM', KEYS[1], ARGV[4])
-local version = tonumber(redis.call('GET', KEYS[3]) or '0')
-if ARGV[6] == 'settle' then version = redis.call('INCR', KEYS[3]) end
+local version
+if ARGV[6] == 'settle' then version = next_version(KEYS[3])
+else version = current_version(KEYS[3]) end
 local held = release_lease(KEYS[2], ARGV[5])
 local k, used = settle_args(4, 7)
 if ARGV[6] == 'settle' then settle(k, ARGV[3], used)
@@ -100,8 +104,10 @@ class TurnGate:
         leases: SessionLeases,
         inflight: InFlightCaps,
         versions: SessionVersions,
+        rebuilt_key: str,
     ) -> None:
         self._client = client
+        self._rebuilt_key = rebuilt_key
         self._versions = versions
         self._clock = clock
         self._quotas = quotas
@@ -114,20 +120,25 @@ class TurnGate:
 
     async def admit(
         self, session_id: str, user_id: str, amounts: Mapping[str, float]
-    ) -> Reservation:
+    ) -> Reservation | NotRebuilt:
         """Count the request against the session's and the user's rates (RateLimited), then
-        reserve the amounts (QuotaExceeded, the rates staying counted)."""
+        reserve the amounts (QuotaExceeded, the rates staying counted). NotRebuilt, nothing
+        counted, while the shared state is lost and not yet rebuilt (engine/cluster/rebuild.py).
+        """
         wanted = validated_amounts(amounts)
         checks = [("session", session_id), ("user", user_id)]
         now = self._clock.now()
         quotas = self._quotas
         reply = await self._client.call(
             self._admit,
-            [*self._rates.keys(checks), *quotas.reserve_keys(user_id, wanted)],
+            [*self._rates.keys(checks), *quotas.reserve_keys(user_id, wanted),
+             self._rebuilt_key],
             [repr(now), quotas.buckets, *quotas.reserve_args(now), str(len(checks)),
              *self._rates.params(checks), *quotas.triples(wanted)],
         )
         assert isinstance(reply, list)
+        if reply[0] == NOT_REBUILT:
+            return NotRebuilt()
         if reply[0] == 2:
             raise RateLimited(checks[reply[1] - 1][0], float(reply[2]))
         return quotas.reserved(user_id, wanted, reply)

@@ -9,6 +9,11 @@ changed, or forgets one another worker ended. A turn then takes the session's le
 the TurnGate (`start`): one turn at a time cluster-wide, and if another worker held the session
 since, its copy is refreshed under the lease. `finish` settles and raises the version after
 the store has the turn. Quotas and rates are decided in Valkey/Redis alone, never locally.
+
+The user's session cap holds cluster-wide too (`place_session`): a session evicted to make room
+is ended in the store and its version raised, so every worker then refuses it as unknown. When
+Valkey/Redis lost its data, the first decision that finds it gone rebuilds it from the store
+(`rebuild`, engine/cluster/rebuild.py) before anything is decided.
 """
 
 from __future__ import annotations
@@ -22,18 +27,29 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from engine.balancer import Balancer
+from engine.cluster.connection import BACKEND
+from engine.cluster.placement import Moved
+from engine.cluster.rebuild import NotRebuilt
 from engine.cluster.registry import WorkerLoad, WorkerView
 from engine.cluster.state import ClusterState
 from engine.cluster.turns import RunningTurn
+from engine.cluster.user_sessions import Refused
 from engine.config import DATABASE_URL_ENV, MASTER_KEY_ENV, REDIS_URL_ENV, EngineConfig
-from engine.errors import ClusterUnavailable, ConfigurationError, DecryptionFailed, SessionBusy
+from engine.errors import (
+    ClusterUnavailable,
+    ConfigurationError,
+    DecryptionFailed,
+    EngineError,
+    SessionBusy,
+    SessionLimitReached,
+)
 from engine.monitor import Monitor, MonitorSnapshot
 from engine.pool import PoolView
 from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.restore import adopt_cold, cold_session
 from engine.security import KeyRing, TokenRecord
-from engine.sessions import Session, SessionRegistry
-from engine.store import SessionRecord, Store
+from engine.sessions import Session, SessionEvent, SessionRegistry
+from engine.store import EndSession, Restored, SessionRecord, Store
 from engine.views import ClusterView
 
 log = logging.getLogger(__name__)
@@ -41,6 +57,10 @@ T = TypeVar("T")
 
 MAX_SESSION_ID_CHARS = 64  # ids are 32 hex characters: longer ones are never looked up
 LEASE_POLL_S = 0.02  # how often a turn waiting for another worker's turn asks again
+REBUILD_POLL_S = 0.05  # how often a worker waiting for another's rebuild asks again
+REBUILD_WAIT_S = 10.0  # how long a decision waits for another worker's rebuild
+EVICTED = "user session cap reached"
+EXPIRY_RETRY_S = 5.0  # a session whose expiry could not be checked is checked again after this
 
 
 class ClusterWorker:
@@ -73,6 +93,8 @@ class ClusterWorker:
         self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
+        self._rebuilding = asyncio.Lock()  # one rebuild attempt at a time in this worker
+        registry.subscribe(self._on_session_event)
 
     # -- membership ------------------------------------------------------------------------------
     def join(self, load: Callable[[], WorkerLoad]) -> None:
@@ -148,9 +170,12 @@ class ClusterWorker:
         session.version = version
 
     def _refresh(self, session: Session, record: SessionRecord) -> None:
-        """Another worker changed the session: take its counters and token from the store, and
-        read the context again at its next use."""
+        """Another worker changed the session: take its counters, token and tier from the
+        store, and read the context again at its next use."""
         row = record.row
+        if row.tier != session.tier and row.tier in self._tiers:
+            session.tier = row.tier
+            self._quotas.set_tier(session.user_id, row.tier)
         session.token = TokenRecord(row.token_hash, row.token_issued_at, row.token_expires_at)
         self._registry.touch(session, row.last_active_at)
         session.turns, session.errors = row.turns, row.errors
@@ -166,11 +191,146 @@ class ClusterWorker:
         session.cold_messages, session.cold_bytes = messages, size
         session.next_seq = figures.next_seq if figures else 0
 
+    async def place_session(self, user_id: str, session_id: str, now: float) -> int:
+        """Claim a new session's place under its user's cap, cluster-wide: the user's oldest
+        idle sessions make room wherever they are served (SessionLimitReached when every one
+        has a turn running). Returns the new session's version."""
+        cap, lifetime = self._config.sessions.max_per_user, self._config.sessions.lifetime_s
+        sessions = self.state.sessions
+        got = await self._decided(
+            lambda: sessions.claim(user_id, session_id, now, cap, lifetime)
+        )
+        if isinstance(got, Refused):
+            raise SessionLimitReached(user_id, cap)
+        if got.evicted:
+            await self._end_evicted(got.evicted, now)
+        candidates = [m.worker_id for m in self.members] or [self.worker_id]
+        await self._answered(self.state.placement.place(session_id, candidates))
+        return got.version
+
+    async def _end_evicted(self, evicted: Sequence[str], now: float) -> None:
+        """End sessions the cap evicted: in the store first, then raise their versions, so a
+        worker holding one reloads it, finds it gone and refuses it like an unknown session."""
+        for session_id in evicted:
+            if self._registry.get(session_id) is not None:  # the engine's listener ends it
+                self._registry.remove(session_id, "evicted", now, EVICTED)
+            else:  # not held here: nothing here forgets its worker either
+                self._persist_later(EndSession(session_id, now, EVICTED))
+                await self._answered(self.state.placement.forget(session_id))
+        await self._store().flush()
+        for session_id in evicted:
+            await self.bump(session_id)
+
+    def _on_session_event(self, event: SessionEvent, session: Session) -> None:
+        """A session that ended, expired or was evicted leaves its user's cluster-wide count
+        and its worker (in the background: the end itself does not wait for Valkey/Redis)."""
+        if event.kind == "created":
+            return
+        task = asyncio.ensure_future(self._uncount(event.user_id, event.session_id))
+        task.add_done_callback(_log_failure)
+
+    async def _uncount(self, user_id: str, session_id: str) -> None:
+        await self.state.sessions.remove(user_id, session_id)
+        await self.state.placement.forget(session_id)
+
+    async def drain(self) -> tuple[Moved, ...]:
+        """Take no new sessions and move this worker's sessions' affinity to the others alive,
+        the fewest moves there can be (engine/cluster/placement.py)."""
+        remaining = [m.worker_id for m in self.members if m.worker_id != self.worker_id]
+        moves = await self._answered(self.state.placement.drain(self.worker_id, remaining))
+        log.info(
+            "worker %s draining: %d sessions' affinity moved to %s", self.worker_id, len(moves),
+            ", ".join(remaining) or "no other worker",
+        )
+        return moves
+
+    def expire_soon(self, sessions: Sequence[Session], now: float) -> None:
+        """End the sessions past their deadline in this worker's copy once the store agrees
+        (another worker's turns may have kept one alive: it is then re-armed instead)."""
+        if sessions:
+            task = asyncio.ensure_future(self._expire(sessions, now))
+            task.add_done_callback(_log_failure)
+
+    async def _expire(self, sessions: Sequence[Session], now: float) -> None:
+        expired: list[str] = []
+        for session in sessions:
+            try:
+                record = await self._store().load_record(session.session_id)
+            except EngineError as exc:
+                log.warning("session %s: checking its expiry: %s", session.session_id[:8], exc)
+                self._registry.rearm(session, now + EXPIRY_RETRY_S)
+                continue
+            if self._registry.get(session.session_id) is not session:
+                continue  # ended meanwhile
+            if record is None:
+                if not session.busy:
+                    self._forget(session)  # ended by another worker
+                continue
+            self._registry.touch(session, record.row.last_active_at)
+            reason = session.expiry_reason(now)
+            if reason is None or session.busy:
+                log.info("session %s: kept alive on another worker", session.session_id[:8])
+                self._registry.rearm(session)
+                continue
+            self._registry.remove(session.session_id, "expired", now, reason)
+            expired.append(session.session_id)
+        if expired:
+            await self._store().flush()
+            for session_id in expired:  # every worker's copy finds it gone at its next use
+                await self.bump(session_id)
+
+    async def rebuild(self, restored: Restored | None = None) -> None:
+        """Make sure the shared state is whole. If Valkey/Redis lost it and this worker claims
+        the rebuild, replay it from `restored` (what the store holds; read now if None);
+        otherwise wait for the worker that does (ClusterUnavailable past REBUILD_WAIT_S)."""
+        rebuild = self.state.rebuild
+        async with self._rebuilding:
+            if await self._answered(rebuild.claim(self.worker_id)):
+                try:
+                    if restored is None:
+                        restored = await self._store().load_live(self._config.clock.now())
+                    replayed = await rebuild.replay(restored, self._config.sessions.lifetime_s)
+                    await rebuild.done(self.worker_id)
+                except BaseException:
+                    with contextlib.suppress(ClusterUnavailable):
+                        await rebuild.abandon(self.worker_id)
+                    raise
+                log.warning(
+                    "worker %s rebuilt the cluster's shared state from the store: %d users, "
+                    "%d sessions, %d quota buckets", self.worker_id, replayed.users,
+                    replayed.sessions, replayed.quota_events,
+                )
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + REBUILD_WAIT_S
+            while not await self._answered(rebuild.is_rebuilt()):
+                if loop.time() >= deadline:
+                    raise ClusterUnavailable(
+                        BACKEND, self.state.client.url,
+                        "it lost its data and another worker is still rebuilding it from the "
+                        "store; retry shortly",
+                    )
+                await asyncio.sleep(REBUILD_POLL_S)
+
+    async def _decided(self, decide: Callable[[], Awaitable[T | NotRebuilt]]) -> T:
+        """`await decide()`, rebuilding the shared state first if it was lost."""
+        got = await self._answered(decide())
+        if isinstance(got, NotRebuilt):
+            await self.rebuild()
+            got = await self._answered(decide())
+            if isinstance(got, NotRebuilt):
+                raise ClusterUnavailable(
+                    BACKEND, self.state.client.url, "it lost its data again while rebuilding"
+                )
+        return got
+
     # -- turns -----------------------------------------------------------------------------------
     async def admit(self, session: Session, amounts: Mapping[str, float]) -> Reservation:
         """The session's and the user's rates, then the quota reservation, cluster-wide."""
         turns = self.state.turns
-        return await self._answered(turns.admit(session.session_id, session.user_id, amounts))
+        return await self._decided(
+            lambda: turns.admit(session.session_id, session.user_id, amounts)
+        )
 
     async def start(self, session: Session, wait_s: float) -> RunningTurn:
         """Take the session's lease (waiting up to `wait_s` for another worker's turn on it)
@@ -251,7 +411,14 @@ class ClusterWorker:
             await self.state.quotas.release(reservation)
 
     async def set_tier(self, user_id: str, tier: str) -> None:
+        """Every worker's quota decisions use the tier from the next one on."""
         await self._answered(self.state.quotas.set_tier(user_id, tier))
+
+    async def tier_changed(self, user_id: str) -> None:
+        """After a tier change is in the store: every worker's copies of the user's sessions
+        take it at their next use (their versions go up)."""
+        for session_id in await self._answered(self.state.sessions.of_user(user_id)):
+            await self.bump(session_id)
 
     async def bump(self, session_id: str) -> None:
         """After a change outside a turn (rotation, end) is in the store."""
@@ -270,7 +437,13 @@ async def connect(config: EngineConfig) -> tuple[ClusterState, str]:
             f"set {DATABASE_URL_ENV} (or StoreSettings.database_url) with {REDIS_URL_ENV}"
         )
     state = await ClusterState.open(config.cluster, config.clock, config.limits)
-    return state, config.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    worker_id = config.cluster.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        await state.placement.undrain(worker_id)  # a worker coming back takes sessions again
+    except BaseException:
+        await state.aclose()
+        raise
+    return state, worker_id
 
 
 def worker_load(snap: MonitorSnapshot, pools: Sequence[PoolView], sessions: int) -> WorkerLoad:
@@ -296,8 +469,9 @@ def check_cluster_key(keyring: KeyRing, wrapped_key: bytes) -> None:
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
+    """For background updates (a failed turn's hold released, an ended session uncounted)."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         if isinstance(exc, ClusterUnavailable):
-            log.warning("releasing a failed turn's hold: %s (it lapses by itself)", exc)
+            log.warning("a background cluster update: %s (what it held lapses by itself)", exc)
         else:
-            log.error("releasing a failed turn's hold failed", exc_info=exc)
+            log.error("a background cluster update failed", exc_info=exc)

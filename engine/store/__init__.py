@@ -36,6 +36,7 @@ from engine.store.ops import (
     TokenUpdate,
     Touch,
     TrimMessages,
+    UserTier,
 )
 from engine.store.postgres import PostgresBackend, is_postgres_url, redacted
 from engine.store.sqlite import SqliteBackend
@@ -67,6 +68,7 @@ __all__ = [
     "TokenUpdate",
     "Touch",
     "TrimMessages",
+    "UserTier",
     "is_postgres_url",
     "open_store",
     "redacted",

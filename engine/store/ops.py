@@ -90,6 +90,15 @@ class TokenUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class UserTier:
+    """The user's tier changed: every stored session of theirs carries it from now on, so a
+    restart (or a cluster rebuilding its shared state) gives the user the tier set last."""
+
+    user_id: str
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
 class Assign:
     """The session now lives on `worker` (placement or a rebalancing move)."""
 
@@ -199,6 +208,7 @@ Op = (
     SessionRow
     | Touch
     | TokenUpdate
+    | UserTier
     | Assign
     | MessageRow
     | TrimMessages

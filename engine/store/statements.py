@@ -27,6 +27,7 @@ from engine.store.ops import (
     TokenUpdate,
     Touch,
     TrimMessages,
+    UserTier,
 )
 
 Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and the arguments of each execution
@@ -38,6 +39,7 @@ class Sql:
     """A backend's statements for the kinds written one row per execution."""
 
     upsert_session: str
+    user_tier: str
     assign: str
     update_token: str
     trim: str
@@ -63,6 +65,7 @@ class OpStatements:
         self.metrics_keep_s = metrics_keep_s
         self._phases: tuple[tuple[type, Callable[[list[Any]], Statements]], ...] = (
             (SessionRow, self._sessions_sql),
+            (UserTier, self._tier_sql),
             (Assign, self._assign_sql),
             (TokenUpdate, self._token_sql),
             (Touch, self._touch_sql),
@@ -111,6 +114,9 @@ class OpStatements:
             )
             for r in rows
         ]
+
+    def _tier_sql(self, ops: list[UserTier]) -> Statements:
+        yield self.sql.user_tier, [(op.user_id, op.tier) for op in ops]
 
     def _assign_sql(self, ops: list[Assign]) -> Statements:
         yield self.sql.assign, [(op.session_id, op.worker) for op in ops]

@@ -25,8 +25,13 @@ LIMITS = LimitSettings(
 )
 
 
-async def open_state(url: str, clock: ManualClock, **settings: object) -> ClusterState:
-    return await ClusterState.open(ClusterSettings(redis_url=url, **settings), clock, LIMITS)
+async def open_state(
+    url: str, clock: ManualClock, limits: LimitSettings = LIMITS, **settings: object
+) -> ClusterState:
+    """The state of a cluster whose shared state is whole (as a worker's rebuild leaves it)."""
+    state = await ClusterState.open(ClusterSettings(redis_url=url, **settings), clock, limits)
+    await state.rebuild.done("test")
+    return state
 
 
 async def test_admit_counts_rates_then_reserves(redis_url, clock):
@@ -70,8 +75,11 @@ async def test_finish_settles_leaves_and_releases(redis_url, clock):
     state = await open_state(redis_url, clock)
     reservation = await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 60})
     turn = await state.turns.start("s1", "u", "w1", cap=1)
-    assert isinstance(turn, RunningTurn) and turn.version == 0  # never changed yet
-    assert await state.turns.finish(turn, reservation, {"api_calls": 1, "tokens": 25}) == (True, 1)
+    assert isinstance(turn, RunningTurn)
+    start = turn.version  # seeded from the server's clock
+    assert start > 0 and await state.versions.get("s1") == start
+    finished = await state.turns.finish(turn, reservation, {"api_calls": 1, "tokens": 25})
+    assert finished == (True, start + 1)
     usage = {u.resource: u for u in await state.quotas.usage("u")}
     assert (usage["tokens"].used, usage["tokens"].reserved) == (25, 0)
     assert await state.inflight.count("u") == 0
@@ -83,9 +91,9 @@ async def test_finish_settles_leaves_and_releases(redis_url, clock):
 
     failed = await state.turns.admit("s1", "u", {"api_calls": 1, "tokens": 60})
     turn = await state.turns.start("s1", "u", "w1", cap=1)
-    assert isinstance(turn, RunningTurn) and turn.version == 2
+    assert isinstance(turn, RunningTurn) and turn.version == start + 2
     # The turn failed: release, and the session's version stays (nothing was committed).
-    assert await state.turns.finish(turn, failed, None) == (True, 2)
+    assert await state.turns.finish(turn, failed, None) == (True, start + 2)
     usage = {u.resource: u for u in await state.quotas.usage("u")}
     assert (usage["tokens"].used, usage["tokens"].reserved) == (25, 0)
     await state.aclose()
@@ -112,7 +120,7 @@ async def test_admit_lets_exactly_the_burst_through_at_any_clock_value(redis_url
         tiers={"free": {**TIERS["free"], "api_calls": QuotaLimit(100, 60.0)}},
         session_rate=RateLimit(5.0, 4), user_rate=RateLimit(7.0, 6),
     )
-    state = await ClusterState.open(ClusterSettings(redis_url=redis_url), clock, limits)
+    state = await open_state(redis_url, clock, limits)
     for _ in range(4):
         await state.turns.admit("s1", "u", {"api_calls": 1})
     with pytest.raises(RateLimited) as session:
@@ -168,3 +176,18 @@ def test_admit_answers_as_the_local_rate_then_reserve(valkey, steps, start):
             await state.aclose()
 
     asyncio.run(run())
+
+
+async def test_versions_lost_with_the_server_start_again_above_every_earlier_one(
+    redis_url, valkey, clock
+):
+    """A worker's copy at an old version must never match a version restarted from zero."""
+    state = await open_state(redis_url, clock)
+    held = [await state.versions.get("s1")]
+    for _ in range(3):
+        held.append(await state.versions.bump("s1"))
+    assert held == list(range(held[0], held[0] + 4))
+    with valkey.client() as admin:
+        admin.flushall()  # a restart without persistence
+    assert await state.versions.get("s1") > max(held)
+    await state.aclose()

@@ -88,18 +88,27 @@ async def test_a_dead_workers_in_flight_turns_lapse(client, clock):
     assert await caps.enter("alice", 2) is not None
 
 
-async def test_one_worker_claims_the_restore_of_an_empty_server(redis_url, valkey, clock):
-    """Exactly one worker replays quota windows into a server that started empty, and again
-    only once the server has lost its data."""
+async def test_one_worker_claims_the_rebuild_of_an_empty_server(redis_url, valkey, clock):
+    """Exactly one worker replays into a server that started empty, the others see it done
+    only once it is, and a server that lost its data is claimed again; a claimer that fails
+    frees its claim."""
     states = [
         await ClusterState.open(ClusterSettings(redis_url=redis_url), clock) for _ in range(3)
     ]
-    claims = await asyncio.gather(*(s.claim_restore(f"w{i}") for i, s in enumerate(states)))
+    claims = await asyncio.gather(*(s.rebuild.claim(f"w{i}") for i, s in enumerate(states)))
     assert sorted(claims) == [False, False, True]
-    assert not await states[0].claim_restore("w0")
+    claimer = claims.index(True)
+    assert not await states[0].rebuild.is_rebuilt()  # claimed, not replayed yet
+    await states[claimer].rebuild.done(f"w{claimer}")
+    assert await states[0].rebuild.is_rebuilt()
+    assert not await states[0].rebuild.claim("w0")
     with valkey.client() as admin:
         admin.flushall()  # what a restart without persistence leaves
-    assert await states[1].claim_restore("w1")
-    assert not await states[2].claim_restore("w2")
+    assert not await states[2].rebuild.is_rebuilt()
+    assert await states[1].rebuild.claim("w1")
+    await states[2].rebuild.abandon("w2")  # not its claim: nothing happens
+    assert not await states[2].rebuild.claim("w2")
+    await states[1].rebuild.abandon("w1")  # its replay failed
+    assert await states[2].rebuild.claim("w2")
     for state in states:
         await state.aclose()

@@ -4,7 +4,6 @@ any session. Real servers, real praisonaiagents agents with the simulated model.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import replace
 
 import pytest
@@ -19,39 +18,8 @@ from engine.errors import (
     QuotaExceeded,
 )
 from engine.quotas import QuotaLimit
-from engine.ratelimit import RateLimit
+from tests.cluster.engines import workers
 from tests.console.rendered import screen_text
-
-MASTER_KEY = Fernet.generate_key().decode()
-GENEROUS = {"session_rate": RateLimit(1000.0, 1000), "user_rate": RateLimit(1000.0, 1000)}
-
-
-@pytest.fixture
-def worker_config(make_config, tmp_path, postgres_url, redis_url):
-    """A worker's config: the cluster's store, Valkey and master key; its own folder."""
-
-    def make(name: str, *, master_key: str = MASTER_KEY, redis: str | None = None, **parts):
-        limits = {**GENEROUS, **parts.pop("limits", {})}
-        return make_config(
-            store={
-                "data_dir": tmp_path / name, "database_url": postgres_url,
-                "master_keys": (master_key,),
-            },
-            cluster={"redis_url": redis or redis_url, "worker_id": name},
-            limits=limits,
-            **parts,
-        )
-
-    return make
-
-
-@contextlib.asynccontextmanager
-async def workers(*configs):
-    engines = [Engine(config) for config in configs]
-    async with contextlib.AsyncExitStack() as stack:
-        for engine in engines:
-            await stack.enter_async_context(engine)
-        yield engines
 
 
 async def user_texts(engine: Engine, session_id: str, token: str) -> list[str]:

@@ -287,7 +287,7 @@ async def test_thousands_of_concurrent_turns_stay_isolated(make_config):
     })
     async with Engine(config) as engine:
         for user in range(200):
-            engine.operator.set_tier(f"user{user}", "enterprise")
+            await engine.operator.set_tier(f"user{user}", "enterprise")
         sessions = [await engine.create_session(f"user{i % 200}") for i in range(400)]
 
         async def converse(s, n):

@@ -53,7 +53,7 @@ async def test_no_request_contains_another_sessions_content(make_config, tmp_pat
     async with Engine(http_config(make_config, tmp_path, server)) as engine:
         users = [f"user{i}" for i in range(40)]
         for user in users:
-            engine.operator.set_tier(user, "enterprise")
+            await engine.operator.set_tier(user, "enterprise")
         sessions = [await engine.create_session(users[i % len(users)]) for i in range(80)]
         rng = random.Random(5)
 

@@ -77,6 +77,7 @@ _UPDATE_TOKEN = (
     " WHERE session_id = $1"
 )
 _ASSIGN = "UPDATE sessions SET worker = $2 WHERE session_id = $1"
+_USER_TIER = "UPDATE sessions SET tier = $2 WHERE user_id = $1"
 _TOUCH = """
 UPDATE sessions SET
     last_active_at = greatest(sessions.last_active_at, t.last_active_at),
@@ -143,6 +144,7 @@ _PRUNE_METRICS = "DELETE FROM metrics_minute WHERE minute < $1::float8"
 
 SQL = Sql(
     upsert_session=_UPSERT_SESSION,
+    user_tier=_USER_TIER,
     assign=_ASSIGN,
     update_token=_UPDATE_TOKEN,
     trim=_TRIM,

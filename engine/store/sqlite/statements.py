@@ -50,6 +50,7 @@ _UPDATE_TOKEN = (
     " WHERE session_id = ?1"
 )
 _ASSIGN = "UPDATE sessions SET worker = ?2 WHERE session_id = ?1"
+_USER_TIER = "UPDATE sessions SET tier = ?2 WHERE user_id = ?1"
 _TRIM = "DELETE FROM messages WHERE session_id = ?1 AND seq <= ?2"
 _AUDIT_ENDED = (
     "INSERT OR REPLACE INTO session_audit SELECT "
@@ -142,6 +143,7 @@ WHERE sessions.session_id = t.column1
 
 SQL = Sql(
     upsert_session=_UPSERT_SESSION,
+    user_tier=_USER_TIER,
     assign=_ASSIGN,
     update_token=_UPDATE_TOKEN,
     trim=_TRIM,

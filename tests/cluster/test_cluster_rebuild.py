@@ -1,0 +1,104 @@
+"""The operator's tier change holds on every worker and outlasts Valkey; quota windows and the
+session cap are rebuilt from PostgreSQL, once, when Valkey comes back empty. Two engines as
+workers of one cluster on real Valkey and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from engine import Engine
+from engine.errors import AuthenticationError, QuotaExceeded
+from engine.quotas import QuotaLimit
+from tests.cluster.engines import workers
+
+REBUILT = "rebuilt the cluster's shared state from the store"
+
+
+def tier(api_calls: int) -> dict[str, QuotaLimit]:
+    return {
+        "api_calls": QuotaLimit(api_calls, 3600.0), "tokens": QuotaLimit(1e9, 3600.0),
+        "storage_mb": QuotaLimit(1e6, None), "compute_seconds": QuotaLimit(1e6, 3600.0),
+    }
+
+
+LIMITS = {"tiers": {"tiny": tier(4), "roomy": tier(1000)}, "default_tier": "roomy"}
+
+
+async def calls_granted(engine: Engine, session_id: str, token: str, asked: int) -> int:
+    granted = 0
+    for n in range(asked):
+        try:
+            await engine.send(session_id, token, f"call {n}")
+            granted += 1
+        except QuotaExceeded:
+            pass
+    return granted
+
+
+async def test_an_operator_tier_change_holds_on_every_worker_and_outlasts_valkey(
+    worker_config, valkey
+):
+    configs = [worker_config(name, limits=LIMITS) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await one.create_session("kim")  # the default tier: roomy
+        sid, token = created.session_id, created.token
+        assert await calls_granted(two, sid, token, 6) == 6
+        await one.operator.set_tier("kim", "tiny")  # on w1; the usage so far counts
+        with pytest.raises(QuotaExceeded):
+            await two.send(sid, token, "over tiny's 4 calls, on w2 at once")
+        assert two.snapshot().sessions_by_id[sid].tier == "tiny"  # w2's copy follows
+        await one.operator.set_tier("kim", "roomy")
+        assert await calls_granted(two, sid, token, 2) == 2
+        await one.operator.set_tier("kim", "tiny")
+    with valkey.client() as admin:
+        admin.flushall()  # a restart without persistence: Valkey forgot the tier
+    async with workers(*configs) as (one, two):
+        with pytest.raises(QuotaExceeded):  # rebuilt from the store: tiny, 8 calls used
+            await two.send(sid, token, "still tiny after the restart")
+        assert one.snapshot().sessions_by_id[sid].tier == "tiny"
+
+
+async def test_quota_windows_are_rebuilt_once_when_valkey_comes_back_empty(
+    worker_config, valkey, caplog
+):
+    limits = {**LIMITS, "default_tier": "tiny"}
+    async with workers(
+        worker_config("w1", limits=limits), worker_config("w2", limits=limits)
+    ) as (one, two):
+        sessions = [await one.create_session("lee") for _ in range(2)]
+        assert await calls_granted(one, sessions[0].session_id, sessions[0].token, 2) == 2
+        assert await calls_granted(two, sessions[1].session_id, sessions[1].token, 1) == 1
+        await one.store.flush()
+        await two.store.flush()
+        with valkey.client() as admin:
+            admin.flushall()  # Valkey restarted without persistence, both workers running
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.cluster.worker"):
+            granted = await asyncio.gather(*(
+                calls_granted(engine, s.session_id, s.token, 3)
+                for engine in (one, two) for s in sessions
+            ))
+        assert sum(granted) == 1  # 3 of tiny's 4 calls were used before Valkey lost them
+        assert caplog.text.count(REBUILT) == 1  # by one worker, once
+
+
+async def test_the_session_cap_is_rebuilt_when_valkey_comes_back_empty(
+    worker_config, valkey, clock
+):
+    cap = {"max_per_user": 2}
+    async with workers(
+        worker_config("w1", sessions=cap), worker_config("w2", sessions=cap)
+    ) as (one, two):
+        oldest = await one.create_session("max")
+        clock.advance(1)
+        await two.create_session("max")
+        with valkey.client() as admin:
+            admin.flushall()
+        clock.advance(1)
+        await two.create_session("max")  # the cluster still counts two: the oldest goes
+        for engine in (one, two):
+            with pytest.raises(AuthenticationError):
+                await engine.history(oldest.session_id, oldest.token)
