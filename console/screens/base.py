@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual.screen import Screen
@@ -16,6 +17,14 @@ def set_text(label: Label, text: str) -> None:
     """Update a one-line, full-width label only when its text changed, without a layout pass."""
     if str(label.content) != text:
         label.update(text, layout=False)
+
+
+def set_lines(static: Static, text: str) -> None:
+    """Update a `height: auto` block of short lines only when its text changed; a layout pass
+    (which repaints the whole screen) only when its number of lines changed."""
+    shown = str(static.content)
+    if shown != text:
+        static.update(text, layout=not shown or shown.count("\n") != text.count("\n"))
 
 
 class StatusLine(Static):
@@ -39,7 +48,14 @@ class LiveScreen(Screen[None]):
         return cast("SessionConsole", self.app)
 
     def show(self, snapshot: EngineSnapshot) -> None:
-        """Update the widgets from `snapshot` (called inside `App.batch_update`)."""
+        """Update the widgets from `snapshot` at once (called inside `App.batch_update`)."""
+
+    def show_in_steps(self, snapshot: EngineSnapshot) -> Iterator[None]:
+        """`show` as steps, each repainting a part of the screen: the refresh loop runs one step
+        per frame, so no slice of the loop it shares with the engine repaints the whole view.
+        One step unless a view splits it."""
+        self.show(snapshot)
+        yield
 
     def export_rows(self) -> list[dict[str, Any]]:
         """The view's current rows as plain records, for `e` (export)."""
