@@ -110,8 +110,7 @@ class SessionConsole(App[None]):
         self.refreshes = 0
         self._engine_ready = False
         self._refreshing = False
-        # A tick being shown: its view, the view's steps, and the view's tables.
-        self._steps: tuple[LiveScreen, Iterator[None], list[VirtualTable[Any]]] | None = None
+        self._steps: tuple[LiveScreen, Iterator[None]] | None = None  # a tick being shown
         self._generation = 0  # of refreshes: a replaced tick's steps stop
         self._timer: Timer | None = None
         self._refresh_failed = False
@@ -222,8 +221,7 @@ class SessionConsole(App[None]):
                     with self.batch_update():
                         screen.show(snapshot)
                 else:  # the snapshot was this slice's work: the first step after a repaint
-                    tables = list(screen.query(VirtualTable))  # a query walks the DOM: once
-                    self._steps = (screen, screen.show_in_steps(snapshot), tables)
+                    self._steps = (screen, screen.show_in_steps(snapshot))
                     self.call_after_refresh(self._next_step, self._generation)
         finally:
             self._refreshing = False
@@ -233,11 +231,11 @@ class SessionConsole(App[None]):
         """Run the shown refresh's next step; the one after it waits for the repaint."""
         if self._steps is None or generation != self._generation:
             return  # finished, or replaced by a forced refresh
-        screen, steps, tables = self._steps
+        screen, steps = self._steps
         if screen is not self.screen:  # another view came up: it shows the data itself
             self._steps = None
             return
-        if any(table.painting for table in tables):
+        if any(table.painting for table in screen.tables):
             # A table still repaints its changed lines, a few a frame: one region per frame.
             self.call_after_refresh(self._next_step, generation)
             return

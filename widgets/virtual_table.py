@@ -192,8 +192,9 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
 
     @property
     def painting(self) -> bool:
-        """Changed lines are waiting for the next frames (a caller pacing its own repaints can
-        wait for them, so one frame never repaints the table and other widgets together)."""
+        """Changed lines wait for the next frames, or the last of them for the next repaint (a
+        caller pacing its own repaints can wait, so a frame never repaints the table and other
+        widgets together)."""
         return self._painting
 
     def _paint_some(self) -> None:
@@ -208,7 +209,7 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
             if n + 1 == len(batch) or batch[n + 1] != y + 1:
                 self.refresh(Region(0, batch[start], self.size.width, y - batch[start] + 1))
                 start = n + 1
-        if lines:
+        if batch:  # painting until the frame after the last batch has been drawn
             self._painting = self.call_after_refresh(self._paint_some)
 
     def set_sort_indicator(self, column: str | None, reverse: bool) -> None:

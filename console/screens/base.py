@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from textual.screen import Screen
 from textual.widgets import Label, Static
 
+from widgets import VirtualTable
+
 if TYPE_CHECKING:
     from console.app import SessionConsole
     from engine import EngineSnapshot
@@ -42,6 +44,8 @@ class LiveScreen(Screen[None]):
 
     VIEW_NAME: ClassVar[str] = "view"
     EXPORT_NAME: ClassVar[str] = "view"
+    _status_lines: tuple[StatusLine, ...] = ()
+    _tables: list[VirtualTable[Any]] | None = None
 
     @property
     def console(self) -> SessionConsole:
@@ -61,10 +65,24 @@ class LiveScreen(Screen[None]):
         """The view's current rows as plain records, for `e` (export)."""
         return []
 
+    @property
+    def status_lines(self) -> tuple[StatusLine, ...]:
+        """The view's status lines, looked up once (a query walks the whole DOM)."""
+        if not self._status_lines:
+            self._status_lines = tuple(self.query(StatusLine))
+        return self._status_lines
+
+    @property
+    def tables(self) -> list[VirtualTable[Any]]:
+        """The view's tables, looked up once."""
+        if self._tables is None:
+            self._tables = list(self.query(VirtualTable))
+        return self._tables
+
     def update_status(self) -> None:
         console = self.console
         text = console.status_text(self.VIEW_NAME)
-        for line in self.query(StatusLine):
+        for line in self.status_lines:
             if line.shown_text != text:
                 line.shown_text = text
                 line.update(text, layout=False)  # one line, full width: no layout pass

@@ -300,7 +300,7 @@ class DashboardScreen(TableScreen):
 
     def show_in_steps(self, snapshot: EngineSnapshot) -> Iterator[None]:
         """The table (which repaints its changed lines over the next frames), the titles and
-        figures at the top, then the side boxes in two steps."""
+        each changed figure at the top, then the side boxes in two steps."""
         self._now = snapshot.taken_at
         model = self.model
         if model.update(snapshot.sessions, snapshot.sessions_by_id):
@@ -310,8 +310,10 @@ class DashboardScreen(TableScreen):
         yield
         self.show_title()
         self._show_cache(cache_summary(snapshot.cache, self._loads_per_s(snapshot)))
-        self.query_one(FigureStrip).update(figures(snapshot))
-        yield
+        strip = self.query_one(FigureStrip)
+        for figure in figures(snapshot):  # a card a step: a sparkline costs a few ms to draw
+            if strip.update_one(figure):
+                yield
         types, workers = pool_rows(snapshot.pools)
         notes = worker_notes(snapshot.workers)
         self.query_one("#pools", BarList).set_rows(types)
