@@ -297,6 +297,18 @@ async def test_a_forced_refresh_replaces_a_tick_being_shown(engine, clock):
         assert "Sessions 13" in screen_text(app)
 
 
+async def test_views_rebuilt_between_ticks_are_what_the_snapshot_shows(engine, clock):
+    created = await populate(engine, clock, users=2, per_user=2)
+    before = engine.snapshot().sessions_by_id
+    for session in created:
+        clock.advance(1.0)
+        await engine.send(session.session_id, session.token, "again")
+    assert engine.refresh_views(1) == len(created) - 1  # one rebuilt, the others still due
+    assert engine.refresh_views(100) == 0
+    after = engine.snapshot().sessions_by_id
+    assert all(after[s.session_id].turns == before[s.session_id].turns + 1 for s in created)
+
+
 async def test_plus_and_minus_change_the_refresh_rate(engine):
     app = console_for(engine, refresh_hz=2.0)
     async with app.run_test(size=(100, 30)) as pilot:
