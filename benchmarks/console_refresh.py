@@ -5,6 +5,10 @@ sessions, then repeat: let a few hundred sessions take a turn (engine work, not 
 measure the event-loop thread's CPU time for one refresh and the repaint it causes. Prints JSON.
 Target: at most 30 ms per tick at 100,000 sessions, so 2 Hz costs under 6% of a core.
 
+Then the same number of ticks as the timer shows them, a step per frame: the longest slice of
+the event loop (thread CPU of one callback) while a tick is shown. The engine and the gateway
+share that loop, so every turn in flight waits for the longest slice.
+
     python benchmarks/console_refresh.py [--sizes 1000,10000] [--ticks 20]
 """
 
@@ -21,7 +25,15 @@ from pathlib import Path
 from common import print_json
 
 from console.app import SessionConsole
-from engine import Engine, EngineConfig, LLMSettings, SessionSettings, SimSettings, StoreSettings
+from engine import (
+    Engine,
+    EngineConfig,
+    LimitSettings,
+    LLMSettings,
+    SessionSettings,
+    SimSettings,
+    StoreSettings,
+)
 from engine.clock import ManualClock
 
 SIZES = (1_000, 10_000, 100_000)
@@ -50,6 +62,30 @@ class GcTimer:
         gc.callbacks.remove(self._callback)
 
 
+class SliceTimer:
+    """Thread CPU of each event-loop callback while `on` (asyncio runs every callback, task
+    steps included, through `Handle._run`)."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.slices_ms: list[float] = []
+        self._run = run = asyncio.events.Handle._run
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            if not self.on:
+                return run(handle)
+            started = time.thread_time()
+            try:
+                return run(handle)
+            finally:
+                self.slices_ms.append((time.thread_time() - started) * 1000)
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
@@ -67,6 +103,7 @@ async def measure(sessions: int, ticks: int, data_dir: Path) -> dict[str, object
         clock=clock,
         llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
         sessions=SessionSettings(max_per_user=SESSIONS_PER_USER),
+        limits=LimitSettings(overload=None),  # the console is measured, not the engine's shedding
     )
     async with Engine(config) as engine:
         started = time.perf_counter()
@@ -103,6 +140,28 @@ async def measure(sessions: int, ticks: int, data_dir: Path) -> dict[str, object
                     snapshot_ms.append((t1 - t0) * 1000)
                     tick_ms.append((t2 - t1) * 1000)
                     gc_ms.append(gc_timer.total_ms - gc_before)
+            longest_ms: list[float] = []
+            slices: list[int] = []
+            slice_timer = SliceTimer()
+            for tick in range(ticks):
+                for k in range(CHURN):
+                    session = created[(tick * CHURN + k * 7919 + 1) % sessions]
+                    await engine.send(session.session_id, session.token, "tick")
+                clock.advance(TICK_S)
+                next_tick += TICK_S
+                await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+                await pilot.pause()
+                slice_timer.slices_ms.clear()
+                t0 = time.thread_time()
+                app.refresh_data()  # as the timer does: shown in steps, one per frame
+                first_ms = (time.thread_time() - t0) * 1000
+                slice_timer.on = True
+                while app.showing:
+                    await pilot.pause()
+                slice_timer.on = False
+                longest_ms.append(max([first_ms, *slice_timer.slices_ms]))
+                slices.append(1 + len(slice_timer.slices_ms))
+            slice_timer.close()
             reorders = app.screen.model.reorders
             rows_rendered = len(table.visible_rows())
         gc_timer.close()
@@ -113,6 +172,8 @@ async def measure(sessions: int, ticks: int, data_dir: Path) -> dict[str, object
         "cpu_ms_per_tick_without_gc": summary([t - g for t, g in zip(tick_ms, gc_ms, strict=True)]),
         "gc_ms_in_ticks": round(sum(gc_ms), 1),
         "of_which_snapshot_ms": summary(snapshot_ms),
+        "shown_in_steps_longest_slice_ms": summary(longest_ms),
+        "shown_in_steps_loop_slices_per_tick": summary([float(n) for n in slices]),
         "reorders": reorders,
         "rows_on_screen": rows_rendered,
         "core_share_at_2hz_percent": round(2 * statistics.fmean(tick_ms) / 10, 2),

@@ -2,7 +2,9 @@
 
 The app reads `engine.snapshot()` on a one-shot timer re-armed after each refresh (so a slow
 refresh never overlaps the next), hands the plain snapshot to the visible view, and skips the
-refresh while paused or while a modal (help, confirm, export, command palette) is open.
+refresh while paused or while a modal (help, confirm, export, command palette) is open. The
+engine and the gateway share this loop, so a tick never repaints the whole view in one slice:
+the view shows the snapshot in steps, one per frame (`LiveScreen.show_in_steps`).
 Screens read through `engine.operator` and post `console.messages` for every act, which the app
 handles below in one place: the console is trusted and in-process, and never sees or shows a
 session token.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,6 +52,11 @@ log = logging.getLogger(__name__)
 
 REFRESH_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # Hz, stepped by + and -
 DEFAULT_REFRESH_HZ = 2.0
+STEPS_RETRY_S = 0.05  # a tick due while the last one is still being shown waits this long
+# Between ticks the session views that turns made out of date are rebuilt a few at a time, so
+# a tick's snapshot has few left to build in the one slice it takes (~50 us a view).
+VIEWS_EVERY_S = 0.1
+VIEWS_PER_STEP = 25
 
 
 class SessionConsole(App[None]):
@@ -107,6 +114,8 @@ class SessionConsole(App[None]):
         self.refreshes = 0
         self._engine_ready = False
         self._refreshing = False
+        self._steps: tuple[LiveScreen, Iterator[None]] | None = None  # a tick being shown
+        self._generation = 0  # of refreshes: a replaced tick's steps stop
         self._timer: Timer | None = None
         self._refresh_failed = False
         self.last_export: Path | None = None
@@ -128,6 +137,7 @@ class SessionConsole(App[None]):
             self.load.start()
         self.refresh_data(force=True)
         self._arm()
+        self.set_interval(VIEWS_EVERY_S, self._refresh_views, name="views")
 
     async def _start_gateway(self, listen: str) -> None:
         gateway = Gateway(self.engine)
@@ -158,21 +168,37 @@ class SessionConsole(App[None]):
         self._log_handler.remove()
 
     # -- the refresh loop ------------------------------------------------------------------------
-    def _arm(self) -> None:
-        self._timer = self.set_timer(1 / self.refresh_hz, self._on_timer, name="refresh")
+    def _arm(self, delay: float | None = None) -> None:
+        delay = 1 / self.refresh_hz if delay is None else delay
+        self._timer = self.set_timer(delay, self._on_timer, name="refresh")
 
     async def _on_timer(self) -> None:
         if not self.screen_stack:  # shutting down: the screens are gone
             return
+        retry = None
         try:
-            self.refresh_data()
+            if not self.refresh_data() and self.showing:
+                retry = STEPS_RETRY_S  # the last tick is still being shown: soon, not a period
         except Exception as exc:  # keep the console alive; say once what went wrong
-            log.exception("console refresh failed")
-            if not self._refresh_failed:
-                self._refresh_failed = True
-                self.notify(f"refresh failed: {type(exc).__name__}: {exc}", severity="error")
+            self._failed(exc)
         finally:
-            self._arm()
+            self._arm(retry)
+
+    def _failed(self, exc: Exception) -> None:
+        log.exception("console refresh failed")
+        if not self._refresh_failed:
+            self._refresh_failed = True
+            self.notify(f"refresh failed: {type(exc).__name__}: {exc}", severity="error")
+
+    def _refresh_views(self) -> None:
+        """Rebuild a few out-of-date session views, unless no snapshot is coming."""
+        if self._engine_ready and self.screen_stack and not (self.paused or self.modal_open):
+            self.engine.refresh_views(VIEWS_PER_STEP)
+
+    @property
+    def showing(self) -> bool:
+        """A tick's snapshot is still being shown, a step per frame."""
+        return self._steps is not None
 
     @property
     def modal_open(self) -> bool:
@@ -181,10 +207,14 @@ class SessionConsole(App[None]):
     def refresh_data(self, force: bool = False) -> bool:
         """Take one snapshot and show it; False when skipped (paused, modal, busy, not ready).
 
-        `force` refreshes even while paused (`r`, and after the operator's own actions)."""
+        The console shares its loop with the engine (and the gateway), so a tick shows its
+        snapshot in the view's steps, one per frame (`LiveScreen.show_in_steps`), and a tick
+        that comes while the last one is still being shown is skipped. `force` refreshes even
+        while paused and shows everything at once (`r`, and after the operator's own actions).
+        """
         if self._refreshing or not self._engine_ready or not self.screen_stack:
             return False
-        if not force and (self.paused or self.modal_open):
+        if not force and (self.paused or self.modal_open or self.showing):
             return False
         self._refreshing = True
         try:
@@ -192,14 +222,43 @@ class SessionConsole(App[None]):
             if self.gateway is not None:
                 self.gateway_stats = self.gateway.stats()
             self.refreshes += 1
+            self._steps = None
+            self._generation += 1
             screen = self.screen
             if isinstance(screen, LiveScreen):
-                with self.batch_update():
-                    screen.show(snapshot)
-                    screen.update_status()
+                screen.update_status()
+                if force:
+                    with self.batch_update():
+                        screen.show(snapshot)
+                else:  # the snapshot was this slice's work: the first step after a repaint
+                    self._steps = (screen, screen.show_in_steps(snapshot))
+                    self.call_after_refresh(self._next_step, self._generation)
         finally:
             self._refreshing = False
         return True
+
+    def _next_step(self, generation: int) -> None:
+        """Run the shown refresh's next step; the one after it waits for the repaint."""
+        if self._steps is None or generation != self._generation:
+            return  # finished, or replaced by a forced refresh
+        screen, steps = self._steps
+        if screen is not self.screen:  # another view came up: it shows the data itself
+            self._steps = None
+            return
+        if any(table.painting for table in screen.tables):
+            # A table still repaints its changed lines, a few a frame: one region per frame.
+            self.call_after_refresh(self._next_step, generation)
+            return
+        try:
+            next(steps)
+        except StopIteration:
+            self._steps = None
+            return
+        except Exception as exc:
+            self._steps = None
+            self._failed(exc)
+            return
+        self.call_after_refresh(self._next_step, generation)
 
     def status_text(self, view: str) -> str:
         state = "PAUSED (p resumes)" if self.paused else f"{self.refresh_hz:g} Hz"

@@ -412,6 +412,13 @@ class Engine:
             self._link.later(Prune(now), self._rollup.row(now, self._monitor.snapshot()))
         return len(expired)
 
+    def refresh_views(self, limit: int) -> int:
+        """Bring up to `limit` out-of-date session views up to date; returns how many remain.
+
+        Changes no engine state: a caller that shares the loop with the turns (the console)
+        calls it between two snapshots, so `snapshot()` has few views left to build at once."""
+        return self._views.refresh(limit)
+
     def snapshot(self) -> EngineSnapshot:
         views = MappingProxyType(dict(self._views.current()))
         return EngineSnapshot(

@@ -188,6 +188,17 @@ class SessionViews:
         self._stale.clear()
         return self._views
 
+    def refresh(self, limit: int) -> int:
+        """Rebuild up to `limit` out-of-date views now; returns how many are still out of date."""
+        stale = self._stale
+        while stale and limit > 0:
+            session_id = stale.pop()
+            session = self._registry.get(session_id)
+            if session is not None:
+                self._views[session_id] = self._build(session)
+            limit -= 1
+        return len(stale)
+
     def _build(self, session: Session) -> SessionView:
         metrics = self._monitor.session_view(session.session_id)
         return SessionView(

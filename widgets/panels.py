@@ -112,9 +112,10 @@ class FigureCard(Vertical):
     def _label_text(figure: Figure) -> Text:
         return Text.assemble((f"{figure.label} ", "dim"), (figure.value, "bold"))
 
-    def update(self, figure: Figure) -> None:
+    def update(self, figure: Figure) -> bool:
+        """Show `figure`; False when it is the one shown (nothing to repaint)."""
         if figure == self.figure:
-            return
+            return False
         relayout = (figure.series is None) != (self.figure.series is None)
         self.figure = figure
         label = self.query_one(".value", Label)
@@ -127,6 +128,7 @@ class FigureCard(Vertical):
             self.query_one(Sparkline).data = list(figure.series)
         else:
             self.query_one(".sub", Label).update(figure.sub, layout=False)
+        return True
 
 
 class FigureStrip(Horizontal):
@@ -146,7 +148,11 @@ class FigureStrip(Horizontal):
 
     def update(self, figures: Sequence[Figure]) -> None:
         for figure in figures:
-            self.query_one(f"#figure-{figure.key}", FigureCard).update(figure)
+            self.update_one(figure)
+
+    def update_one(self, figure: Figure) -> bool:
+        """Show one figure; False when it had not changed."""
+        return self.query_one(f"#figure-{figure.key}", FigureCard).update(figure)
 
 
 class _Panel(Widget):

@@ -6,6 +6,10 @@ This widget keeps a reference to the caller's ordered sequence and formats a row
 cached by what they show (least recently used out first), so an unchanged row on a new tick
 costs one formatting call and a lookup, and a changed row costs one strip. Sorting and
 filtering are the caller's job, on plain data, before `set_rows`.
+
+The table shares its event loop with whatever it shows (the engine, in the console), so a
+refresh never repaints every changed line in one go: at most `LINES_PER_FRAME` changed lines
+are marked for each screen update, and the rest follow in the next frames.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ CellStyles = tuple[str | None, ...] | None
 
 _MAX_CACHED_LINES = 2_000
 _GAP = 1  # spaces between columns
+# Changed lines repainted per screen update: a screen update costs ~1-2 ms whatever it repaints
+# (Textual re-reads every widget whose container overlaps the update), and ~0.2 ms per line.
+LINES_PER_FRAME = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +148,9 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
         self._layout_width = -1
         self._lines: LRUCache[tuple[Any, ...], Strip] = LRUCache(_MAX_CACHED_LINES)
         self._shown: dict[int, tuple[Any, ...] | None] = {}  # screen line -> what it shows
+        self._styles: dict[tuple[str | None, bool, bool], Style] = {}  # (name, cursor, focus)
+        self._to_paint: dict[int, None] = {}  # screen lines changed and not yet repainted
+        self._painting = False  # a `_paint_some` is scheduled after the next screen update
 
     # -- data ------------------------------------------------------------------------------------
     def set_rows(self, rows: Sequence[Row]) -> None:
@@ -160,7 +170,8 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
         self.refresh_rows()
 
     def refresh_rows(self) -> None:
-        """Repaint only the screen lines whose content changed since they were last drawn.
+        """Repaint only the screen lines whose content changed since they were last drawn, a
+        few per frame (`LINES_PER_FRAME`).
 
         Formatting a visible row is cheap; repainting it is not: unchanged lines are skipped."""
         top = round(self.scroll_offset.y)
@@ -175,7 +186,31 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
                 selected = index == self.cursor
                 key = (cells, styles, selected and focused, selected, width)
             if shown.get(y, ()) != key:
-                self.refresh(Region(0, y, self.size.width, 1))
+                self._to_paint[y] = None
+        if not self._painting:
+            self._paint_some()
+
+    @property
+    def painting(self) -> bool:
+        """Changed lines wait for the next frames, or the last of them for the next repaint (a
+        caller pacing its own repaints can wait, so a frame never repaints the table and other
+        widgets together)."""
+        return self._painting
+
+    def _paint_some(self) -> None:
+        """Mark the next few changed lines for repaint; the others wait for the next frame."""
+        self._painting = False
+        lines = self._to_paint
+        batch = sorted(list(lines)[:LINES_PER_FRAME])
+        for y in batch:
+            del lines[y]
+        start = 0
+        for n, y in enumerate(batch):  # one region per run of adjacent lines
+            if n + 1 == len(batch) or batch[n + 1] != y + 1:
+                self.refresh(Region(0, batch[start], self.size.width, y - batch[start] + 1))
+                start = n + 1
+        if batch:  # painting until the frame after the last batch has been drawn
+            self._painting = self.call_after_refresh(self._paint_some)
 
     def set_sort_indicator(self, column: str | None, reverse: bool) -> None:
         if (column, reverse) != (self.sort_column, self.sort_reverse):
@@ -207,8 +242,11 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
         self._cursor_key = None if row is None else self._row_key(row)
         if scroll:
             self._scroll_cursor_into_view()
-        if old != index:
-            self.refresh()
+        if old != index:  # the two lines whose cursor mark changed (a scroll repaints them all)
+            top = round(self.scroll_offset.y)
+            for row in (old, index):
+                if 0 <= row - top < self.size.height - 1:
+                    self.refresh(Region(0, row - top + 1, self.size.width, 1))
 
     def _scroll_cursor_into_view(self) -> None:
         page = max(1, self.size.height - 1)
@@ -269,6 +307,23 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._lines.clear()
+        self._styles.clear()
+
+    def _style(self, name: str | None, cursor: bool) -> Style:
+        """The widget's style with a cell's component style (and the cursor's) on top, cached:
+        `rich_style` walks the ancestors and costs more than drawing the cell."""
+        key = (name, cursor, self.has_focus)
+        style = self._styles.get(key)
+        if style is None:
+            style = self.rich_style
+            if cursor:
+                style += self.get_component_rich_style("virtual-table--cursor")
+            if name is not None:
+                style += self.get_component_rich_style(f"virtual-table--{name}")
+                if cursor:
+                    style += self.get_component_rich_style("virtual-table--cursor")
+            self._styles[key] = style
+        return style
 
     def _columns_for(self, width: int) -> tuple[tuple[Column, int], ...]:
         """Column widths for `width` cells: drop low-priority columns, give the rest to flex."""
@@ -340,9 +395,7 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
         selected: bool,
         width: int,
     ) -> Strip:
-        base = self.rich_style
-        if selected:
-            base = base + self.get_component_rich_style("virtual-table--cursor")
+        base = self._style(None, selected)
         segments: list[Segment] = []
         gap = Segment(" " * _GAP, base)
         used = 0
@@ -353,11 +406,7 @@ class VirtualTable(ScrollView, Generic[Row], can_focus=True):
             i = self._cell_index[column.key]
             text = cells[i] if i < len(cells) else ""
             style_name = styles[i] if styles is not None and i < len(styles) else None
-            style: Style = base
-            if style_name is not None:
-                style = base + self.get_component_rich_style(f"virtual-table--{style_name}")
-                if selected:
-                    style += self.get_component_rich_style("virtual-table--cursor")
+            style = base if style_name is None else self._style(style_name, selected)
             segments.append(Segment(_fit(text, w, column.align), style))
             used += w
         if used < width:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -13,7 +13,7 @@ from textual.widgets import Footer, Input, Label, Static
 
 from console import format as fmt
 from console.messages import EndSession, OpenSession
-from console.screens.base import StatusLine, set_text
+from console.screens.base import StatusLine, set_lines, set_text
 from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
 from console.sessions_model import COLUMNS, SessionsModel
 from widgets import (
@@ -295,15 +295,25 @@ class DashboardScreen(TableScreen):
         return self._loads_rate
 
     def show(self, snapshot: EngineSnapshot) -> None:
+        for _ in self.show_in_steps(snapshot):
+            pass
+
+    def show_in_steps(self, snapshot: EngineSnapshot) -> Iterator[None]:
+        """The table (which repaints its changed lines over the next frames), the titles and
+        each changed figure at the top, then the side boxes in two steps."""
         self._now = snapshot.taken_at
         model = self.model
         if model.update(snapshot.sessions, snapshot.sessions_by_id):
             self.table.set_rows(model.rows)
         else:
             self.table.refresh_rows()
+        yield
         self.show_title()
         self._show_cache(cache_summary(snapshot.cache, self._loads_per_s(snapshot)))
-        self.query_one(FigureStrip).update(figures(snapshot))
+        strip = self.query_one(FigureStrip)
+        for figure in figures(snapshot):  # a card a step: a sparkline costs a few ms to draw
+            if strip.update_one(figure):
+                yield
         types, workers = pool_rows(snapshot.pools)
         notes = worker_notes(snapshot.workers)
         self.query_one("#pools", BarList).set_rows(types)
@@ -316,6 +326,7 @@ class DashboardScreen(TableScreen):
             quota_rows(snapshot.quotas, snapshot.taken_at, DASHBOARD_QUOTAS),
             total=len(snapshot.quotas),
         )
+        yield
         m = snapshot.monitor
         open_alerts = [a for a in m.alerts if not a.acknowledged and a.resolved_at is None]
         set_text(self.query_one("#alerts-title", Label),
@@ -326,6 +337,7 @@ class DashboardScreen(TableScreen):
         )
         self._show_gateway(self.console.gateway_stats)
         self._show_cluster(snapshot.cluster)
+        yield
 
     def _show_cluster(self, cluster: ClusterView | None) -> None:
         box = self.query_one("#cluster-box")
@@ -335,10 +347,7 @@ class DashboardScreen(TableScreen):
         title = self.query_one("#cluster-title", Label)
         set_text(title, cluster_title(cluster))
         title.set_class(not cluster.available, "-down")
-        lines = cluster_lines(cluster, CLUSTER_WORKERS)
-        members = self.query_one("#cluster", Static)
-        if str(members.content) != lines:
-            members.update(lines)
+        set_lines(self.query_one("#cluster", Static), cluster_lines(cluster, CLUSTER_WORKERS))
 
     def _show_cache(self, summary: str) -> None:
         line = self.query_one("#cache-line", Label)
@@ -351,10 +360,7 @@ class DashboardScreen(TableScreen):
         if stats is None:
             return
         set_text(self.query_one("#gateway-title", Label), gateway_title(stats))
-        lines = gateway_lines(stats, GATEWAY_ROUTES)
-        gateway = self.query_one("#gateway", Static)
-        if str(gateway.content) != lines:
-            gateway.update(lines)
+        set_lines(self.query_one("#gateway", Static), gateway_lines(stats, GATEWAY_ROUTES))
 
     def show_title(self) -> None:
         model = self.model

@@ -267,6 +267,48 @@ async def test_pause_freezes_refreshes_and_says_so(engine, clock):
         assert "PAUSED" not in screen_text(app)
 
 
+async def test_a_tick_shows_its_snapshot_a_step_per_frame(engine, clock):
+    await populate(engine, clock)
+    app = console_for(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await refreshed(pilot)
+        await engine.create_session("late")
+        assert app.refresh_data() is True
+        # The snapshot was this slice's work: the view changes in the frames after it.
+        assert app.showing and len(table_ids(app)) == 12
+        assert app.refresh_data() is False  # a tick due meanwhile waits: no pile-up
+        while app.showing:
+            await pilot.pause()
+        assert len(table_ids(app)) == 13
+        assert "Sessions 13" in screen_text(app)
+        assert app.refresh_data() is True
+
+
+async def test_a_forced_refresh_replaces_a_tick_being_shown(engine, clock):
+    await populate(engine, clock)
+    app = console_for(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await refreshed(pilot)
+        assert app.refresh_data() is True and app.showing
+        await engine.create_session("late")
+        await pilot.press("r")  # the operator's refresh shows everything at once
+        assert not app.showing and len(table_ids(app)) == 13
+        await pilot.pause()
+        assert "Sessions 13" in screen_text(app)
+
+
+async def test_views_rebuilt_between_ticks_are_what_the_snapshot_shows(engine, clock):
+    created = await populate(engine, clock, users=2, per_user=2)
+    before = engine.snapshot().sessions_by_id
+    for session in created:
+        clock.advance(1.0)
+        await engine.send(session.session_id, session.token, "again")
+    assert engine.refresh_views(1) == len(created) - 1  # one rebuilt, the others still due
+    assert engine.refresh_views(100) == 0
+    after = engine.snapshot().sessions_by_id
+    assert all(after[s.session_id].turns == before[s.session_id].turns + 1 for s in created)
+
+
 async def test_plus_and_minus_change_the_refresh_rate(engine):
     app = console_for(engine, refresh_hz=2.0)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -22,6 +22,7 @@ from widgets import (
     VirtualTable,
     level_of,
 )
+from widgets.virtual_table import LINES_PER_FRAME
 
 COLUMNS = (
     Column("name", "NAME", 10, flex=True, priority=9),
@@ -151,6 +152,21 @@ async def test_virtual_table_repaints_only_changed_rows():
         assert app.rendered.count("row000004") == 2
         assert all(app.rendered.count(r.name) == 1 for r in rows[:11] if r.name != "row000004")
         assert "changed" in screen_lines(app)[5]
+
+
+async def test_virtual_table_repaints_a_few_changed_lines_per_frame():
+    rows = items(60)
+    app = TableApp(rows)
+    async with app.run_test(size=(60, 40)) as pilot:
+        table = app.query_one(VirtualTable)
+        await pilot.pause()
+        assert LINES_PER_FRAME < 39  # every visible line changes below
+        table.set_rows([Item(r.name, r.size, "new") for r in rows])
+        assert table.painting  # the lines past the first few wait for the next frames
+        while table.painting:
+            await pilot.pause()
+        lines = screen_lines(app)
+        assert all(" new" in line for line in lines[1:40])
 
 
 async def test_virtual_table_says_when_empty():
