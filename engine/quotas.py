@@ -317,7 +317,7 @@ class QuotaManager:
     def adjust(self, user_id: str, resource: str, delta: float) -> None:
         """Move a no-window total up or down (storage freed); it never goes below zero."""
         check_resource(resource)
-        if not (isinstance(delta, int | float) and math.isfinite(delta)):
+        if not (isinstance(delta, _NUMBER) and math.isfinite(delta)):
             raise InvalidInput(f"delta for {resource} must be a finite number, got {delta!r}")
         state = self._users.setdefault(user_id, _User())
         limit = self._limit(state, resource)
@@ -392,9 +392,10 @@ class QuotaManager:
     # Internals.
 
     def _limit(self, state: _User, resource: str) -> QuotaLimit:
-        override = state.overrides.get(resource)
-        if override is not None:
-            return override
+        if state.overrides:
+            override = state.overrides.get(resource)
+            if override is not None:
+                return override
         return self._tiers[state.tier or self._default_tier][resource]
 
     def _usage(
@@ -457,13 +458,20 @@ def validated_amounts(amounts: Mapping[str, float]) -> dict[str, float]:
     """The amounts as floats, or InvalidInput naming the first unknown resource or bad amount."""
     checked = {}
     for resource, amount in amounts.items():
-        check_resource(resource)
-        if isinstance(amount, bool) or not isinstance(amount, int | float):
+        if resource not in RESOURCES:
+            check_resource(resource)  # raises
+        kind = type(amount)
+        if kind is not float and kind is not int and (
+            isinstance(amount, bool) or not isinstance(amount, _NUMBER)
+        ):
             raise InvalidInput(f"amount for {resource} must be a number, got {amount!r}")
-        if not (math.isfinite(amount) and amount >= 0):
+        if not (amount >= 0 and math.isfinite(amount)):
             raise InvalidInput(f"amount for {resource} must be finite and >= 0, got {amount!r}")
         checked[resource] = float(amount)
     return checked
+
+
+_NUMBER = (int, float)
 
 
 def _retry_after(
