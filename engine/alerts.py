@@ -116,6 +116,7 @@ class AlertManager:
         self._ids = itertools.count(1)
         self._history: dict[int, Alert] = {}  # insertion order = alert_id order, oldest first
         self._open: dict[str, int] = {}  # key -> id of the open alert holding it
+        self._open_rules: dict[str, int] = {}  # rule -> how many open alerts it holds
         self._quiet: dict[str, float] = {}  # key -> end of its cooldown
         self._quiet_heap: list[tuple[float, str]] = []
         self._view: tuple[Alert, ...] | None = None
@@ -139,6 +140,7 @@ class AlertManager:
             return None
         alert = Alert(next(self._ids), key, rule, severity, message, subject, now, now)
         self._open[key] = alert.alert_id
+        self._open_rules[rule] = self._open_rules.get(rule, 0) + 1
         self.unacknowledged += 1
         self._store(alert)
         while len(self._history) > self.max_alerts:
@@ -151,9 +153,16 @@ class AlertManager:
         if open_id is None:
             return False
         now = self._clock.now()
-        self._store(replace(self._history[open_id], resolved_at=now))
+        alert = self._history[open_id]
+        self._closed(alert.rule)
+        self._store(replace(alert, resolved_at=now))
         self._cool(key, now)
         return True
+
+    def has_open(self, rule: str) -> bool:
+        """Whether any alert of `rule` is open: when none is, resolving its keys is a no-op,
+        so a caller on a hot path can skip building them."""
+        return rule in self._open_rules
 
     def continue_after(self, alert_id: int) -> None:
         """Number new alerts after `alert_id` (the highest stored), so none overwrites one."""
@@ -166,6 +175,7 @@ class AlertManager:
             return False
         if self._open.get(alert.key) == alert_id:
             del self._open[alert.key]
+            self._closed(alert.rule)
             self._cool(alert.key, self._clock.now())
         self.unacknowledged -= 1
         self._store(replace(alert, acknowledged=True))
@@ -200,6 +210,13 @@ class AlertManager:
     def cooling(self) -> int:
         return len(self._quiet)
 
+    def _closed(self, rule: str) -> None:
+        left = self._open_rules[rule] - 1
+        if left:
+            self._open_rules[rule] = left
+        else:
+            del self._open_rules[rule]
+
     def _cool(self, key: str, now: float) -> None:
         until = now + self.cooldown_s
         self._quiet[key] = until
@@ -220,3 +237,4 @@ class AlertManager:
             self.unacknowledged -= 1
         if self._open.get(oldest.key) == oldest.alert_id:
             del self._open[oldest.key]
+            self._closed(oldest.rule)

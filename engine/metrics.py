@@ -9,7 +9,7 @@ an in-process backend answering in 0.4 ms reads as 0.4 ms rather than 0.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from dataclasses import dataclass
 
@@ -20,6 +20,11 @@ _MAX_US = 10**10  # ~2.8 hours; longer values count as this, which bounds the nu
 _QUANTILES = (0.5, 0.95, 0.99)
 
 
+# The rounding step for a value of 3 to 11 digits: 10 ** (digits - 2), found by bisecting.
+_DIGIT_BOUNDS = tuple(10**k for k in range(3, 11))
+_SCALES = tuple(10**k for k in range(1, 10))
+
+
 def _key(seconds: float) -> int:
     """Microseconds rounded to two significant figures (below 100 µs: exact)."""
     if not seconds > 0:  # also NaN
@@ -27,7 +32,7 @@ def _key(seconds: float) -> int:
     us = _MAX_US if seconds >= _MAX_US / 1e6 else round(seconds * 1e6)
     if us < 100:
         return us
-    scale = 10 ** (len(str(us)) - 2)
+    scale = _SCALES[bisect_right(_DIGIT_BOUNDS, us)]
     return (us + scale // 2) // scale * scale
 
 

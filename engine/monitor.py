@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from engine.alerts import DEFAULT_RULES, Alert, AlertManager, AlertRules, Severity
@@ -318,36 +318,45 @@ class Monitor:
 
     def observe_quota(self, user_id: str, resource: str, percent: float) -> None:
         """The quota module's latest usage figure for one user and resource."""
+        self.observe_quotas(user_id, ((resource, percent),))
+
+    def observe_quotas(self, user_id: str, percents: Iterable[tuple[str, float]]) -> None:
+        """The quota module's latest usage figures for one user, (resource, percent) each.
+
+        On every turn's path, so an alert key is built only when there is an alert to fire or
+        an open one of its rule that it might resolve."""
         user = self._user(user_id)
-        if user.quota.get(resource) != percent:
-            user.quota[resource] = percent
-            user.quota_version += 1
+        quota = user.quota
         near, over = self._rules.quota_near, self._rules.quota_exceeded
-        exceeded = over is not None and percent >= over.percent
-        if over is not None:
-            key = f"quota_exceeded:{user_id}:{resource}"
-            if exceeded:
-                self.alert_manager.fire(
-                    key,
-                    "quota_exceeded",
-                    over.severity,
-                    f"user {user_id!r} exceeded the {resource} quota ({percent:.0f}%)",
-                    user_id,
-                )
-            else:
-                self.alert_manager.resolve(key)
-        if near is not None:
-            key = f"quota_near:{user_id}:{resource}"
-            if percent < near.percent:
-                self.alert_manager.resolve(key)
-            elif not exceeded:
-                self.alert_manager.fire(
-                    key,
-                    "quota_near",
-                    near.severity,
-                    f"user {user_id!r} at {percent:.0f}% of the {resource} quota",
-                    user_id,
-                )
+        alerts = self.alert_manager
+        for resource, percent in percents:
+            if quota.get(resource) != percent:
+                quota[resource] = percent
+                user.quota_version += 1
+            exceeded = over is not None and percent >= over.percent
+            if over is not None:
+                if exceeded:
+                    alerts.fire(
+                        f"quota_exceeded:{user_id}:{resource}",
+                        "quota_exceeded",
+                        over.severity,
+                        f"user {user_id!r} exceeded the {resource} quota ({percent:.0f}%)",
+                        user_id,
+                    )
+                elif alerts.has_open("quota_exceeded"):
+                    alerts.resolve(f"quota_exceeded:{user_id}:{resource}")
+            if near is not None:
+                if percent < near.percent:
+                    if alerts.has_open("quota_near"):
+                        alerts.resolve(f"quota_near:{user_id}:{resource}")
+                elif not exceeded:
+                    alerts.fire(
+                        f"quota_near:{user_id}:{resource}",
+                        "quota_near",
+                        near.severity,
+                        f"user {user_id!r} at {percent:.0f}% of the {resource} quota",
+                        user_id,
+                    )
 
     # -- periodic --------------------------------------------------------------------------------
     def tick(self) -> None:

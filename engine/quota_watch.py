@@ -24,10 +24,12 @@ class QuotaWatch:
 
     def observe(self, user_id: str) -> None:
         """After a turn: report the user's usage to the monitor; watch them if near a limit."""
+        percents = self._quotas.percents(user_id)
+        self._monitor.observe_quotas(user_id, percents)
         highest = 0.0
-        for resource, percent in self._quotas.percents(user_id):
-            self._monitor.observe_quota(user_id, resource, percent)
-            highest = max(highest, percent)
+        for _, percent in percents:
+            if percent > highest:
+                highest = percent
         if highest >= self._watch_percent:
             self._watched.add(user_id)
 

@@ -223,7 +223,7 @@ class QuotaManager:
         if tier not in self._tiers:
             raise InvalidInput(f"unknown tier {tier!r}; use one of {', '.join(self._tiers)}")
         # The default is stored as None so such users stay prunable.
-        self._users.setdefault(user_id, _User()).tier = None if tier == self._default_tier else tier
+        self._user(user_id).tier = None if tier == self._default_tier else tier
 
     def tier_of(self, user_id: str) -> str:
         state = self._users.get(user_id)
@@ -238,7 +238,7 @@ class QuotaManager:
     ) -> None:
         """Replace the tier's limit for one user; `...` keeps the window the tier has right now."""
         check_resource(resource)
-        state = self._users.setdefault(user_id, _User())
+        state = self._user(user_id)
         if window_s is ...:
             window_s = self._tiers[state.tier or self._default_tier][resource].window_s
         try:
@@ -259,8 +259,9 @@ class QuotaManager:
         wanted = validated_amounts(amounts)
         now = self._clock.now()
         state = self._users.get(user_id) or _User()
+        limits = self._limits(state)
         for resource, amount in wanted.items():
-            limit = self._limit(state, resource)
+            limit = limits[resource]
             usage = self._usage(state, resource, limit, now, create=False)
             used = usage.used(now) if usage else 0.0
             reserved = state.reserved.get(resource, 0.0)
@@ -280,10 +281,10 @@ class QuotaManager:
         if state is None:
             return
         now = self._clock.now()
+        limits = self._limits(state)
         for resource, amount in used.items():
             if amount:
-                limit = self._limit(state, resource)
-                self._usage(state, resource, limit, now).add(now, amount)
+                self._usage(state, resource, limits[resource], now).add(now, amount)
 
     def release(self, reservation: Reservation) -> None:
         """Drop the hold without recording anything (the call failed or was refused)."""
@@ -293,14 +294,14 @@ class QuotaManager:
         """Consume without a check: the usage already happened."""
         (amount,) = validated_amounts({resource: amount}).values()
         if amount:
-            state = self._users.setdefault(user_id, _User())
+            state = self._user(user_id)
             now = self._clock.now()
             self._usage(state, resource, self._limit(state, resource), now).add(now, amount)
 
     def restore(self, user_id: str, resource: str, amount: float, at: float) -> None:
         """Re-count usage recorded at `at` before a restart; windowed resources only."""
         (amount,) = validated_amounts({resource: amount}).values()
-        state = self._users.setdefault(user_id, _User())
+        state = self._user(user_id)
         limit = self._limit(state, resource)
         if limit.window_s is None:
             raise InvalidInput(f"{resource} has no window; restore it with adjust()")
@@ -311,15 +312,18 @@ class QuotaManager:
 
     def window_of(self, user_id: str, resource: str) -> float | None:
         """The window `resource` is counted over for this user (None: a running total)."""
-        state = self._users.get(user_id) or _User()
+        state = self._users.get(user_id)
+        if state is None:
+            return self._tiers[self._default_tier][resource].window_s
         return self._limit(state, resource).window_s
 
     def adjust(self, user_id: str, resource: str, delta: float) -> None:
         """Move a no-window total up or down (storage freed); it never goes below zero."""
-        check_resource(resource)
-        if not (isinstance(delta, int | float) and math.isfinite(delta)):
+        if resource not in RESOURCES:
+            check_resource(resource)  # raises
+        if not (isinstance(delta, _NUMBER) and math.isfinite(delta)):
             raise InvalidInput(f"delta for {resource} must be a finite number, got {delta!r}")
-        state = self._users.setdefault(user_id, _User())
+        state = self._user(user_id)
         limit = self._limit(state, resource)
         if limit.window_s is not None:
             raise InvalidInput(
@@ -358,11 +362,13 @@ class QuotaManager:
         if state is None:
             return tuple((resource, 0.0) for resource in RESOURCES)
         now = self._clock.now()
+        limits = self._limits(state)
+        reserved = state.reserved
         taken = []
         for resource in RESOURCES:
-            limit = self._limit(state, resource)
+            limit = limits[resource]
             usage = self._usage(state, resource, limit, now, create=False)
-            amount = (usage.used(now) if usage else 0.0) + state.reserved.get(resource, 0.0)
+            amount = (usage.used(now) if usage else 0.0) + reserved.get(resource, 0.0)
             taken.append((resource, percent_taken(amount, limit.limit)))
         return tuple(taken)
 
@@ -391,11 +397,24 @@ class QuotaManager:
 
     # Internals.
 
+    def _user(self, user_id: str) -> _User:
+        """The user's state, created if new (without building one to throw away)."""
+        state = self._users.get(user_id)
+        if state is None:
+            state = self._users[user_id] = _User()
+        return state
+
     def _limit(self, state: _User, resource: str) -> QuotaLimit:
-        override = state.overrides.get(resource)
-        if override is not None:
-            return override
+        if state.overrides:
+            override = state.overrides.get(resource)
+            if override is not None:
+                return override
         return self._tiers[state.tier or self._default_tier][resource]
+
+    def _limits(self, state: _User) -> Mapping[str, QuotaLimit]:
+        """Every resource's limit for the user: one lookup per call, not one per resource."""
+        tier = self._tiers[state.tier or self._default_tier]
+        return {**tier, **state.overrides} if state.overrides else tier
 
     def _usage(
         self, state: _User, resource: str, limit: QuotaLimit, now: float, create: bool = True
@@ -457,13 +476,20 @@ def validated_amounts(amounts: Mapping[str, float]) -> dict[str, float]:
     """The amounts as floats, or InvalidInput naming the first unknown resource or bad amount."""
     checked = {}
     for resource, amount in amounts.items():
-        check_resource(resource)
-        if isinstance(amount, bool) or not isinstance(amount, int | float):
+        if resource not in RESOURCES:
+            check_resource(resource)  # raises
+        kind = type(amount)
+        if kind is not float and kind is not int and (
+            isinstance(amount, bool) or not isinstance(amount, _NUMBER)
+        ):
             raise InvalidInput(f"amount for {resource} must be a number, got {amount!r}")
-        if not (math.isfinite(amount) and amount >= 0):
+        if not (amount >= 0 and math.isfinite(amount)):
             raise InvalidInput(f"amount for {resource} must be finite and >= 0, got {amount!r}")
         checked[resource] = float(amount)
     return checked
+
+
+_NUMBER = (int, float)
 
 
 def _retry_after(

@@ -85,14 +85,14 @@ class RateLimiter:
     def acquire(self, key: str) -> None:
         """Count one request for `key`, or raise RateLimited saying exactly when one will pass."""
         now = self._clock.now()
-        owed, wait = self._next(key, now)
-        if wait > 0:
-            raise RateLimited(self._scope, wait)
         state = self._keys.get(key)
         if state is None:
-            self._keys[key] = _Owed(now, owed)
-        else:
-            state.at, state.owed = now, owed
+            self._keys[key] = _Owed(now, 1.0)  # a new key owes just this request
+            return
+        owed, wait = _after_one_more(state.at, state.owed, now, self._interval, self._burst)
+        if wait > 0:
+            raise RateLimited(self._scope, wait)
+        state.at, state.owed = now, owed
 
     def retry_after(self, key: str) -> float:
         """Seconds until `key` may make a request (0 if now), without counting one."""

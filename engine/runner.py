@@ -112,15 +112,11 @@ class AgentRunner:
         try:
             bind_history(pooled.agent, session.context.chat_history())
             pooled.model.begin_call(on_delta)
-            async with self._client_for(session.user_id, pooled.model):
-                try:
-                    async with asyncio.timeout(self._config.llm.turn_timeout_s):
-                        raw = await pooled.agent.achat(text)
-                except TimeoutError:
-                    raise LLMError(
-                        f"model gave no reply within {self._config.llm.turn_timeout_s:g}s; "
-                        "retry, or raise turn_timeout_s"
-                    ) from None
+            if self._clients is None:  # the simulator: no client to lease
+                raw = await self._call(pooled, text)
+            else:
+                async with self._client_for(session.user_id, pooled.model):
+                    raw = await self._call(pooled, text)
             reply = pooled.model.result(raw)
             failed = False
         finally:
@@ -130,9 +126,21 @@ class AgentRunner:
             str(reply), outcome.prompt_tokens, outcome.completion_tokens, outcome.model_seconds
         )
 
+    async def _call(self, pooled: PooledAgent, text: str) -> str | None:
+        """The agent's reply to `text` (None when praisonaiagents hid a failure), bounded by
+        the turn timeout."""
+        try:
+            async with asyncio.timeout(self._config.llm.turn_timeout_s):
+                return await pooled.agent.achat(text)
+        except TimeoutError:
+            raise LLMError(
+                f"model gave no reply within {self._config.llm.turn_timeout_s:g}s; "
+                "retry, or raise turn_timeout_s"
+            ) from None
+
     @contextlib.asynccontextmanager
     async def _client_for(self, user_id: str, model: ModelAdapter) -> AsyncIterator[None]:
-        """Lease the tenant's OpenAI client for the call (no-op for the simulator)."""
+        """Lease the tenant's OpenAI client for the call (no-op for an adapter without one)."""
         if self._clients is None or not isinstance(model, OpenAICompatModel):
             yield
             return

@@ -93,3 +93,18 @@ def test_every_change_reaches_the_listener():
     alerts.fire("k", "rule", "warning", "m")
     alerts.acknowledge(first.alert_id)
     assert [(a.count, a.acknowledged) for a in seen] == [(1, False), (2, False), (2, True)]
+
+
+def test_has_open_follows_every_way_an_alert_closes():
+    clock, alerts = manager(max_alerts=2)
+    a = alerts.fire("quota_near:u:tokens", "quota_near", "warning", "m")
+    alerts.fire("quota_near:v:tokens", "quota_near", "warning", "m")
+    assert a is not None and alerts.has_open("quota_near") and not alerts.has_open("latency")
+    alerts.resolve("quota_near:v:tokens")
+    assert alerts.has_open("quota_near")  # one of the two is still open
+    assert alerts.acknowledge(a.alert_id) and not alerts.has_open("quota_near")
+    clock.advance(61)
+    alerts.fire("latency:global", "latency", "warning", "m")
+    alerts.fire("pool_wait:x", "pool_wait", "warning", "m")
+    alerts.fire("pool_wait:y", "pool_wait", "warning", "m")  # drops the latency alert
+    assert not alerts.has_open("latency") and alerts.has_open("pool_wait")
