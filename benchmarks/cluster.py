@@ -122,7 +122,10 @@ def serve_main(name: str, data_dir: Path, database_url: str, redis_url: str,
         llm=LLMSettings(sim=SimSettings(median_latency_s=0.0, p99_latency_s=0.0, seed=1)),
         limits=limits,
         # max_per_user is also the user's in-flight cap: the quota part's one user sends 1,000.
-        sessions=SessionSettings(max_per_user=100_000, max_queued_turns=32),
+        # Contexts unbounded here: part 3 reads every acknowledged turn back from the history,
+        # which otherwise keeps only the latest 200 messages (older ones are trimmed by design).
+        sessions=SessionSettings(max_per_user=100_000, max_queued_turns=32,
+                                 context_max_messages=1_000_000, context_max_bytes=1 << 30),
         gateway=GatewaySettings(max_connections=8192),
         cluster=ClusterSettings(redis_url=redis_url, worker_id=name, timeout_s=5.0,
                                 lease_ttl_s=LEASE_TTL_S),
