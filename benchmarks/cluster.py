@@ -90,7 +90,7 @@ USER_P99_LIMIT_MS = 5.0
 USER_RATE_FLOOR = 0.9  # of users / mean think time
 USER_SPAWN_RATE = 1000.0
 USER_SETTLE_S = 6.0  # past the spawn burst (each user's first turn comes at once)
-USER_CONNECTIONS = 256  # per worker: the generator's keep-alive pool
+USER_CONNECTIONS = 4096  # per worker: keep-alive connections, under the workers' bound of 8,192
 
 
 def progress(text: str) -> None:

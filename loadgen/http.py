@@ -1,7 +1,10 @@
 """`GatewayTransport`: the users' five calls over HTTP to a running gateway (DESIGN "HTTP gateway").
 
-One `httpx.AsyncClient` with keep-alive and a connection pool sized to the users (each user has
-at most one request in flight). Error bodies `{"error": {"type": ...}}` become the engine's own
+Keep-alive connections, as many as there are users (each user has at most one request in
+flight), spread over `httpx.AsyncClient`s of at most POOL_SIZE connections each, a session's
+calls always through the same one: httpcore 1.x checks every connection of a pool (a readiness
+syscall each) on every request, so one pool for a thousand users spent the client's whole CPU
+on 50 requests a second. Error bodies `{"error": {"type": ...}}` become the engine's own
 error types, so the stats count the same categories as in-process and users react the same way
 (a 401 loses the session, `unavailable` stops them). A turn's reply carries the engine's share in
 `Server-Timing: engine;dur=MS, model;dur=MS`, which splits the client's round trip.
@@ -20,6 +23,7 @@ from engine import errors
 from loadgen.transport import SessionGrant, TurnReply
 
 E = TypeVar("E", bound=errors.EngineError)
+POOL_SIZE = 32  # connections per httpx client (see the module docstring)
 
 
 class UnexpectedReply(Exception):
@@ -114,14 +118,19 @@ class GatewayTransport:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._app_auth = {"Authorization": f"Bearer {app_key}"}
-        size = max(1, connections)
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=timeout_s,
-            limits=httpx.Limits(
-                max_connections=size, max_keepalive_connections=size, keepalive_expiry=60.0
-            ),
-        )
+        connections = max(1, connections)
+        pools = -(-connections // POOL_SIZE)
+        size = -(-connections // pools)
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=timeout_s,
+                limits=httpx.Limits(
+                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=60.0
+                ),
+            )
+            for _ in range(pools)
+        ]
         self._agent_types: tuple[str, ...] = ()
 
     async def __aenter__(self) -> Self:
@@ -129,12 +138,12 @@ class GatewayTransport:
             models = await self._request("GET", "/v1/models", self._app_auth)
             self._agent_types = tuple(m["id"] for m in models.json()["data"])
         except errors.AuthenticationError:
-            await self._client.aclose()
+            await self._close()
             raise AppKeyRefused(
                 f"the gateway at {self.base_url} refused the app key; give one of its keys"
             ) from None
         except BaseException:
-            await self._client.aclose()
+            await self._close()
             raise
         return self
 
@@ -142,7 +151,11 @@ class GatewayTransport:
         self, kind: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._client.aclose()
+        await self._close()
+
+    async def _close(self) -> None:
+        for client in self._clients:
+            await client.aclose()
 
     @property
     def target(self) -> str:
@@ -168,13 +181,15 @@ class GatewayTransport:
         body: dict[str, Any] = {"user_id": user_id}
         if tier is not None:
             body["metadata"] = {"tier": tier}
-        created = (await self._request("POST", "/v1/sessions", self._app_auth, body)).json()
+        created = (
+            await self._request("POST", "/v1/sessions", self._app_auth, body, by=user_id)
+        ).json()
         return SessionGrant(created["session_id"], created["token"])
 
     async def send(self, session_id: str, token: str, text: str, agent_type: str) -> TurnReply:
         response = await self._request(
             "POST", f"/v1/sessions/{session_id}/messages", _bearer(token),
-            {"content": text, "agent_type": agent_type},
+            {"content": text, "agent_type": agent_type}, by=session_id,
         )
         timing = parse_server_timing(response.headers.get("server-timing", ""))
         if "engine" not in timing or "model" not in timing:
@@ -183,22 +198,29 @@ class GatewayTransport:
 
     async def history(self, session_id: str, token: str) -> int:
         response = await self._request(
-            "GET", f"/v1/sessions/{session_id}/messages", _bearer(token)
+            "GET", f"/v1/sessions/{session_id}/messages", _bearer(token), by=session_id
         )
         return len(response.json()["messages"])
 
     async def rotate_token(self, session_id: str, token: str) -> str:
-        response = await self._request("POST", f"/v1/sessions/{session_id}/token", _bearer(token))
+        response = await self._request(
+            "POST", f"/v1/sessions/{session_id}/token", _bearer(token), by=session_id
+        )
         return response.json()["token"]
 
     async def end_session(self, session_id: str, token: str) -> None:
-        await self._request("DELETE", f"/v1/sessions/{session_id}", _bearer(token))
+        await self._request(
+            "DELETE", f"/v1/sessions/{session_id}", _bearer(token), by=session_id
+        )
 
     async def _request(
-        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None = None
+        self, method: str, path: str, headers: dict[str, str],
+        body: dict[str, Any] | None = None, *, by: str = "",
     ) -> httpx.Response:
+        """Through the pool `by` (a session id or user id) maps to."""
+        client = self._clients[hash(by) % len(self._clients)]
         try:
-            response = await self._client.request(method, path, headers=headers, json=body)
+            response = await client.request(method, path, headers=headers, json=body)
         except httpx.TimeoutException as exc:
             raise ClientTimeout(f"{method} {path}: no reply in time ({exc!r})") from exc
         except httpx.TransportError as exc:
