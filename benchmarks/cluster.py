@@ -63,6 +63,7 @@ from typing import Any, Literal
 from common import (
     UNLIMITED_TIER,
     ServedProcess,
+    UserLadder,
     load_average,
     machine,
     ms,
@@ -85,11 +86,7 @@ TEXT = "What changed in my account since yesterday, and what should I do next?"
 TARGETS = {"scaling_ratio": 1.7, "quota_overshoot": 0, "lost_acknowledged": 0,
            "failover_s": LEASE_TTL_S, "users_sustained": 20_000}
 USER_STEPS = (500, 1000, 2000, 3000, 4000, 6000, 8000, 12_000, 16_000, 20_000)
-USER_THINK_S = 5.0  # mean, exponential: load_capacity.py's user
-USER_P99_LIMIT_MS = 5.0
-USER_RATE_FLOOR = 0.9  # of users / mean think time
-USER_SPAWN_RATE = 1000.0
-USER_SETTLE_S = 6.0  # past the spawn burst (each user's first turn comes at once)
+USERS = UserLadder(spawn_rate=1000.0, tier=UNLIMITED_TIER)  # load_capacity.py's user
 USER_CONNECTIONS = 4096  # per worker: keep-alive connections, under the workers' bound of 8,192
 
 
@@ -349,72 +346,26 @@ class SpreadTransport:
         await self._by_session.pop(session_id).end_session(session_id, token)
 
 
-async def users_step(generator: Any, users: int, measure_s: float) -> dict[str, Any]:
-    generator.set_users(users)
-    while generator.stats().live_users < users:
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(USER_SETTLE_S)
-    generator.reset_stats()
-    started = time.perf_counter()
-    await asyncio.sleep(measure_s)
-    elapsed = time.perf_counter() - started
-    stats = generator.stats()
-    send = stats.operation("send")
-    done = (send.successes + send.failures) if send else 0
-    failures = send.failures if send else 0
-    expected = users / USER_THINK_S
-    turns_per_s = done / elapsed
-    return {
-        "users": users,
-        "turns_per_s": round(turns_per_s, 1),
-        "expected_turns_per_s": round(expected, 1),
-        "overhead_p50_ms": stats.overhead_p50_ms,
-        "overhead_p99_ms": stats.overhead_p99_ms,
-        "round_trip_p99_ms": send.p99_ms if send else None,
-        "turn_failures": failures,
-        "failures_by_type": {f"{f.operation}:{f.error}": f.count for f in stats.failures},
-        "sustained": (stats.overhead_p99_ms <= USER_P99_LIMIT_MS and failures == 0
-                      and turns_per_s >= USER_RATE_FLOOR * expected),
-    }
-
-
 async def users_sustained(workers: list[Worker], steps: tuple[int, ...],
                           measure_s: float) -> dict[str, Any]:
     """Step simulated users up over both workers until a step is not sustained (see part 4)."""
-    from loadgen import Distribution, GatewayTransport, LoadGenerator, LoadOptions
+    from loadgen import GatewayTransport, LoadGenerator
 
-    options = LoadOptions(
-        users=0, spawn_rate=USER_SPAWN_RATE, seed=1,
-        think=Distribution("exp", USER_THINK_S), session_turns=Distribution("const", 1e9),
-        sessions_per_user=1, reuse_probability=1.0, abandon_probability=0.0,
-        history_probability=0.0, rotate_probability=0.0, tier_mix=((UNLIMITED_TIER, 1.0),),
-    )
     transports = [GatewayTransport(w.base, APP_KEY, connections=USER_CONNECTIONS)
                   for w in workers]
-    results: list[dict[str, Any]] = []
+    def announce(users: int) -> bool:
+        progress(f"users: {users} over {len(workers)} workers")
+        return True
+
     async with contextlib.AsyncExitStack() as stack:
         for transport in transports:
             await stack.enter_async_context(transport)
-        generator = LoadGenerator(SpreadTransport(transports), options)
+        generator = LoadGenerator(SpreadTransport(transports), USERS.options())
         generator.start()
         try:
-            for users in steps:
-                progress(f"users: {users} over {len(workers)} workers")
-                result = await users_step(generator, users, measure_s)
-                if not result["sustained"]:  # once more: a busy neighbour is not capacity
-                    result = await users_step(generator, users, measure_s)
-                results.append(result)
-                if not result["sustained"]:
-                    break
+            return await USERS.climb(generator, steps, measure_s, more=announce)
         finally:
             await generator.stop()
-    best = max((r for r in results if r["sustained"]), key=lambda r: r["users"], default=None)
-    return {
-        "think_s_mean": USER_THINK_S,
-        "max_users_sustained": best["users"] if best else 0,
-        "turns_per_s": best["turns_per_s"] if best else 0.0,
-        "steps": results,
-    }
 
 
 async def quota_overshoot(workers: list[Worker]) -> dict[str, Any]:

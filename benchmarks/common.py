@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from engine import LimitSettings
 from engine.metrics import LatencyHistogram
 from engine.quotas import QuotaLimit
 from engine.ratelimit import RateLimit
+from loadgen import Distribution, LoadGenerator, LoadOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 UNLIMITED_TIER = "unlimited"
@@ -157,6 +160,91 @@ def machine(**facts: Any) -> dict[str, Any]:
 
 def print_json(figures: Any) -> None:
     print(json.dumps(figures, indent=2))
+
+
+@dataclass(frozen=True, slots=True)
+class UserLadder:
+    """Simulated users stepped up until a step is not sustained: load_capacity.py in-process and
+    cluster.py part 4 over HTTP. Each user holds one long session and thinks `think_s` on
+    average (exponential) between turns; a step is sustained when the engine's overhead p99 is
+    at most `p99_limit_ms`, no turn failed and the turn rate reached `rate_floor` of users /
+    mean think time. A step that misses is measured once more (a busy neighbour on the machine
+    is not capacity); the first that misses twice ends the climb."""
+
+    spawn_rate: float
+    tier: str
+    think_s: float = 5.0
+    p99_limit_ms: float = 5.0
+    rate_floor: float = 0.9
+    settle_s: float = 6.0  # past the spawn burst (each user's first turn comes at once)
+
+    def options(self) -> LoadOptions:
+        return LoadOptions(
+            users=0, spawn_rate=self.spawn_rate, seed=1,
+            think=Distribution("exp", self.think_s), session_turns=Distribution("const", 1e9),
+            sessions_per_user=1, reuse_probability=1.0, abandon_probability=0.0,
+            history_probability=0.0, rotate_probability=0.0, tier_mix=((self.tier, 1.0),),
+        )
+
+    async def climb(
+        self, generator: LoadGenerator, steps: tuple[int, ...], measure_s: float, *,
+        more: Callable[[int], bool] = lambda users: True,
+        measured: Callable[[], dict[str, Any]] = dict,
+        on_reset: Callable[[], None] = lambda: None,
+    ) -> dict[str, Any]:
+        """Every step while `more(users)`; `on_reset` runs as a step's window opens and
+        `measured()` adds figures of the caller's to each step's."""
+        results: list[dict[str, Any]] = []
+        for users in steps:
+            if not more(users):
+                break
+            result = await self._step(generator, users, measure_s, measured, on_reset)
+            if not result["sustained"]:
+                result = await self._step(generator, users, measure_s, measured, on_reset)
+            results.append(result)
+            if not result["sustained"]:
+                break
+        best = max((r for r in results if r["sustained"]), key=lambda r: r["users"],
+                   default=None)
+        return {
+            "think_s_mean": self.think_s,
+            "max_users_sustained": best["users"] if best else 0,
+            "turns_per_s": best["turns_per_s"] if best else 0.0,
+            "steps": results,
+        }
+
+    async def _step(
+        self, generator: LoadGenerator, users: int, measure_s: float,
+        measured: Callable[[], dict[str, Any]], on_reset: Callable[[], None],
+    ) -> dict[str, Any]:
+        generator.set_users(users)
+        while generator.stats().live_users < users:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(self.settle_s)
+        generator.reset_stats()
+        on_reset()
+        started = time.perf_counter()
+        await asyncio.sleep(measure_s)
+        elapsed = time.perf_counter() - started
+        stats = generator.stats()
+        send = stats.operation("send")
+        turns_per_s = ((send.successes + send.failures) if send else 0) / elapsed
+        expected = users / self.think_s
+        failures = send.failures if send else 0
+        return {
+            "users": users,
+            "turns_per_s": round(turns_per_s, 1),
+            "expected_turns_per_s": round(expected, 1),
+            "overhead_p50_ms": stats.overhead_p50_ms,
+            "overhead_p95_ms": stats.overhead_p95_ms,
+            "overhead_p99_ms": stats.overhead_p99_ms,
+            "round_trip_p99_ms": send.p99_ms if send else None,
+            "turn_failures": failures,
+            "failures_by_type": {f"{f.operation}:{f.error}": f.count for f in stats.failures},
+            **measured(),
+            "sustained": (stats.overhead_p99_ms <= self.p99_limit_ms and failures == 0
+                          and turns_per_s >= self.rate_floor * expected),
+        }
 
 
 def process_cpu_s(pid: int) -> float:

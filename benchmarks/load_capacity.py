@@ -7,9 +7,10 @@ model latency. Engine overhead per turn = client-observed turn time minus Reply.
 with the engine, as it does in the console). Quotas and rate limits are set out of reach so the
 figure is capacity, not refusals.
 
-The user count steps up; a step is sustained when overhead p99 < 5 ms, no turn failed and the
-turn rate reached 90% of users / mean think time. A step that misses is measured once more (a
-busy neighbour on the machine is not capacity); the first step that misses twice ends the run.
+The user count steps up as `common.UserLadder` climbs (cluster.py part 4 climbs the same way
+over HTTP): a step is sustained when overhead p99 is at most 5 ms, no turn failed and the turn
+rate reached 90% of users / mean think time; a step that misses is measured once more, and the
+first step that misses twice ends the run.
 The whole ladder runs three times: as shipped (`durable_ack=True`, durability "power": a reply
 waits for its commit's fsync), with durability "process" (a reply waits for its commit, which
 survives kill -9 but skips the fsync), and without waiting for the commit at all, so the disk's
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import LoopLag, load_average, machine, print_json, unlimited_limits
+from common import LoopLag, UserLadder, load_average, machine, print_json, unlimited_limits
 
 from engine import (
     Engine,
@@ -34,54 +35,11 @@ from engine import (
     SimSettings,
     StoreSettings,
 )
-from loadgen import Distribution, EngineTransport, LoadGenerator, LoadOptions
+from loadgen import EngineTransport, LoadGenerator
 
 STEPS = (100, 250, 500, 1000, 2500, 5000, 7500, 10_000, 15_000, 20_000)
-THINK = Distribution("exp", 5.0)
-P99_LIMIT_MS = 5.0
-RATE_FLOOR = 0.9  # of users / mean think time
-SPAWN_RATE = 2500.0
-SETTLE_S = 6.0  # past the spawn burst (each user's first turn comes at once)
+LADDER = UserLadder(spawn_rate=2500.0, tier="unlimited")
 TARGET_USERS = 10_000
-
-
-async def wait_for_users(generator: LoadGenerator, users: int) -> None:
-    while generator.stats().live_users < users:
-        await asyncio.sleep(0.1)
-
-
-async def measure(generator: LoadGenerator, lag: LoopLag, users: int, measure_s: float) -> dict:
-    generator.set_users(users)
-    await wait_for_users(generator, users)
-    await asyncio.sleep(SETTLE_S)
-    generator.reset_stats()
-    lag.reset()
-    started = time.perf_counter()
-    await asyncio.sleep(measure_s)
-    elapsed = time.perf_counter() - started
-    stats = generator.stats()
-    send = stats.operation("send")
-    done = (send.successes + send.failures) if send else 0
-    turns_per_s = done / elapsed
-    expected = users / THINK.mean
-    failures = send.failures if send else 0
-    sustained = (
-        stats.overhead_p99_ms < P99_LIMIT_MS
-        and failures == 0
-        and turns_per_s >= RATE_FLOOR * expected
-    )
-    return {
-        "users": users,
-        "turns_per_s": round(turns_per_s, 1),
-        "expected_turns_per_s": round(expected, 1),
-        "overhead_p50_ms": stats.overhead_p50_ms,
-        "overhead_p95_ms": stats.overhead_p95_ms,
-        "overhead_p99_ms": stats.overhead_p99_ms,
-        "turn_failures": failures,
-        "failures_by_type": {f"{f.operation}:{f.error}": f.count for f in stats.failures},
-        "loop_lag_p99_ms": round(lag.histogram.percentile(0.99) * 1000, 2),
-        "sustained": sustained,
-    }
 
 
 async def run_mode(
@@ -89,13 +47,6 @@ async def run_mode(
     durability: str = "power",
 ) -> dict:
     """Step users up on one engine until a step is not sustained or time runs out."""
-    options = LoadOptions(
-        users=0, spawn_rate=SPAWN_RATE, seed=1, think=THINK,
-        session_turns=Distribution("const", 1e9), sessions_per_user=1, reuse_probability=1.0,
-        abandon_probability=0.0, history_probability=0.0, rotate_probability=0.0,
-        tier_mix=(("unlimited", 1.0),),
-    )
-    results: list[dict] = []
     with tempfile.TemporaryDirectory() as folder:
         config = EngineConfig(
             store=StoreSettings(
@@ -105,31 +56,23 @@ async def run_mode(
             limits=unlimited_limits(api_calls_window_s=60.0),
         )
         async with Engine(config) as engine:
-            generator = LoadGenerator(EngineTransport(engine), options)
+            generator = LoadGenerator(EngineTransport(engine), LADDER.options())
             lag = LoopLag()
             lag.start()
             generator.start()
             try:
-                for users in steps:
-                    if time.perf_counter() > deadline:
-                        break
-                    result = await measure(generator, lag, users, measure_s)
-                    if not result["sustained"]:  # once more: a busy neighbour is not capacity
-                        result = await measure(generator, lag, users, measure_s)
-                    results.append(result)
-                    if not result["sustained"]:
-                        break
+                climbed = await LADDER.climb(
+                    generator, steps, measure_s,
+                    more=lambda users: time.perf_counter() <= deadline,
+                    measured=lambda: {
+                        "loop_lag_p99_ms": round(lag.histogram.percentile(0.99) * 1000, 2)
+                    },
+                    on_reset=lag.reset,
+                )
             finally:
                 lag.stop()
                 await generator.stop()
-    best = max((r for r in results if r["sustained"]), key=lambda r: r["users"], default=None)
-    return {
-        "durable_ack": durable_ack,
-        "durability": durability,
-        "max_users_sustained": best["users"] if best else 0,
-        "turns_per_s": best["turns_per_s"] if best else 0.0,
-        "steps": results,
-    }
+    return {"durable_ack": durable_ack, "durability": durability, **climbed}
 
 
 async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict:
@@ -161,7 +104,7 @@ async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict
         "target_users": TARGET_USERS,
         "target_met_with_durable_ack": shipped["target_met"],
         "target_met_without_durable_ack": fast["target_met"],
-        "think_time": str(THINK),
+        "think_time": f"exp mean {LADDER.think_s:g}s",
         "overhead_definition": (
             "client-observed send time minus Reply.model_latency_s; the sim backend has zero "
             "latency here, so it is the whole turn as a user sees it once its call starts, "
@@ -170,9 +113,9 @@ async def run(steps: tuple[int, ...], measure_s: float, budget_s: float) -> dict
             "it starts"
         ),
         "criteria": {
-            "overhead_p99_ms_below": P99_LIMIT_MS,
+            "overhead_p99_ms_at_most": LADDER.p99_limit_ms,
             "turn_failures": 0,
-            "turn_rate_at_least": f"{RATE_FLOOR:.0%} of users / mean think time",
+            "turn_rate_at_least": f"{LADDER.rate_floor:.0%} of users / mean think time",
         },
         "measure_s_per_step": measure_s,
         "modes": modes,
