@@ -49,6 +49,15 @@ class SessionSettings:
     # first, while the cache's estimated bytes exceed hot_budget_bytes; never a busy one.
     hot_idle_s: float = 300.0
     hot_budget_bytes: int = 256 * 1024 * 1024
+    # open() brings back this many stored sessions and returns; the rest are paged in, as
+    # many at a time, while turns are served (engine/background_restore.py).
+    restore_page_sessions: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.restore_page_sessions < 1:
+            raise ConfigurationError(
+                f"restore_page_sessions must be at least 1, got {self.restore_page_sessions}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from engine import validation
 from engine.admission import AuthFailures, AuthFailureStats
 from engine.agents import load_agent_specs
 from engine.authentication import Authenticator
+from engine.background_restore import BackgroundRestore
 from engine.balancer import Balancer, Move
 from engine.cluster.worker import ClusterWorker, check_cluster_key, connect, worker_load
 from engine.config import MASTER_KEY_ENV, EngineConfig, SimSettings
@@ -43,7 +44,7 @@ from engine.quotas import QuotaManager
 from engine.ratelimit import RateLimiter
 from engine.records import MetricsRollup, alert_row, session_row
 from engine.residency import SessionResidency
-from engine.restore import adopt_restored
+from engine.restore import adopt_cold, restore_quota_windows
 from engine.runner import AgentRunner
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, issue_token, rotate
@@ -106,7 +107,7 @@ class Engine:
         )
         self._link = StoreLink()
         self._rollup = MetricsRollup()
-        self.restore_report: RestoreReport | None = None
+        self._restore_base: RestoreReport | None = None  # what open() read before paging
         specs = load_agent_specs(config.pools.agent_types_file)
         self.agent_types = tuple(specs)
         self._balancer = Balancer(config.pools.workers, on_move=self._on_move)
@@ -121,6 +122,13 @@ class Engine:
             session_rate=self._session_rate, user_rate=self._user_rate,
             balancer=self._balancer, monitor=self._monitor, store=lambda: self.store,
             keyring=lambda: self.keyring, persist_later=self._link.later,
+        )
+        self._tiers = frozenset(limits.tiers)
+        self._paging = BackgroundRestore(
+            registry=self._registry, store=self._stored, adopt=self._adopt_cold,
+            persist_later=self._link.later, clock=self.clock,
+            enforce_cap=not config.cluster.redis_url,
+            page_sessions=config.sessions.restore_page_sessions,
         )
         self._hot = HotSessions(
             self._registry, config.sessions, self._residency.load, self._views.invalidate
@@ -162,7 +170,7 @@ class Engine:
         try:
             if self.config.cluster.redis_url:
                 self._cluster = await self._join_cluster()
-            self.restore_report = await self._restore()
+            self._restore_base = await self._restore()
         except BaseException:
             if self._cluster is not None:
                 await self._cluster.leave()
@@ -178,7 +186,23 @@ class Engine:
                 self._shedder.watch(lambda: store.stats().queue_depth), name="overload probe"
             )
         self._state = "open"
+        self._paging.start()
         return self
+
+    @property
+    def restore_report(self) -> RestoreReport | None:
+        """What open() brought back; `pending` counts stored sessions still being paged in."""
+        base = self._restore_base
+        return None if base is None else self._paging.report(base)
+
+    async def restored(self) -> RestoreReport:
+        """Wait until every stored session is paged in (open() returns before, for a large
+        store: engine.background_restore); the final report."""
+        self._require_open()
+        await self._paging.wait()
+        report = self.restore_report
+        assert report is not None
+        return report
 
     @property
     def state(self) -> str:
@@ -222,6 +246,7 @@ class Engine:
     async def aclose(self) -> None:
         """Stop housekeeping, flush and close the store, close the model clients."""
         self._state = "closed"
+        await self._paging.aclose()
         if self._overload_probe is not None:
             self._overload_probe.cancel()
             self._overload_probe = None
@@ -434,7 +459,7 @@ class Engine:
             moves_total=self._balancer.moves_total,
             clients=self._runner.client_stats(),
             store=self._link.store.stats() if self._link.store is not None else None,
-            cache=self._hot.view(self._residency.unreadable),
+            cache=self._hot.view(self._residency.unreadable, self._paging.pending),
             cluster=self._cluster.view() if self._cluster is not None else None,
         )
 
@@ -443,6 +468,9 @@ class Engine:
         if self._cluster is not None:  # a worker of a cluster: make its copy current first
             self._auth.refuse_backed_off(session_id, token)  # before any round trip
             await self._cluster.sync(session_id)
+        elif self._paging.running:  # the session may not be paged in yet: read it now
+            self._auth.refuse_backed_off(session_id, token)
+            await self._paging.ensure(session_id)
         return self._auth.authenticate(session_id, token, client)
 
     async def _join_cluster(self) -> ClusterWorker:
@@ -506,23 +534,34 @@ class Engine:
             await self._cluster.bump(session.session_id)
 
     async def _restore(self) -> RestoreReport:
-        """Bring back live sessions (cold: no message read) and the users' quota windows."""
+        """Bring back the users' quota windows and the first page of live sessions (cold: no
+        message read); `self._paging` brings the rest after open() returns."""
         store = self._link.store
         assert store is not None and self._keyring is not None
-        restored = await store.load_live(self.clock.now())
-        if self._cluster is not None and restored.sessions:
-            check_cluster_key(self._keyring, restored.sessions[0].wrapped_key)
-        report, moved = adopt_restored(
-            restored,
-            registry=self._registry, quotas=self._quotas, balancer=self._balancer,
-            monitor=self._monitor, tiers=frozenset(self.config.limits.tiers),
+        restored = await store.load_live(self.clock.now(), sessions=False)
+        self._monitor.alert_manager.continue_after(restored.max_alert_id)
+        self._paging.stored = restored.counts.sessions
+        first = await self._paging.read_page()
+        if self._cluster is not None and first:
+            check_cluster_key(self._keyring, first[0].row.wrapped_key)
+        self._paging.adopt_page(first)  # before the quota windows: it sets the users' tiers
+        report = restore_quota_windows(restored, self._quotas)
+        if self._cluster is not None:  # the first worker after Valkey/Redis lost its data
+            await self._cluster.rebuild()
+        return report
+
+    def _adopt_cold(self, session: Session) -> Assign | None:
+        """Hold a stored session cold; the op recording its move to another worker lane."""
+        return adopt_cold(
+            session, registry=self._registry, quotas=self._quotas, balancer=self._balancer,
+            monitor=self._monitor, tiers=self._tiers,
             default_tier=self.config.limits.default_tier,
         )
-        if moved:
-            await store.write(*moved)
-        if self._cluster is not None:  # the first worker after Valkey/Redis lost its data
-            await self._cluster.rebuild(restored)
-        return report
+
+    def _stored(self) -> Store:
+        """The store, open or not yet (start-up reads it before the engine is open)."""
+        assert self._link.store is not None
+        return self._link.store
 
     async def _housekeep_forever(self) -> None:
         while True:

@@ -90,12 +90,12 @@ class HotSessions:
                 excess -= session.hot_bytes
         self._demote(victims)
 
-    def view(self, unreadable: int) -> CacheView:
+    def view(self, unreadable: int, restoring: int) -> CacheView:
         cache = self._registry.hot
         return CacheView(
             hot=len(cache), cold=len(self._registry) - len(cache), hot_bytes=cache.bytes,
             budget_bytes=self._settings.hot_budget_bytes, hits=cache.hits, loads=cache.loads,
-            unreadable=unreadable,
+            unreadable=unreadable, restoring=restoring,
         )
 
     def _demote(self, sessions: list[Session]) -> None:

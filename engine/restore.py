@@ -1,8 +1,8 @@
 """Stored rows back into live sessions: compact records at start-up, contexts on first use.
 
-The reverse of `engine.records`. `adopt_restored` brings back every live session cold (its
-compact record: owner, token hash, deadlines, counters), the quota windows and the alert
-numbering, reading no message. `warm` unwraps one session's key and decrypts its messages when
+The reverse of `engine.records`. `adopt_cold` holds a stored session cold (its compact record:
+owner, token hash, deadlines, counters), reading no message; `restore_quota_windows` counts the
+users' stored quota use again. `warm` unwraps one session's key and decrypts its messages when
 the engine first uses it; a session that fails there is the engine's to report, alone.
 """
 
@@ -17,7 +17,7 @@ from engine.monitor import Monitor
 from engine.quotas import BYTES_PER_MB, QuotaManager
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Context, Message, Session, SessionRegistry
-from engine.store import Assign, ContextFigures, Op, Restored, SessionRow, StoredSession
+from engine.store import Assign, ContextFigures, Restored, SessionRow, StoredSession
 from engine.views import RestoreReport
 
 NO_METADATA: MappingProxyType[str, object] = MappingProxyType({})  # most sessions: shared
@@ -106,37 +106,17 @@ def adopt_cold(
     return Assign(session.session_id, worker)
 
 
-def adopt_restored(
-    restored: Restored,
-    *,
-    registry: SessionRegistry,
-    quotas: QuotaManager,
-    balancer: Balancer,
-    monitor: Monitor,
-    tiers: frozenset[str],
-    default_tier: str,
-) -> tuple[RestoreReport, list[Op]]:
-    """Adopt what the store loaded, every session cold; returns the report and the ops
-    recording worker moves. Keys and messages are checked when a session is first used."""
-    monitor.alert_manager.continue_after(restored.max_alert_id)
-    moved: list[Op] = []
-    for row in restored.sessions:
-        session = cold_session(row, restored.contexts.get(row.session_id))
-        move = adopt_cold(
-            session, registry=registry, quotas=quotas, balancer=balancer, monitor=monitor,
-            tiers=tiers, default_tier=default_tier,
-        )
-        if move is not None:
-            moved.append(move)
+def restore_quota_windows(restored: Restored, quotas: QuotaManager) -> RestoreReport:
+    """Count the users' stored quota use in their windows again; the report of what open()
+    read (sessions come in pages: engine.background_restore)."""
     for event in restored.quota:
         if quotas.window_of(event.user_id, event.resource) is not None:
             quotas.restore(event.user_id, event.resource, event.amount, event.at)
     counts = restored.counts
-    report = RestoreReport(
+    return RestoreReport(
         sessions=counts.sessions,
         messages=counts.messages,
         purged=counts.purged,
         quota_buckets=counts.quota_buckets,
         clean_shutdown=restored.clean_shutdown,
     )
-    return report, moved

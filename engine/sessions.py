@@ -246,6 +246,10 @@ class SessionRegistry:
     def of_user(self, user_id: str) -> tuple[Session, ...]:
         return tuple(self._by_user.get(user_id, {}).values())
 
+    def count_of(self, user_id: str) -> int:
+        owned = self._by_user.get(user_id)
+        return len(owned) if owned is not None else 0
+
     def users(self) -> int:
         return len(self._by_user)
 
@@ -299,6 +303,18 @@ class SessionRegistry:
         self._sessions[session.session_id] = session
         self._by_user.setdefault(session.user_id, {})[session.session_id] = session
         heapq.heappush(self._heap, (session.deadline, session.session_id))
+
+    def trim_to_cap(self, user_id: str, now: float) -> None:
+        """Evict the user's least recently active idle sessions until they hold no more than
+        the cap (sessions brought back from the store after the user created new ones)."""
+        owned = self._by_user.get(user_id, {})
+        excess = len(owned) - self.max_per_user
+        for victim in sorted(owned.values(), key=lambda s: s.last_active_at):
+            if excess <= 0:
+                return
+            if not victim.busy:
+                self.remove(victim.session_id, "evicted", now, "user session cap reached")
+                excess -= 1
 
     def begin_turn(self, session: Session) -> None:
         session.in_flight += 1

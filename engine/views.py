@@ -82,6 +82,7 @@ class RestoreReport:
     purged: int
     quota_buckets: int
     clean_shutdown: bool
+    pending: int = 0  # stored sessions still being paged in behind open() (background_restore)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class CacheView:
     hits: int
     loads: int  # first uses that read a session from the store
     unreadable: int  # sessions whose key or messages failed to decrypt when loaded
+    restoring: int = 0  # stored sessions not paged in yet since open (background_restore)
 
     @property
     def hit_ratio(self) -> float:

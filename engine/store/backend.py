@@ -57,8 +57,19 @@ class Backend(Protocol):
         """
         ...
 
-    async def load_live(self, now: float) -> Restored:
-        """Purge sessions whose deadline passed, prune as `Prune(now)`, return what is live."""
+    async def load_live(self, now: float, *, sessions: bool = True) -> Restored:
+        """Purge sessions whose deadline passed, prune as `Prune(now)`, return what is live.
+
+        With `sessions=False`, `sessions` and `contexts` come back empty and `counts.sessions`
+        says how many are stored: the engine reads them in pages with `load_page`.
+        """
+        ...
+
+    async def load_page(self, after: str, limit: int) -> list[SessionRecord]:
+        """Up to `limit` stored sessions' compact records with ids after `after`, in id order.
+
+        Called beside commits, not between them: the caller must not trust it for sessions
+        it changed since it started paging (the engine holds those already)."""
         ...
 
     async def load_session(self, session_id: str) -> StoredSession | None:

@@ -179,12 +179,21 @@ class Store:
         await self._submit(None)
 
     # -- start-up and maintenance ----------------------------------------------------------------
-    async def load_live(self, now: float) -> Restored:
-        """Purge sessions whose deadline passed, prune, and return everything still live.
+    async def load_live(self, now: float, *, sessions: bool = True) -> Restored:
+        """Purge sessions whose deadline passed, prune, and return everything still live
+        (without `sessions`: how many sessions, not the sessions; `load_page` reads them).
 
         Bulk reads ordered by (session_id, seq), never a query per session.
         """
-        return await self._submit(partial(self.backend.load_live, now))
+        return await self._submit(partial(self.backend.load_live, now, sessions=sessions))
+
+    async def load_page(self, after: str, limit: int) -> list[SessionRecord]:
+        """A page of stored sessions' compact records, ids after `after` in id order.
+
+        Not an exclusive job: it is read beside the commits, so a start-up paging through a
+        million sessions never holds up a turn's commit. Writes still queued may be missing
+        from it; they belong to sessions the engine already holds."""
+        return await self.backend.load_page(after, limit)
 
     async def load_session(self, session_id: str) -> StoredSession | None:
         """One session's wrapped key and messages, oldest first (None once it has ended).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -53,7 +54,7 @@ from engine.store import (
 )
 from engine.store.postgres import migrations as pg_migrations
 from engine.store.sqlite import checkpointer as checkpointing
-from engine.store.sqlite import migrations
+from engine.store.sqlite import checks, migrations
 
 NOW = 1_700_000_000.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -375,6 +376,30 @@ async def test_a_corrupt_file_is_refused_and_left_untouched(db_path, damage):
     assert str(db_path) in str(caught.value)
     assert "backup" in str(caught.value)
     assert db_path.read_bytes() == before
+
+
+async def test_a_large_file_has_its_pages_checked_after_open_and_a_problem_is_logged(
+    db_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(checks, "CHECK_AT_OPEN_BYTES", 0)  # every file is "large"
+    async with await Store.open(db_path) as store:
+        for i in range(40):
+            await store.write(session_row(f"s{i}"), *(message(f"s{i}", n) for n in range(10)))
+    async with await Store.open(db_path) as store:
+        while store.backend.integrity.problems is None:
+            await asyncio.sleep(0.01)
+        assert store.backend.integrity.problems == ["ok"]
+    size = db_path.stat().st_size
+    data = bytearray(db_path.read_bytes())
+    data[size - 3 * 4096:size - 2 * 4096] = random.Random(3).randbytes(4096)  # a leaf page
+    db_path.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR):
+        async with await Store.open(db_path) as store:  # opens: the check comes after
+            while store.backend.integrity.problems is None:
+                await asyncio.sleep(0.01)
+            assert store.backend.integrity.problems != ["ok"]
+    (record,) = [r for r in caplog.records if "integrity check" in r.getMessage()]
+    assert str(db_path) in record.getMessage() and "backup" in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -1258,3 +1283,23 @@ async def test_a_session_record_reads_without_key_or_messages_until_it_ends(back
     assert record is not None and record.figures == ContextFigures(2, 20, 2)
     await store.write(EndSession("s1", NOW + 10, "ended by owner"))
     assert await store.load_record("s1") is None
+
+
+async def test_sessions_come_in_pages_in_id_order_with_their_figures(backend_store):
+    store = backend_store
+    ids = [f"s{n:02d}" for n in range(7)]
+    await store.write(*(session_row(sid) for sid in reversed(ids)))
+    await store.write(*(message(sid, seq) for sid in ("s01", "s05") for seq in (1, 2, 3)))
+    restored = await store.load_live(NOW, sessions=False)
+    assert (restored.sessions, restored.contexts, restored.counts.sessions) == ([], {}, 7)
+    pages, after = [], ""
+    while page := await store.load_page(after, 3):
+        pages.append([r.row.session_id for r in page])
+        after = page[-1].row.session_id
+        for record in page:
+            figures = record.figures
+            if record.row.session_id in ("s01", "s05"):
+                assert figures is not None and (figures.messages, figures.next_seq) == (3, 4)
+            else:
+                assert figures is None
+    assert pages == [ids[0:3], ids[3:6], ids[6:]]

@@ -38,7 +38,7 @@ from engine.store.backend import CommitDone, StorageFigures
 from engine.store.ops import Op, Restored, RewrapReport, SessionRecord, StoredSession
 from engine.store.postgres.dsn import redacted, without_password
 from engine.store.postgres.errors import store_error
-from engine.store.postgres.restore import read_live, read_record, read_session
+from engine.store.postgres.restore import read_live, read_page, read_record, read_session
 from engine.store.postgres.statements import PostgresStatements
 from engine.store.postgres.transactions import (
     close_out,
@@ -169,10 +169,14 @@ class PostgresBackend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def load_live(self, now: float) -> Restored:
+    async def load_live(self, now: float, *, sessions: bool = True) -> Restored:
         async with self.pool.acquire() as conn:
             purged = await purge_expired(conn, self._statements, now)
-            return await read_live(conn, now, self.clean_shutdown, purged)
+            return await read_live(conn, now, self.clean_shutdown, purged, sessions=sessions)
+
+    async def load_page(self, after: str, limit: int) -> list[SessionRecord]:
+        async with self.pool.acquire() as conn:
+            return await read_page(conn, after, limit)
 
     async def load_session(self, session_id: str) -> StoredSession | None:
         """Runs between commits (an exclusive job), so it reads every write committed before."""

@@ -30,6 +30,13 @@ _SELECT_CONTEXTS = (
     "SELECT session_id, count(*), sum(size)::bigint, max(seq) + 1 FROM messages"
     " GROUP BY session_id"
 )
+_SELECT_PAGE = (
+    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id > $1 ORDER BY session_id LIMIT $2"
+)
+_SELECT_PAGE_CONTEXTS = (
+    "SELECT session_id, count(*), sum(size)::bigint, max(seq) + 1 FROM messages"
+    " WHERE session_id > $1 AND session_id <= $2 GROUP BY session_id"
+)
 _SELECT_RECORD = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"
 _SELECT_CONTEXT = (
     "SELECT count(*), sum(size)::bigint, max(seq) + 1 FROM messages WHERE session_id = $1"
@@ -54,15 +61,22 @@ _SELECT_METRICS = (
 
 
 async def read_live(
-    conn: asyncpg.Connection, now: float, clean_shutdown: bool, purged: int
+    conn: asyncpg.Connection, now: float, clean_shutdown: bool, purged: int, *, sessions: bool
 ) -> Restored:
-    """Everything live as of `now`; `purged` (sessions the purge before deleted) is counted."""
+    """Everything live as of `now`; `purged` (sessions the purge before deleted) is counted.
+    Without `sessions`, only how many there are: `read_page` reads them."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        sessions = [SessionRow(*row) for row in await conn.fetch(_SELECT_SESSIONS)]
-        contexts = {
-            row[0]: ContextFigures(row[1], row[2], row[3])
-            for row in await conn.fetch(_SELECT_CONTEXTS)
-        }
+        rows: list[SessionRow] = []
+        contexts: dict[str, ContextFigures] = {}
+        if sessions:
+            rows = [SessionRow(*row) for row in await conn.fetch(_SELECT_SESSIONS)]
+            contexts = {
+                row[0]: ContextFigures(row[1], row[2], row[3])
+                for row in await conn.fetch(_SELECT_CONTEXTS)
+            }
+            stored = len(rows)
+        else:
+            stored = await conn.fetchval("SELECT count(*) FROM sessions")
         quota = [QuotaEvent(*row) for row in await conn.fetch(_SELECT_QUOTA, now)]
         alerts = [AlertRow(*row) for row in await conn.fetch(_SELECT_ALERTS)]
         metrics = [
@@ -70,7 +84,7 @@ async def read_live(
         ]
         max_alert_id = await conn.fetchval("SELECT coalesce(max(alert_id), 0) FROM alerts")
     return Restored(
-        sessions=sessions,
+        sessions=rows,
         contexts=contexts,
         quota=quota,
         alerts=alerts,
@@ -78,13 +92,27 @@ async def read_live(
         max_alert_id=max_alert_id,
         clean_shutdown=clean_shutdown,
         counts=RestoreCounts(
-            sessions=len(sessions),
+            sessions=stored,
             purged=purged,
             messages=sum(figures.messages for figures in contexts.values()),
             quota_buckets=len(quota),
             alerts=len(alerts),
         ),
     )
+
+
+async def read_page(conn: asyncpg.Connection, after: str, limit: int) -> list[SessionRecord]:
+    """Up to `limit` sessions with ids after `after`, in id order, with their conversations'
+    figures, in one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = [SessionRow(*row) for row in await conn.fetch(_SELECT_PAGE, after, limit)]
+        if not rows:
+            return []
+        contexts = {
+            row[0]: ContextFigures(row[1], row[2], row[3])
+            for row in await conn.fetch(_SELECT_PAGE_CONTEXTS, after, rows[-1].session_id)
+        }
+    return [SessionRecord(row, contexts.get(row.session_id)) for row in rows]
 
 
 async def read_record(conn: asyncpg.Connection, session_id: str) -> SessionRecord | None:

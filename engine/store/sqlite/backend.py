@@ -16,8 +16,10 @@ Why it is built this way:
   (every `checkpoint_s`); older -wal frames may hold the key until the log restarts and new
   frames overwrite them, and `aclose()` empties the -wal.
 - One store per file (`filelock.py`), and a file that fails a check at open is left untouched
-  (`checks.py`). A file deleted or replaced while open fails every commit until it is put
-  back (`checks.FileIdentity`): SQLite alone would go on writing where no restart can read.
+  (`checks.py`). A file too large to read whole at start-up has its pages checked after open,
+  beside the writes, and a problem is logged (`checks.IntegrityCheck`). A file deleted or
+  replaced while open fails every commit until it is put back (`checks.FileIdentity`):
+  SQLite alone would go on writing where no restart can read.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from engine.store.backend import CommitDone, StorageFigures
 from engine.store.ops import Op, Restored, RewrapReport, SessionRecord, StoredSession
 from engine.store.sqlite import filelock
 from engine.store.sqlite.checkpointer import Checkpointer
-from engine.store.sqlite.checks import FileIdentity, check_file, store_error
+from engine.store.sqlite.checks import FileIdentity, IntegrityCheck, check_file, store_error
 from engine.store.sqlite.connection import ConnectionThread
-from engine.store.sqlite.restore import read_live, read_record, read_session
+from engine.store.sqlite.restore import read_live, read_page, read_record, read_session
 from engine.store.sqlite.statements import SqliteStatements
 from engine.store.sqlite.transactions import (
     close_out,
@@ -59,6 +61,7 @@ class SqliteBackend:
         clean_shutdown: bool,
         lock_fd: int,
         identity: FileIdentity,
+        integrity: IntegrityCheck | None = None,
     ) -> None:
         """Use `open`, which locks, checks and migrates the file first."""
         self.path = path
@@ -74,6 +77,7 @@ class SqliteBackend:
         )
         self._lock_fd = lock_fd
         self._identity = identity
+        self.integrity = integrity  # a large file's pages, checked after open
 
     @classmethod
     async def open(cls, path: Path, settings: StoreSettings) -> SqliteBackend:
@@ -85,16 +89,19 @@ class SqliteBackend:
         """
         lock_fd = filelock.lock(path)  # before anything reads the file: it may be another's
         try:
-            await asyncio.to_thread(check_file, path)
+            checked = await asyncio.to_thread(check_file, path)
             connection = await ConnectionThread.open(
                 partial(connect, path, _synchronous(settings)), name=f"store-writer {path}"
             )
             try:
                 clean = await connection.run(partial(prepare, path))
                 identity = await asyncio.to_thread(FileIdentity.of, path)
+                integrity = None if checked else IntegrityCheck(path)
+                if integrity is not None:
+                    integrity.start()
                 return cls(
                     path, connection, settings, clean_shutdown=clean, lock_fd=lock_fd,
-                    identity=identity,
+                    identity=identity, integrity=integrity,
                 )
             except BaseException:
                 await connection.aclose()
@@ -116,9 +123,14 @@ class SqliteBackend:
         )
         self.connection.call(batch, done)
 
-    async def load_live(self, now: float) -> Restored:
+    async def load_live(self, now: float, *, sessions: bool = True) -> Restored:
         purged = await self.connection.run(partial(purge_expired, self._statements, now))
-        return await asyncio.to_thread(read_live, self.path, now, self.clean_shutdown, purged)
+        return await asyncio.to_thread(
+            partial(read_live, self.path, now, self.clean_shutdown, purged, sessions=sessions)
+        )
+
+    async def load_page(self, after: str, limit: int) -> list[SessionRecord]:
+        return await asyncio.to_thread(read_page, self.path, after, limit)
 
     async def load_session(self, session_id: str) -> StoredSession | None:
         """On the writer's connection, so it reads every write committed before it."""
@@ -134,6 +146,8 @@ class SqliteBackend:
     async def aclose(self) -> None:
         """Stop checkpointing, mark a clean shutdown, empty the WAL, close, unlock."""
         try:
+            if self.integrity is not None:
+                await self.integrity.stop()
             await self.checkpointer.stop()
             try:
                 await self.connection.run(partial(close_out, self.path))

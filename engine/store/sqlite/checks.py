@@ -8,10 +8,14 @@ and what to do. SQLite's result codes map to advice a person can act on.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import resource
 import shutil
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -19,7 +23,15 @@ from urllib.parse import quote
 from engine.errors import StoreError
 from engine.store.sqlite import migrations
 
+log = logging.getLogger(__name__)
+
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# quick_check reads every page, about a second per GB here: a larger file is checked after
+# open, beside the writes (IntegrityCheck), so start-up does not grow with the store.
+CHECK_AT_OPEN_BYTES = 256 * 2**20
+_CORRUPT_ADVICE = (
+    "restore it from a backup, or move it away to start empty"
+)
 
 # SQLite primary result codes, for advice in error messages.
 _SQLITE_IOERR = 10
@@ -49,19 +61,23 @@ _ADVICE = {
 }
 
 
-def check_file(path: Path) -> None:
-    """Refuse a file that is not ours, through a read-only connection that cannot change it."""
+def check_file(path: Path) -> bool:
+    """Refuse a file that is not ours, through a read-only connection that cannot change it.
+
+    False when the file is too large for its pages to be checked now (CHECK_AT_OPEN_BYTES):
+    run an IntegrityCheck once it is open."""
     try:
         with path.open("rb") as file:
             header = file.read(100)
+            size = os.fstat(file.fileno()).st_size
     except FileNotFoundError:
-        return
+        return True
     except OSError as exc:
         raise StoreError(
             f"cannot read store {path}: {exc.strerror}; point the store at a readable file"
         ) from exc
     if not header:
-        return  # an empty file is an empty database to SQLite
+        return True  # an empty file is an empty database to SQLite
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
         raise StoreError(
             f"store {path} is not a SQLite database; it was left untouched: "
@@ -88,16 +104,63 @@ def check_file(path: Path) -> None:
                 f"this code knows up to v{latest}); upgrade the engine to open it. The file was "
                 "left untouched"
             )
+        if size > CHECK_AT_OPEN_BYTES:
+            return False
         problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
             raise StoreError(
                 f"store {path} is corrupt ({'; '.join(problems)}); it was left untouched: "
-                "restore it from a backup, or move it away to start empty"
+                f"{_CORRUPT_ADVICE}"
             )
+        return True
     except sqlite3.Error as exc:
         raise store_error(path, exc, "checking") from exc
     finally:
         conn.close()
+
+
+class IntegrityCheck:
+    """`quick_check` of a file too large to check at open, on a read-only connection of its
+    own beside the writes. A problem found is logged as an error saying what to do; nothing
+    stops (SQLite reports a damaged page again whenever it is read). `stop` ends it early."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stopping = threading.Event()
+        self._conn: sqlite3.Connection | None = None
+        self._task: asyncio.Future[None] | None = None
+        self.problems: list[str] | None = None  # None until it has finished
+
+    def start(self) -> None:
+        # Connected here: `stop` may interrupt it from the loop's thread at any time.
+        self._conn = sqlite3.connect(
+            read_only_uri(self._path), uri=True, check_same_thread=False
+        )
+        self._task = asyncio.ensure_future(asyncio.to_thread(self._run, self._conn))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed: it had finished
+                self._conn.interrupt()  # thread-safe: the running check fails "interrupted"
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as exc:
+            if self._stopping.is_set():
+                return
+            problems = [str(exc)]
+        finally:
+            conn.close()
+        self.problems = problems
+        if problems != ["ok"]:
+            log.error(
+                "store %s failed its integrity check (%s): %s", self._path,
+                "; ".join(problems), _CORRUPT_ADVICE,
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,13 @@ _SELECT_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY session_id"
 _SELECT_CONTEXTS = (
     "SELECT session_id, count(*), sum(size), max(seq) + 1 FROM messages GROUP BY session_id"
 )
+_SELECT_PAGE = (
+    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id > ? ORDER BY session_id LIMIT ?"
+)
+_SELECT_PAGE_CONTEXTS = (
+    "SELECT session_id, count(*), sum(size), max(seq) + 1 FROM messages"
+    " WHERE session_id > ? AND session_id <= ? GROUP BY session_id"
+)
 _SELECT_RECORD = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
 _SELECT_CONTEXT = "SELECT count(*), sum(size), max(seq) + 1 FROM messages WHERE session_id = ?"
 _SELECT_KEY = "SELECT wrapped_key FROM sessions WHERE session_id = ?"
@@ -50,17 +57,26 @@ _SELECT_ALERTS = (
 _SELECT_METRICS = "SELECT * FROM metrics_minute WHERE minute >= ? ORDER BY minute, scope"
 
 
-def read_live(path: Path, now: float, clean_shutdown: bool, purged: int) -> Restored:
-    """Everything live as of `now`; `purged` (sessions the purge before deleted) is counted."""
+def read_live(
+    path: Path, now: float, clean_shutdown: bool, purged: int, *, sessions: bool
+) -> Restored:
+    """Everything live as of `now`; `purged` (sessions the purge before deleted) is counted.
+    Without `sessions`, only how many there are: `read_page` reads them."""
     conn = sqlite3.connect(read_only_uri(path), uri=True)
     collecting = gc.isenabled()
     gc.disable()  # millions of new objects would trigger many pointless collections
     try:
-        sessions = [SessionRow(*row) for row in conn.execute(_SELECT_SESSIONS)]
-        contexts = {
-            row[0]: ContextFigures(row[1], row[2], row[3])
-            for row in conn.execute(_SELECT_CONTEXTS)
-        }
+        rows: list[SessionRow] = []
+        contexts: dict[str, ContextFigures] = {}
+        if sessions:
+            rows = [SessionRow(*row) for row in conn.execute(_SELECT_SESSIONS)]
+            contexts = {
+                row[0]: ContextFigures(row[1], row[2], row[3])
+                for row in conn.execute(_SELECT_CONTEXTS)
+            }
+            stored = len(rows)
+        else:
+            (stored,) = conn.execute("SELECT count(*) FROM sessions").fetchone()
         count = sum(figures.messages for figures in contexts.values())
         quota = [QuotaEvent(*row) for row in conn.execute(_SELECT_QUOTA, (now,))]
         alerts = [AlertRow(*row[:9], bool(row[9]), row[10]) for row in conn.execute(_SELECT_ALERTS)]
@@ -72,7 +88,7 @@ def read_live(path: Path, now: float, clean_shutdown: bool, purged: int) -> Rest
             gc.enable()
         conn.close()
     return Restored(
-        sessions=sessions,
+        sessions=rows,
         contexts=contexts,
         quota=quota,
         alerts=alerts,
@@ -80,13 +96,30 @@ def read_live(path: Path, now: float, clean_shutdown: bool, purged: int) -> Rest
         max_alert_id=max_alert_id,
         clean_shutdown=clean_shutdown,
         counts=RestoreCounts(
-            sessions=len(sessions),
+            sessions=stored,
             purged=purged,
             messages=count,
             quota_buckets=len(quota),
             alerts=len(alerts),
         ),
     )
+
+
+def read_page(path: Path, after: str, limit: int) -> list[SessionRecord]:
+    """Up to `limit` sessions with ids after `after`, in id order, with their conversations'
+    figures, through a read-only connection of its own (a page is read beside the commits)."""
+    conn = sqlite3.connect(read_only_uri(path), uri=True)
+    try:
+        rows = [SessionRow(*row) for row in conn.execute(_SELECT_PAGE, (after, limit))]
+        if not rows:
+            return []
+        contexts = {
+            row[0]: ContextFigures(row[1], row[2], row[3])
+            for row in conn.execute(_SELECT_PAGE_CONTEXTS, (after, rows[-1].session_id))
+        }
+    finally:
+        conn.close()
+    return [SessionRecord(row, contexts.get(row.session_id)) for row in rows]
 
 
 def read_record(session_id: str, conn: sqlite3.Connection) -> SessionRecord | None:
