@@ -477,7 +477,7 @@ class Engine:
         state, worker_id = await connect(self.config)
         worker = ClusterWorker(
             state, worker_id, self.config, registry=self._registry, quotas=self._quotas,
-            balancer=self._balancer, monitor=self._monitor, store=lambda: self.store,
+            balancer=self._balancer, monitor=self._monitor, store=self._stored,
             persist_later=self._link.later,
             forget=lambda s: self._registry.remove(
                 s.session_id, "ended", self.clock.now(), "ended on another worker"
