@@ -82,13 +82,15 @@ def session_record(view: Any, now: float) -> dict[str, Any]:
 def cache_summary(cache: CacheView | None, loads_per_s: float) -> str:
     """Once some sessions are cold (in the store only): how many are hot and cold, how often a
     use found its session hot, how many a second are read from the store, and the memory the
-    hot ones hold. Empty while every session is hot."""
-    if cache is None or not cache.cold:
+    hot ones hold, and while stored sessions are still being paged in after a restart, how
+    many remain. Empty while every session is hot."""
+    if cache is None or not (cache.cold or cache.restoring):
         return ""
+    restoring = f" · restoring {cache.restoring:,} more" if cache.restoring else ""
     return (
         f"Cache  {cache.hot:,} hot · {cache.cold:,} cold · hit {cache.hit_ratio:.0%}"
         f" · loads {fmt.rate(loads_per_s)}/s"
-        f" · {cache.hot_bytes / 2**20:.1f} of {cache.budget_bytes / 2**20:.0f} MB"
+        f" · {cache.hot_bytes / 2**20:.1f} of {cache.budget_bytes / 2**20:.0f} MB{restoring}"
     )
 
 

@@ -10,10 +10,12 @@ import pytest
 from rendered import screen_text
 from test_console import console_for, open_detail, refreshed
 
+from console.screens.dashboard import cache_summary
 from engine import Engine, errors
 from engine.config import SimSettings
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
+from engine.views import CacheView
 from widgets import VirtualTable
 
 
@@ -268,3 +270,15 @@ async def test_the_console_lists_cold_sessions_and_opens_one(make_config, clock)
             clock.advance(1)
             await refreshed(pilot)
             assert "Cache  1 hot · 2 cold · hit 75% · loads 1.0/s" in screen_text(app)
+
+
+def test_the_cache_line_says_how_many_stored_sessions_are_still_being_paged_in():
+    paging = CacheView(hot=0, cold=1000, hot_bytes=0, budget_bytes=2**28, hits=0, loads=0,
+                       unreadable=0, restoring=999_000)
+    assert cache_summary(paging, 0.0).endswith("· restoring 999,000 more")
+    done = CacheView(hot=0, cold=1000, hot_bytes=0, budget_bytes=2**28, hits=0, loads=0,
+                     unreadable=0)
+    assert "restoring" not in cache_summary(done, 0.0)
+    first_page_only = CacheView(hot=0, cold=0, hot_bytes=0, budget_bytes=2**28, hits=0,
+                                loads=0, unreadable=0, restoring=5)
+    assert cache_summary(first_page_only, 0.0).startswith("Cache  0 hot · 0 cold")
