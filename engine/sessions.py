@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import secrets
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ if TYPE_CHECKING:
     from engine.security import SessionCipher, TokenRecord
 
 EventKind = Literal["created", "ended", "expired", "evicted"]
-# A hot session's memory beyond its text: the cipher and key, and per message a chat dict,
-# its two entries and a timestamp (measured with tracemalloc, rounded up).
+# A hot session's memory beyond its text: the cipher and key, and per message its text's
+# object header and three column slots (measured with tracemalloc, rounded up).
 HOT_BASE_BYTES = 1024
-HOT_MESSAGE_BYTES = 320
+HOT_MESSAGE_BYTES = 80
 
 
 def utf8_size(text: str) -> int:
@@ -58,17 +59,19 @@ class SessionEvent:
 class Context:
     """A conversation bounded by message count and bytes; the oldest are dropped first.
 
-    Messages are kept as the chat dicts a model receives, so a turn hands its agent a copy made
-    at C speed (`chat_history`) instead of building a dict per message in Python: with a full
-    context (200 messages) that building was the largest cost of a turn.
+    Kept as columns (roles, texts, times), not as the chat dicts a model receives: a dict per
+    message is 184 bytes, more than a typical message's text, and a hot session's memory is
+    mostly its context. `chat_history` builds the dicts at each turn instead (about 80 ns a
+    message; 16 us at the 200-message bound, under 3% of a turn's CPU).
     """
 
-    __slots__ = ("_chat", "_times", "bytes", "dropped", "max_bytes", "max_messages")
+    __slots__ = ("_contents", "_roles", "_times", "bytes", "dropped", "max_bytes", "max_messages")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         # Lists, trimmed from the front in one step: a deque's first block alone is 64 slots.
-        self._chat: list[dict[str, str]] = []
-        self._times: list[float] = []
+        self._roles: list[str] = []  # one of two shared strings each
+        self._contents: list[str] = []
+        self._times = array("d")  # 8 bytes a message, not a float object's 24
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -76,42 +79,43 @@ class Context:
 
     def append(self, message: Message) -> int:
         """Add a message and return the bytes dropped to stay within bounds (the newest stays)."""
-        chat = self._chat
-        chat.append({"role": message.role, "content": message.content})
+        contents = self._contents
+        self._roles.append(message.role)
+        contents.append(message.content)
         self._times.append(message.at)
         self.bytes += message.size
         freed = drop = 0
-        while len(chat) - drop > 1 and (
-            len(chat) - drop > self.max_messages or self.bytes > self.max_bytes
+        while len(contents) - drop > 1 and (
+            len(contents) - drop > self.max_messages or self.bytes > self.max_bytes
         ):
-            size = utf8_size(chat[drop]["content"])
+            size = utf8_size(contents[drop])
             self.bytes -= size
             freed += size
             drop += 1
         if drop:
-            del chat[:drop]
+            del self._roles[:drop]
+            del contents[:drop]
             del self._times[:drop]
             self.dropped += drop
         return freed
 
     def chat_history(self) -> list[dict[str, str]]:
-        """A fresh list, oldest first, for the agent to append to.
-
-        The dicts are shared, not copied: praisonaiagents 1.7.17 never edits a history entry in
-        place (it copies one before truncating it), and tests check that a turn leaves the
-        stored context unchanged. Copying them cost more than the rest of a turn's bookkeeping.
-        """
-        return list(self._chat)
+        """The messages as chat dicts, oldest first: a fresh list of fresh dicts for the agent
+        to append to and change as it likes."""
+        return [
+            {"role": role, "content": content}
+            for role, content in zip(self._roles, self._contents, strict=True)
+        ]
 
     def messages(self) -> tuple[Message, ...]:
         return tuple(self)
 
     def __len__(self) -> int:
-        return len(self._chat)
+        return len(self._contents)
 
     def __iter__(self) -> Iterator[Message]:
-        for chat, at in zip(self._chat, self._times, strict=True):
-            yield Message(chat["role"], chat["content"], at)  # type: ignore[arg-type]
+        for role, content, at in zip(self._roles, self._contents, self._times, strict=True):
+            yield Message(role, content, at)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True, eq=False)
