@@ -116,12 +116,13 @@ async def read_page(conn: asyncpg.Connection, after: str, limit: int) -> list[Se
 
 
 async def read_record(conn: asyncpg.Connection, session_id: str) -> SessionRecord | None:
-    """One session's compact record and its conversation's figures; None once it has ended."""
+    """One session's compact record and its conversation's figures; None once it has ended.
+    Both reads run either way: an unknown id costs what a stored one does."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         row = await conn.fetchrow(_SELECT_RECORD, session_id)
-        if row is None:
-            return None
         messages, size, next_seq = await conn.fetchrow(_SELECT_CONTEXT, session_id)
+    if row is None:
+        return None
     figures = ContextFigures(messages, size, next_seq) if messages else None
     return SessionRecord(SessionRow(*row), figures)
 

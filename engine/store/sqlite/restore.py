@@ -123,11 +123,12 @@ def read_page(path: Path, after: str, limit: int) -> list[SessionRecord]:
 
 
 def read_record(session_id: str, conn: sqlite3.Connection) -> SessionRecord | None:
-    """One session's compact record and its conversation's figures; None once it has ended."""
+    """One session's compact record and its conversation's figures; None once it has ended.
+    Both reads run either way: an unknown id costs what a stored one does."""
     row = conn.execute(_SELECT_RECORD, (session_id,)).fetchone()
+    messages, size, next_seq = conn.execute(_SELECT_CONTEXT, (session_id,)).fetchone()
     if row is None:
         return None
-    messages, size, next_seq = conn.execute(_SELECT_CONTEXT, (session_id,)).fetchone()
     figures = ContextFigures(messages, size, next_seq) if messages else None
     return SessionRecord(SessionRow(*row), figures)
 
