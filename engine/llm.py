@@ -55,21 +55,27 @@ def build_messages(
     praisonaiagents appends the pending user message to the history *before* calling the model
     and passes its own live list, so the prompt is added only when the history does not already
     end with it, and the list is copied (the agent keeps appending to its list). The history's
-    dicts are reused, not rebuilt, unless one needs fixing: they are only read from here on.
+    dicts are passed on as they are: a backend that sends them on calls `repaired` first (the
+    digest and the token estimate read a missing or None content as empty text already).
     """
     messages: list[Any] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.extend(chat_history or ())
-    try:
-        "".join(chain.from_iterable(map(_ROLE_AND_CONTENT, messages)))
-    except (KeyError, TypeError):
-        # A failed earlier reply is stored by praisonaiagents as content None.
-        messages = [
-            {"role": _text(m.get("role")), "content": _text(m.get("content"))} for m in messages
-        ]
     user = {"role": "user", "content": prompt}
     if not messages or messages[-1] != user:
         messages.append(user)
     return messages
+
+
+def repaired(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """`messages` with every role and content a str: praisonaiagents stores a failed earlier
+    reply as content None, which a model's API refuses."""
+    try:
+        "".join(chain.from_iterable(map(_ROLE_AND_CONTENT, messages)))
+        return messages
+    except (KeyError, TypeError):
+        return [
+            {"role": _text(m.get("role")), "content": _text(m.get("content"))} for m in messages
+        ]
 
 
 _ROLE_AND_CONTENT = operator.itemgetter("role", "content")

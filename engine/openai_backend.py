@@ -26,7 +26,7 @@ from openai import (
 )
 
 from engine.errors import ConfigurationError, LLMError
-from engine.llm import CallOutcome, ChatMessage, ModelAdapter, estimate_prompt_tokens
+from engine.llm import CallOutcome, ChatMessage, ModelAdapter, estimate_prompt_tokens, repaired
 from engine.security import fingerprint
 from engine.tokens import estimate_tokens
 
@@ -156,6 +156,7 @@ class OpenAICompatModel(ModelAdapter):
                 f"no OpenAI client bound to the adapter for model {self.model!r}; "
                 "bind one with adapter.bind(client) before the call"
             )
+        messages = repaired(messages)
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.max_completion_tokens is not None:
             body["max_tokens"] = self.max_completion_tokens

@@ -15,7 +15,13 @@ from praisonaiagents import Agent
 
 from engine import EngineConfig, LLMSettings, SimSettings
 from engine.errors import ConfigurationError, LLMError
-from engine.llm import ModelAdapter, build_messages, content_digest, estimate_prompt_tokens
+from engine.llm import (
+    ModelAdapter,
+    build_messages,
+    content_digest,
+    estimate_prompt_tokens,
+    repaired,
+)
 from engine.openai_backend import OpenAICompatModel, new_client, resolve_openai_settings
 from engine.security import fingerprint
 from engine.sim import SimSource, SimulatedModel, paced_pieces, reply_pieces, simulated_reply
@@ -152,7 +158,9 @@ def test_build_messages_adds_the_prompt_unless_history_ends_with_it():
     assert build_messages("q", "sys", pending)[1:] == pending
     assert build_messages("q", None, HISTORY) == pending
     failed = [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]
-    assert build_messages("b", None, failed)[1]["content"] == ""
+    assert repaired(build_messages("b", None, failed))[1]["content"] == ""
+    whole = build_messages("b", None, HISTORY)
+    assert repaired(whole) is whole  # nothing to repair: the same list, not a copy
 
 
 def test_digest_tells_apart_every_split_role_and_order_of_the_same_text():
@@ -257,6 +265,14 @@ async def client(server):
 def compat(client: AsyncOpenAI, **kwargs) -> OpenAICompatModel:
     kwargs.setdefault("backoff_s", 0.001)
     return OpenAICompatModel("sim", client, **kwargs)
+
+
+async def test_openai_adapter_sends_a_failed_earlier_reply_as_empty_text(server, client):
+    failed = [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]
+    reply = await compat(client).get_response_async("b", None, failed)
+    assert reply is not None
+    (request,) = server.requests
+    assert request.body["messages"][1] == {"role": "assistant", "content": ""}
 
 
 async def test_openai_adapter_success_reports_usage_and_matches_the_simulator(server, client):
