@@ -165,3 +165,23 @@ async def test_a_turn_longer_than_the_lease_keeps_it_and_the_next_waits(
         texts = await user_texts(two, sid, token)
         assert texts == ["long turn on w1", "then w2"]  # w2 waited for w1's turn
     assert "lease passed to another worker" not in caplog.text
+
+
+async def test_a_worker_restarting_on_a_large_store_serves_sessions_before_paging_them_in(
+    worker_config,
+):
+    """Paging in after open, in a cluster: a session not paged in yet is read when presented
+    (the worker's sync), and the pages skip it afterwards."""
+    config = worker_config("w1", sessions={"restore_page_sessions": 2})
+    async with workers(config) as (one,):
+        created = [await one.create_session(f"user{n}") for n in range(7)]
+    last = max(created, key=lambda s: s.session_id)
+    async with workers(config) as (again,):
+        assert again.restore_report.pending == 5
+        reply = await again.send(last.session_id, last.token, "straight away")
+        assert reply.text
+        report = await again.restored()
+        assert (report.sessions, report.pending) == (7, 0)
+        snapshot = again.snapshot()
+        assert {v.session_id for v in snapshot.sessions} == {s.session_id for s in created}
+        assert snapshot.sessions_by_id[last.session_id].turns == 1
