@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from engine.clock import Clock
@@ -118,6 +119,10 @@ class BackgroundRestore:
     def start(self) -> None:
         """Page the rest in the background (after open() adopted the first page)."""
         if self.running:
+            log.info(
+                "serving; paging in the other %d of %d stored sessions in the background",
+                self.pending, self.stored,
+            )
             self._task = asyncio.create_task(self._page_forever(), name="restore sessions")
 
     async def wait(self) -> None:
@@ -144,6 +149,7 @@ class BackgroundRestore:
             self._task = None
 
     async def _page_forever(self) -> None:
+        started = time.monotonic()
         failed = False
         while self.running:
             try:
@@ -158,7 +164,9 @@ class BackgroundRestore:
             failed = False
             self.adopt_page(page)
             await asyncio.sleep(0)  # let turns waiting on the loop run between pages
-        log.info("restored %d stored sessions", self.restored)
+        log.info(
+            "paged in %d stored sessions in %.1f s", self.restored, time.monotonic() - started
+        )
 
     def _finish(self) -> None:
         self._done.set()

@@ -12,15 +12,19 @@ from engine.store import Store
 
 
 async def stored_sessions(config, users: int, per_user: int = 1) -> list:
-    """Sessions written by one engine, which then closes: a store to restart on."""
+    """Sessions written by one engine, which then closes: a store to restart on; in id order,
+    the first three with a turn each."""
     async with Engine(config) as engine:
-        created = [
-            await engine.create_session(f"user{u}")
-            for u in range(users) for _ in range(per_user)
-        ]
-        for s in created[:3]:
+        created = sorted(
+            [
+                await engine.create_session(f"user{u}")
+                for u in range(users) for _ in range(per_user)
+            ],
+            key=lambda s: s.session_id,
+        )
+        for s in created[:3]:  # in the first page: the last ones have no turn yet
             await engine.send(s.session_id, s.token, "hello")
-    return sorted(created, key=lambda s: s.session_id)
+    return created
 
 
 async def test_open_returns_after_one_page_and_the_rest_follow(make_config):
