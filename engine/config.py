@@ -235,7 +235,7 @@ class ClusterSettings:
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     key_prefix: str = "sc:"  # several clusters (or tests) can share one server
     worker_id: str = ""  # this worker's name in the registry; "" = host name and process id
-    lease_ttl_s: float = 5.0  # a dead worker's sessions are served elsewhere after this
+    lease_ttl_s: float = 5.0  # a dead worker's sessions are served elsewhere within this
     heartbeat_s: float = 1.0
     worker_dead_after_s: float = 5.0  # no heartbeat for this long: the worker is gone
     # A reservation or in-flight turn left by a dead worker lapses after this; longer than any

@@ -19,7 +19,7 @@ from engine.clock import Clock
 from engine.cluster import quota_lua
 from engine.cluster.connection import ClusterClient
 from engine.cluster.inflight import HAS_ROOM_FN, InFlightCaps, check_cap, new_slot
-from engine.cluster.leases import ACQUIRE_FN, RELEASE_FN, Lease, SessionLeases, ms
+from engine.cluster.leases import ACQUIRE_FN, RELEASE_FN, Lease, SessionLeases, held_ms
 from engine.cluster.quotas import ClusterQuotas
 from engine.cluster.rates import GCRA_FN, ClusterRates
 from engine.cluster.rebuild import NOT_REBUILT, REBUILT_FN, NotRebuilt
@@ -155,7 +155,7 @@ class TurnGate:
             self._start,
             [self._leases.key(session_id), self._leases.fence_key, self._inflight.key(user_id),
              self._versions.key(session_id)],
-            [repr(now), worker_id, ms(ttl), repr(now + self._inflight.slot_ttl_s), cap, slot,
+            [repr(now), worker_id, held_ms(ttl), repr(now + self._inflight.slot_ttl_s), cap, slot,
              self._inflight.gc_ms],
         )
         assert isinstance(reply, list)
