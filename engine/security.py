@@ -159,12 +159,14 @@ class SessionCipher:
     itself) still decrypt, unchecked against their place.
     """
 
-    __slots__ = ("_aead", "_fernet", "_fingerprint")
+    __slots__ = ("_data_key", "_fingerprint", "_message_key")
 
     def __init__(self, data_key: bytes) -> None:
-        self._fernet = Fernet(data_key)  # also rejects a malformed key
-        message_key = HKDF(SHA256(), 32, salt=None, info=_MESSAGE_KEY_INFO).derive(data_key)
-        self._aead = AESGCM(message_key)
+        Fernet(data_key)  # rejects a malformed key
+        # Keys, not cipher objects: an AESGCM object holds an OpenSSL context of about 2.6 KB,
+        # more than a hot session's own state, and building one per call costs under 1 us.
+        self._data_key = data_key
+        self._message_key = HKDF(SHA256(), 32, salt=None, info=_MESSAGE_KEY_INFO).derive(data_key)
         self._fingerprint = fingerprint(data_key)
 
     def __repr__(self) -> str:
@@ -173,7 +175,7 @@ class SessionCipher:
     def encrypt(self, plaintext: str, *, session_id: str, seq: int, role: str) -> bytes:
         """Bound to its place: `decrypt` needs the same session id, seq and role."""
         nonce = os.urandom(GCM_NONCE_BYTES)  # random nonces: safe far beyond a session's size
-        sealed = self._aead.encrypt(
+        sealed = AESGCM(self._message_key).encrypt(
             nonce, plaintext.encode("utf-8"), _message_context(session_id, seq, role)
         )
         return BOUND_FORMAT + nonce + sealed
@@ -186,9 +188,11 @@ class SessionCipher:
             if kind in (BOUND_FORMAT, UNBOUND_FORMAT):
                 start = 1 + GCM_NONCE_BYTES
                 context = _message_context(session_id, seq, role) if kind == BOUND_FORMAT else None
-                plain = self._aead.decrypt(ciphertext[1:start], ciphertext[start:], context)
+                plain = AESGCM(self._message_key).decrypt(
+                    ciphertext[1:start], ciphertext[start:], context
+                )
             else:
-                plain = self._fernet.decrypt(ciphertext)
+                plain = Fernet(self._data_key).decrypt(ciphertext)
             return plain.decode("utf-8")
         except (InvalidTag, InvalidToken, ValueError, struct.error):
             raise DecryptionFailed(
