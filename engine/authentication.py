@@ -11,7 +11,7 @@ from __future__ import annotations
 from engine.admission import IN_PROCESS, AuthFailures, AuthFailureStats, presentation_key
 from engine.clock import Clock
 from engine.errors import AuthBackoff, AuthenticationError, SessionExpired
-from engine.monitor import Monitor
+from engine.monitor import AUTH_LOG_BATCH, Monitor
 from engine.security import check_token
 from engine.sessions import Session, SessionRegistry
 from engine.views import SessionViews
@@ -32,6 +32,7 @@ class Authenticator:
         self._registry = registry
         self._failures = failures
         self._monitor = monitor
+        self._failure_log = monitor.auth_failure_log  # counted in batches (engine.monitor)
         self._views = views
 
     def authenticate(self, session_id: object, token: object, client: str | None) -> Session:
@@ -42,30 +43,31 @@ class Authenticator:
         already failed and are backing off are refused before anything else (AuthBackoff).
         Refusals are raised here, not in helpers: each frame a refusal unwinds costs.
         """
-        presentation = self.refuse_backed_off(session_id, token)
-        now = self._clock.now()
-        session = self._registry.get(session_id) if isinstance(session_id, str) else None
+        now = self._clock.now()  # read once, for every step below
+        presentation = self.refuse_backed_off(session_id, token, now)
+        presented = session_id if isinstance(session_id, str) else None
+        session = self._registry.get(presented) if presented is not None else None
         record = session.token if session is not None else None
         if not check_token(record, token):
-            raise self._refusal(session_id, presentation, client)
+            raise self._refusal(presented, presentation, client, now)
         assert session is not None and record is not None
         reason = session.expiry_reason(now)
         if reason is not None and not session.busy:
             self._registry.remove(session.session_id, "expired", now, reason)
             raise SessionExpired(reason)
         if record.expired(now):
-            raise self._refusal(session_id, presentation, client)
+            raise self._refusal(presented, presentation, client, now)
         self._registry.touch(session, now)
         self._views.invalidate(session)
         return session
 
-    def refuse_backed_off(self, session_id: object, token: object) -> int:
+    def refuse_backed_off(self, session_id: object, token: object, now: float | None = None) -> int:
         """AuthBackoff now if this id and token already failed and are backing off (nothing
         looked up, nothing hashed); else the presentation's key."""
         presentation = presentation_key(session_id, token)
-        wait = self._failures.refuse_unchecked(presentation)
+        wait = self._failures.refuse_unchecked(presentation, now)
         if wait > 0:
-            self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
+            self._log_failure(session_id if isinstance(session_id, str) else None)
             raise AuthBackoff(wait)
         return presentation
 
@@ -73,9 +75,19 @@ class Authenticator:
         return self._failures.stats()
 
     def _refusal(
-        self, session_id: object, presentation: int, client: str | None
+        self, presented: str | None, presentation: int, client: str | None, now: float
     ) -> AuthenticationError:
         """The token was checked and is not right: strike its presenters; the error to raise."""
-        wait = self._failures.failed(presentation, client or IN_PROCESS)
-        self._monitor.record_auth_failure(session_id if isinstance(session_id, str) else None)
+        wait = self._failures.failed(presentation, client or IN_PROCESS, now)
+        log = self._failure_log  # _log_failure, written out: this runs on every failed check
+        log.append(presented)
+        if len(log) >= AUTH_LOG_BATCH:
+            self._monitor.count_auth_failures()
         return AuthBackoff(wait) if wait > 0 else AuthenticationError()
+
+    def _log_failure(self, presented: str | None) -> None:
+        """For the monitor to count: at once, or with the next batch (engine.monitor)."""
+        log = self._failure_log
+        log.append(presented)
+        if len(log) >= AUTH_LOG_BATCH:
+            self._monitor.count_auth_failures()

@@ -34,12 +34,17 @@ class EngineError(Exception):
 
 
 class AuthenticationError(EngineError):
-    """Unknown session or wrong token: deliberately the same type and message for both."""
+    """Unknown session or wrong token: deliberately the same type and message for both.
+
+    No `__init__`: the message is the class's, read by `__str__`. A storm raises one per failed
+    call, and a Python-level `__init__` (two with AuthBackoff's) cost a failure more than its
+    bookkeeping does.
+    """
 
     MESSAGE = "session not found or token invalid; create a new session or use its current token"
 
-    def __init__(self) -> None:
-        super().__init__(self.MESSAGE)
+    def __str__(self) -> str:
+        return self.MESSAGE
 
 
 class AuthBackoff(AuthenticationError):
@@ -49,11 +54,14 @@ class AuthBackoff(AuthenticationError):
     than one: an unknown session and a wrong token get it alike, and `retry_after` depends only
     on the presenter's own failures. A right token is never refused this way (see
     engine/admission.py). HTTP: 429 with Retry-After.
+
+    Built as `AuthBackoff(retry_after)`; the seconds are its only argument (`args[0]`), kept by
+    the base class's C constructor, for the same reason as above.
     """
 
-    def __init__(self, retry_after: float) -> None:
-        self.retry_after = retry_after
-        super().__init__()
+    @property
+    def retry_after(self) -> float:
+        return self.args[0]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
         # Written when read, not when raised: most refusals in a storm are never printed.

@@ -4,7 +4,8 @@ The records and the health score's rules live in `engine.health`; this module ke
 date, rolls them up engine-wide and fires the alerts.
 
 The engine calls `record_*` on a turn's path and `tick()` about once a second. Event rules
-(quota, pool waits, authentication bursts) are evaluated by the call that reports the event;
+(quota, pool waits) are evaluated by the call that reports the event, authentication bursts when
+the failures the authenticator logged are counted (every AUTH_LOG_BATCH, each tick, each read);
 windowed rules (engine-wide error rate, p95 latency) by `tick()`, at O(window) cost, never
 O(sessions). A session's state goes with `session_ended`; a user's goes `user_retention_s` after
 their last session ended with no activity since, found through a heap of deadlines, not a scan.
@@ -14,11 +15,21 @@ Records for a session that was never started (or has ended) count engine-wide an
 from __future__ import annotations
 
 import heapq
+import math
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 
-from engine.alerts import DEFAULT_RULES, Alert, AlertManager, AlertRules, Severity
+from engine.alerts import (
+    DEFAULT_RULES,
+    Alert,
+    AlertManager,
+    AlertRules,
+    AuthBurstRule,
+    Severity,
+)
 from engine.clock import Clock
 from engine.errors import ConfigurationError, EngineError, RateLimited, Refusal
 from engine.health import (
@@ -35,6 +46,9 @@ from engine.health import (
 from engine.metrics import LatencyHistogram, Percentiles, RateRing, WindowedHistogram
 
 _MAX_AUTH_IDS = 1024  # presented session ids tracked for bursts; attacker-chosen, so bounded
+_AUTH_SLOTS = 1024  # presented ids noted after one failure (a power of two)
+_AUTH_SLOT_MASK = _AUTH_SLOTS - 1
+AUTH_LOG_BATCH = 64  # failed authentications logged before they are counted
 _MAX_ID_CHARS = 64
 # An auth-burst alert is raised or refreshed (count, message, stored row) at most this often:
 # refreshing it on every failure cost two store writes per failed authentication, which under
@@ -110,10 +124,15 @@ class Monitor:
         self._users: dict[str, UserStats] = {}
         self._user_reap: list[tuple[float, str]] = []
         self._pools: dict[str, PoolStats] = {}
-        # Per presented id: (failures, when the first of them was). A fresh id costs one small
-        # tuple, not a deque: an attacker's ids are all fresh, and refusing must stay cheap.
-        self._auth_ids: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._auth_fired: dict[str, float] = {}  # alert key -> when it was last fired
+        # Per presented id failing twice or more: (failures, when the first of them was, when
+        # its alert last fired). An id's first failure only takes a slot of two flat arrays
+        # (its hash, when), picked by its hash: an attacker's ids are all fresh, a failure must
+        # cost no more than a success (issue 15), and an entry per fresh id cost more than that.
+        # Two ids sharing a slot overwrite each other (a first failure can be forgotten).
+        self._auth_ids: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+        self._auth_first_hash = array("q", bytes(8 * _AUTH_SLOTS))
+        self._auth_first_at = array("d", [-math.inf]) * _AUTH_SLOTS  # -inf: an empty slot
+        self._auth_global_alerted_at = -math.inf
         burst = alert_rules.auth_burst
         self._auth_recent: deque[float] = deque(maxlen=burst.global_count if burst else 1)
         self._turns_ring = RateRing(clock, history_s)
@@ -129,6 +148,12 @@ class Monitor:
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._auth_failures = 0
+        # Failed authentications logged and not counted yet, each the presented id (or None).
+        # The authenticator appends to it (one C call per failure) and has it counted once
+        # AUTH_LOG_BATCH are waiting; tick() and every read of what they change count it first.
+        # One loop over a batch costs a failure less than a call of its own (issue 15: a
+        # failure must cost no more than a success); an alert is at most a batch or a tick late.
+        self.auth_failure_log: list[str | None] = []
 
     # -- sessions and users ----------------------------------------------------------------------
     def session_started(self, session_id: str, user_id: str) -> None:
@@ -137,6 +162,8 @@ class Monitor:
         self._sessions[session_id] = SessionStats(self._user(user_id, joining=1))
 
     def session_ended(self, session_id: str) -> None:
+        if self.auth_failure_log:  # counted while the session's user can still be found
+            self.count_auth_failures()
         stats = self._sessions.pop(session_id, None)
         if stats is not None:
             self._user(stats.user.user_id, joining=-1)  # queued for reaping if it was the last
@@ -238,63 +265,87 @@ class Monitor:
         return stats.recent
 
     def record_auth_failure(self, session_id_presented: str | None) -> None:
-        """A wrong token or unknown session; bursts per presented id and engine-wide alert.
+        """A wrong token or unknown session, counted at once (the authenticator logs them in
+        `auth_failure_log` instead, counted in batches)."""
+        self.auth_failure_log.append(session_id_presented)
+        self.count_auth_failures()
 
-        On every refusal of a storm, so kept to plain dict and deque work."""
+    def count_auth_failures(self) -> None:
+        """Count the logged failed authentications, as of now: per user, bursts per presented
+        id and engine-wide, with their alerts. One loop of plain dict and array work."""
+        log = self.auth_failure_log
+        if not log:
+            return
+        logged = log.copy()
+        log.clear()  # an alert's store write that failed below must not count these twice
         now = self._clock.now()
-        self._auth_failures += 1
-        presented = None
-        if session_id_presented is not None:
-            presented = session_id_presented[:_MAX_ID_CHARS]
-            stats = self._sessions.get(presented)
+        self._auth_failures += len(logged)
+        rule = self._rules.auth_burst
+        if rule is not None:
+            self._count_auth_burst(len(logged), now, rule)
+        sessions, ids = self._sessions, self._auth_ids
+        first_hash, first_at_of = self._auth_first_hash, self._auth_first_at
+        per_id, window_s = (rule.per_id, rule.window_s) if rule is not None else (0, 0.0)
+        bursts = rule is not None
+        for presented in logged:
+            if presented is None:
+                continue
+            presented = presented[:_MAX_ID_CHARS]
+            stats = sessions.get(presented)
             if stats is not None:
                 self._user(stats.user.user_id).auth_failures += 1
-        rule = self._rules.auth_burst
-        if rule is None:
-            return
+            if not bursts:
+                continue
+            tracked = ids.get(presented)
+            if tracked is None:
+                if per_id > 1:
+                    key_hash = hash(presented)
+                    slot = key_hash & _AUTH_SLOT_MASK
+                    first_at = first_at_of[slot]
+                    if first_hash[slot] != key_hash or now - first_at >= window_s:
+                        first_hash[slot] = key_hash
+                        first_at_of[slot] = now
+                        continue  # its first failure: noted in a slot, nothing to count yet
+                    first_at_of[slot] = -math.inf  # tracked below from now on
+                    failures = 2
+                else:
+                    first_at, failures = now, 1
+                if len(ids) >= _MAX_AUTH_IDS:
+                    ids.popitem(last=False)  # the longest tracked goes first, in O(1)
+                alerted_at = -math.inf
+            elif now - tracked[1] >= window_s:
+                failures, first_at, alerted_at = 1, now, tracked[2]  # a new window from now
+            else:
+                failures, first_at, alerted_at = tracked[0] + 1, tracked[1], tracked[2]
+            if failures >= per_id and now - alerted_at >= _AUTH_ALERT_REFRESH_S:
+                assert rule is not None
+                alerted_at = now
+                self.alert_manager.fire(
+                    f"auth_burst:{presented}",
+                    "auth_burst",
+                    rule.severity,
+                    f"{failures} failed authentications for session {presented!r} "
+                    f"in {now - first_at:.0f}s",
+                    presented,
+                )
+            ids[presented] = (failures, first_at, alerted_at)
+
+    def _count_auth_burst(self, failures: int, now: float, rule: AuthBurstRule) -> None:
+        """`failures` more engine-wide; the alert once `global_count` fall within the window."""
         recent = self._auth_recent
-        recent.append(now)
+        recent.extend(repeat(now, min(failures, rule.global_count)))
         if (
-            len(recent) == recent.maxlen
+            now - self._auth_global_alerted_at >= _AUTH_ALERT_REFRESH_S
+            and len(recent) == rule.global_count
             and now - recent[0] < rule.window_s
-            and self._auth_alert_due("auth_burst:global", now)
         ):
+            self._auth_global_alerted_at = now
             self.alert_manager.fire(
                 "auth_burst:global",
                 "auth_burst",
                 rule.severity,
                 f"{len(recent)} failed authentications in {now - recent[0]:.0f}s engine-wide",
             )
-        if presented is None:
-            return
-        ids = self._auth_ids
-        tracked = ids.get(presented)
-        if tracked is None or now - tracked[1] >= rule.window_s:
-            if tracked is None and len(ids) >= _MAX_AUTH_IDS:
-                ids.popitem(last=False)  # the longest tracked goes first, in O(1)
-            failures, first_at = 1, now  # a new window from this failure
-        else:
-            failures, first_at = tracked[0] + 1, tracked[1]
-        ids[presented] = (failures, first_at)
-        if failures >= rule.per_id and self._auth_alert_due(f"auth_burst:{presented}", now):
-            self.alert_manager.fire(
-                f"auth_burst:{presented}",
-                "auth_burst",
-                rule.severity,
-                f"{failures} failed authentications for session {presented!r} "
-                f"in {now - first_at:.0f}s",
-                presented,
-            )
-
-    def _auth_alert_due(self, key: str, now: float) -> bool:
-        """True at most once per _AUTH_ALERT_REFRESH_S for `key`; the table stays bounded."""
-        last = self._auth_fired.get(key)
-        if last is not None and now - last < _AUTH_ALERT_REFRESH_S:
-            return False
-        if len(self._auth_fired) > 2 * _MAX_AUTH_IDS:
-            self._auth_fired.clear()  # a forgotten key only fires once more
-        self._auth_fired[key] = now
-        return True
 
     def record_pool_wait(self, agent_type: str, waited_s: float, timed_out: bool) -> None:
         """One agent acquire; `agent_type` must come from the engine's fixed set of types."""
@@ -360,7 +411,9 @@ class Monitor:
 
     # -- periodic --------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Evaluate windowed rules, reap idle users, forget spent cooldowns (~1/s; no scans)."""
+        """Count logged failed authentications, evaluate windowed rules, reap idle users, forget
+        spent cooldowns (~1/s; no scans)."""
+        self.count_auth_failures()
         now = self._clock.now()
         rate_rule = self._rules.error_rate
         if rate_rule is not None:
@@ -431,6 +484,7 @@ class Monitor:
         return stats.view
 
     def user_view(self, user_id: str) -> UserMetrics | None:
+        self.count_auth_failures()
         user = self._users.get(user_id)
         if user is None:
             return None
@@ -446,6 +500,7 @@ class Monitor:
         )
 
     def snapshot(self) -> MonitorSnapshot:
+        self.count_auth_failures()
         alerts = self.alert_manager
         return MonitorSnapshot(
             at=self._clock.now(),
@@ -477,6 +532,7 @@ class Monitor:
 
     # -- alerts ----------------------------------------------------------------------------------
     def alerts(self, include_acknowledged: bool = True) -> tuple[Alert, ...]:
+        self.count_auth_failures()
         return self.alert_manager.alerts(include_acknowledged)
 
     def acknowledge(self, alert_id: int) -> bool:

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from engine.config import GatewaySettings
 from engine.engine import Engine
+from engine.errors import AuthenticationError
 from engine.gateway import sse
 from engine.gateway.appkeys import AppKeys
 from engine.gateway.body import field, read_json_object
@@ -36,6 +37,7 @@ from engine.gateway.errors import (
     APP_KEY_REQUIRED,
     GatewayError,
     HTTPFailure,
+    auth_failure_response,
     error_object,
     error_response,
     failure_of,
@@ -327,6 +329,8 @@ class GatewayApp:
             started = time.perf_counter()
             try:
                 response = await handler(request)
+            except AuthenticationError as exc:  # the commonest failure: prebuilt answers
+                response = auth_failure_response(exc, openai=openai)
             except Exception as exc:
                 response = error_response(failure_of(exc), openai=openai)
                 if response.status_code in CLOSE_AFTER:

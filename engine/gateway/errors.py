@@ -4,6 +4,10 @@ Bodies are `{"error": {"type", "message", ...}}`; the OpenAI-compatible route ge
 shape (`message`, `type`, `param`, `code`) with the same `type` names, so its client raises
 the right exception class. An unknown session and a wrong token map to the same constant body,
 byte for byte. A failure that is not an engine error is logged and answered 500 with no detail.
+
+A failed authentication, the commonest failure under abuse, is answered from bytes built once
+(`auth_failure_response`): building each answer from an HTTPFailure (a frozen dataclass, a
+dict, the JSON encoder) cost more than a successful call's whole response (issue 15).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -130,3 +135,35 @@ def error_response(failure: HTTPFailure, *, openai: bool = False) -> Response:
     if failure.has_retry_after and failure.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(failure.retry_after)))
     return json_response({"error": error_object(failure, openai=openai)}, failure.status, headers)
+
+
+def _auth_templates(openai: bool) -> tuple[bytes, tuple[bytes, bytes, bytes]]:
+    """The 401 body, and a 429 auth_backoff body cut around its message and its retry_after:
+    from `error_response` itself, so both stay the bytes it would send."""
+    unauthorized = error_response(AUTHENTICATION, openai=openai).body
+    message, wait = "\x00message\x00", 1234.5
+    backoff = error_response(
+        HTTPFailure(429, "rate_limited", message, wait, code="auth_backoff", has_retry_after=True),
+        openai=openai,
+    ).body
+    head, rest = backoff.split(encode_basestring_ascii(message).encode(), 1)
+    middle, tail = rest.split(repr(wait).encode(), 1)
+    return bytes(unauthorized), (bytes(head), middle, tail)
+
+
+_AUTH_TEMPLATES = {openai: _auth_templates(openai) for openai in (False, True)}
+
+
+def auth_failure_response(exc: errors.AuthenticationError, *, openai: bool = False) -> Response:
+    """`error_response(failure_of(exc), openai=openai)` for an unknown session or a wrong token
+    (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost."""
+    unauthorized, (head, middle, tail) = _AUTH_TEMPLATES[openai]
+    if not isinstance(exc, errors.AuthBackoff):
+        return Response(unauthorized, 401, media_type="application/json")
+    wait = exc.retry_after
+    body = b"".join((
+        head, encode_basestring_ascii(str(exc)).encode(), middle, repr(wait).encode(), tail,
+    ))
+    return Response(
+        body, 429, {"Retry-After": str(max(1, math.ceil(wait)))}, media_type="application/json"
+    )

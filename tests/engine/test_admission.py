@@ -24,13 +24,25 @@ def tracker() -> tuple[ManualClock, AuthFailures]:
 def test_a_presentation_is_free_until_its_failures_are_spent_then_backs_off_doubling():
     clock, failures = tracker()
     dead = presentation_key("sid", "dead-token")
-    waits = [failures.failed(dead, f"client-{i}") for i in range(7)]
-    assert waits[:3] == [0.0, 0.0, 0.0]
-    assert waits[3:] == [1.0, 2.0, 4.0, 8.0]  # doubling, capped at max_s
-    assert failures.refuse_unchecked(dead) == 8.0
-    clock.advance(8.0)
+    assert [failures.failed(dead, f"client-{i}") for i in range(3)] == [0.0, 0.0, 0.0]
+    waits = []
+    for i in range(4):
+        waits.append(failures.failed(dead, f"other-{i}"))
+        assert failures.refuse_unchecked(dead) == waits[-1]
+        clock.advance(waits[-1])  # its backoff runs out: the next failure doubles it
+    assert waits == [1.0, 2.0, 4.0, 8.0]  # capped at max_s
     assert failures.refuse_unchecked(dead) == 0.0  # its backoff ran out: checked again
     assert failures.failed(dead, "client-x") == 8.0  # still failing: the cap again
+
+
+def test_a_first_failure_is_only_noted_and_forgotten_after_a_quiet_spell():
+    clock, failures = tracker()
+    key = presentation_key("sid", "dead-token")
+    assert failures.failed(key, "a") == 0.0
+    assert failures.stats().presentations == 1  # noted in a slot, no entry yet
+    clock.advance(POLICY.forget_after_s)  # the first failure is forgotten: counting starts over
+    assert [failures.failed(key, c) for c in "bcd"] == [0.0, 0.0, 0.0]
+    assert failures.failed(key, "e") == 1.0  # the fourth within the window: free ones spent
 
 
 def test_backoff_of_one_presentation_never_touches_another_token_for_the_same_id():
@@ -43,12 +55,16 @@ def test_backoff_of_one_presentation_never_touches_another_token_for_the_same_id
 
 
 def test_a_client_that_keeps_failing_backs_off_whatever_it_presents():
-    _, failures = tracker()
+    clock, failures = tracker()
     waits = [failures.failed(presentation_key(f"id-{i}", "t"), "10.0.0.9") for i in range(5)]
-    assert waits == [0.0, 0.0, 0.0, 1.0, 2.0]
+    assert waits == [0.0, 0.0, 0.0, 1.0, 1.0]  # a failure during its backoff does not lengthen it
+    clock.advance(0.25)
+    assert failures.failed(presentation_key("id-5", "t"), "10.0.0.9") == 0.75
+    clock.advance(0.75)  # its backoff ran out: the next failure doubles it
+    assert failures.failed(presentation_key("id-6", "t"), "10.0.0.9") == 2.0
     assert failures.failed(presentation_key("fresh", "t"), "10.0.0.7") == 0.0
     stats = failures.stats()
-    assert (stats.clients, stats.backoffs) == (2, 2)
+    assert (stats.clients, stats.backoffs) == (2, 4)
 
 
 def test_strikes_are_forgotten_after_a_quiet_spell():
@@ -63,11 +79,27 @@ def test_strikes_are_forgotten_after_a_quiet_spell():
 def test_tables_stay_bounded_under_a_flood_of_new_ids_and_clients():
     clock = ManualClock()
     failures = AuthFailures(clock, AuthBackoffPolicy(max_keys=100))
-    for i in range(1000):
+    for i in range(1000):  # each fails once: only noted, in 64 slots (100 rounded down to 2^n)
         failures.failed(presentation_key(f"id-{i}", "t"), f"client-{i}" + "x" * 500)
     stats = failures.stats()
-    # Past the bound the least recently struck quarter goes at once: between 75 and 100 kept.
-    assert 75 <= stats.presentations <= 100 and 75 <= stats.clients <= 100
+    assert 0 < stats.presentations <= 64 and 0 < stats.clients <= 64
+    for i in range(1000):  # each fails twice: an entry each
+        for _ in range(2):
+            failures.failed(presentation_key(f"twice-{i}", "t"), f"again-{i}" + "x" * 500)
+    stats = failures.stats()
+    # Past the bound the least recently struck quarter goes at once: between 75 and 100 kept,
+    # and at most 64 keys noted once.
+    assert 75 <= stats.presentations <= 164 and 75 <= stats.clients <= 164
+
+
+def test_a_flood_of_fresh_keys_does_not_push_out_a_dead_token_in_backoff():
+    _, failures = tracker()
+    dead = presentation_key("sid", "dead-token")
+    for i in range(4):
+        failures.failed(dead, f"client-{i}")
+    for i in range(20_000):  # fresh guesses, each failing once
+        failures.failed(presentation_key(f"guess-{i}", "t"), "attacker")
+    assert failures.refuse_unchecked(dead) == 1.0  # still refused before hashing
 
 
 def test_malformed_tokens_share_one_key_and_long_ids_are_cut():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from engine import errors
@@ -44,3 +46,13 @@ def test_failures_are_engine_errors_but_not_refusals(error):
 def test_bad_settings_raise_a_configuration_error(build):
     with pytest.raises(errors.ConfigurationError):
         build()
+
+
+def test_an_unknown_session_and_a_wrong_token_read_alike_and_a_backoff_adds_only_its_wait():
+    plain, backoff = errors.AuthenticationError(), errors.AuthBackoff(1.5)
+    assert str(plain) == errors.AuthenticationError.MESSAGE
+    assert isinstance(backoff, errors.AuthenticationError) and backoff.retry_after == 1.5
+    assert str(backoff) == f"{errors.AuthenticationError.MESSAGE}; too many failed attempts, " \
+        "retry after 1.50s"
+    again = pickle.loads(pickle.dumps(backoff))  # crosses processes (loadgen, cluster) intact
+    assert (type(again), again.retry_after, str(again)) == (errors.AuthBackoff, 1.5, str(backoff))

@@ -252,10 +252,34 @@ def test_slow_auth_failures_are_not_a_burst():
 
 def test_auth_tracking_of_attacker_chosen_ids_is_bounded():
     _, mon = monitor()
-    for i in range(5000):
+    for i in range(5000):  # each fails once: only noted in a fixed number of slots
         mon.record_auth_failure(f"random-{i}" + "x" * 500)
-    assert len(mon._auth_ids) <= 1024
+    assert len(mon._auth_ids) == 0
+    for i in range(5000):  # each fails twice: tracked, the longest tracked dropped first
+        for _ in range(2):
+            mon.auth_failure_log.append(f"twice-{i}" + "x" * 500)
+        mon.count_auth_failures()
+    assert len(mon._auth_ids) == 1024
     assert all(len(key) <= 64 for key in mon._auth_ids)
+    assert mon.snapshot().auth_failures == 15_000
+
+
+def test_logged_auth_failures_count_in_batches_on_tick_and_on_every_read():
+    rules = AlertRules(auth_burst=AuthBurstRule(per_id=5, global_count=8, window_s=60))
+    _, mon = started(alert_rules=rules)
+    for _ in range(5):
+        mon.auth_failure_log.append("s1")
+    assert mon.user_view("alice").auth_failures == 5  # counted when read
+    assert [a.key for a in mon.alerts()] == ["auth_burst:s1"]
+    for _ in range(3):
+        mon.auth_failure_log.append(None)
+    mon.tick()  # counted by the tick
+    assert mon.auth_failure_log == []
+    assert {a.key for a in alerts_of(mon, "auth_burst")} == {"auth_burst:s1", "auth_burst:global"}
+    mon.auth_failure_log.append("s1")
+    mon.session_ended("s1")  # counted while its user can still be found
+    assert mon.user_view("alice").auth_failures == 6
+    assert mon.snapshot().auth_failures == 9
 
 
 def test_alerts_dedup_cooldown_and_acknowledge_through_the_monitor():

@@ -16,10 +16,11 @@ import httpx
 import openai
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, errors
 from engine.admission import AuthBackoffPolicy
 from engine.config import GatewaySettings, SimSettings
 from engine.gateway import Gateway
+from engine.gateway.errors import auth_failure_response, error_response, failure_of
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
 
@@ -171,6 +172,25 @@ async def test_a_client_that_keeps_failing_gets_429_yet_a_right_token_still_work
         assert error_of(backoff)["code"] == "auth_backoff"
         assert (await s.send(sid, token)).status_code == 200
 
+
+
+@pytest.mark.parametrize("openai_shape", [False, True], ids=["native", "openai"])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.AuthenticationError(),
+        *(errors.AuthBackoff(wait) for wait in (0.001, 0.5, 1.0, 59.987654, 60.0)),
+    ],
+    ids=lambda e: f"{type(e).__name__}:{getattr(e, 'retry_after', '')}",
+)
+def test_failed_authentication_is_answered_from_prebuilt_bytes_identical_to_the_general_path(
+    exc, openai_shape
+):
+    general = error_response(failure_of(exc), openai=openai_shape)
+    fast = auth_failure_response(exc, openai=openai_shape)
+    assert (fast.status_code, fast.body, fast.raw_headers) == (
+        general.status_code, general.body, general.raw_headers,
+    )
 
 # -- bad input ----------------------------------------------------------------------------------
 async def test_malformed_requests_get_400_with_what_was_wrong(serve):
