@@ -154,16 +154,34 @@ def _auth_templates(openai: bool) -> tuple[bytes, tuple[bytes, bytes, bytes]]:
 _AUTH_TEMPLATES = {openai: _auth_templates(openai) for openai in (False, True)}
 
 
+class _Prebuilt(Response):
+    """A Response given its status, header lines and body whole: Starlette's constructor
+    renders the header lines at every call, most of what a refusal cost beyond a success."""
+
+    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
+        self.status_code = status_code
+        self.raw_headers = raw_headers
+        self.body = body
+        self.background = None
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
 def auth_failure_response(exc: errors.AuthenticationError, *, openai: bool = False) -> Response:
     """`error_response(failure_of(exc), openai=openai)` for an unknown session or a wrong token
     (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost."""
     unauthorized, (head, middle, tail) = _AUTH_TEMPLATES[openai]
     if not isinstance(exc, errors.AuthBackoff):
-        return Response(unauthorized, 401, media_type="application/json")
+        length = (b"content-length", b"%d" % len(unauthorized))
+        return _Prebuilt(401, [length, _JSON_TYPE], unauthorized)
     wait = exc.retry_after
     body = b"".join((
         head, encode_basestring_ascii(str(exc)).encode(), middle, repr(wait).encode(), tail,
     ))
-    return Response(
-        body, 429, {"Retry-After": str(max(1, math.ceil(wait)))}, media_type="application/json"
-    )
+    headers = [
+        (b"retry-after", b"%d" % max(1, math.ceil(wait))),
+        (b"content-length", b"%d" % len(body)),
+        _JSON_TYPE,
+    ]
+    return _Prebuilt(429, headers, body)
