@@ -149,7 +149,7 @@ class Engine:
         )
         self.operator = Operator(
             registry=self._registry, views=self._views, monitor=self._monitor,
-            quotas=self._quotas, end=self._end, rotate=self._rotate, warm=self._hot.warm,
+            quotas=self._quota_watch, end=self._end, rotate=self._rotate, warm=self._hot.warm,
             set_tier=self._set_tier,
         )
         self._housekeeping: asyncio.Task[None] | None = None
@@ -484,6 +484,8 @@ class Engine:
             ),
         )
         self._turns.cluster = worker
+        self._quota_watch.share(worker.standings)  # the console's quotas: the cluster's count
+        self.operator.cluster = worker  # acknowledging other workers' alerts
         worker.join(lambda: worker_load(
             self._monitor.snapshot(), self._runner.pool_views(), len(self._registry)
         ))

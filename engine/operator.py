@@ -7,14 +7,19 @@ Reads return the same frozen views the snapshot carries; nothing here shows a to
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from engine.alerts import Severity
-from engine.errors import AuthenticationError
+from engine.errors import AuthenticationError, InvalidInput
 from engine.monitor import Monitor
-from engine.quotas import QuotaManager, QuotaUsage
+from engine.quota_watch import QuotaWatch
+from engine.quotas import QuotaUsage
 from engine.sessions import Session, SessionRegistry
 from engine.views import SessionDetail, SessionViews
+
+if TYPE_CHECKING:
+    from engine.cluster.worker import ClusterWorker
 
 
 class Operator:
@@ -22,6 +27,7 @@ class Operator:
 
     __slots__ = (
         "_end", "_monitor", "_quotas", "_registry", "_rotate", "_set_tier", "_views", "_warm",
+        "cluster",
     )
 
     def __init__(
@@ -30,7 +36,7 @@ class Operator:
         registry: SessionRegistry,
         views: SessionViews,
         monitor: Monitor,
-        quotas: QuotaManager,
+        quotas: QuotaWatch,
         end: Callable[[Session, str], Awaitable[None]],
         rotate: Callable[[Session], Awaitable[str]],
         warm: Callable[[Session], Awaitable[None]],
@@ -44,6 +50,7 @@ class Operator:
         self._rotate = rotate
         self._warm = warm
         self._set_tier = set_tier
+        self.cluster: ClusterWorker | None = None  # set when the engine joins a cluster
 
     # -- sessions --------------------------------------------------------------------------------
     def inspect(self, session_id: str) -> SessionDetail | None:
@@ -109,6 +116,20 @@ class Operator:
         """Acknowledge every open alert, or those of one severity; returns how many."""
         return self._monitor.acknowledge_all(severity)
 
+    @property
+    def worker_id(self) -> str | None:
+        """This worker's name in its cluster (the owner of the monitor's alerts); None alone."""
+        return self.cluster.worker_id if self.cluster is not None else None
+
+    async def acknowledge_on(self, worker_id: str, alert_ids: Sequence[int]) -> None:
+        """Ask another worker of the cluster to acknowledge its alerts: the request goes
+        through Valkey/Redis and that worker acknowledges them before it next publishes its
+        alerts (within a heartbeat); a worker that died takes its alerts with it.
+        ClusterUnavailable when the request cannot be left."""
+        if self.cluster is None:
+            raise InvalidInput("not a worker of a cluster: alerts are acknowledged here")
+        await self.cluster.acknowledge_elsewhere(worker_id, alert_ids)
+
     # -- users and quotas ------------------------------------------------------------------------
     async def set_tier(self, user_id: str, tier: str) -> None:
         """InvalidInput for a tier that is not configured. The user's stored sessions keep it
@@ -116,6 +137,7 @@ class Operator:
         await self._set_tier(user_id, tier)
 
     def quota_usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
+        """In a cluster, as the cluster counted it at its last read (() before the first)."""
         return self._quotas.usage(user_id)
 
     def quota_percents(self, user_id: str) -> tuple[tuple[str, float], ...]:

@@ -119,13 +119,26 @@ class SessionDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerAlerts:
+    """The alerts another worker of the cluster published: its newest, open ones first."""
+
+    worker_id: str
+    alerts: tuple[Alert, ...]  # newest first
+    unacknowledged: int  # of all it holds, not only those published
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterView:
-    """This worker's view of its cluster: its name, whether Valkey/Redis answers, and the
-    workers alive at its last heartbeat with the load each reported."""
+    """This worker's view of its cluster: its name, whether Valkey/Redis answers, the workers
+    alive at its last heartbeat with the load each reported, and the other workers' alerts and
+    the users' quota standings as last read (`*_read_at` on the engine clock; None: not yet)."""
 
     worker_id: str
     available: bool
     members: tuple[ClusterMember, ...]
+    alerts: tuple[WorkerAlerts, ...] = ()
+    alerts_read_at: float | None = None
+    quotas_read_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

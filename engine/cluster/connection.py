@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -97,6 +98,13 @@ class ClusterClient:
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[ScriptArg]
     ) -> object:
         return await self.run(script(keys=list(keys), args=list(args)))
+
+    async def queue(
+        self, pipe: Pipeline, script: AsyncScript, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> None:
+        """Add a script call to `pipe`; its reply comes with the pipeline's (which first loads
+        the scripts again if the server lost them)."""
+        await script(keys=list(keys), args=list(args), client=pipe)
 
     async def ping(self) -> None:
         await self.run(self.redis.ping())

@@ -11,7 +11,7 @@ refusal carries (`QuotaExceeded` with resource, limit and retry_after).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType, MappingProxyType
 
 from engine.clock import Clock
@@ -174,27 +174,34 @@ class ClusterQuotas:
     # Reports.
 
     async def usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
-        reply = await self._client.call(
-            self._usage,
-            self.settle_keys(user_id, RESOURCES),
-            [repr(self._clock.now()), self.buckets,
-             *(part for res in RESOURCES for part in (res, self._specs[res]))],
-        )
-        assert isinstance(reply, list)
-        report = []
-        for resource, (limit, used, reserved, reset_in) in zip(
-            RESOURCES, reply, strict=True
-        ):
-            limit_f, used_f, reserved_f = float(limit), float(used), float(reserved)
-            report.append(QuotaUsage(
-                resource=resource,
-                used=used_f,
-                reserved=reserved_f,
-                limit=limit_f,
-                percent=percent_taken(used_f + reserved_f, limit_f),
-                reset_in_s=float(reset_in),
-            ))
-        return tuple(report)
+        keys, args = self._usage_call(user_id, repr(self._clock.now()))
+        return _report(await self._client.call(self._usage, keys, args))
+
+    async def standings(
+        self, user_ids: Sequence[str]
+    ) -> dict[str, tuple[str, tuple[QuotaUsage, ...]]]:
+        """Several users' tiers and usage reports in one round trip (the console's periodic
+        read, engine/cluster/standings.py)."""
+        if not user_ids:
+            return {}
+        now = repr(self._clock.now())
+        async with self._client.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.hget(self._key(user_id, "cfg"), "tier")
+                await self._client.queue(pipe, self._usage, *self._usage_call(user_id, now))
+            replies = await self._client.run(pipe.execute())
+        tiers, reports = replies[::2], replies[1::2]
+        return {
+            user_id: (tier if tier in self._tiers else self._default_tier, _report(reply))
+            for user_id, tier, reply in zip(user_ids, tiers, reports, strict=True)
+        }
+
+    def _usage_call(self, user_id: str, now: str) -> tuple[list[str], list[str]]:
+        """USAGE's keys and arguments for one user."""
+        specs = self._specs
+        return self.settle_keys(user_id, RESOURCES), [
+            now, self.buckets, *(part for res in RESOURCES for part in (res, specs[res]))
+        ]
 
     # Keys, arguments and replies of the scripts, shared with engine/cluster/turns.py.
 
@@ -253,6 +260,23 @@ class ClusterQuotas:
         )
         assert isinstance(reply, list)
         return reply
+
+
+def _report(reply: object) -> tuple[QuotaUsage, ...]:
+    """USAGE's reply as one QuotaUsage per resource."""
+    assert isinstance(reply, list)
+    report = []
+    for resource, (limit, used, reserved, reset_in) in zip(RESOURCES, reply, strict=True):
+        limit_f, used_f, reserved_f = float(limit), float(used), float(reserved)
+        report.append(QuotaUsage(
+            resource=resource,
+            used=used_f,
+            reserved=reserved_f,
+            limit=limit_f,
+            percent=percent_taken(used_f + reserved_f, limit_f),
+            reset_in_s=float(reset_in),
+        ))
+    return tuple(report)
 
 
 def _tier_specs(

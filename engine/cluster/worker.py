@@ -27,10 +27,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from engine.balancer import Balancer
+from engine.cluster.alert_board import AlertBoard
 from engine.cluster.connection import BACKEND
 from engine.cluster.placement import Moved
 from engine.cluster.rebuild import NotRebuilt
 from engine.cluster.registry import WorkerLoad, WorkerView
+from engine.cluster.standings import QuotaStandings
 from engine.cluster.state import ClusterState
 from engine.cluster.turns import RunningTurn
 from engine.cluster.user_sessions import Refused
@@ -50,7 +52,7 @@ from engine.restore import adopt_cold, cold_session
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Session, SessionEvent, SessionRegistry
 from engine.store import EndSession, Restored, SessionRecord, Store
-from engine.views import ClusterView
+from engine.views import ClusterView, WorkerAlerts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,13 +95,23 @@ class ClusterWorker:
         self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
+        self.standings = QuotaStandings(
+            state.client, state.quotas, config.clock, monitor,
+            config.monitor.quota_watch_percent,
+        )
+        self._alert_board = AlertBoard(state.client, state.registry.dead_after_s)
+        self._others_alerts: tuple[WorkerAlerts, ...] = ()
+        self._alerts_read_at: float | None = None
+        self._reading: asyncio.Task[None] | None = None
         self._rebuilding = asyncio.Lock()  # one rebuild attempt at a time in this worker
         registry.subscribe(self._on_session_event)
 
     # -- membership ------------------------------------------------------------------------------
     def join(self, load: Callable[[], WorkerLoad]) -> None:
-        """Appear in the worker registry, with `load()` at each heartbeat, until `leave()`."""
+        """Appear in the worker registry, with `load()` at each heartbeat, until `leave()`;
+        publish this worker's alerts and read the cluster's for the console as often."""
         self._heartbeat = asyncio.create_task(self._beat(load), name="cluster heartbeat")
+        self._reading = asyncio.create_task(self._read_forever(), name="cluster views")
 
     async def _beat(self, load: Callable[[], WorkerLoad]) -> None:
         registry = self.state.registry
@@ -113,17 +125,58 @@ class ClusterWorker:
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
             await asyncio.sleep(registry.heartbeat_s)
 
+    async def _read_forever(self) -> None:
+        """Apart from the heartbeat, so a slow read never delays it (nor a turn)."""
+        while True:
+            try:
+                await self.read_views()
+            except Exception:
+                log.exception("worker %s: reading the cluster's views failed", self.worker_id)
+            await asyncio.sleep(self.state.registry.heartbeat_s)
+
+    async def read_views(self) -> None:
+        """Exchange alerts with the other workers and read the users' quota standings; a
+        failure keeps the last figures (their age shows) and is logged, never raised."""
+        now = self._config.clock.now()
+        try:
+            await self._exchange_alerts()
+            self._alerts_read_at = now
+        except ClusterUnavailable as exc:
+            log.warning("worker %s: exchanging alerts: %s", self.worker_id, exc)
+        try:
+            await self.standings.poll()
+        except ClusterUnavailable as exc:
+            log.warning("worker %s: reading quota standings: %s", self.worker_id, exc)
+
+    async def _exchange_alerts(self) -> None:
+        board, monitor = self._alert_board, self._monitor
+        for alert_id in await board.take_requests(self.worker_id):
+            monitor.acknowledge(alert_id)
+        self._others_alerts = await board.exchange(
+            self.worker_id, monitor.alerts(), monitor.alert_manager.unacknowledged,
+            [m.worker_id for m in self.members],
+        )
+
+    async def acknowledge_elsewhere(self, worker_id: str, alert_ids: Sequence[int]) -> None:
+        """Ask another worker to acknowledge its alerts; it does before its next publish."""
+        await self._answered(self._alert_board.request(worker_id, alert_ids))
+
     def view(self) -> ClusterView:
-        return ClusterView(self.worker_id, self.available, self.members)
+        return ClusterView(
+            self.worker_id, self.available, self.members,
+            alerts=self._others_alerts, alerts_read_at=self._alerts_read_at,
+            quotas_read_at=self.standings.read_at,
+        )
 
     async def leave(self) -> None:
         """Leave the registry at once (not after `worker_dead_after_s`) and disconnect."""
         for task in self._renewing.values():
             task.cancel()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._reading):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(ClusterUnavailable):
             await self.state.registry.deregister(self.worker_id)
         await self.state.aclose()

@@ -1,0 +1,165 @@
+"""What a console attached to one worker sees of the whole cluster: the users' quota use as the
+cluster counts it, and every worker's alerts. Real Valkey and PostgreSQL, real engines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+
+from engine import Engine
+from engine.alerts import Alert
+from engine.cluster import ClusterClient
+from engine.cluster.alert_board import PUBLISHED, AlertBoard, published
+from engine.quotas import QuotaLimit
+from tests.cluster.engines import workers
+
+CALLS = 10
+TIERS = {"tiny": {
+    "api_calls": QuotaLimit(CALLS, 3600.0), "tokens": QuotaLimit(1e9, 3600.0),
+    "storage_mb": QuotaLimit(1e6, None), "compute_seconds": QuotaLimit(1e6, 3600.0),
+}}
+LIMITS = {"tiers": TIERS, "default_tier": "tiny"}
+FAST = 0.05  # heartbeat and reads, seconds: the tests wait for a few of them
+
+
+def fast(config):
+    return replace(config, cluster=replace(config.cluster, heartbeat_s=FAST))
+
+
+async def until(check: Callable[[], object], what: str) -> object:
+    """Wait for the background reads to show `check()`; the bound catches a broken loop."""
+    try:
+        async with asyncio.timeout(30):
+            while not (got := check()):
+                await asyncio.sleep(FAST)
+    except TimeoutError:
+        raise AssertionError(f"never saw {what}") from None
+    return got
+
+
+def api_calls(usage) -> float:
+    return next(u.used for u in usage if u.resource == "api_calls")
+
+
+async def test_a_user_served_only_elsewhere_shows_with_the_cluster_count(worker_config):
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await two.create_session("ivy")
+        for n in range(8):  # every turn on w2: w1 counted nothing itself
+            await two.send(created.session_id, created.token, f"call {n}")
+
+        nearest = await until(
+            lambda: [q for q in one.snapshot().quotas if q.user_id == "ivy"], "ivy on w1"
+        )
+        (view,) = nearest
+        assert view.tier == "tiny"
+        assert view.highest_percent == 80.0
+        assert api_calls(view.usage) == 8
+        assert one.snapshot().cluster.quotas_read_at is not None
+
+        # The users table's reads: answered from the last poll, the same cluster figures.
+        assert dict(one.operator.quota_percents("ivy"))["api_calls"] == 80.0
+        await two.send(created.session_id, created.token, "call 9")
+        await until(lambda: api_calls(one.operator.quota_usage("ivy")) == 9, "the 9th call")
+
+
+async def test_the_users_asked_for_are_read_even_far_from_their_limits(worker_config):
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await two.create_session("jon")
+        await two.send(created.session_id, created.token, "one call")
+        assert one.operator.quota_usage("jon") == ()  # not read yet: asking puts jon on the list
+        await until(lambda: one.operator.quota_usage("jon"), "jon's usage")
+        assert api_calls(one.operator.quota_usage("jon")) == 1
+        assert "jon" not in {q.user_id for q in one.snapshot().quotas}  # 10%: not near
+
+
+async def test_every_workers_alerts_show_and_another_workers_can_be_acknowledged(
+    worker_config,
+):
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await two.create_session("kim")
+        for n in range(9):  # 90% of the calls: w2's monitor raises quota_near
+            await two.send(created.session_id, created.token, f"call {n}")
+
+        def w2_alerts() -> tuple[Alert, ...]:
+            cluster = one.snapshot().cluster
+            return next((w.alerts for w in cluster.alerts if w.worker_id == "w2"), ())
+
+        alerts = await until(
+            lambda: [a for a in w2_alerts() if a.rule == "quota_near" and a.subject == "kim"],
+            "w2's quota alert on w1",
+        )
+        (alert,) = alerts
+        assert not alert.acknowledged
+        assert any(a.alert_id == alert.alert_id for a in two.snapshot().monitor.alerts)
+        assert all(w.worker_id != "w1" for w in one.snapshot().cluster.alerts)  # its own: local
+
+        await one.operator.acknowledge_on("w2", [alert.alert_id])
+        await until(
+            lambda: [a for a in two.snapshot().monitor.alerts
+                     if a.alert_id == alert.alert_id and a.acknowledged],
+            "the alert acknowledged on w2",
+        )
+        await until(
+            lambda: [a for a in w2_alerts() if a.alert_id == alert.alert_id and a.acknowledged],
+            "the acknowledgement back on w1",
+        )
+
+
+async def test_a_worker_that_stops_takes_its_alerts_with_it(worker_config):
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(configs[0]) as (one,):
+        two = Engine(configs[1])
+        await two.open()
+        created = await two.create_session("lee")
+        for n in range(9):
+            await two.send(created.session_id, created.token, f"call {n}")
+        await until(lambda: one.snapshot().cluster.alerts, "w2's alerts")
+        await two.aclose()  # leaves the registry: w1 stops reading its alerts at once
+        await until(lambda: not one.snapshot().cluster.alerts, "w2's alerts gone")
+
+
+async def test_valkey_down_keeps_the_last_figures_and_says_so(worker_config, private_valkey):
+    config = fast(worker_config("w1", limits=LIMITS, redis=private_valkey.url))
+    async with workers(config) as (one,):
+        created = await one.create_session("max")
+        for n in range(6):
+            await one.send(created.session_id, created.token, f"call {n}")
+        await until(lambda: one.snapshot().quotas, "max near the limit")
+        private_valkey.stop()
+        await until(lambda: not one.snapshot().cluster.available, "the outage")
+        down = one.snapshot()
+        await asyncio.sleep(5 * FAST)  # reads keep failing: nothing raised, figures kept
+        assert [q.user_id for q in one.snapshot().quotas] == ["max"]
+        assert one.snapshot().cluster.quotas_read_at == down.cluster.quotas_read_at
+        private_valkey.start()
+        await until(lambda: one.snapshot().cluster.available, "Valkey back")
+
+
+async def test_published_alerts_are_bounded_open_ones_first(redis_url, clock):
+    alerts = tuple(
+        Alert(n, f"k{n}", "rule", "warning", f"alert {n}", None, n, n,
+              acknowledged=n % 3 != 0)
+        for n in range(200, 0, -1)  # newest first, as the monitor lists them
+    )
+    chosen = published(alerts)
+    assert len(chosen) == PUBLISHED
+    open_ones = [a for a in alerts if not a.acknowledged]
+    assert chosen[: len(open_ones[:PUBLISHED])] == open_ones[:PUBLISHED]
+
+    client = ClusterClient(redis_url, "t:", timeout_s=5.0)
+    board, reader = AlertBoard(client, ttl_s=5.0), AlertBoard(client, ttl_s=5.0)
+    await board.exchange("w2", alerts, 66, [])
+    (got,) = await reader.exchange("w1", (), 0, ["w1", "w2"])
+    assert got.worker_id == "w2" and got.unacknowledged == 66
+    assert len(got.alerts) == PUBLISHED
+    assert [a.alert_id for a in got.alerts] == sorted(
+        (a.alert_id for a in chosen), reverse=True
+    )
+    await reader.request("w2", [200, 199])
+    assert sorted(await board.take_requests("w2")) == [199, 200]
+    assert await board.take_requests("w2") == ()
+    await client.aclose()
