@@ -24,6 +24,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 
+from console.alert_lines import alert_lines, open_elsewhere
 from console.export import write_export
 from console.load import STOP_GRACE_S, LoadController
 from console.logs import NotifyHandler
@@ -338,6 +339,11 @@ class SessionConsole(App[None]):
         self.refresh_data(force=True)
 
     def on_acknowledge_alerts(self, message: AcknowledgeAlerts) -> None:
+        if message.worker is not None and message.worker != self.operator.worker_id:
+            self.run_worker(
+                self._acknowledge_on({message.worker: list(message.alert_ids)}), group="operator"
+            )
+            return
         done = [a for a in message.alert_ids if self.operator.acknowledge(a)]
         if len(done) == 1:
             self.notify(f"Alert {done[0]} acknowledged.")
@@ -346,10 +352,29 @@ class SessionConsole(App[None]):
         self.refresh_data(force=True)
 
     def on_acknowledge_all_alerts(self, message: AcknowledgeAllAlerts) -> None:
+        """This engine's alerts at once; in a cluster, the other workers' open alerts listed
+        here are asked of their workers."""
         done = self.operator.acknowledge_all(message.severity)  # type: ignore[arg-type]
         which = f"{message.severity} " if message.severity else ""
-        self.notify(f"Acknowledged {done} {which}alert(s).")
+        elsewhere = {}
+        if self.snapshot is not None:
+            elsewhere = open_elsewhere(alert_lines(self.snapshot), message.severity)
+        here = " here" if elsewhere else ""
+        self.notify(f"Acknowledged {done} {which}alert(s){here}.")
+        if elsewhere:
+            self.run_worker(self._acknowledge_on(elsewhere), group="operator")
         self.refresh_data(force=True)
+
+    async def _acknowledge_on(self, requests: dict[str, list[int]]) -> None:
+        """Other workers acknowledge their own alerts: ask them (through Valkey/Redis)."""
+        for worker, alert_ids in requests.items():
+            try:
+                await self.operator.acknowledge_on(worker, alert_ids)
+            except EngineError as exc:
+                self.notify(f"Could not ask {worker} to acknowledge: {exc}", severity="error")
+                continue
+            what = f"alert {alert_ids[0]}" if len(alert_ids) == 1 else f"{len(alert_ids)} alerts"
+            self.notify(f"Asked {worker} to acknowledge {what}: it does within a heartbeat.")
 
     def action_export(self) -> None:
         screen = self.screen

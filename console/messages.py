@@ -34,9 +34,11 @@ class RotateToken(Message):
 
 @dataclass
 class AcknowledgeAlerts(Message):
-    """Acknowledge these alerts (none open among them is fine: the app says so)."""
+    """Acknowledge these alerts (none open among them is fine: the app says so), this engine's
+    or, in a cluster, those of another `worker` (which acknowledges them itself)."""
 
     alert_ids: tuple[int, ...]
+    worker: str | None = None
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Alerts: filter by severity, acknowledge one or all, jump to the session an alert is about."""
+"""Alerts: filter by severity, acknowledge one or all, jump to the session an alert is about.
+
+In a cluster the list holds every worker's alerts (a WORKER column says whose); acknowledging
+another worker's asks that worker to, and it shows acknowledged a heartbeat later.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Label
 
 from console import format as fmt
+from console.alert_lines import AlertLine, alert_lines, read_age, unacknowledged_elsewhere
 from console.messages import AcknowledgeAlerts, AcknowledgeAllAlerts, OpenSession
 from console.screens.base import LiveScreen, StatusLine
 from widgets import Column, VirtualTable
@@ -29,6 +34,7 @@ ALERT_COLUMNS = (
     Column("last", "LAST", 5, "right", priority=6),
     Column("status", "STATUS", 8, priority=8),
 )
+WORKER_COLUMN = Column("worker", "WORKER", 10, priority=7)  # in a cluster, after the id
 
 
 def status_of(alert: Any) -> str:
@@ -39,9 +45,10 @@ def status_of(alert: Any) -> str:
     return "open"
 
 
-def alert_record(alert: Any) -> dict[str, Any]:
+def alert_record(alert: Any, worker: str = "") -> dict[str, Any]:
     return {
         "alert_id": alert.alert_id,
+        "worker": worker,
         "severity": alert.severity,
         "rule": alert.rule,
         "subject": alert.subject or "",
@@ -68,14 +75,18 @@ class AlertsScreen(LiveScreen):
         super().__init__()
         self.severity: str | None = None
         self._now = 0.0
-        self._alerts: tuple[Any, ...] = ()
+        self._with_worker = False  # a worker of a cluster: every worker's alerts, labelled
 
     def compose(self) -> ComposeResult:
+        columns = ALERT_COLUMNS
+        self._with_worker = bool(self.console.engine.config.cluster.redis_url)
+        if self._with_worker:
+            columns = (columns[0], WORKER_COLUMN, *columns[1:])
         yield StatusLine(id="status")
         yield Label("Alerts", id="alerts-view-title")
         yield VirtualTable(
-            ALERT_COLUMNS,
-            row_key=lambda a: str(a.alert_id),
+            columns,
+            row_key=lambda line: line.key,
             render_row=self._render_row,
             empty_text="no alerts",
             id="alerts-table",
@@ -91,17 +102,26 @@ class AlertsScreen(LiveScreen):
 
     def show(self, snapshot: EngineSnapshot) -> None:
         self._now = snapshot.taken_at
-        self._alerts = snapshot.monitor.alerts
-        rows = [a for a in self._alerts if self.severity in (None, a.severity)]
+        rows = [
+            line for line in alert_lines(snapshot) if self.severity in (None, line.alert.severity)
+        ]
         self.table.set_rows(rows)
         m = snapshot.monitor
         dropped = f" · {m.alerts_dropped} dropped (oldest)" if m.alerts_dropped else ""
+        unacknowledged = f"{m.alerts_unacknowledged} unacknowledged"
+        elsewhere = unacknowledged_elsewhere(snapshot)
+        cluster = snapshot.cluster
+        if cluster is not None and elsewhere is not None:
+            unacknowledged += f" here · {elsewhere} on other workers"
+            age = read_age(cluster.alerts_read_at, snapshot.taken_at, cluster.available)
+            unacknowledged += f" ({age})" if age else ""
         self.query_one("#alerts-view-title", Label).update(
-            f"Alerts {len(rows)} shown · {m.alerts_unacknowledged} unacknowledged"
+            f"Alerts {len(rows)} shown · {unacknowledged}"
             f" · severity {self.severity or 'all'}{dropped}"
         )
 
-    def _render_row(self, alert: Any) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    def _render_row(self, line: AlertLine) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+        alert = line.alert
         status = status_of(alert)
         done = status != "open"
         cells = (
@@ -116,10 +136,13 @@ class AlertsScreen(LiveScreen):
         )
         sev = "dim" if done else _STYLE.get(alert.severity)
         styles = ("dim", sev, None, None, "dim" if done else None, None, "dim", sev)
+        if self._with_worker:
+            cells = (cells[0], line.worker, *cells[1:])
+            styles = (styles[0], None if line.here else "dim", *styles[1:])
         return cells, styles
 
     def export_rows(self) -> list[dict[str, Any]]:
-        return [alert_record(a) for a in self.table.rows]
+        return [alert_record(line.alert, line.worker) for line in self.table.rows]
 
     def _reshow(self) -> None:
         snapshot = self.console.snapshot
@@ -131,9 +154,10 @@ class AlertsScreen(LiveScreen):
         self._reshow()
 
     def action_acknowledge(self) -> None:
-        alert = self.table.cursor_row
-        if alert is not None:
-            self.post_message(AcknowledgeAlerts((alert.alert_id,)))
+        line = self.table.cursor_row
+        if line is not None:
+            worker = None if line.here else line.worker
+            self.post_message(AcknowledgeAlerts((line.alert.alert_id,), worker))
 
     def action_acknowledge_all(self) -> None:
         self.post_message(AcknowledgeAllAlerts(self.severity))
@@ -143,10 +167,10 @@ class AlertsScreen(LiveScreen):
         self.action_jump()
 
     def action_jump(self) -> None:
-        alert = self.table.cursor_row
-        if alert is None:
+        line = self.table.cursor_row
+        if line is None:
             return
-        subject = alert.subject
+        subject = line.alert.subject
         if subject and self.console.operator.session_exists(subject):
             self.post_message(OpenSession(subject))
         elif subject:

@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Label, Static
 
 from console import format as fmt
+from console.alert_lines import AlertLine, alert_lines, read_age, unacknowledged_elsewhere
 from console.messages import EndSession, OpenSession
 from console.screens.base import StatusLine, set_lines, set_text
 from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
@@ -206,6 +207,41 @@ def quota_rows(quotas: Iterable[Any], now: float, limit: int) -> list[GaugeRow]:
     return rows
 
 
+def quotas_title(cluster: ClusterView | None, now: float) -> str:
+    """In a cluster the figures are the cluster's, as of its last read."""
+    title = "Quotas nearest their limits"
+    if cluster is None:
+        return title
+    age = read_age(cluster.quotas_read_at, now, cluster.available)
+    return f"{title} · cluster" + (f" · {age}" if age else "")
+
+
+def alerts_title(snapshot: EngineSnapshot) -> str:
+    title = f"Alerts  {snapshot.monitor.alerts_unacknowledged} unacknowledged"
+    elsewhere = unacknowledged_elsewhere(snapshot)
+    cluster = snapshot.cluster
+    if cluster is None or elsewhere is None:
+        return title
+    age = read_age(cluster.alerts_read_at, snapshot.taken_at, cluster.available)
+    return f"{title} here · {elsewhere} elsewhere" + (f" · {age}" if age else "")
+
+
+def line_rows(lines: Iterable[AlertLine], now: float, limit: int) -> list[AlertRow]:
+    """The alerts box's rows: another worker's alert names it first."""
+    rows = []
+    for line in lines:
+        a = line.alert
+        rows.append(AlertRow(
+            a.severity,
+            a.message if line.here else f"{line.worker}: {a.message}",
+            (f"x{a.count} " if a.count > 1 else "") + f"{fmt.duration(now - a.last_at)} ago",
+            not line.open,
+        ))
+        if len(rows) >= limit:
+            break
+    return rows
+
+
 def alert_rows(alerts: Iterable[Any], now: float, limit: int | None = None) -> list[AlertRow]:
     rows = [
         AlertRow(
@@ -270,7 +306,9 @@ class DashboardScreen(TableScreen):
                     yield BarList(id="pools")
                     yield BarList(id="workers")
                 with Vertical(classes="box", id="quotas-box"):
-                    yield Label("Quotas nearest their limits", classes="box-title")
+                    yield Label(
+                        "Quotas nearest their limits", classes="box-title", id="quotas-title"
+                    )
                     yield GaugeList(id="quotas", more_hint="u: users")
                 with Vertical(classes="box", id="alerts-box"):
                     yield Label("Alerts", classes="box-title", id="alerts-title")
@@ -329,23 +367,25 @@ class DashboardScreen(TableScreen):
             total=len(snapshot.quotas),
         )
         yield
-        m = snapshot.monitor
-        open_alerts = [a for a in m.alerts if not a.acknowledged and a.resolved_at is None]
-        set_text(self.query_one("#alerts-title", Label),
-                 f"Alerts  {m.alerts_unacknowledged} unacknowledged")
-        listed = open_alerts or m.alerts
+        lines = alert_lines(snapshot)
+        listed = [line for line in lines if line.open] or lines
+        set_text(self.query_one("#alerts-title", Label), alerts_title(snapshot))
         self.query_one("#alerts", AlertList).set_rows(
-            alert_rows(listed, snapshot.taken_at, DASHBOARD_ALERTS), total=len(listed)
+            line_rows(listed, snapshot.taken_at, DASHBOARD_ALERTS), total=len(listed)
         )
         self._show_gateway(self.console.gateway_stats)
-        self._show_cluster(snapshot.cluster)
+        self._show_cluster(snapshot.cluster, snapshot.taken_at)
         yield
 
-    def _show_cluster(self, cluster: ClusterView | None) -> None:
+    def _show_cluster(self, cluster: ClusterView | None, now: float) -> None:
         box = self.query_one("#cluster-box")
         box.display = cluster is not None
         if cluster is None:
             return
+        for title in (self.query_one("#quotas-title", Label),
+                      self.query_one("#alerts-title", Label)):
+            title.set_class(not cluster.available, "-down")
+        set_text(self.query_one("#quotas-title", Label), quotas_title(cluster, now))
         title = self.query_one("#cluster-title", Label)
         set_text(title, cluster_title(cluster))
         title.set_class(not cluster.available, "-down")

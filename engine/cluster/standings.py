@@ -74,6 +74,7 @@ class QuotaStandings:
         self._served: dict[str, None] = {}  # ordered sets: the newest last
         self._wanted: dict[str, None] = {}
         self._watched: set[str] = set()
+        self._reported: dict[str, tuple[tuple[str, float], ...]] = {}  # watched: last reported
         self._cluster_nearest: tuple[str, ...] = ()  # the shared set's top, at the last poll
         self._nearest: tuple[QuotaView, ...] = ()
         self.read_at: float | None = None  # the last poll that was answered
@@ -152,17 +153,24 @@ class QuotaStandings:
         self, standings: dict[str, tuple[str, tuple[QuotaUsage, ...]]],
         served: tuple[str, ...], near: dict[str, float],
     ) -> None:
-        """The monitor's quota alerts follow the users served here (and those it still watches
-        until they fall below the watch level)."""
+        """The monitor's quota alerts follow the users served here, once a poll as a turn
+        reports them once, and the users it still watches whenever their figures move (so an
+        alert resolves once the window frees enough, without turns here)."""
+        reported = self._reported
         for user_id in (*served, *self._watched):
             got = standings.get(user_id)
             if got is None:
                 continue
-            self._monitor.observe_quotas(user_id, ((u.resource, u.percent) for u in got[1]))
+            percents = tuple((u.resource, u.percent) for u in got[1])
+            if user_id in reported and reported[user_id] == percents and user_id not in served:
+                continue
+            self._monitor.observe_quotas(user_id, percents)
             if user_id in near:
                 self._watched.add(user_id)
+                reported[user_id] = percents
             else:
                 self._watched.discard(user_id)
+                reported.pop(user_id, None)
 
 
 def _remember(users: dict[str, None], user_id: str, most: int) -> None:

@@ -103,6 +103,7 @@ class ClusterWorker:
         self._others_alerts: tuple[WorkerAlerts, ...] = ()
         self._alerts_read_at: float | None = None
         self._reading: asyncio.Task[None] | None = None
+        self._views_failing = False
         self._rebuilding = asyncio.Lock()  # one rebuild attempt at a time in this worker
         registry.subscribe(self._on_session_event)
 
@@ -135,18 +136,24 @@ class ClusterWorker:
             await asyncio.sleep(self.state.registry.heartbeat_s)
 
     async def read_views(self) -> None:
-        """Exchange alerts with the other workers and read the users' quota standings; a
-        failure keeps the last figures (their age shows) and is logged, never raised."""
+        """Exchange alerts with the other workers and read the users' quota standings. A
+        failure keeps the last figures (their age shows) and is logged when reads start
+        failing, not at every period (the heartbeat already says the server is down)."""
         now = self._config.clock.now()
         try:
             await self._exchange_alerts()
             self._alerts_read_at = now
-        except ClusterUnavailable as exc:
-            log.warning("worker %s: exchanging alerts: %s", self.worker_id, exc)
-        try:
             await self.standings.poll()
         except ClusterUnavailable as exc:
-            log.warning("worker %s: reading quota standings: %s", self.worker_id, exc)
+            if not self._views_failing:
+                log.warning("worker %s: the cluster's alerts and quotas are not read: %s "
+                            "(the console shows the last ones, with their age)",
+                            self.worker_id, exc)
+            self._views_failing = True
+            return
+        if self._views_failing:
+            log.info("worker %s: reading the cluster's alerts and quotas again", self.worker_id)
+        self._views_failing = False
 
     async def _exchange_alerts(self) -> None:
         board, monitor = self._alert_board, self._monitor

@@ -7,12 +7,15 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
+from console.app import SessionConsole
+from console.screens.alerts import AlertsScreen
 from engine import Engine
 from engine.alerts import Alert
 from engine.cluster import ClusterClient
 from engine.cluster.alert_board import PUBLISHED, AlertBoard, published
 from engine.quotas import QuotaLimit
 from tests.cluster.engines import workers
+from tests.console.rendered import screen_text
 
 CALLS = 10
 TIERS = {"tiny": {
@@ -21,6 +24,18 @@ TIERS = {"tiny": {
 }}
 LIMITS = {"tiers": TIERS, "default_tier": "tiny"}
 FAST = 0.05  # heartbeat and reads, seconds: the tests wait for a few of them
+
+
+class NotingConsole(SessionConsole):
+    """The console, keeping the text of every notification it shows."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notices: list[str] = []
+
+    def notify(self, message: str, **kwargs) -> None:
+        self.notices.append(message)
+        super().notify(message, **kwargs)
 
 
 def fast(config):
@@ -122,7 +137,9 @@ async def test_a_worker_that_stops_takes_its_alerts_with_it(worker_config):
         await until(lambda: not one.snapshot().cluster.alerts, "w2's alerts gone")
 
 
-async def test_valkey_down_keeps_the_last_figures_and_says_so(worker_config, private_valkey):
+async def test_valkey_down_keeps_the_last_figures_and_says_so(
+    worker_config, private_valkey, clock
+):
     config = fast(worker_config("w1", limits=LIMITS, redis=private_valkey.url))
     async with workers(config) as (one,):
         created = await one.create_session("max")
@@ -135,6 +152,15 @@ async def test_valkey_down_keeps_the_last_figures_and_says_so(worker_config, pri
         await asyncio.sleep(5 * FAST)  # reads keep failing: nothing raised, figures kept
         assert [q.user_id for q in one.snapshot().quotas] == ["max"]
         assert one.snapshot().cluster.quotas_read_at == down.cluster.quotas_read_at
+        clock.advance(12)
+        app = SessionConsole(engine=one, refresh_hz=0.25)
+        async with app.run_test(size=(160, 50)) as pilot:
+            app.refresh_data(force=True)
+            await pilot.pause()
+            text = screen_text(app)
+            assert "Quotas nearest their limits · cluster · as of 12s ago" in text
+            assert "Alerts  0 unacknowledged here · 0 elsewhere · as of 12s ago" in text
+            assert "max api_calls" in text
         private_valkey.start()
         await until(lambda: one.snapshot().cluster.available, "Valkey back")
 
@@ -163,3 +189,44 @@ async def test_published_alerts_are_bounded_open_ones_first(redis_url, clock):
     assert sorted(await board.take_requests("w2")) == [199, 200]
     assert await board.take_requests("w2") == ()
     await client.aclose()
+
+
+async def test_the_console_shows_the_clusters_quotas_and_alerts_and_acknowledges_elsewhere(
+    worker_config,
+):
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await two.create_session("nia")
+        for n in range(9):  # 90% of nia's calls, all on w2: w2 raises quota_near
+            await two.send(created.session_id, created.token, f"call {n}")
+        await until(
+            lambda: one.snapshot().quotas and one.snapshot().cluster.alerts, "w2's figures on w1"
+        )
+        app = NotingConsole(engine=one, refresh_hz=0.25)  # refreshed by the test
+        async with app.run_test(size=(160, 50)) as pilot:
+            app.refresh_data(force=True)
+            await pilot.pause()
+            text = screen_text(app)
+            assert "Quotas nearest their limits · cluster" in text
+            assert "nia api_calls" in text  # the gauge of a user w1 never served
+            assert "Alerts  0 unacknowledged here · 1 elsewhere" in text
+            assert "w2: user 'nia' at 90% of the api_calls quota" in text
+
+            await pilot.press("a")
+            app.refresh_data(force=True)
+            await pilot.pause()
+            assert isinstance(app.screen, AlertsScreen)
+            (line,) = app.screen.table.rows
+            assert (line.worker, line.here, line.alert.rule) == ("w2", False, "quota_near")
+            assert "WORKER" in screen_text(app)
+            await pilot.press("A")  # w2's alert: w1 asks w2, w2 acknowledges it
+            await until(
+                lambda: two.snapshot().monitor.alerts_unacknowledged == 0, "w2 acknowledging"
+            )
+            await until(lambda: not one.snapshot().cluster.alerts[0].unacknowledged, "w1 told")
+            assert "Asked w2 to acknowledge alert 1: it does within a heartbeat." in app.notices
+            app.refresh_data(force=True)
+            await pilot.pause()
+            (line,) = app.screen.table.rows
+            assert line.alert.acknowledged
+            assert "acked" in screen_text(app)

@@ -547,18 +547,18 @@ async def alerts_view(engine, clock):
 async def test_alerts_view_filters_by_severity_and_acknowledges(engine, clock):
     async with alerts_view(engine, clock) as (app, pilot, _):
         table = app.screen.table
-        severities = {a.severity for a in table.rows}
+        severities = {line.alert.severity for line in table.rows}
         assert {"critical", "warning"} <= severities
         await pilot.press("s")  # critical only
-        assert {a.severity for a in table.rows} == {"critical"}
+        assert {line.alert.severity for line in table.rows} == {"critical"}
         await pilot.press("A")
         await pilot.pause()
-        assert table.rows[0].acknowledged
+        assert table.rows[0].alert.acknowledged
         await pilot.press("s")  # warnings
-        assert {a.severity for a in table.rows} == {"warning"}
+        assert {line.alert.severity for line in table.rows} == {"warning"}
         await pilot.press("ctrl+a")
         await pilot.pause()
-        assert all(a.acknowledged for a in table.rows)
+        assert all(line.alert.acknowledged for line in table.rows)
         assert engine.snapshot().monitor.alerts_unacknowledged == 0
 
 
