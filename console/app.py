@@ -35,7 +35,7 @@ from console.messages import (
     OpenSession,
     RotateToken,
 )
-from console.screens.alerts import AlertsScreen
+from console.screens.alerts import AlertsScreen, not_a_session
 from console.screens.base import LiveScreen
 from console.screens.dashboard import DashboardScreen
 from console.screens.detail import SessionDetailScreen
@@ -301,8 +301,19 @@ class SessionConsole(App[None]):
         if self.current_mode != "dashboard":
             self.switch_mode("dashboard")
 
-    def on_open_session(self, message: OpenSession) -> None:
-        self.push_screen(SessionDetailScreen(message.session_id))
+    async def on_open_session(self, message: OpenSession) -> None:
+        session_id = message.session_id
+        if not self.operator.session_exists(session_id):
+            try:  # in a cluster, one served only by another worker yet
+                found = await self.operator.locate(session_id)
+            except EngineError as exc:
+                self.notify(f"Could not look for session {session_id[:8]}…: {exc}",
+                            severity="error")
+                return
+            if not found and message.only_if_live:
+                self.notify(not_a_session(session_id), severity="warning")
+                return
+        self.push_screen(SessionDetailScreen(session_id))
 
     # -- operator actions: every screen's acts arrive here as messages ---------------------------
     @property

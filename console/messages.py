@@ -13,9 +13,12 @@ from textual.message import Message
 
 @dataclass
 class OpenSession(Message):
-    """Show a session's detail (Enter on a sessions row, or jump from an alert)."""
+    """Show a session's detail (Enter on a sessions row, or jump from an alert). In a cluster,
+    a session this worker has not seen is looked for in the shared store first; `only_if_live`
+    says so instead of showing an ended session's detail when there is none."""
 
     session_id: str
+    only_if_live: bool = False
 
 
 @dataclass

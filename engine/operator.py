@@ -91,6 +91,14 @@ class Operator:
     def session_exists(self, session_id: str) -> bool:
         return self._registry.get(session_id) is not None
 
+    async def locate(self, session_id: str) -> bool:
+        """Whether the session is live. In a cluster, one this worker has not seen (created
+        and served by another) is read from the shared store first, so the console can open
+        any session of the cluster. ClusterUnavailable or StoreError when it cannot look."""
+        if self._registry.get(session_id) is None and self.cluster is not None:
+            await self.cluster.sync(session_id)
+        return self._registry.get(session_id) is not None
+
     async def end_session(self, session_id: str) -> bool:
         """End the session and shred its data; False if it had already ended."""
         session = self._registry.get(session_id)

@@ -173,8 +173,14 @@ class AlertsScreen(LiveScreen):
         subject = line.alert.subject
         if subject and self.console.operator.session_exists(subject):
             self.post_message(OpenSession(subject))
+        elif subject and not line.here:  # maybe a session only that worker has served yet
+            self.post_message(OpenSession(subject, only_if_live=True))
         elif subject:
-            self.notify(f"{subject!r} is not a live session (this alert is about a user, an "
-                        "agent type, or a session that has ended).", severity="warning")
+            self.notify(not_a_session(subject), severity="warning")
         else:
             self.notify("This alert is engine-wide: no session to show.")
+
+
+def not_a_session(subject: str) -> str:
+    return (f"{subject!r} is not a live session (this alert is about a user, an agent type, "
+            "or a session that has ended).")

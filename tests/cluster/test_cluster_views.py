@@ -7,12 +7,16 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 
+import pytest
+
 from console.app import SessionConsole
 from console.screens.alerts import AlertsScreen
+from console.screens.detail import SessionDetailScreen
 from engine import Engine
 from engine.alerts import Alert
 from engine.cluster import ClusterClient
 from engine.cluster.alert_board import PUBLISHED, AlertBoard, published
+from engine.errors import AuthenticationError
 from engine.quotas import QuotaLimit
 from tests.cluster.engines import workers
 from tests.console.rendered import screen_text
@@ -230,3 +234,27 @@ async def test_the_console_shows_the_clusters_quotas_and_alerts_and_acknowledges
             (line,) = app.screen.table.rows
             assert line.alert.acknowledged
             assert "acked" in screen_text(app)
+
+
+async def test_an_alert_about_a_session_served_elsewhere_opens_it(worker_config):
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await two.create_session("oz")  # after w1 started: w1 never saw it
+        await two.send(created.session_id, created.token, "said on w2")
+        for k in range(5):  # w2 raises an auth burst about the session
+            with pytest.raises(AuthenticationError):
+                await two.history(created.session_id, f"wrong-{k}")
+        assert not one.operator.session_exists(created.session_id)
+        await until(lambda: one.snapshot().cluster.alerts, "w2's alert on w1")
+
+        app = NotingConsole(engine=one, refresh_hz=0.25)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.press("a")
+            app.refresh_data(force=True)
+            await pilot.pause()
+            (line,) = app.screen.table.rows
+            assert (line.worker, line.alert.subject) == ("w2", created.session_id)
+            await pilot.press("enter")
+            await until(lambda: isinstance(app.screen, SessionDetailScreen), "the detail")
+            assert app.screen.session_id == created.session_id
+            await until(lambda: "said on w2" in screen_text(app), "w2's conversation")
