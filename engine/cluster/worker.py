@@ -34,7 +34,7 @@ from engine.cluster.rebuild import NotRebuilt
 from engine.cluster.registry import WorkerLoad, WorkerView
 from engine.cluster.standings import QuotaStandings
 from engine.cluster.state import ClusterState
-from engine.cluster.turns import RunningTurn
+from engine.cluster.turns import RunningTurn, TurnWaits
 from engine.cluster.user_sessions import Refused
 from engine.config import DATABASE_URL_ENV, MASTER_KEY_ENV, REDIS_URL_ENV, EngineConfig
 from engine.errors import (
@@ -58,7 +58,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_SESSION_ID_CHARS = 64  # ids are 32 hex characters: longer ones are never looked up
-LEASE_POLL_S = 0.02  # how often a turn waiting for another worker's turn asks again
+LEASE_POLL_S = 0.02  # how soon a turn waiting for another worker's turn first asks again
+LEASE_POLL_MAX_S = 0.1  # and how long it waits between asks at most, the lapse aside
+LEASE_LAPSE_MARGIN_S = 0.002  # asked again this long after the lease's PTTL ran out
 REBUILD_POLL_S = 0.05  # how often a worker waiting for another's rebuild asks again
 REBUILD_WAIT_S = 10.0  # how long a decision waits for another worker's rebuild
 EVICTED = "user session cap reached"
@@ -398,15 +400,18 @@ class ClusterWorker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         cap = self._config.sessions.max_per_user
+        poll = LEASE_POLL_S
         while True:
             got = await self._answered(
                 self.state.turns.start(session.session_id, session.user_id, self.worker_id, cap)
             )
             if isinstance(got, RunningTurn):
                 break
-            if loop.time() >= deadline:
+            left = deadline - loop.time()
+            if left <= 0:
                 raise SessionBusy("enqueue", 0)
-            await asyncio.sleep(LEASE_POLL_S)
+            await asyncio.sleep(min(lease_wait(got, poll), left))
+            poll = min(2 * poll, LEASE_POLL_MAX_S)
         self._renewing[got.slot] = asyncio.create_task(self._renew(got), name="lease renewal")
         return got
 
@@ -504,6 +509,17 @@ async def connect(config: EngineConfig) -> tuple[ClusterState, str]:
         await state.aclose()
         raise
     return state, worker_id
+
+
+def lease_wait(waits: TurnWaits, poll: float) -> float:
+    """How long a turn that cannot start yet waits before asking again. A holder that finishes
+    frees the lease at once, so the turn asks again after `poll` (doubling from LEASE_POLL_S up
+    to LEASE_POLL_MAX_S: a dead holder's lease is not asked for 50 times a second for the
+    whole TTL); a lease held by a dead worker frees only when it lapses, so the turn never
+    waits past the lapse its PTTL gave (then it takes it the moment it is free)."""
+    if waits.lease_left_s is None:
+        return poll
+    return min(poll, waits.lease_left_s + LEASE_LAPSE_MARGIN_S)
 
 
 def worker_load(snap: MonitorSnapshot, pools: Sequence[PoolView], sessions: int) -> WorkerLoad:

@@ -185,3 +185,31 @@ async def test_a_worker_restarting_on_a_large_store_serves_sessions_before_pagin
         snapshot = again.snapshot()
         assert {v.session_id for v in snapshot.sessions} == {s.session_id for s in created}
         assert snapshot.sessions_by_id[last.session_id].turns == 1
+
+
+async def test_a_turn_waiting_for_a_dead_workers_lease_asks_again_sparingly(
+    worker_config, valkey
+):
+    """A lease left by a worker that died lapses only after its TTL: the waiting turn takes it
+    then, asking again at first soon and then at most every LEASE_POLL_MAX_S (and at the lapse
+    its PTTL gave), not 50 times a second for the whole TTL."""
+    config = worker_config("w1")
+    config = replace(config, cluster=replace(config.cluster, heartbeat_s=60.0))  # quiet
+    async with workers(config) as (one,):
+        created = await one.create_session("ulla")
+        sid, token = created.session_id, created.token
+        await one.send(sid, token, "before")
+        with valkey.client() as admin:
+            admin.set(f"sc:lease:{sid}", "ghost|1", px=1500)  # its holder died mid-turn
+            calls_before = _script_calls(admin)
+            await one.send(sid, token, "after the lapse")
+            calls = _script_calls(admin) - calls_before
+            assert admin.get(f"sc:lease:{sid}") is None  # taken, then released
+        assert await user_texts(one, sid, token) == ["before", "after the lapse"]
+        # 1.5 s at 20 ms would be 75 asks; the sync, admit and finish are one call each.
+        assert calls <= 3 + 25
+
+
+def _script_calls(admin) -> int:
+    stats = admin.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
