@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.clock import Clock
@@ -73,7 +73,7 @@ class QuotaStandings:
         self._cache: dict[str, Standing] = {}  # oldest read first
         self._served: dict[str, None] = {}  # ordered sets: the newest last
         self._wanted: dict[str, None] = {}
-        self._watched: set[str] = set()
+        self._watched: dict[str, None] = {}  # the least recently read first
         self._reported: dict[str, tuple[tuple[str, float], ...]] = {}  # watched: last reported
         self._cluster_nearest: tuple[str, ...] = ()  # the shared set's top, at the last poll
         self._nearest: tuple[QuotaView, ...] = ()
@@ -102,10 +102,12 @@ class QuotaStandings:
     async def poll(self) -> None:
         """Read the users worth showing; raises ClusterUnavailable (the last figures stay)."""
         served, self._served = tuple(self._served), {}
-        users = _first_unique(
-            (self._cluster_nearest, self._watched, reversed(self._wanted), reversed(served)),
-            READ_MAX,
-        )
+        users = _pick(READ_MAX, (
+            (self._cluster_nearest, TOP_QUOTA_USERS),
+            (reversed(served), READ_MAX // 2),
+            (reversed(self._wanted), READ_MAX // 4),
+            (self._watched, READ_MAX),
+        ))
         try:
             standings, near = await self._read(users)
         except BaseException:
@@ -156,20 +158,21 @@ class QuotaStandings:
         """The monitor's quota alerts follow the users served here, once a poll as a turn
         reports them once, and the users it still watches whenever their figures move (so an
         alert resolves once the window frees enough, without turns here)."""
-        reported = self._reported
-        for user_id in (*served, *self._watched):
+        reported, watched = self._reported, self._watched
+        for user_id in (*served, *watched):
             got = standings.get(user_id)
             if got is None:
                 continue
             percents = tuple((u.resource, u.percent) for u in got[1])
-            if user_id in reported and reported[user_id] == percents and user_id not in served:
+            watched.pop(user_id, None)  # back in last, as the most recently read
+            if user_id in near:
+                watched[user_id] = None
+            if reported.get(user_id) == percents and user_id not in served:
                 continue
             self._monitor.observe_quotas(user_id, percents)
             if user_id in near:
-                self._watched.add(user_id)
                 reported[user_id] = percents
             else:
-                self._watched.discard(user_id)
                 reported.pop(user_id, None)
 
 
@@ -181,11 +184,18 @@ def _remember(users: dict[str, None], user_id: str, most: int) -> None:
         del users[next(iter(users))]
 
 
-def _first_unique(groups: Iterable[Iterable[str]], most: int) -> list[str]:
-    seen: dict[str, None] = {}
-    for group in groups:
-        for user_id in group:
-            seen[user_id] = None
-            if len(seen) >= most:
-                return list(seen)
-    return list(seen)
+def _pick(most: int, groups: Sequence[tuple[Iterable[str], int]]) -> list[str]:
+    """At most `most` distinct users: first up to each group's own share, in order, then
+    whatever room is left from the groups in the same order (so no group starves another)."""
+    groups = [(list(users), share) for users, share in groups]
+    picked: dict[str, None] = {}
+    for shares in (True, False):
+        for users, share in groups:
+            taken = 0
+            for user_id in users:
+                if len(picked) >= most or (shares and taken >= share):
+                    break
+                if user_id not in picked:
+                    picked[user_id] = None
+                    taken += 1
+    return list(picked)

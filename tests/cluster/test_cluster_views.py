@@ -16,7 +16,11 @@ from engine import Engine
 from engine.alerts import Alert
 from engine.cluster import ClusterClient
 from engine.cluster.alert_board import PUBLISHED, AlertBoard, published
+from engine.cluster.quotas import ClusterQuotas
+from engine.cluster.standings import READ_MAX, QuotaStandings
 from engine.errors import AuthenticationError
+from engine.monitor import Monitor
+from engine.quota_watch import TOP_QUOTA_USERS
 from engine.quotas import QuotaLimit
 from tests.cluster.engines import workers
 from tests.console.rendered import screen_text
@@ -258,3 +262,30 @@ async def test_an_alert_about_a_session_served_elsewhere_opens_it(worker_config)
             await until(lambda: isinstance(app.screen, SessionDetailScreen), "the detail")
             assert app.screen.session_id == created.session_id
             await until(lambda: "said on w2" in screen_text(app), "w2's conversation")
+
+
+async def test_standings_read_a_bounded_share_and_starve_no_one(redis_url, clock):
+    """More users near their limits than a poll reads: each poll reads at most READ_MAX, a
+    user just served is read at the next poll all the same, and the watched ones take turns."""
+    client = ClusterClient(redis_url, "t:", timeout_s=5.0)
+    quotas = ClusterQuotas(client, clock, TIERS, "tiny")
+    standings = QuotaStandings(client, quotas, clock, Monitor(clock), watch_percent=50.0)
+    crowd = [f"u{n:03d}" for n in range(READ_MAX + 100)]
+    for user_id in crowd:
+        await quotas.record(user_id, "api_calls", 7)  # 70% each
+        standings.served(user_id)
+    await standings.poll()
+    assert len(standings.nearest()) == TOP_QUOTA_USERS
+    read_once = {u for u in crowd if standings.usage(u)}
+    assert len(read_once) == READ_MAX
+    for _ in range(3):  # full polls: the watched users fill what the others leave
+        await standings.poll()
+    await quotas.record("late", "api_calls", 9)
+    standings.served("late")
+    await standings.poll()
+    assert standings.nearest()[0].user_id == "late"
+    assert standings.nearest()[0].highest_percent == 90.0
+    async with client.redis.pipeline() as pipe:
+        (shared,) = await pipe.zcard("t:quota-nearest").execute()
+    assert shared == READ_MAX + 1  # every user read at or above the watch level, once
+    await client.aclose()
