@@ -34,6 +34,7 @@ class AlertBoard:
         self._ttl_ms = ms(ttl_s)
         self._published: tuple[Alert, ...] | None = None  # the alerts last published
         self._unreadable: set[str] = set()  # workers whose alerts could not be read, said once
+        self._last: dict[str, tuple[str, WorkerAlerts]] = {}  # per worker: value, decoded
 
     async def take_requests(self, worker_id: str) -> tuple[int, ...]:
         """The alert ids other workers' consoles asked this worker to acknowledge (emptied)."""
@@ -77,16 +78,26 @@ class AlertBoard:
     def _decoded(
         self, workers: Sequence[str], values: Sequence[str | None]
     ) -> Iterable[WorkerAlerts]:
+        """The workers' published alerts; a value read before is not decoded again."""
+        last, self._last = self._last, {}
         for worker_id, value in zip(workers, values, strict=True):
             if value is None:
                 continue  # none published yet, or it stopped
+            seen = last.get(worker_id)
+            if seen is not None and seen[0] == value:
+                self._last[worker_id] = seen
+                yield seen[1]
+                continue
             try:
-                yield _decode(worker_id, value)
+                decoded = _decode(worker_id, value)
             except (ValueError, TypeError, KeyError) as exc:
                 if worker_id not in self._unreadable:
                     self._unreadable.add(worker_id)
                     log.warning("worker %s published alerts this worker cannot read: %s",
                                 worker_id, exc)
+                continue
+            self._last[worker_id] = (value, decoded)
+            yield decoded
 
     def _key(self, kind: str, worker_id: str) -> str:
         return self._client.key(kind, worker_id)

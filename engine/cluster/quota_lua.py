@@ -283,7 +283,9 @@ return {1}
 """
 
 # KEYS: cfg, resv, resa, rsum, use:<res>...   ARGV: now, buckets, then (resource, tier spec)...
-# Returns per resource: limit, used, reserved, reset_in.
+# Returns one string (one reply to parse, not sixteen: the console reads hundreds a second):
+# per resource "limit used reserved reset_in", space-separated, then the user's tier if it is
+# not the default.
 USAGE = COMMON + r"""
 local cfg, resv, resa, rsum = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 lapse(resv, resa, rsum)
@@ -294,7 +296,9 @@ for i = 3, #ARGV, 2 do
   local limit, window = limit_of(tier, redis.call('HGET', cfg, 'o:' .. res), ARGV[i + 1])
   local st = usage(KEYS[4 + (i - 1) / 2], window)
   local reserved = tonumber(redis.call('HGET', rsum, res) or '0')
-  report[#report + 1] = {fmt(limit), fmt(st.total), fmt(reserved), reset_in(st)}
+  report[#report + 1] = fmt(limit) .. ' ' .. fmt(st.total) .. ' ' .. fmt(reserved) .. ' '
+    .. reset_in(st)
 end
-return report
+if tier then report[#report + 1] = tier end
+return table.concat(report, ' ')
 """

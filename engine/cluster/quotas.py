@@ -175,7 +175,7 @@ class ClusterQuotas:
 
     async def usage(self, user_id: str) -> tuple[QuotaUsage, ...]:
         keys, args = self._usage_call(user_id, repr(self._clock.now()))
-        return _report(await self._client.call(self._usage, keys, args))
+        return self._standing(await self._client.call(self._usage, keys, args))[1]
 
     async def standings(
         self, user_ids: Sequence[str]
@@ -187,14 +187,26 @@ class ClusterQuotas:
         now = repr(self._clock.now())
         async with self._client.redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
-                pipe.hget(self._key(user_id, "cfg"), "tier")
                 await self._client.queue(pipe, self._usage, *self._usage_call(user_id, now))
             replies = await self._client.run(pipe.execute())
-        tiers, reports = replies[::2], replies[1::2]
         return {
-            user_id: (tier if tier in self._tiers else self._default_tier, _report(reply))
-            for user_id, tier, reply in zip(user_ids, tiers, reports, strict=True)
+            user_id: self._standing(reply)
+            for user_id, reply in zip(user_ids, replies, strict=True)
         }
+
+    def _standing(self, reply: object) -> tuple[str, tuple[QuotaUsage, ...]]:
+        """USAGE's reply: the user's tier and one QuotaUsage per resource."""
+        assert isinstance(reply, str)
+        fields = reply.split(" ")
+        tier = fields[4 * len(RESOURCES)] if len(fields) > 4 * len(RESOURCES) else ""
+        report = []
+        for n, resource in enumerate(RESOURCES):
+            limit, used, reserved, reset_in = map(float, fields[4 * n : 4 * n + 4])
+            report.append(QuotaUsage(
+                resource=resource, used=used, reserved=reserved, limit=limit,
+                percent=percent_taken(used + reserved, limit), reset_in_s=reset_in,
+            ))
+        return tier if tier in self._tiers else self._default_tier, tuple(report)
 
     def _usage_call(self, user_id: str, now: str) -> tuple[list[str], list[str]]:
         """USAGE's keys and arguments for one user."""
@@ -260,23 +272,6 @@ class ClusterQuotas:
         )
         assert isinstance(reply, list)
         return reply
-
-
-def _report(reply: object) -> tuple[QuotaUsage, ...]:
-    """USAGE's reply as one QuotaUsage per resource."""
-    assert isinstance(reply, list)
-    report = []
-    for resource, (limit, used, reserved, reset_in) in zip(RESOURCES, reply, strict=True):
-        limit_f, used_f, reserved_f = float(limit), float(used), float(reserved)
-        report.append(QuotaUsage(
-            resource=resource,
-            used=used_f,
-            reserved=reserved_f,
-            limit=limit_f,
-            percent=percent_taken(used_f + reserved_f, limit_f),
-            reset_in_s=float(reset_in),
-        ))
-    return tuple(report)
 
 
 def _tier_specs(

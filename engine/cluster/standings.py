@@ -33,7 +33,8 @@ from engine.views import QuotaView
 
 log = logging.getLogger(__name__)
 
-READ_MAX = 256  # users read per poll: one pipeline, a few ms of the server's time
+READ_MAX = 256  # users read per poll: about 50 us of this worker's CPU each
+CHUNK = 32  # users read per round trip: no slice of the loop longer than ~1 ms for them
 WANTED_MAX = 256  # users the console asked for, the newest kept
 SERVED_MAX = 256  # users served here since the last poll, the newest kept
 CACHED_MAX = 4096  # users whose last standing is kept for the console
@@ -129,19 +130,23 @@ class QuotaStandings:
     ) -> tuple[dict[str, tuple[str, tuple[QuotaUsage, ...]]], dict[str, float]]:
         """The users' standings into the cache and the shared set; the set's top for the next
         poll. Returns the standings and the users at or above the watch level."""
-        standings = await self._quotas.standings(users)
+        standings = {}
+        for start in range(0, len(users), CHUNK):  # the loop runs turns between two chunks
+            standings.update(await self._quotas.standings(users[start : start + CHUNK]))
         now = self._clock.now()
-        near = {}
+        near, below = {}, []
+        for user_id, (tier, usage) in standings.items():
+            standing = Standing(tier, usage, now)
+            self._cache.pop(user_id, None)
+            self._cache[user_id] = standing
+            highest = standing.highest_percent
+            if highest >= self._watch_percent:
+                near[user_id] = highest
+            else:
+                below.append(user_id)
         async with self._client.redis.pipeline(transaction=False) as pipe:
-            for user_id, (tier, usage) in standings.items():
-                standing = Standing(tier, usage, now)
-                self._cache.pop(user_id, None)
-                self._cache[user_id] = standing
-                highest = standing.highest_percent
-                if highest >= self._watch_percent:
-                    near[user_id] = highest
-                else:
-                    pipe.zrem(self._shared_key, user_id)
+            if below:
+                pipe.zrem(self._shared_key, *below)
             if near:
                 pipe.zadd(self._shared_key, near)
             pipe.zremrangebyrank(self._shared_key, 0, -SHARED_NEAREST - 1)
