@@ -516,9 +516,11 @@ def lease_wait(waits: TurnWaits, poll: float) -> float:
     frees the lease at once, so the turn asks again after `poll` (doubling from LEASE_POLL_S up
     to LEASE_POLL_MAX_S: a dead holder's lease is not asked for 50 times a second for the
     whole TTL); a lease held by a dead worker frees only when it lapses, so the turn never
-    waits past the lapse its PTTL gave (then it takes it the moment it is free)."""
+    waits past the lapse its PTTL gave (then it takes it the moment it is free). A turn over
+    its user's in-flight cap asks every LEASE_POLL_S: any of the user's turns ending frees a
+    slot."""
     if waits.lease_left_s is None:
-        return poll
+        return LEASE_POLL_S
     return min(poll, waits.lease_left_s + LEASE_LAPSE_MARGIN_S)
 
 
