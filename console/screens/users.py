@@ -16,6 +16,7 @@ from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.widgets import Footer, Input, Label
 
+from console.alert_lines import read_age
 from console.screens.base import StatusLine, set_text
 from console.screens.detail import quota_gauges
 from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
@@ -109,9 +110,19 @@ class UsersScreen(TableScreen):
         count = f"{shown:,} of {total:,}" if shown != total else f"{total:,}"
         set_text(
             self.query_one("#users-title", Label),
-            f"Users {count} with live sessions · {model.describe()}",
+            f"Users {count} with live sessions · {model.describe()}{self._quota_source()}",
         )
         super().show_title()
+
+    def _quota_source(self) -> str:
+        """In a cluster the percents are the cluster's, as of its last read (a user shows '-'
+        until a read has reached them: the next, once the table asked)."""
+        snapshot = self.console.snapshot
+        cluster = snapshot.cluster if snapshot is not None else None
+        if cluster is None:
+            return ""
+        age = read_age(cluster.quotas_read_at, snapshot.taken_at, cluster.available)
+        return " · quotas: the cluster's" + (f", {age}" if age else "")
 
     def _show_selected(self) -> None:
         user = self.table.cursor_key

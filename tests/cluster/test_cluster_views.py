@@ -220,6 +220,11 @@ async def test_the_console_shows_the_clusters_quotas_and_alerts_and_acknowledges
             assert "Alerts  0 unacknowledged here · 1 elsewhere" in text
             assert "w2: user 'nia' at 90% of the api_calls quota" in text
 
+            await pilot.press("u")  # nia has no session here: w2's user is not listed
+            app.refresh_data(force=True)
+            await pilot.pause()
+            assert "quotas: the cluster's" in screen_text(app)
+
             await pilot.press("a")
             app.refresh_data(force=True)
             await pilot.pause()
@@ -289,3 +294,25 @@ async def test_standings_read_a_bounded_share_and_starve_no_one(redis_url, clock
         (shared,) = await pipe.zcard("t:quota-nearest").execute()
     assert shared == READ_MAX + 1  # every user read at or above the watch level, once
     await client.aclose()
+
+
+async def test_the_users_view_shows_the_cluster_count_of_a_user_served_elsewhere(worker_config):
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await one.create_session("pia")  # held by w1 ...
+        for n in range(7):  # ... served by w2 only: w1 counted none of these calls
+            await two.send(created.session_id, created.token, f"call {n}")
+        app = NotingConsole(engine=one, refresh_hz=0.25)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("u")
+
+            def pia_row() -> str:
+                app.refresh_data(force=True)
+                return next((line for line in screen_text(app).splitlines()
+                             if line.startswith("pia ")), "")
+
+            row = await until(lambda: "70%" in pia_row() and pia_row(), "pia's cluster count")
+            assert row.split()[:3] == ["pia", "tiny", "1"]  # user, tier, sessions
+            await pilot.pause()  # the usage box's new height is laid out
+            assert "Usage of pia (tiny)" in screen_text(app)
+            assert "7/10" in screen_text(app)  # its api_calls gauge: used/limit
