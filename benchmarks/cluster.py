@@ -30,7 +30,9 @@ Parts, in order (progress on stderr):
    with SIGKILL; its clients move to the survivor on their next connection error. Afterwards
    every session's history is read from the survivor: a turn answered 200 whose user message
    is missing there is lost (target 0). Seconds until each killed worker's session got its
-   first 200 from the survivor, counted from the kill (target <= the lease TTL, 5 s).
+   first 200 from the survivor, counted from the kill (target <= the lease TTL, 5 s), and
+   how long the leases of its turns in flight had left at the kill (the survivor cannot
+   serve those sessions before: the figure is that lapse plus one turn under load).
 4. users (run before part 3, on the same two workers): simulated users as `load_capacity.py`
    drives them in-process (`loadgen.LoadGenerator`, each user one long session, thinking 5 s
    on average, exponential), here over HTTP (`loadgen.GatewayTransport`), each user's session
@@ -391,8 +393,10 @@ async def quota_overshoot(workers: list[Worker]) -> dict[str, Any]:
 
 
 async def sigkill(workers: list[Worker], clients: int, before_kill_s: float,
-                  after_s: float) -> dict[str, Any]:
-    """Kill workers[0] under load; every acknowledged turn must be in the survivor's history."""
+                  after_s: float, valkey: ValkeyProcess) -> dict[str, Any]:
+    """Kill workers[0] under load; every acknowledged turn must be in the survivor's history.
+    The leases its turns in flight held are read at once (PTTL): a session is free only when
+    its lease lapses, so the time until it is served again is that lapse plus one turn."""
     doomed, survivor = workers
     import aiohttp
 
@@ -434,6 +438,9 @@ async def sigkill(workers: list[Worker], clients: int, before_kill_s: float,
         killed_at["t"] = time.perf_counter()
         doomed.kill()
         moved = list(range(0, clients, 2))
+        with valkey.client() as admin:  # the workers' key prefix is ClusterSettings' default
+            lease_ms = [admin.pttl(f"sc:lease:{sessions[n][0]}") for n in moved]
+        lease_left = [ms / 1000 for ms in lease_ms if ms > 0]
         deadline = killed_at["t"] + after_s
         while len(served_again) < len(moved) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
@@ -454,6 +461,8 @@ async def sigkill(workers: list[Worker], clients: int, before_kill_s: float,
         "unacknowledged_but_stored": stored_anyway,
         "errors": dict(errors),
         "killed_worker_sessions": len(moved),
+        "leases_held_at_kill": len(lease_left),
+        "lease_left_at_kill_max_s": round(max(lease_left), 3) if lease_left else None,
         "served_by_survivor": len(served_again),
         "seconds_until_served_by_survivor": {
             "p50": round(waits[len(waits) // 2], 3) if waits else None,
@@ -533,7 +542,7 @@ async def orchestrate(folder: Path, servers: Servers, args: argparse.Namespace,
         out["users"] = await users_sustained(workers, args.user_steps, args.user_measure)
         progress("SIGKILL of w1 under load")
         out["sigkill"] = await sigkill(workers, args.kill_clients, args.before_kill,
-                                       after_s=3 * LEASE_TTL_S)
+                                       after_s=3 * LEASE_TTL_S, valkey=servers.valkey)
     finally:
         for worker in workers:
             worker.stop()

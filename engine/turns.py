@@ -197,16 +197,10 @@ class TurnPipeline:
             async with session.turn_lock:
                 session.running_turn = task
                 try:
-                    if cluster is None:
-                        await self._hot.warm(session)
-                    else:  # one turn at a time on it, cluster-wide: the lease first
-                        # Read before any wait for it (a dead holder's lapses only after the
-                        # TTL), again after it only if another worker changed it meanwhile.
-                        await self._hot.warm(session)
+                    if cluster is not None:  # one turn at a time on it, cluster-wide
                         running = await cluster.start(session, self._config.llm.turn_timeout_s)
                         await cluster.catch_up(session, running)
-                        if session.stale or not session.hot:
-                            await self._hot.warm(session)
+                    await self._hot.warm(session)
                     model = await self._runner.run(session, agent_type, text, on_delta)
                 finally:
                     session.running_turn = None
