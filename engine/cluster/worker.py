@@ -126,6 +126,7 @@ class ClusterWorker:
             except ClusterUnavailable as exc:
                 self.available = False
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+            _stop_if_cancelled()
             await asyncio.sleep(registry.heartbeat_s)
 
     async def _read_forever(self) -> None:
@@ -135,6 +136,7 @@ class ClusterWorker:
                 await self.read_views()
             except Exception:
                 log.exception("worker %s: reading the cluster's views failed", self.worker_id)
+            _stop_if_cancelled()
             await asyncio.sleep(self.state.registry.heartbeat_s)
 
     async def read_views(self) -> None:
@@ -544,6 +546,15 @@ def check_cluster_key(keyring: KeyRing, wrapped_key: bytes) -> None:
             f"of a cluster needs the same {MASTER_KEY_ENV} (this worker's key fingerprints: "
             f"{', '.join(keyring.fingerprints())})"
         ) from None
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled: a cancellation that arrived during a
+    Valkey/Redis call can come out of redis-py as a connection error, which the loops above
+    survive, and `leave()` would then wait for them forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
