@@ -6,9 +6,11 @@ bring back, and a service restarted under load cannot wait that long for its fir
 this pages through the rest in id order in the background, yielding to turns between pages.
 Until it is done:
 
-- A presented id is read from the store on its own before it is authenticated (`ensure`), so a
-  session late in id order is served at once. Every presentation pays that one read, whether
-  the id is stored, held already or unknown: timing tells nothing about which ids exist.
+- A presented id past the pages read so far is read from the store on its own before it is
+  authenticated (`ensure`), so a session late in id order is served at once. Every such
+  presentation pays that one read, whether the id is stored, held already or unknown, and one
+  at or before the pages read pays none: timing depends on the id's place in the order only,
+  never on whether it exists.
 - A session ended while paging is remembered, so a page read before its end committed does
   not bring it back; sessions created or used meanwhile are held already and are skipped.
 - A user who created sessions before theirs were paged in may hold more than the per-user cap
@@ -129,9 +131,12 @@ class BackgroundRestore:
         await self._done.wait()
 
     async def ensure(self, session_id: object) -> None:
-        """Bring `session_id` in now if it is stored and not paged in yet (one store read,
-        whatever the answer). Only while pages remain."""
+        """Bring `session_id` in now if it is stored and not paged in yet. Only while pages
+        remain. An id past the pages read costs one store read whatever the answer; one at or
+        before them costs none, found or not (the registry already holds all of those)."""
         if not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_CHARS:
+            return
+        if session_id <= self._after:
             return
         record = await self._store().load_record(session_id)
         if record is None or not self.running or session_id <= self._after:
