@@ -27,14 +27,13 @@ from collections.abc import Callable
 
 from engine.clock import Clock
 from engine.restore import cold_session
-from engine.sessions import Session, SessionEvent, SessionRegistry
+from engine.sessions import Session, SessionEvent, SessionRegistry, lookable_id
 from engine.store import Op, SessionRecord, Store
 from engine.views import RestoreReport
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # after a page the store could not read
-MAX_SESSION_ID_CHARS = 64  # ids are 32 hex characters: longer ones are never looked up
 
 
 class BackgroundRestore:
@@ -134,9 +133,7 @@ class BackgroundRestore:
         """Bring `session_id` in now if it is stored and not paged in yet. Only while pages
         remain. An id past the pages read costs one store read whatever the answer; one at or
         before them costs none, found or not (the registry already holds all of those)."""
-        if not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_CHARS:
-            return
-        if session_id <= self._after:
+        if not lookable_id(session_id) or session_id <= self._after:
             return
         record = await self._store().load_record(session_id)
         if record is None or not self.running or session_id <= self._after:

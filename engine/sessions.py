@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 from engine.errors import SessionLimitReached
 
@@ -207,6 +207,14 @@ class Session:
         if self._turn_lock is None:
             self._turn_lock = asyncio.Lock()
         return self._turn_lock
+
+
+MAX_SESSION_ID_CHARS = 64  # ids are 32 hex characters: longer ones are never looked up
+
+
+def lookable_id(session_id: object) -> TypeGuard[str]:
+    """Whether a presented session id is worth a store read: a str of plausible length."""
+    return isinstance(session_id, str) and len(session_id) <= MAX_SESSION_ID_CHARS
 
 
 def new_session_id() -> str:

@@ -50,14 +50,13 @@ from engine.pool import PoolView
 from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.restore import adopt_cold, cold_session
 from engine.security import KeyRing, TokenRecord
-from engine.sessions import Session, SessionEvent, SessionRegistry
+from engine.sessions import Session, SessionEvent, SessionRegistry, lookable_id
 from engine.store import EndSession, Restored, SessionRecord, Store
 from engine.views import ClusterView, WorkerAlerts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MAX_SESSION_ID_CHARS = 64  # ids are 32 hex characters: longer ones are never looked up
 LEASE_POLL_S = 0.02  # how soon a turn waiting for another worker's turn first asks again
 LEASE_POLL_MAX_S = 0.1  # and how long it waits between asks at most, the lapse aside
 LEASE_LAPSE_MARGIN_S = 0.002  # asked again this long after the lease's PTTL ran out
@@ -205,7 +204,7 @@ class ClusterWorker:
     # -- sessions --------------------------------------------------------------------------------
     async def sync(self, session_id: object) -> None:
         """Make this worker's copy of the session current before it is authenticated."""
-        if not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_CHARS:
+        if not lookable_id(session_id):
             return
         version = await self._answered(self.state.versions.get(session_id))
         session = self._registry.get(session_id)
