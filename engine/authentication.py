@@ -46,11 +46,19 @@ class Authenticator:
         now = self._clock.now()  # read once, for every step below
         presentation = self.refuse_backed_off(session_id, token, now)
         presented = session_id if isinstance(session_id, str) else None
-        session = self._registry.get(presented) if presented is not None else None
-        record = session.token if session is not None else None
+        registry = self._registry
+        # A session held as an object or as a cold row (engine.cold_records): the row's token
+        # is checked before it becomes an object; the rows are probed and a row's token read
+        # (or the same work done) whichever it is, or neither.
+        session = registry.held(presented) if presented is not None else None
+        row = registry.cold_row(presented) if presented is not None else -1
+        cold_record = registry.cold_token(row)
+        record = session.token if session is not None else cold_record
         if not check_token(record, token):
             raise self._refusal(presented, presentation, client, now)
-        assert session is not None and record is not None
+        if session is None:
+            session = registry.promote(row)
+        assert record is not None
         reason = session.expiry_reason(now)
         if reason is not None and not session.busy:
             self._registry.remove(session.session_id, "expired", now, reason)

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 
 from engine.clock import Clock
-from engine.restore import cold_session
 from engine.sessions import Session, SessionEvent, SessionRegistry, lookable_id
 from engine.store import Op, SessionRecord, Store
 from engine.views import RestoreReport
@@ -44,7 +43,7 @@ class BackgroundRestore:
         *,
         registry: SessionRegistry,
         store: Callable[[], Store],
-        adopt: Callable[[Session], Op | None],
+        adopt: Callable[[SessionRecord], Op | None],
         persist_later: Callable[..., None],
         clock: Clock,
         enforce_cap: bool,
@@ -102,9 +101,9 @@ class BackgroundRestore:
             row = record.row
             if record.figures is not None:
                 self.messages += record.figures.messages
-            if row.session_id in ended or registry.get(row.session_id) is not None:
+            if row.session_id in ended or registry.holds(row.session_id):
                 continue
-            move = self._adopt(cold_session(row, record.figures))
+            move = self._adopt(record)
             if move is not None:
                 moved.append(move)
             if self._enforce_cap and registry.count_of(row.user_id) > registry.max_per_user:
@@ -138,9 +137,9 @@ class BackgroundRestore:
         record = await self._store().load_record(session_id)
         if record is None or not self.running or session_id <= self._after:
             return  # unknown, or its page came in meanwhile
-        if session_id in self._ended or self._registry.get(session_id) is not None:
+        if session_id in self._ended or self._registry.holds(session_id):
             return
-        move = self._adopt(cold_session(record.row, record.figures))
+        move = self._adopt(record)
         if move is not None:
             self._persist_later(move)
 

@@ -44,7 +44,7 @@ from engine.quotas import QuotaManager
 from engine.ratelimit import RateLimiter
 from engine.records import MetricsRollup, alert_row, session_row
 from engine.residency import SessionResidency
-from engine.restore import adopt_cold, restore_quota_windows
+from engine.restore import hold_stored, place, restore_quota_windows
 from engine.runner import AgentRunner
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, issue_token, rotate
@@ -53,6 +53,7 @@ from engine.store import (
     Assign,
     Prune,
     RewrapReport,
+    SessionRecord,
     Store,
     TokenUpdate,
     UserTier,
@@ -116,6 +117,7 @@ class Engine:
             self.clock, self._monitor,
         )
         self._keyring: KeyRing | None = None
+        self._registry.on_promote = self._place_promoted
         self._views = SessionViews(self._registry, self._monitor)
         self._residency = SessionResidency(
             config.sessions, registry=self._registry, views=self._views, quotas=self._quotas,
@@ -125,7 +127,7 @@ class Engine:
         )
         self._tiers = frozenset(limits.tiers)
         self._paging = BackgroundRestore(
-            registry=self._registry, store=self._stored, adopt=self._adopt_cold,
+            registry=self._registry, store=self._stored, adopt=self._hold_stored,
             persist_later=self._link.later, clock=self.clock,
             enforce_cap=not config.cluster.redis_url,
             page_sessions=config.sessions.restore_page_sessions,
@@ -543,6 +545,7 @@ class Engine:
         restored = await store.load_live(self.clock.now(), sessions=False)
         self._monitor.alert_manager.continue_after(restored.max_alert_id)
         self._paging.stored = restored.counts.sessions
+        self._registry.cold.reserve(restored.counts.sessions)
         first = await self._paging.read_page()
         if self._cluster is not None and first:
             check_cluster_key(self._keyring, first[0].row.wrapped_key)
@@ -552,13 +555,19 @@ class Engine:
             await self._cluster.rebuild()
         return report
 
-    def _adopt_cold(self, session: Session) -> Assign | None:
+    def _hold_stored(self, record: SessionRecord) -> Assign | None:
         """Hold a stored session cold; the op recording its move to another worker lane."""
-        return adopt_cold(
-            session, registry=self._registry, quotas=self._quotas, balancer=self._balancer,
+        return hold_stored(
+            record, registry=self._registry, quotas=self._quotas, balancer=self._balancer,
             monitor=self._monitor, tiers=self._tiers,
             default_tier=self.config.limits.default_tier,
         )
+
+    def _place_promoted(self, session: Session) -> None:
+        """A cold row of the registry became an object (its first use): place it."""
+        move = place(session, balancer=self._balancer, monitor=self._monitor)
+        if move is not None:
+            self._link.later(move)
 
     def _stored(self) -> Store:
         """The store, open or not yet (start-up reads it before the engine is open)."""

@@ -23,7 +23,7 @@ import itertools
 import math
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import EllipsisType, MappingProxyType
 from typing import ClassVar
 
@@ -95,18 +95,25 @@ class QuotaUsage:
 
 @dataclass(slots=True)
 class _Ring:
-    """Windowed usage: slot `k % len(slots)` holds absolute sub-bucket k = floor(t / width)."""
+    """Windowed usage in sub-buckets: sub-bucket k = floor(t / width) holds what was used in
+    it, and the window is the `span` sub-buckets up to `head`, the current one.
+
+    Only sub-buckets holding usage are kept, as (k, amount) pairs in one array, oldest first:
+    a user uses a few sub-buckets a window, and a dense ring of 61 doubles for each of three
+    resources was the larger part of a hot session's memory (about 2 KB a user).
+    """
 
     window_s: float
     width: float
-    slots: array[float]
+    span: int
     head: int
+    pairs: array[float]  # k0, amount0, k1, amount1, ...: k rising, each > head - span
     total: float = 0.0
 
     @classmethod
     def create(cls, window_s: float, buckets: int, now: float) -> _Ring:
         width = window_s / buckets
-        return cls(window_s, width, array("d", [0.0]) * (buckets + 1), math.floor(now / width))
+        return cls(window_s, width, buckets + 1, math.floor(now / width), array("d"))
 
     def roll(self, now: float) -> None:
         """Expire sub-buckets that left the window.
@@ -115,20 +122,24 @@ class _Ring:
         so usage expires a window after it happened rather than a window plus the step.
         """
         current = math.floor(now / self.width)
-        if current < self.head:
-            shift = (self.head - current) % len(self.slots)
-            self.slots = self.slots[shift:] + self.slots[:shift]
-            self.head = current
-            return
         if current == self.head:
             return
-        if self.total:
-            n = len(self.slots)
-            for k in range(self.head + 1, min(current, self.head + n) + 1):
-                self.slots[k % n] = 0.0
-            # Re-summing (not subtracting) keeps float drift from outliving one window.
-            self.total = sum(self.slots)
+        pairs = self.pairs
+        if current < self.head:
+            shift = self.head - current
+            for i in range(0, len(pairs), 2):
+                pairs[i] -= shift
+            self.head = current
+            return
         self.head = current
+        oldest = current - self.span  # this sub-bucket and those before it have left
+        drop = 0
+        while drop < len(pairs) and pairs[drop] <= oldest:
+            drop += 2
+        if drop:
+            del pairs[:drop]
+            # Re-summing (not subtracting) keeps float drift from outliving one window.
+            self.total = sum(pairs[1::2])
 
     def used(self, now: float) -> float:
         self.roll(now)
@@ -136,37 +147,51 @@ class _Ring:
 
     def add(self, now: float, amount: float) -> None:
         self.roll(now)
-        self.slots[self.head % len(self.slots)] += amount
+        pairs = self.pairs
+        if pairs and pairs[-2] == self.head:
+            pairs[-1] += amount
+        else:
+            pairs.extend((self.head, amount))
         self.total += amount
 
     def add_at(self, now: float, at: float, amount: float) -> None:
         """Put usage that happened at `at` (<= now) back in its sub-bucket, if still in window."""
         self.roll(now)
         k = min(math.floor(at / self.width), self.head)
-        if k > self.head - len(self.slots):
-            self.slots[k % len(self.slots)] += amount
-            self.total += amount
+        if k <= self.head - self.span:
+            return
+        pairs = self.pairs
+        i = 0
+        while i < len(pairs) and pairs[i] < k:
+            i += 2
+        if i < len(pairs) and pairs[i] == k:
+            pairs[i + 1] += amount
+        else:
+            pairs[i:i] = array("d", (k, amount))
+        self.total += amount
 
-    def expiry(self, k: int) -> float:
+    def expiry(self, k: float) -> float:
         """When sub-bucket k leaves the window: its end plus the window."""
-        return (k + len(self.slots)) * self.width
+        return (k + self.span) * self.width
 
     def time_to_free(self, excess: float, now: float) -> float:
         """Seconds until at least `excess` of the (rolled) usage has expired."""
-        n = len(self.slots)
+        pairs = self.pairs
         freed = 0.0
-        for k in range(self.head - n + 1, self.head):
-            freed += self.slots[k % n]
+        for i in range(0, len(pairs), 2):
+            if pairs[i] >= self.head:
+                break
+            freed += pairs[i + 1]
             if freed >= excess:
-                return self.expiry(k) - now
+                return self.expiry(pairs[i]) - now
         return self.expiry(self.head) - now
 
     def reset_in(self, now: float) -> float:
         """Seconds until the oldest usage still in the window expires (0 if none)."""
-        n = len(self.slots)
-        for k in range(self.head - n + 1, self.head + 1):
-            if self.slots[k % n]:
-                return self.expiry(k) - now
+        pairs = self.pairs
+        for i in range(0, len(pairs), 2):
+            if pairs[i + 1]:
+                return self.expiry(pairs[i]) - now
         return 0.0
 
 
@@ -189,11 +214,23 @@ class _Total:
 
 @dataclass(slots=True)
 class _User:
+    """A user's quota state: one field per resource's usage (named as in RESOURCES), None
+    until used. Overrides and reservations are None until the user has one: a user of
+    restored cold sessions has only their storage until a turn, and a million such users
+    are held (a dict of usages and three empty dicts would be about 380 B a user)."""
+
     tier: str | None = None
-    overrides: dict[str, QuotaLimit] = field(default_factory=dict)
-    usage: dict[str, _Ring | _Total] = field(default_factory=dict)
-    reservations: dict[int, Reservation] = field(default_factory=dict)
-    reserved: dict[str, float] = field(default_factory=dict)
+    overrides: dict[str, QuotaLimit] | None = None
+    reservations: dict[int, Reservation] | None = None
+    reserved: dict[str, float] | None = None  # per resource, the sum of `reservations`
+    api_calls: _Ring | _Total | None = None
+    tokens: _Ring | _Total | None = None
+    storage_mb: _Ring | _Total | None = None
+    compute_seconds: _Ring | _Total | None = None
+
+    def usages(self) -> tuple[_Ring | _Total | None, ...]:
+        return tuple(getattr(self, resource) for resource in RESOURCES)
+
 
 
 class QuotaManager:
@@ -242,14 +279,17 @@ class QuotaManager:
         if window_s is ...:
             window_s = self._tiers[state.tier or self._default_tier][resource].window_s
         try:
-            state.overrides[resource] = QuotaLimit(limit, window_s)
+            override = QuotaLimit(limit, window_s)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"override for {resource}: {exc}") from None
+        if state.overrides is None:
+            state.overrides = {}
+        state.overrides[resource] = override
 
     def clear_override(self, user_id: str, resource: str) -> None:
         check_resource(resource)
         state = self._users.get(user_id)
-        if state is not None:
+        if state is not None and state.overrides is not None:
             state.overrides.pop(resource, None)
 
     # Reserve, settle, release, record.
@@ -264,14 +304,18 @@ class QuotaManager:
             limit = limits[resource]
             usage = self._usage(state, resource, limit, now, create=False)
             used = usage.used(now) if usage else 0.0
-            reserved = state.reserved.get(resource, 0.0)
+            reserved = state.reserved.get(resource, 0.0) if state.reserved else 0.0
             if used + reserved + amount > limit.limit:
                 retry = _retry_after(usage, used, reserved, amount, limit.limit, now)
                 raise QuotaExceeded(resource, limit.limit, retry)
         reservation = Reservation(next(self._ids), user_id, MappingProxyType(wanted))
-        self._users.setdefault(user_id, state).reservations[reservation.id] = reservation
+        self._users.setdefault(user_id, state)
+        if state.reservations is None or state.reserved is None:
+            state.reservations, state.reserved = {}, {}
+        state.reservations[reservation.id] = reservation
+        reserved_sums = state.reserved
         for resource, amount in wanted.items():
-            state.reserved[resource] = state.reserved.get(resource, 0.0) + amount
+            reserved_sums[resource] = reserved_sums.get(resource, 0.0) + amount
         return reservation
 
     def settle(self, reservation: Reservation, actual: Mapping[str, float]) -> None:
@@ -343,7 +387,7 @@ class QuotaManager:
             limit = self._limit(state, resource)
             usage = self._usage(state, resource, limit, now, create=False)
             used = usage.used(now) if usage else 0.0
-            reserved = state.reserved.get(resource, 0.0)
+            reserved = state.reserved.get(resource, 0.0) if state.reserved else 0.0
             report.append(
                 QuotaUsage(
                     resource=resource,
@@ -363,7 +407,7 @@ class QuotaManager:
             return tuple((resource, 0.0) for resource in RESOURCES)
         now = self._clock.now()
         limits = self._limits(state)
-        reserved = state.reserved
+        reserved = state.reserved or {}
         taken = []
         for resource in RESOURCES:
             limit = limits[resource]
@@ -389,7 +433,7 @@ class QuotaManager:
             if state.tier is None
             and not state.overrides
             and not state.reservations
-            and not any(usage.used(now) for usage in state.usage.values())
+            and not any(usage.used(now) for usage in state.usages() if usage is not None)
         ]
         for user_id in idle:
             del self._users[user_id]
@@ -424,7 +468,7 @@ class QuotaManager:
         A tier or override that changes the window carries the current amount over as if
         used now: conservative, it can only expire later than it would have.
         """
-        usage = state.usage.get(resource)
+        usage: _Ring | _Total | None = getattr(state, resource)
         if usage is not None and usage.window_s == limit.window_s:
             return usage
         if usage is None and not create:
@@ -434,19 +478,22 @@ class QuotaManager:
             _Total() if limit.window_s is None else _Ring.create(limit.window_s, self._buckets, now)
         )
         fresh.add(now, carried)
-        state.usage[resource] = fresh
+        setattr(state, resource, fresh)
         return fresh
 
     def _take(self, reservation: Reservation) -> _User | None:
         """Remove an open reservation; None if already settled, released or forgotten."""
         state = self._users.get(reservation.user_id)
-        if state is None or state.reservations.pop(reservation.id, None) is None:
+        if (
+            state is None or state.reservations is None or state.reserved is None
+            or state.reservations.pop(reservation.id, None) is None
+        ):
             return None
         if state.reservations:
             for resource, amount in reservation.amounts.items():
                 state.reserved[resource] -= amount
-        else:
-            state.reserved.clear()  # exactly zero, whatever float drift the sums had
+        else:  # none left: exactly zero, whatever float drift the sums had
+            state.reservations = state.reserved = None
         return state
 
 

@@ -101,7 +101,7 @@ class SessionResidency:
             return
         # ended, expired or evicted: forget everything held for the session.
         self._release(session, session.context_bytes)
-        if not self._registry.of_user(session.user_id):
+        if not self._registry.count_of(session.user_id):
             self._user_rate.forget(session.user_id)
         # Crypto-shred: without the wrapped key nothing encrypted for this session can be read.
         self._persist_later(EndSession(session.session_id, event.at, event.reason or event.kind))

@@ -17,16 +17,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
+from engine.cold_records import ColdRecords
 from engine.errors import SessionLimitReached
 
 if TYPE_CHECKING:
     from engine.security import SessionCipher, TokenRecord
+    from engine.store.ops import ContextFigures, SessionRow
 
 EventKind = Literal["created", "ended", "expired", "evicted"]
-# A hot session's memory beyond its text: the cipher and key, and per message its text's
-# object header and three column slots (measured with tracemalloc, rounded up).
+# A hot session's memory beyond its text: the cipher, wrapped key and the context's buffers,
+# and per message its size, role and time (measured with tracemalloc, rounded up).
 HOT_BASE_BYTES = 1024
-HOT_MESSAGE_BYTES = 80
+HOT_MESSAGE_BYTES = 16
 
 
 def utf8_size(text: str) -> int:
@@ -56,45 +58,55 @@ class SessionEvent:
     reason: str = ""
 
 
+ROLES: tuple[Literal["user"], Literal["assistant"]] = ("user", "assistant")
+_ROLE_CODES = {role: code for code, role in enumerate(ROLES)}
+
+
 class Context:
     """A conversation bounded by message count and bytes; the oldest are dropped first.
 
-    Kept as columns (roles, texts, times), not as the chat dicts a model receives: a dict per
-    message is 184 bytes, more than a typical message's text, and a hot session's memory is
-    mostly its context. `chat_history` builds the dicts at each turn instead (about 80 ns a
-    message; 16 us at the 200-message bound, under 3% of a turn's CPU).
+    Kept as its messages' UTF-8 in one buffer, with each message's size, role and time in typed
+    arrays. A str per message costs a 49-byte header and a list slot, and a chat dict per
+    message 184 bytes: together more than a typical message's text, and a hot session's memory
+    is mostly its context. `chat_history` decodes and builds the dicts at each turn instead
+    (about 0.2 us a message; 40 us at the 200-message bound, under 5% of a turn's CPU).
     """
 
-    __slots__ = ("_contents", "_roles", "_times", "bytes", "dropped", "max_bytes", "max_messages")
+    __slots__ = ("_roles", "_sizes", "_text", "_times", "dropped", "max_bytes", "max_messages")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
-        # Lists, trimmed from the front in one step: a deque's first block alone is 64 slots.
-        self._roles: list[str] = []  # one of two shared strings each
-        self._contents: list[str] = []
-        self._times = array("d")  # 8 bytes a message, not a float object's 24
+        self._text = bytearray()
+        self._sizes = array("I")  # bytes of each message's text, in order
+        self._roles = bytearray()  # an index into ROLES per message
+        self._times = array("d")
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self.bytes = 0
         self.dropped = 0
+
+    @property
+    def bytes(self) -> int:
+        """The UTF-8 bytes of the texts held: what the byte bound counts."""
+        return len(self._text)
 
     def append(self, message: Message) -> int:
         """Add a message and return the bytes dropped to stay within bounds (the newest stays)."""
-        contents = self._contents
-        self._roles.append(message.role)
-        contents.append(message.content)
+        encoded = message.content.encode("utf-8")
+        sizes = self._sizes
+        self._text += encoded
+        sizes.append(len(encoded))
+        self._roles.append(_ROLE_CODES[message.role])
         self._times.append(message.at)
-        self.bytes += message.size
+        total = len(self._text)
         freed = drop = 0
-        while len(contents) - drop > 1 and (
-            len(contents) - drop > self.max_messages or self.bytes > self.max_bytes
+        while len(sizes) - drop > 1 and (
+            len(sizes) - drop > self.max_messages or total - freed > self.max_bytes
         ):
-            size = utf8_size(contents[drop])
-            self.bytes -= size
-            freed += size
+            freed += sizes[drop]
             drop += 1
         if drop:
+            del self._text[:freed]  # a bytearray drops its front without copying the rest
+            del sizes[:drop]
             del self._roles[:drop]
-            del contents[:drop]
             del self._times[:drop]
             self.dropped += drop
         return freed
@@ -102,20 +114,28 @@ class Context:
     def chat_history(self) -> list[dict[str, str]]:
         """The messages as chat dicts, oldest first: a fresh list of fresh dicts for the agent
         to append to and change as it likes."""
-        return [
-            {"role": role, "content": content}
-            for role, content in zip(self._roles, self._contents, strict=True)
-        ]
+        return [{"role": role, "content": content} for role, content, _ in self._decoded()]
 
     def messages(self) -> tuple[Message, ...]:
-        return tuple(self)
+        return tuple(Message(role, content, at) for role, content, at in self._decoded())
 
     def __len__(self) -> int:
-        return len(self._contents)
+        return len(self._sizes)
 
     def __iter__(self) -> Iterator[Message]:
-        for role, content, at in zip(self._roles, self._contents, self._times, strict=True):
-            yield Message(role, content, at)  # type: ignore[arg-type]
+        return iter(self.messages())
+
+    def _decoded(self) -> list[tuple[Literal["user", "assistant"], str, float]]:
+        """(role, text, time) of every message, decoded at once: the buffer may change as soon
+        as the caller has them."""
+        decoded = []
+        start = 0
+        with memoryview(self._text) as text:
+            for size, role, at in zip(self._sizes, self._roles, self._times, strict=True):
+                end = start + size
+                decoded.append((ROLES[role], str(text[start:end], "utf-8"), at))
+                start = end
+        return decoded
 
 
 @dataclass(slots=True, eq=False)
@@ -170,7 +190,7 @@ class Session:
 
     @property
     def hot_bytes(self) -> int:
-        """Estimated memory held by the hot state (context and its dicts, cipher, key)."""
+        """Estimated memory held by the hot state (context, cipher, key)."""
         if self.context is None:
             return 0
         return HOT_BASE_BYTES + HOT_MESSAGE_BYTES * len(self.context) + self.context.bytes
@@ -223,7 +243,12 @@ def new_session_id() -> str:
 
 
 class SessionRegistry:
-    """Owns live sessions, the per-user index and the deadline heap."""
+    """Owns live sessions, the per-user index and the deadline heap.
+
+    A live session is a `Session` object, or, read from the store and not used since, a packed
+    row of `cold` (engine.cold_records). `get` turns a row into an object on first use and tells
+    `on_promote`; counts, iteration and expiry cover both.
+    """
 
     def __init__(
         self,
@@ -244,6 +269,9 @@ class SessionRegistry:
         # Insertion-ordered per user, so the first idle one found is the user's oldest idle one.
         self._by_user: dict[str, dict[str, Session]] = {}
         self._heap: list[tuple[float, str]] = []
+        self.cold = ColdRecords(Session)
+        self._users_in_both = 0  # users holding objects and cold rows: counted once by users()
+        self.on_promote: Callable[[Session], None] | None = None
         self.hot = HotCache()
         self._listeners: list[Callable[[SessionEvent, Session], None]] = []
         self.recent_events: deque[SessionEvent] = deque(maxlen=recent_events)
@@ -253,23 +281,52 @@ class SessionRegistry:
 
     # -- queries -------------------------------------------------------------------------------
     def get(self, session_id: str) -> Session | None:
+        """The live session, a cold row turned into an object first."""
+        session = self._sessions.get(session_id)
+        if session is None and self.cold.rows:
+            row = self.cold.find(session_id)
+            if row >= 0:
+                return self.promote(row)
+        return session
+
+    def held(self, session_id: str) -> Session | None:
+        """The session if held as an object; a cold row is not looked at (see `cold_row`)."""
         return self._sessions.get(session_id)
 
+    def cold_row(self, session_id: str) -> int:
+        """The cold row of `session_id`, or -1: one probe while any row is held, whether or
+        not the session is held as an object, so either costs the same."""
+        return self.cold.find(session_id) if self.cold.rows else -1
+
+    def cold_token(self, row: int) -> TokenRecord | None:
+        """The token record of cold row `row` (-1: None), at one cost either way while any
+        row is held (engine.cold_records.ColdRecords.token)."""
+        return self.cold.token(row) if self.cold.rows else None
+
+    def holds(self, session_id: str) -> bool:
+        """Whether the session is live, as an object or a row (a row stays a row)."""
+        return session_id in self._sessions or self.cold_row(session_id) >= 0
+
     def of_user(self, user_id: str) -> tuple[Session, ...]:
+        """The user's sessions, their cold rows turned into objects first."""
+        for row in self.cold.rows_of(user_id):
+            self.promote(row)
         return tuple(self._by_user.get(user_id, {}).values())
 
     def count_of(self, user_id: str) -> int:
         owned = self._by_user.get(user_id)
-        return len(owned) if owned is not None else 0
+        return (len(owned) if owned is not None else 0) + self.cold.count_of(user_id)
 
     def users(self) -> int:
-        return len(self._by_user)
+        return len(self._by_user) + self.cold.users - self._users_in_both
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._sessions) + self.cold.rows
 
     def __iter__(self) -> Iterator[Session]:
-        return iter(self._sessions.values())
+        """Every live session; a cold row as a `Session` built for the look, left a row."""
+        yield from self._sessions.values()
+        yield from self.cold.sessions()
 
     @property
     def heap_size(self) -> int:
@@ -289,9 +346,13 @@ class SessionRegistry:
         """Register a new session, first evicting the user's oldest idle one if at the cap.
 
         `session_id` is given when the id was needed first (a cluster claims its place)."""
-        owned = self._by_user.get(user_id)
-        if owned is not None and len(owned) >= self.max_per_user:
-            victim = next((s for s in owned.values() if not s.busy), None)
+        if self.count_of(user_id) >= self.max_per_user:
+            rows = self.cold.rows_of(user_id)  # restored ones come first, as when objects
+            owned = self._by_user.get(user_id, {})
+            victim = (
+                self.promote(rows[-1]) if rows
+                else next((s for s in owned.values() if not s.busy), None)
+            )
             if victim is None:
                 raise SessionLimitReached(user_id, self.max_per_user)
             self.remove(victim.session_id, "evicted", now, "user session cap reached")
@@ -313,15 +374,40 @@ class SessionRegistry:
     def adopt(self, session: Session) -> None:
         """Register a session without a 'created' event: new ones via create(), or restored."""
         self._sessions[session.session_id] = session
-        self._by_user.setdefault(session.user_id, {})[session.session_id] = session
+        owned = self._by_user.get(session.user_id)
+        if owned is None:
+            owned = self._by_user[session.user_id] = {}
+            if self.cold.count_of(session.user_id):
+                self._users_in_both += 1
+        owned[session.session_id] = session
         heapq.heappush(self._heap, (session.deadline, session.session_id))
+
+    def adopt_row(self, row: SessionRow, figures: ContextFigures | None) -> bool:
+        """Hold a stored session as a cold row; False if it does not pack (engine.cold_records:
+        then adopt it as an object). The caller checks it is not live already."""
+        if not self.cold.add(row, figures):
+            return False
+        if self.cold.count_of(row.user_id) == 1 and row.user_id in self._by_user:
+            self._users_in_both += 1
+        return True
+
+    def promote(self, row: int) -> Session:
+        """A cold row as an object from now on; `on_promote` places it."""
+        user_id = self.cold.user_of(row)
+        session = self.cold.take(row)
+        if not self.cold.count_of(user_id) and user_id in self._by_user:
+            self._users_in_both -= 1
+        self.adopt(session)
+        if self.on_promote is not None:
+            self.on_promote(session)
+        return session
 
     def trim_to_cap(self, user_id: str, now: float) -> None:
         """Evict the user's least recently active idle sessions until they hold no more than
         the cap (sessions brought back from the store after the user created new ones)."""
-        owned = self._by_user.get(user_id, {})
+        owned = self.of_user(user_id)
         excess = len(owned) - self.max_per_user
-        for victim in sorted(owned.values(), key=lambda s: s.last_active_at):
+        for victim in sorted(owned, key=lambda s: s.last_active_at):
             if excess <= 0:
                 return
             if not victim.busy:
@@ -347,11 +433,7 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return None
-        self.hot.discard(session)
-        owned = self._by_user[session.user_id]
-        del owned[session_id]
-        if not owned:
-            del self._by_user[session.user_id]
+        self._unindex(session)
         self._emit(SessionEvent(kind, session_id, session.user_id, now, reason), session)
         return session
 
@@ -359,12 +441,17 @@ class SessionRegistry:
         """Forget a session without an event: it stays in the store, untouched (unreadable)."""
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            self.hot.discard(session)
-            owned = self._by_user[session.user_id]
-            del owned[session_id]
-            if not owned:
-                del self._by_user[session.user_id]
+            self._unindex(session)
         return session
+
+    def _unindex(self, session: Session) -> None:
+        self.hot.discard(session)
+        owned = self._by_user[session.user_id]
+        del owned[session.session_id]
+        if not owned:
+            del self._by_user[session.user_id]
+            if self.cold.count_of(session.user_id):
+                self._users_in_both -= 1
 
     def expire_due(self, now: float) -> list[Session]:
         """Remove every session whose deadline has passed; cost is O(due x log n)."""
@@ -377,6 +464,8 @@ class SessionRegistry:
         """Take the idle sessions past their deadline off the heap without ending them: a
         worker of a cluster asks the store first (another worker may have kept one alive),
         then ends each or puts it back with `rearm`."""
+        for row in self.cold.due(now):
+            self.promote(row)  # its heap entry is due at once
         due: dict[str, Session] = {}
         heap = self._heap
         while heap and heap[0][0] <= now:

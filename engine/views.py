@@ -165,37 +165,47 @@ class SessionViews:
     """Each live session's `SessionView`, rebuilt when asked for rather than on every change.
 
     A session that turns many times between two console refreshes is rebuilt once. A session's
-    first view is built at once, so views stay in creation order.
+    first view waits for the first look too (a view and its metrics are about 280 B, and most
+    engines run without a console), in the order the sessions were first seen, so views stay
+    in creation order.
     """
 
-    __slots__ = ("_monitor", "_registry", "_stale", "_views")
+    __slots__ = ("_monitor", "_registry", "_stale", "_unviewed", "_views")
 
     def __init__(self, registry: SessionRegistry, monitor: Monitor) -> None:
         self._registry = registry
         self._monitor = monitor
         self._views: dict[str, SessionView] = {}
         self._stale: set[str] = set()
+        self._unviewed: dict[str, None] = {}  # an ordered set: sessions without a view yet
 
     def invalidate(self, session: Session) -> None:
-        """Mark the session's view out of date (or build its first one)."""
+        """Mark the session's view out of date (or due to be built)."""
         if session.session_id in self._views:
             self._stale.add(session.session_id)
-        elif self._registry.get(session.session_id) is session:
-            self._views[session.session_id] = self._build(session)
+        else:
+            self._unviewed[session.session_id] = None
 
     def forget(self, session_id: str) -> None:
         self._views.pop(session_id, None)
         self._stale.discard(session_id)
+        self._unviewed.pop(session_id, None)
 
     def current(self) -> dict[str, SessionView]:
         """Every live session's view, up to date; the dict is the cache itself: copy to keep.
 
         Restored sessions get their first view here, at the first snapshot, not at start-up.
         """
-        if len(self._views) < len(self._registry):
-            for session in self._registry:
-                if session.session_id not in self._views:
-                    self._views[session.session_id] = self._build(session)
+        registry, views = self._registry, self._views
+        for session_id in self._unviewed:
+            session = registry.held(session_id)
+            if session is not None and session_id not in views:
+                views[session_id] = self._build(session)
+        self._unviewed.clear()
+        if len(views) < len(registry):
+            for session in registry:
+                if session.session_id not in views:
+                    views[session.session_id] = self._build(session)
         for session_id in self._stale:
             session = self._registry.get(session_id)
             if session is not None:

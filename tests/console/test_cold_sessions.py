@@ -62,6 +62,29 @@ async def test_open_restores_every_session_cold_and_the_first_use_warms_it(make_
         assert cache(engine).loads == 1  # refusing loaded nothing
 
 
+async def test_a_restored_session_is_placed_on_a_worker_only_by_a_right_token(make_config):
+    """Restored sessions are packed rows (engine.cold_records) until first used: a wrong token
+    checks the row's token hash and leaves it a row; the right one makes it a session object,
+    placed on a worker lane."""
+    config = make_config()
+    (a, _), (b, _) = await stored_engine(config)
+
+    def placed(engine: Engine) -> int:
+        return sum(worker.sessions for worker in engine.snapshot().workers)
+
+    async with Engine(config) as engine:
+        assert placed(engine) == 0 and engine.snapshot().users == 2
+        for token in ("wrong", a.token, b.token + "x"):
+            with pytest.raises(errors.AuthenticationError):
+                await engine.check(b.session_id, token)
+        assert placed(engine) == 0
+        await engine.check(a.session_id, a.token)
+        assert placed(engine) == 1
+        assert engine.snapshot().users == 2 and len(engine.snapshot().sessions) == 2
+        await engine.end_session(b.session_id, b.token)
+        assert engine.snapshot().users == 1 and len(engine.snapshot().sessions) == 1
+
+
 async def test_an_idle_session_goes_cold_and_warms_again_with_its_context(make_config, clock):
     config = make_config(sessions={"hot_idle_s": 10})
     async with Engine(config) as engine:

@@ -7,7 +7,7 @@ import math
 import random
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -45,10 +45,18 @@ def cells(quotas: QuotaManager, user: str) -> int:
     """Everything the manager holds for a user that could grow with traffic."""
     state = quotas._users[user]
     return (
-        sum(len(getattr(u, "slots", ())) + 1 for u in state.usage.values())
-        + len(state.reservations)
-        + len(state.reserved)
+        sum(len(getattr(u, "pairs", ())) + 1 for u in state.usages() if u is not None)
+        + len(state.reservations or ())
+        + len(state.reserved or ())
     )
+
+
+def test_every_resource_is_counted_apart() -> None:
+    """A user's usage of each resource is the field of its name (engine.quotas._User)."""
+    _, quotas = make()
+    for n, resource in enumerate(RESOURCES, start=1):
+        quotas.record("u", resource, n)
+    assert [report(quotas, "u")[r].used for r in RESOURCES] == [1, 2, 3, 4]
 
 
 def test_default_tiers_cover_every_resource() -> None:
@@ -318,7 +326,9 @@ def test_memory_per_user_is_bounded() -> None:
         quotas.settle(reservation, {"api_calls": 1, "tokens": 2, "compute_seconds": 0.01})
         quotas.record("u", "storage_mb", 0.001)
         clock.advance(0.013 if i % 100 else 7.0)
-    assert cells(quotas, "u") == baseline
+    # Each windowed resource keeps at most its 61 sub-buckets' (k, amount) pairs (60 a window
+    # and the current one); the storage total is one cell; no reservation is left open.
+    assert baseline < cells(quotas, "u") <= 3 * (2 * 61 + 1) + 1
 
 
 LIMITS = tier(api=5, tokens=100, storage=50, compute=20, window=10.0)
@@ -466,3 +476,21 @@ def test_restore_puts_past_usage_back_in_its_window():
     assert quotas.highest_percent("bob") == 0.0
     clock.advance(32)  # the 60 s window (plus one sub-bucket) has passed for alice's usage
     assert quotas.highest_percent("alice") == 0.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 30), st.integers(0, 5)), max_size=80))
+def test_windowed_usage_is_what_a_list_of_every_use_says(steps) -> None:
+    """The sparse ring against every use kept: a use at t counts while its sub-bucket is one
+    of the window's 61 (60 sub-buckets of 1 s for a 60 s window, and the current one)."""
+    clock, quotas = make()
+    uses: list[tuple[float, int]] = []
+    for advance, amount in steps:
+        clock.advance(advance)
+        now = clock.now()
+        if amount:
+            quotas.record("u", "api_calls", amount)
+            uses.append((now, amount))
+        current = math.floor(now)
+        expected = sum(a for t, a in uses if math.floor(t) > current - 61)
+        assert report(quotas, "u")["api_calls"].used == expected

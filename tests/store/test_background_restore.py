@@ -8,7 +8,7 @@ import pytest
 from engine import Engine, errors
 from engine.background_restore import BackgroundRestore
 from engine.sessions import SessionRegistry
-from engine.store import Store
+from engine.store import SessionRecord, Store
 
 
 async def stored_sessions(config, users: int, per_user: int = 1) -> list:
@@ -76,6 +76,15 @@ async def test_a_session_ended_while_paging_is_not_brought_back(make_config):
             await engine.history(ended.session_id, ended.token)
 
 
+def held_cold(registry: SessionRegistry):
+    """What the engine's adopt does, without quotas and placement: the session as a row."""
+
+    def adopt(record: SessionRecord) -> None:
+        assert registry.adopt_row(record.row, record.figures)
+
+    return adopt
+
+
 async def test_a_user_past_the_cap_once_paged_in_keeps_the_most_recently_active(
     make_config, clock
 ):
@@ -93,7 +102,7 @@ async def test_a_user_past_the_cap_once_paged_in_keeps_the_most_recently_active(
     )
     paging = BackgroundRestore(
         registry=registry, store=lambda: pytest.fail("adopting a page reads nothing"),
-        adopt=registry.adopt, persist_later=lambda *ops: None, clock=clock,
+        adopt=held_cold(registry), persist_later=lambda *ops: None, clock=clock,
         enforce_cap=True, page_sessions=10,
     )
     clock.advance(1)
@@ -117,7 +126,7 @@ async def test_an_id_asked_for_before_its_page_is_read_on_its_own(make_config, c
     )
     async with await Store.open(config.store.db_path, config.store) as store:
         paging = BackgroundRestore(
-            registry=registry, store=lambda: store, adopt=registry.adopt,
+            registry=registry, store=lambda: store, adopt=held_cold(registry),
             persist_later=lambda *ops: None, clock=clock, enforce_cap=True, page_sessions=5,
         )
         paging.adopt_page(await paging.read_page())

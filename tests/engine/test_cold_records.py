@@ -1,0 +1,197 @@
+"""Cold rows: stored sessions packed in columns until first use (engine.cold_records), and the
+registry that holds sessions as rows or objects alike (engine.sessions)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.cold_records import ColdRecords
+from engine.security import hash_token
+from engine.sessions import Session, SessionRegistry, new_session_id
+from engine.store import ContextFigures, SessionRow
+
+T0 = 1_700_000_000.0
+
+
+def stored(
+    session_id: str | None = None, user_id: str = "alice", *, last_active_at: float = T0,
+    idle_timeout_s: float = 100.0, lifetime_s: float = 1000.0, metadata: str = "{}",
+    tier: str = "free", turns: int = 3,
+) -> SessionRow:
+    return SessionRow(
+        session_id or new_session_id(), user_id, tier, metadata, T0, last_active_at,
+        idle_timeout_s, lifetime_s, hash_token(f"token-{session_id}"), T0, T0 + 5000.0,
+        b"wrapped", worker="w0", agent_type="assistant", turns=turns, prompt_tokens=10**12,
+        completion_tokens=7, errors=1, origin="http",
+    )
+
+
+def registry() -> SessionRegistry:
+    return SessionRegistry(
+        max_per_user=3, idle_timeout_s=100.0, lifetime_s=1000.0,
+        context_max_messages=4, context_max_bytes=1000,
+    )
+
+
+def test_a_row_comes_back_as_the_session_it_was_stored_as():
+    records = ColdRecords(Session)
+    row = stored(metadata=json.dumps({"team": "blue"}))
+    assert records.add(row, ContextFigures(messages=20, bytes=1234, next_seq=21))
+    index = records.find(row.session_id)
+    session = records.take(index)
+    assert (session.session_id, session.user_id, session.tier, session.agent_type) == (
+        row.session_id, "alice", "free", "assistant",
+    )
+    assert (session.worker, session.origin, dict(session.metadata)) == (
+        "w0", "http", {"team": "blue"},
+    )
+    assert (session.created_at, session.last_active_at) == (T0, T0)
+    assert (session.idle_timeout_s, session.lifetime_s) == (100.0, 1000.0)
+    assert (session.turns, session.errors) == (3, 1)
+    assert (session.prompt_tokens, session.completion_tokens) == (10**12, 7)
+    assert (session.next_seq, session.cold_messages, session.cold_bytes) == (21, 20, 1234)
+    assert session.context is None and session.token is not None
+    assert session.token.token_hash == row.token_hash
+    assert (session.token.issued_at, session.token.expires_at) == (T0, T0 + 5000.0)
+    assert records.find(row.session_id) == -1 and len(records) == 0
+
+
+def test_only_the_exact_id_finds_its_row():
+    records = ColdRecords(Session)
+    session_id = "0123456789abcdef0123456789abcdef"
+    records.add(stored(session_id), None)
+    assert records.find(session_id) >= 0
+    for variant in (
+        session_id.upper(), "0123456789ABCDEF0123456789abcdef", session_id[:-1],
+        session_id + "0", " ".join([session_id[:16], session_id[16:]])[:32], "", "x" * 32,
+        "01 23456789abcdef0123456789abcdef",
+    ):
+        assert records.find(variant) == -1, variant
+
+
+def test_a_session_that_does_not_pack_is_refused_for_the_caller_to_hold():
+    records = ColdRecords(Session)
+    assert not records.add(stored("not-hex-at-all"), None)
+    assert not records.add(stored(turns=2**32), None)
+    row = stored()
+    assert records.add(row, None)
+    assert not records.add(row, None)  # held already
+    assert len(records) == 1
+
+
+def test_thousands_of_rows_past_the_reserved_size_are_all_found():
+    records = ColdRecords(Session)
+    records.reserve(10)
+    rows = [stored(user_id=f"user{i % 7}") for i in range(5000)]
+    for row in rows:
+        assert records.add(row, None)
+    assert all(records.find(row.session_id) >= 0 for row in rows)
+    for row in rows[::2]:
+        records.take(records.find(row.session_id))
+    assert all(records.find(row.session_id) == -1 for row in rows[::2])
+    assert all(records.find(row.session_id) >= 0 for row in rows[1::2])
+    assert len(records) == 2500 and records.users == 7
+    assert sum(records.count_of(f"user{i}") for i in range(7)) == 2500
+
+
+def test_rows_come_due_at_their_exact_deadline_and_a_taken_row_never_does():
+    records = ColdRecords(Session)
+    idle = stored(last_active_at=T0 + 10.25)  # due at T0 + 110.25 (idle)
+    old = stored(last_active_at=T0 + 990, idle_timeout_s=500.0)  # due at T0 + 1000 (lifetime)
+    taken = stored(last_active_at=T0 + 10.5)
+    for row in (idle, old, taken):
+        records.add(row, None)
+    records.take(records.find(taken.session_id))
+    assert records.due(T0 + 110.0) == []
+    assert records.due(T0 + 110.2) == []
+    (due,) = records.due(T0 + 110.25)
+    assert records.session(due).session_id == idle.session_id
+    records.take(due)
+    assert records.due(T0 + 999.9) == []
+    (due,) = records.due(T0 + 1000.0)
+    assert records.session(due).session_id == old.session_id
+
+
+def test_the_registry_counts_users_once_whether_they_hold_rows_objects_or_both():
+    reg = registry()
+    a1, a2 = stored(user_id="alice"), stored(user_id="alice")
+    b1 = stored(user_id="bob")
+    for row in (a1, a2, b1):
+        assert reg.adopt_row(row, None)
+    assert (len(reg), reg.users(), reg.count_of("alice")) == (3, 2, 2)
+    carol = reg.create("carol", {}, T0)
+    alices = reg.create("alice", {}, T0)
+    assert (len(reg), reg.users(), reg.count_of("alice")) == (5, 3, 3)
+    assert reg.get(a1.session_id) is not None  # promoted: now an object
+    assert (len(reg), reg.users(), reg.count_of("alice")) == (5, 3, 3)
+    reg.remove(alices.session_id, "ended", T0)
+    reg.remove(a1.session_id, "ended", T0)
+    assert (len(reg), reg.users(), reg.count_of("alice")) == (3, 3, 1)
+    reg.remove(carol.session_id, "ended", T0)
+    assert reg.users() == 2
+    assert [s.session_id for s in reg.of_user("alice")] == [a2.session_id]
+    assert (len(reg), reg.users(), reg.cold.rows) == (2, 2, 1)
+
+
+def test_the_cap_evicts_a_users_restored_row_before_their_newer_sessions():
+    reg = registry()
+    events = []
+    reg.subscribe(lambda event, session: events.append((event.kind, session.session_id)))
+    row = stored(user_id="alice")
+    reg.adopt_row(row, None)
+    newer = [reg.create("alice", {}, T0 + 1) for _ in range(2)]
+    reg.create("alice", {}, T0 + 2)
+    assert ("evicted", row.session_id) in events
+    assert all(reg.holds(s.session_id) for s in newer) and not reg.holds(row.session_id)
+
+
+def test_a_row_past_its_deadline_expires_through_the_registry_with_its_event():
+    reg = registry()
+    promoted = []
+    reg.on_promote = promoted.append
+    events = []
+    reg.subscribe(lambda event, session: events.append((event.kind, session.session_id)))
+    row = stored(last_active_at=T0)
+    reg.adopt_row(row, None)
+    assert reg.expire_due(T0 + 99.0) == [] and reg.holds(row.session_id)
+    (expired,) = reg.expire_due(T0 + 100.0)
+    assert expired.session_id == row.session_id
+    assert events == [("expired", row.session_id)]
+    assert len(reg) == 0 and reg.users() == 0
+    assert [s.session_id for s in promoted] == [row.session_id]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("rcpe"), st.integers(0, 3)), max_size=60))
+def test_counts_match_a_plain_model_under_any_mix_of_rows_and_objects(ops):
+    """r: a stored row for user k; c: a new session; p: use (promote) one of k's rows;
+    e: end one of k's sessions. len, users() and count_of agree with a model of sets."""
+    reg = SessionRegistry(
+        max_per_user=100, idle_timeout_s=100.0, lifetime_s=1000.0,
+        context_max_messages=4, context_max_bytes=1000,
+    )
+    model: dict[str, set[str]] = {}
+    for op, k in ops:
+        user = f"user{k}"
+        owned = model.setdefault(user, set())
+        if op == "r":
+            row = stored(user_id=user)
+            assert reg.adopt_row(row, None)
+            owned.add(row.session_id)
+        elif op == "c":
+            owned.add(reg.create(user, {}, T0).session_id)
+        elif op == "p" and owned:
+            assert reg.get(sorted(owned)[0]) is not None
+        elif op == "e" and owned:
+            session_id = sorted(owned)[-1]
+            assert reg.get(session_id) is not None
+            reg.remove(session_id, "ended", T0)
+            owned.discard(session_id)
+        assert len(reg) == sum(len(ids) for ids in model.values())
+        assert reg.users() == sum(1 for ids in model.values() if ids)
+        for name, ids in model.items():
+            assert reg.count_of(name) == len(ids)
+    assert {s.session_id for s in reg} == set().union(*model.values()) if model else True
