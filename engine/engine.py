@@ -103,7 +103,7 @@ class Engine:
         self._monitor = Monitor(
             self.clock, max_alerts=config.monitor.max_alerts,
             cooldown_s=config.monitor.alert_cooldown_s,
-            on_alert=lambda alert: self._link.later(alert_row(alert)),
+            on_alert=lambda alert: self._link.later(alert_row(alert, self._alert_owner())),
         )
         self._link = StoreLink()
         self._rollup = MetricsRollup()
@@ -541,7 +541,9 @@ class Engine:
         store = self._link.store
         assert store is not None and self._keyring is not None
         restored = await store.load_live(self.clock.now(), sessions=False)
-        self._monitor.alert_manager.continue_after(restored.max_alert_id)
+        self._monitor.alert_manager.continue_after(
+            restored.max_alert_ids.get(self._alert_owner(), 0)
+        )
         self._paging.stored = restored.counts.sessions
         first = await self._paging.read_page()
         if self._cluster is not None and first:
@@ -559,6 +561,11 @@ class Engine:
             monitor=self._monitor, tiers=self._tiers,
             default_tier=self.config.limits.default_tier,
         )
+
+    def _alert_owner(self) -> str:
+        """Whose numbering the monitor's alerts follow in the store: this worker's name in a
+        cluster (each worker numbers its own), "" for a process alone."""
+        return self._cluster.worker_id if self._cluster is not None else ""
 
     def _stored(self) -> Store:
         """The store, open or not yet (start-up reads it before the engine is open)."""
