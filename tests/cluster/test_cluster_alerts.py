@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from console.alert_lines import alert_lines
 from engine import Engine
+from engine.alerts import Alert
 from engine.errors import AuthenticationError
 from tests.cluster.engines import workers
-from tests.cluster.test_cluster_views import fast, until
+from tests.cluster.test_cluster_views import LIMITS, NotingConsole, fast, until
+from tests.console.rendered import screen_text
+
+KIM_NEAR = "quota_near:kim:api_calls"
 
 
 async def stored_alerts(url: str) -> list[tuple]:
@@ -76,3 +81,48 @@ async def test_two_workers_alerts_of_the_same_id_are_two_rows_acknowledged_apart
         ("w2", 1, b.session_id, True),
         ("w2", 2, c.session_id, False),
     ]
+
+
+async def test_a_users_quota_alert_raised_on_two_workers_is_listed_once_and_acknowledged_on_both(
+    worker_config,
+):
+    """Both workers serve kim's turns, so each raises kim's quota_near from the cluster's count:
+    w1's console lists it once (the newest) and acknowledging it acknowledges both."""
+    configs = [fast(worker_config(name, limits=LIMITS)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        created = await one.create_session("kim")
+        for n in range(9):  # 90% of kim's calls, on both workers
+            await (one, two)[n % 2].send(created.session_id, created.token, f"call {n}")
+
+        def near(engine: Engine) -> list[Alert]:
+            return [a for a in engine.snapshot().monitor.alerts if a.key == KIM_NEAR]
+
+        def listed_on_w2() -> bool:
+            return any(a.key == KIM_NEAR for w in one.snapshot().cluster.alerts for a in w.alerts)
+
+        await until(lambda: near(one) and near(two) and listed_on_w2(), "both workers' alerts")
+        (line,) = [line for line in alert_lines(one.snapshot()) if line.alert.key == KIM_NEAR]
+        newest = max((*near(one), *near(two)), key=lambda a: (a.last_at, a.first_at))
+        assert line.alert == newest
+        assert {(held.worker, held.alert.alert_id) for held in (line, *line.merged)} == {
+            ("w1", near(one)[0].alert_id), ("w2", near(two)[0].alert_id)
+        }
+
+        app = NotingConsole(engine=one, refresh_hz=0.25)  # refreshed by the test
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.press("a")
+            app.refresh_data(force=True)
+            await pilot.pause()
+            (shown,) = app.screen.table.rows  # one alert, not one per worker
+            assert shown.key == line.key
+            assert f"{shown.worker} +1" in screen_text(app)  # and one other worker's
+            await pilot.press("A")
+            await until(lambda: near(one)[0].acknowledged, "w1 acknowledging its own")
+            await until(lambda: near(two)[0].acknowledged, "w2 acknowledging its own")
+            await until(lambda: not any(line.open for line in alert_lines(one.snapshot())),
+                        "w2's acknowledgement back on w1")
+            app.refresh_data(force=True)
+            await pilot.pause()
+            (shown,) = app.screen.table.rows
+            assert shown.alert.acknowledged and not shown.merged
+            assert "acked" in screen_text(app)
