@@ -116,7 +116,10 @@ class Engine:
             self.clock, self._monitor,
         )
         self._keyring: KeyRing | None = None
-        self._views = SessionViews(self._registry, self._monitor)
+        self._views = SessionViews(  # a worker of a cluster publishes the sessions it serves
+            self._registry, self._monitor,
+            SessionViews.RECENT_MAX if config.cluster.redis_url else 0,
+        )
         self._residency = SessionResidency(
             config.sessions, registry=self._registry, views=self._views, quotas=self._quotas,
             session_rate=self._session_rate, user_rate=self._user_rate,
@@ -482,6 +485,7 @@ class Engine:
             forget=lambda s: self._registry.remove(
                 s.session_id, "ended", self.clock.now(), "ended on another worker"
             ),
+            recent_sessions=self._views.recent,
         )
         self._turns.cluster = worker
         self._quota_watch.share(worker.standings)  # the console's quotas: the cluster's count
