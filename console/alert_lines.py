@@ -3,17 +3,24 @@ read (engine/cluster/alert_board.py), each labelled with the worker that holds i
 
 Only the worker holding an alert can acknowledge it: this console acknowledges its own engine's
 at once, and asks another worker to acknowledge its (it does at its next heartbeat).
+
+A user's quota alerts are raised from the cluster's count by every worker that serves the user
+(engine/cluster/standings.py), so in a cluster the list holds one line per user and condition
+(the alert's key): the newest of them, an open one while any is open; the other open ones ride
+along in `merged`, and acknowledging the line acknowledges them all, each on its own worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine import EngineSnapshot
     from engine.alerts import Alert
+
+MERGED_RULES = frozenset({"quota_near", "quota_exceeded"})  # raised by every worker serving a user
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +28,7 @@ class AlertLine:
     worker: str  # the worker holding it; "" for a single process
     alert: Alert
     here: bool  # held by this console's engine
+    merged: tuple[AlertLine, ...] = ()  # the same condition's other open alerts, other workers'
 
     @property
     def key(self) -> str:
@@ -36,11 +44,37 @@ def alert_lines(snapshot: EngineSnapshot) -> list[AlertLine]:
     cluster = snapshot.cluster
     here = cluster.worker_id if cluster is not None else ""
     lines = [AlertLine(here, a, True) for a in snapshot.monitor.alerts]
-    if cluster is not None and cluster.alerts:
+    if cluster is not None:
         for published in cluster.alerts:
             lines.extend(AlertLine(published.worker_id, a, False) for a in published.alerts)
+        lines = _one_per_condition(lines)
         lines.sort(key=lambda line: line.alert.first_at, reverse=True)
     return lines
+
+
+def _one_per_condition(lines: list[AlertLine]) -> list[AlertLine]:
+    """One line per quota alert key (see the module docstring); other alerts as they are."""
+    kept: list[AlertLine] = []
+    groups: dict[str, list[AlertLine]] = {}
+    for line in lines:
+        if line.alert.rule in MERGED_RULES:
+            groups.setdefault(line.alert.key, []).append(line)
+        else:
+            kept.append(line)
+    for group in groups.values():
+        shown = max(group, key=lambda line: (line.open, line.alert.last_at, line.alert.first_at))
+        merged = tuple(line for line in group if line.open and line is not shown)
+        kept.append(replace(shown, merged=merged) if merged else shown)
+    return kept
+
+
+def acknowledgements(line: AlertLine) -> dict[str | None, list[int]]:
+    """What acknowledging `line` asks: per worker (None: this console's engine), the ids of
+    its alert and of the open alerts merged into it."""
+    asked: dict[str | None, list[int]] = {}
+    for held in (line, *line.merged):
+        asked.setdefault(None if held.here else held.worker, []).append(held.alert.alert_id)
+    return asked
 
 
 def unacknowledged_elsewhere(snapshot: EngineSnapshot) -> int | None:
@@ -55,8 +89,9 @@ def open_elsewhere(lines: Iterable[AlertLine], severity: str | None) -> dict[str
     """Per other worker, the ids of its open alerts listed here (of `severity`, or all)."""
     found: dict[str, list[int]] = {}
     for line in lines:
-        if not line.here and line.open and severity in (None, line.alert.severity):
-            found.setdefault(line.worker, []).append(line.alert.alert_id)
+        for held in (line, *line.merged):
+            if not held.here and held.open and severity in (None, held.alert.severity):
+                found.setdefault(held.worker, []).append(held.alert.alert_id)
     return found
 
 

@@ -336,6 +336,12 @@ class SessionConsole(App[None]):
         )
 
     async def _end_session(self, session_id: str) -> None:
+        try:
+            if not self.operator.session_exists(session_id):  # listed from another worker
+                await self.operator.locate(session_id)
+        except EngineError as exc:
+            self.notify(f"Could not look for session {session_id[:8]}…: {exc}", severity="error")
+            return
         if await self.operator.end_session(session_id):
             self.notify(f"Session {session_id[:8]}… ended.")
         else:

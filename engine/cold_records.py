@@ -4,10 +4,11 @@ Held as a `Session` object, a cold session costs about 1.4 KB: the object, its i
 strings, a float object per time, its token record, dict and heap entries. Most of a million
 restored sessions are never used before they expire, so until its first use a session is a row
 here instead: its id and token hash as raw bytes, its times and counters in typed arrays, its
-names and timeouts as an index into the few distinct combinations ("profiles") in use. `engine.sessions.SessionRegistry` looks an id
-up here when it holds no object for it, and turns the row into a `Session` on first use
-(`take`). A taken row's space stays unused until the table empties: compacting a million rows
-would hold the loop for about a second, and the sessions taken are objects by then anyway.
+names and timeouts as an index into the few distinct combinations ("profiles") in use.
+`engine.sessions.SessionRegistry` looks an id up here when it holds no object for it, and turns
+the row into a `Session` on first use (`take`). A taken row's space stays unused until the
+table empties: compacting a million rows would hold the loop for about a second, and the
+sessions taken are objects by then anyway.
 
 Hand-written because nothing in the standard library or a maintained package maps 16-byte keys
 to rows without an object per entry (a dict of bytes to ints costs about 100 B an entry): the

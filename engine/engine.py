@@ -104,7 +104,7 @@ class Engine:
         self._monitor = Monitor(
             self.clock, max_alerts=config.monitor.max_alerts,
             cooldown_s=config.monitor.alert_cooldown_s,
-            on_alert=lambda alert: self._link.later(alert_row(alert)),
+            on_alert=lambda alert: self._link.later(alert_row(alert, self._alert_owner())),
         )
         self._link = StoreLink()
         self._rollup = MetricsRollup()
@@ -118,7 +118,10 @@ class Engine:
         )
         self._keyring: KeyRing | None = None
         self._registry.on_promote = self._place_promoted
-        self._views = SessionViews(self._registry, self._monitor)
+        self._views = SessionViews(  # a worker of a cluster publishes the sessions it serves
+            self._registry, self._monitor,
+            SessionViews.RECENT_MAX if config.cluster.redis_url else 0,
+        )
         self._residency = SessionResidency(
             config.sessions, registry=self._registry, views=self._views, quotas=self._quotas,
             session_rate=self._session_rate, user_rate=self._user_rate,
@@ -390,7 +393,7 @@ class Engine:
 
         return await rotate_master_key(
             self.keyring, new_key or Fernet.generate_key(), self.config.store.master_key_file,
-            self.store, self._registry, use,
+            self.store, self._registry.objects(), use,
         )
 
     def auth_failure_stats(self) -> AuthFailureStats:
@@ -484,6 +487,7 @@ class Engine:
             forget=lambda s: self._registry.remove(
                 s.session_id, "ended", self.clock.now(), "ended on another worker"
             ),
+            recent_sessions=self._views.recent,
         )
         self._turns.cluster = worker
         self._quota_watch.share(worker.standings)  # the console's quotas: the cluster's count
@@ -543,7 +547,9 @@ class Engine:
         store = self._link.store
         assert store is not None and self._keyring is not None
         restored = await store.load_live(self.clock.now(), sessions=False)
-        self._monitor.alert_manager.continue_after(restored.max_alert_id)
+        self._monitor.alert_manager.continue_after(
+            restored.max_alert_ids.get(self._alert_owner(), 0)
+        )
         self._paging.stored = restored.counts.sessions
         self._registry.cold.reserve(restored.counts.sessions)
         first = await self._paging.read_page()
@@ -568,6 +574,11 @@ class Engine:
         move = place(session, balancer=self._balancer, monitor=self._monitor)
         if move is not None:
             self._link.later(move)
+
+    def _alert_owner(self) -> str:
+        """Whose numbering the monitor's alerts follow in the store: this worker's name in a
+        cluster (each worker numbers its own), "" for a process alone."""
+        return self._cluster.worker_id if self._cluster is not None else ""
 
     def _stored(self) -> Store:
         """The store, open or not yet (start-up reads it before the engine is open)."""

@@ -57,11 +57,12 @@ def message_row(session: Session, seq: int, message: Message) -> MessageRow:
     )
 
 
-def alert_row(alert: Alert) -> AlertRow:
+def alert_row(alert: Alert, worker: str) -> AlertRow:
+    """`worker`: the worker of a cluster whose monitor holds the alert, "" for a process alone."""
     return AlertRow(
         alert.alert_id, alert.key, alert.rule, alert.severity, alert.message,
         alert.subject, alert.first_at, alert.last_at, alert.count,
-        alert.acknowledged, alert.resolved_at,
+        alert.acknowledged, alert.resolved_at, worker,
     )
 
 

@@ -323,6 +323,11 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions) + self.cold.rows
 
+    def objects(self) -> Iterator[Session]:
+        """The sessions held as objects: every one with a key or context in memory (a cold
+        row holds neither)."""
+        return iter(self._sessions.values())
+
     def __iter__(self) -> Iterator[Session]:
         """Every live session; a cold row as a `Session` built for the look, left a row."""
         yield from self._sessions.values()

@@ -6,8 +6,10 @@ refresh, an export or a test can keep without holding engine state alive.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from engine.alerts import Alert
@@ -128,6 +130,15 @@ class WorkerAlerts:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerSessions:
+    """The sessions another worker of the cluster published: those it changed last (a bounded
+    share of what it holds), its views of them, the most recently active first."""
+
+    worker_id: str
+    sessions: tuple[SessionView, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterView:
     """This worker's view of its cluster: its name, whether Valkey/Redis answers, the workers
     alive at its last heartbeat with the load each reported, and the other workers' alerts and
@@ -139,6 +150,7 @@ class ClusterView:
     alerts: tuple[WorkerAlerts, ...] = ()
     alerts_read_at: float | None = None
     quotas_read_at: float | None = None
+    sessions: tuple[WorkerSessions, ...] = ()  # read with the alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,28 +180,64 @@ class SessionViews:
     first view waits for the first look too (a view and its metrics are about 280 B, and most
     engines run without a console), in the order the sessions were first seen, so views stay
     in creation order.
+
+    With `recent_max`, the sessions changed last are remembered in order (one dict move a
+    change), so a worker of a cluster publishes what it serves now (`recent`) without a pass
+    over them all; a process alone remembers none.
     """
 
-    __slots__ = ("_monitor", "_registry", "_stale", "_unviewed", "_views")
+    __slots__ = (
+        "_monitor", "_recent", "_recent_max", "_registry", "_stale", "_unviewed", "_views",
+    )
 
-    def __init__(self, registry: SessionRegistry, monitor: Monitor) -> None:
+    RECENT_MAX = 256  # what a worker of a cluster remembers
+
+    def __init__(
+        self, registry: SessionRegistry, monitor: Monitor, recent_max: int = 0
+    ) -> None:
         self._registry = registry
         self._monitor = monitor
         self._views: dict[str, SessionView] = {}
         self._stale: set[str] = set()
         self._unviewed: dict[str, None] = {}  # an ordered set: sessions without a view yet
+        self._recent: dict[str, None] = {}  # session ids, the one changed last at the end
+        self._recent_max = recent_max
 
     def invalidate(self, session: Session) -> None:
         """Mark the session's view out of date (or due to be built)."""
-        if session.session_id in self._views:
-            self._stale.add(session.session_id)
+        session_id = session.session_id
+        if session_id in self._views:
+            self._stale.add(session_id)
         else:
-            self._unviewed[session.session_id] = None
+            self._unviewed[session_id] = None
+        if self._recent_max:
+            recent = self._recent
+            recent.pop(session_id, None)
+            recent[session_id] = None
+            if len(recent) > self._recent_max:
+                del recent[next(iter(recent))]
 
     def forget(self, session_id: str) -> None:
         self._views.pop(session_id, None)
         self._stale.discard(session_id)
         self._unviewed.pop(session_id, None)
+        self._recent.pop(session_id, None)
+
+    def recent(self, most: int) -> list[SessionView]:
+        """Up to `most` up-to-date views of the sessions changed last, the most recently
+        active first; costs at most `recent_max` views, whatever the number of sessions."""
+        views, stale = self._views, self._stale
+        chosen = []
+        for session_id in reversed(self._recent):  # ties: the one changed last first
+            session = self._registry.get(session_id)
+            if session is None:
+                continue
+            view = views.get(session_id)
+            if view is None or session_id in stale:
+                stale.discard(session_id)
+                view = views[session_id] = self._build(session)
+            chosen.append(view)
+        return heapq.nlargest(most, chosen, key=attrgetter("last_active_at"))
 
     def current(self) -> dict[str, SessionView]:
         """Every live session's view, up to date; the dict is the cache itself: copy to keep.

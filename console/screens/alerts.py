@@ -1,7 +1,9 @@
 """Alerts: filter by severity, acknowledge one or all, jump to the session an alert is about.
 
 In a cluster the list holds every worker's alerts (a WORKER column says whose); acknowledging
-another worker's asks that worker to, and it shows acknowledged a heartbeat later.
+another worker's asks that worker to, and it shows acknowledged a heartbeat later. A user's
+quota alert raised by several workers is one line ("w2 +1": and one other worker's), and
+acknowledging it acknowledges it on each (console/alert_lines.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Label
 
 from console import format as fmt
-from console.alert_lines import AlertLine, alert_lines, read_age, unacknowledged_elsewhere
+from console.alert_lines import (
+    AlertLine,
+    acknowledgements,
+    alert_lines,
+    read_age,
+    unacknowledged_elsewhere,
+)
 from console.messages import AcknowledgeAlerts, AcknowledgeAllAlerts, OpenSession
 from console.screens.base import LiveScreen, StatusLine
 from widgets import Column, VirtualTable
@@ -137,7 +145,8 @@ class AlertsScreen(LiveScreen):
         sev = "dim" if done else _STYLE.get(alert.severity)
         styles = ("dim", sev, None, None, "dim" if done else None, None, "dim", sev)
         if self._with_worker:
-            cells = (cells[0], line.worker, *cells[1:])
+            worker = f"{line.worker} +{len(line.merged)}" if line.merged else line.worker
+            cells = (cells[0], worker, *cells[1:])
             styles = (styles[0], None if line.here else "dim", *styles[1:])
         return cells, styles
 
@@ -156,8 +165,8 @@ class AlertsScreen(LiveScreen):
     def action_acknowledge(self) -> None:
         line = self.table.cursor_row
         if line is not None:
-            worker = None if line.here else line.worker
-            self.post_message(AcknowledgeAlerts((line.alert.alert_id,), worker))
+            for worker, alert_ids in acknowledgements(line).items():
+                self.post_message(AcknowledgeAlerts(tuple(alert_ids), worker))
 
     def action_acknowledge_all(self) -> None:
         self.post_message(AcknowledgeAllAlerts(self.severity))

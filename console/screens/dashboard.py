@@ -13,6 +13,7 @@ from textual.widgets import Footer, Input, Label, Static
 
 from console import format as fmt
 from console.alert_lines import AlertLine, alert_lines, read_age, unacknowledged_elsewhere
+from console.cluster_sessions import listed_sessions
 from console.messages import EndSession, OpenSession
 from console.screens.base import StatusLine, set_lines, set_text
 from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
@@ -343,7 +344,7 @@ class DashboardScreen(TableScreen):
         each changed figure at the top, then the side boxes in two steps."""
         self._now = snapshot.taken_at
         model = self.model
-        if model.update(snapshot.sessions, snapshot.sessions_by_id):
+        if model.update(*listed_sessions(snapshot)):
             self.table.set_rows(model.rows)
         else:
             self.table.refresh_rows()

@@ -32,6 +32,8 @@ from engine.cluster.connection import BACKEND
 from engine.cluster.placement import Moved
 from engine.cluster.rebuild import NotRebuilt
 from engine.cluster.registry import WorkerLoad, WorkerView
+from engine.cluster.session_board import PUBLISHED as SESSIONS_PUBLISHED
+from engine.cluster.session_board import SessionBoard
 from engine.cluster.standings import QuotaStandings
 from engine.cluster.state import ClusterState
 from engine.cluster.turns import RunningTurn, TurnWaits
@@ -52,7 +54,7 @@ from engine.restore import adopt_cold, cold_session
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Session, SessionEvent, SessionRegistry, lookable_id
 from engine.store import EndSession, Restored, SessionRecord, Store
-from engine.views import ClusterView, WorkerAlerts
+from engine.views import ClusterView, SessionView, WorkerAlerts, WorkerSessions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +82,7 @@ class ClusterWorker:
         store: Callable[[], Store],
         persist_later: Callable[..., None],
         forget: Callable[[Session], None],
+        recent_sessions: Callable[[int], list[SessionView]],
     ) -> None:
         self.state = state
         self.worker_id = worker_id
@@ -91,6 +94,7 @@ class ClusterWorker:
         self._store = store
         self._persist_later = persist_later
         self._forget = forget
+        self._recent_sessions = recent_sessions
         self._tiers = frozenset(config.limits.tiers)
         self.available = True  # the last call to Valkey/Redis was answered (readiness)
         self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
@@ -103,6 +107,8 @@ class ClusterWorker:
         self._alert_board = AlertBoard(state.client, state.registry.dead_after_s)
         self._others_alerts: tuple[WorkerAlerts, ...] = ()
         self._alerts_read_at: float | None = None
+        self._session_board = SessionBoard(state.client, state.registry.dead_after_s)
+        self._others_sessions: tuple[WorkerSessions, ...] = ()
         self._reading: asyncio.Task[None] | None = None
         self._views_failing = False
         self._rebuilding = asyncio.Lock()  # one rebuild attempt at a time in this worker
@@ -139,13 +145,18 @@ class ClusterWorker:
             await asyncio.sleep(self.state.registry.heartbeat_s)
 
     async def read_views(self) -> None:
-        """Exchange alerts with the other workers and read the users' quota standings. A
-        failure keeps the last figures (their age shows) and is logged when reads start
-        failing, not at every period (the heartbeat already says the server is down)."""
+        """Exchange alerts and recent sessions with the other workers and read the users'
+        quota standings. A failure keeps the last figures (their age shows) and is logged when
+        reads start failing, not at every period (the heartbeat already says the server is
+        down)."""
         now = self._config.clock.now()
         try:
             await self._exchange_alerts()
             self._alerts_read_at = now
+            self._others_sessions = await self._session_board.exchange(
+                self.worker_id, self._recent_sessions(SESSIONS_PUBLISHED),
+                [m.worker_id for m in self.members],
+            )
             await self.standings.poll()
         except ClusterUnavailable as exc:
             if not self._views_failing:
@@ -175,7 +186,7 @@ class ClusterWorker:
         return ClusterView(
             self.worker_id, self.available, self.members,
             alerts=self._others_alerts, alerts_read_at=self._alerts_read_at,
-            quotas_read_at=self.standings.read_at,
+            quotas_read_at=self.standings.read_at, sessions=self._others_sessions,
         )
 
     async def leave(self) -> None:

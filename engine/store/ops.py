@@ -10,6 +10,7 @@ frozen except `MessageRow` (see there).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import get_args
 
@@ -166,7 +167,9 @@ class EndSession:
 
 @dataclass(frozen=True, slots=True)
 class AlertRow:
-    """An alert, field for field like `engine.alerts.Alert` (upsert by alert_id)."""
+    """An alert, field for field like `engine.alerts.Alert`, and the worker of a cluster that
+    raised it ("" for a single process). Each worker numbers its own alerts, so a row is
+    upserted by (worker, alert_id): two workers' alert 7 are two rows of a shared database."""
 
     alert_id: int
     key: str
@@ -179,6 +182,7 @@ class AlertRow:
     count: int = 1
     acknowledged: bool = False
     resolved_at: float | None = None
+    worker: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +267,8 @@ class Restored:
 
     No message is read: `contexts` maps session id to its stored conversation's figures (absent
     for a session without messages); `load_session` reads one session's messages when it is
-    first used. `max_alert_id` lets the alert list continue numbering after the stored alerts.
+    first used. `max_alert_ids` (the highest stored alert id of each worker, "" for a single
+    process) lets a worker's alert list continue numbering after its stored alerts.
     `clean_shutdown` is False when the last run ended without `aclose()` (a crash or kill).
     """
 
@@ -272,7 +277,7 @@ class Restored:
     quota: list[QuotaEvent]
     alerts: list[AlertRow]
     metrics: list[MetricsRow]
-    max_alert_id: int
+    max_alert_ids: Mapping[str, int]
     clean_shutdown: bool
     counts: RestoreCounts
 

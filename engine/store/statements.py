@@ -133,7 +133,7 @@ class OpStatements:
         yield self.sql.upsert_alert, [
             (
                 r.alert_id, r.key, r.rule, r.severity, r.message, r.subject, r.first_at,
-                r.last_at, r.count, r.acknowledged, r.resolved_at,
+                r.last_at, r.count, r.acknowledged, r.resolved_at, r.worker,
             )
             for r in rows
         ]

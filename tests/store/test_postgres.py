@@ -17,11 +17,14 @@ import pytest
 from cryptography.fernet import Fernet
 
 from engine import Engine, EngineConfig
+from engine.config import StoreSettings
 from engine.errors import StoreError
 from engine.security import KeyRing
 from engine.store import (
+    AlertRow,
     EndSession,
     PostgresBackend,
+    Prune,
     QuotaEvent,
     SessionRow,
     Store,
@@ -119,6 +122,79 @@ async def test_a_first_version_database_gains_session_origins_marked_python(
         assert (await store.load_record("s2")).row.origin == "http"
     assert record is not None and record.row.origin == "python"
     assert await fetch(postgres_url, "SELECT version FROM schema_version") == [(LATEST,)]
+
+
+def alert(alert_id: int, worker: str, at: float = NOW, **fields) -> AlertRow:
+    return AlertRow(alert_id, f"k{alert_id}", "rule", "warning", f"{worker}'s alert {alert_id}",
+                    None, at, at, worker=worker, **fields)
+
+
+async def test_a_second_version_database_keeps_its_alerts_as_the_worker_with_no_name(
+    postgres_url, monkeypatch
+):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+    async with await open_store(postgres_url):
+        pass
+    for n in (1, 2):  # written by the code before: keyed by alert_id alone
+        await fetch(
+            postgres_url,
+            "INSERT INTO alerts (alert_id, key, rule, severity, message, first_at, last_at, count,"
+            " acknowledged) VALUES ($1, 'k', 'rule', 'warning', 'before', $2, $2, 1, false)",
+            n, NOW + n,
+        )
+    monkeypatch.undo()
+    async with await open_store(postgres_url) as store:
+        assert (await store.load_live(NOW)).max_alert_ids == {"": 2}
+        await store.write(alert(2, "w1"), replace(alert(2, ""), acknowledged=True))
+        assert (await store.load_live(NOW)).max_alert_ids == {"": 2, "w1": 2}
+    assert await fetch(
+        postgres_url, "SELECT worker, alert_id, message, acknowledged FROM alerts ORDER BY 1, 2"
+    ) == [("", 1, "before", False), ("", 2, "'s alert 2", True), ("w1", 2, "w1's alert 2", False)]
+    assert await fetch(postgres_url, "SELECT version FROM schema_version") == [(LATEST,)]
+    assert await fetch(
+        postgres_url,
+        "SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i"
+        " CROSS JOIN unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = 'alerts'::regclass AND i.indisprimary",
+    ) == [(["worker", "alert_id"],)]
+
+
+async def test_workers_numbering_their_own_alerts_keep_their_own_rows(postgres_url):
+    """Two workers of one cluster both raise their alert 1 and update it: two rows, each
+    holding its worker's last state, and each worker continues after its own highest id."""
+    one, two = await asyncio.gather(open_store(postgres_url), open_store(postgres_url))
+    try:
+        await one.write(alert(1, "w1"), alert(2, "w1"))
+        await two.write(alert(1, "w2"))
+        await one.write(replace(alert(1, "w1"), count=3, acknowledged=True))
+        await two.write(replace(alert(1, "w2"), message="w2's, updated"))
+        rows = await fetch(
+            postgres_url, "SELECT worker, alert_id, message, count, acknowledged FROM alerts"
+            " ORDER BY worker, alert_id"
+        )
+        assert rows == [
+            ("w1", 1, "w1's alert 1", 3, True),
+            ("w1", 2, "w1's alert 2", 1, False),
+            ("w2", 1, "w2's, updated", 1, False),
+        ]
+        assert (await two.load_live(NOW)).max_alert_ids == {"w1": 2, "w2": 1}
+    finally:
+        await asyncio.gather(one.aclose(), two.aclose())
+
+
+async def test_the_prune_keeps_the_clusters_newest_alerts_whoever_numbered_them(postgres_url):
+    """Ids say nothing across workers (a worker started later numbers from 1): the newest
+    alerts are those raised last."""
+    async with await open_store(postgres_url, StoreSettings(alert_keep=3)) as store:
+        await store.write(
+            alert(50, "w1", NOW), alert(51, "w1", NOW + 1),  # an old worker's high ids
+            alert(1, "w2", NOW + 2), alert(2, "w2", NOW + 4),
+            alert(1, "w3", NOW + 3),
+        )
+        await store.write(Prune(NOW))
+        kept = await fetch(postgres_url, "SELECT worker, alert_id FROM alerts ORDER BY first_at")
+    assert kept == [("w2", 1), ("w3", 1), ("w2", 2)]
 
 
 async def test_workers_opening_an_empty_database_together_migrate_it_once(postgres_url):

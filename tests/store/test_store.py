@@ -983,7 +983,7 @@ async def test_alerts_and_metrics_round_trip_and_prune_keeps_them_bounded(backen
         await store.write(Prune(NOW))
         restored = await store.load_live(NOW)
     assert [a.alert_id for a in restored.alerts] == [3, 5]  # newest 3 kept, 4 acknowledged
-    assert restored.max_alert_id == 5
+    assert restored.max_alert_ids == {"": 5}
     assert [(m.minute, m.turns, m.p99_s) for m in restored.metrics] == [
         (int(NOW) - 60, 10, 0.9)
     ]

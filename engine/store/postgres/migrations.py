@@ -125,4 +125,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1 -> 2: who created each session ("python": an in-process caller, "http": the gateway),
     # so the console still marks gateway sessions after a restart or on another worker.
     ("ALTER TABLE sessions ADD COLUMN origin text NOT NULL DEFAULT 'python'",),
+    # 2 -> 3: each worker of a cluster numbers its own alerts, so two workers' alert 7 are two
+    # rows: the key becomes (worker, alert_id). Rows stored before are the worker "" (a single
+    # process's numbering). The index serves the prune, which keeps the cluster's newest alerts
+    # by when they were first raised (alert ids of different workers do not say which is newer).
+    (
+        "ALTER TABLE alerts ADD COLUMN worker text NOT NULL DEFAULT ''",
+        "ALTER TABLE alerts DROP CONSTRAINT alerts_pkey",
+        "ALTER TABLE alerts ADD PRIMARY KEY (worker, alert_id)",
+        "CREATE INDEX alerts_first ON alerts (first_at, worker, alert_id)",
+    ),
 )

@@ -52,8 +52,10 @@ _SELECT_QUOTA = (
 )
 _SELECT_ALERTS = (
     f"SELECT {', '.join(AlertRow.__dataclass_fields__)} FROM alerts"
-    " WHERE resolved_at IS NULL AND NOT acknowledged ORDER BY alert_id"
+    " WHERE resolved_at IS NULL AND NOT acknowledged ORDER BY first_at, worker, alert_id"
 )
+# At most `alert_keep` rows to group: the prune keeps the table that small.
+_SELECT_MAX_ALERT_IDS = "SELECT worker, max(alert_id) FROM alerts GROUP BY worker"
 _SELECT_METRICS = (
     f"SELECT {', '.join(MetricsRow.__dataclass_fields__)} FROM metrics_minute"
     " WHERE minute >= $1::float8 ORDER BY minute, scope"
@@ -82,14 +84,14 @@ async def read_live(
         metrics = [
             MetricsRow(*row) for row in await conn.fetch(_SELECT_METRICS, now - METRICS_RESTORE_S)
         ]
-        max_alert_id = await conn.fetchval("SELECT coalesce(max(alert_id), 0) FROM alerts")
+        max_alert_ids = dict(await conn.fetch(_SELECT_MAX_ALERT_IDS))
     return Restored(
         sessions=rows,
         contexts=contexts,
         quota=quota,
         alerts=alerts,
         metrics=metrics,
-        max_alert_id=max_alert_id,
+        max_alert_ids=max_alert_ids,
         clean_shutdown=clean_shutdown,
         counts=RestoreCounts(
             sessions=stored,

@@ -109,11 +109,12 @@ ON CONFLICT (user_id, resource, window_s, bucket) DO UPDATE SET
     {_forward("quota_usage", "at", "expires_at")}
 """
 _ALERT_COLUMNS = tuple(AlertRow.__dataclass_fields__)
+_ALERT_VALUES = tuple(c for c in _ALERT_COLUMNS if c not in ("worker", "alert_id"))
 _UPSERT_ALERT = (
     f"INSERT INTO alerts ({', '.join(_ALERT_COLUMNS)})"
     f" VALUES ({', '.join(f'${n}' for n in range(1, len(_ALERT_COLUMNS) + 1))})"
-    f" ON CONFLICT (alert_id) DO UPDATE SET ({', '.join(_ALERT_COLUMNS[1:])})"
-    f" = ({', '.join(f'excluded.{c}' for c in _ALERT_COLUMNS[1:])})"
+    f" ON CONFLICT (worker, alert_id) DO UPDATE SET ({', '.join(_ALERT_VALUES)})"
+    f" = ({', '.join(f'excluded.{c}' for c in _ALERT_VALUES)})"
 )
 _METRICS_COLUMNS = tuple(MetricsRow.__dataclass_fields__)
 _UPSERT_METRICS = (
@@ -134,9 +135,13 @@ DELETE_EXPIRED = f"DELETE FROM sessions WHERE {EXPIRED}"
 _DELETE_SESSION = "DELETE FROM sessions WHERE session_id = $1"
 _PRUNE_QUOTA = "DELETE FROM quota_usage WHERE expires_at <= $1"
 _PRUNE_AUDIT = "DELETE FROM session_audit WHERE ended_at <= $1"
+# The cluster's newest `alert_keep` alerts by when each was first raised, whichever worker
+# raised them (ids are numbered per worker; kept per worker, the table would grow with every
+# worker name ever used). Both halves walk the alerts_first index.
 _PRUNE_ALERTS = (
-    "DELETE FROM alerts WHERE alert_id <="
-    " (SELECT alert_id FROM alerts ORDER BY alert_id DESC LIMIT 1 OFFSET $1)"
+    "DELETE FROM alerts WHERE (first_at, worker, alert_id) <="
+    " (SELECT first_at, worker, alert_id FROM alerts"
+    " ORDER BY first_at DESC, worker DESC, alert_id DESC LIMIT 1 OFFSET $1)"
 )
 _PRUNE_METRICS = "DELETE FROM metrics_minute WHERE minute < $1::float8"
 

@@ -82,7 +82,8 @@ def read_live(
         alerts = [AlertRow(*row[:9], bool(row[9]), row[10]) for row in conn.execute(_SELECT_ALERTS)]
         since = (now - METRICS_RESTORE_S,)
         metrics = [MetricsRow(*row) for row in conn.execute(_SELECT_METRICS, since)]
-        (max_alert_id,) = conn.execute("SELECT coalesce(max(alert_id), 0) FROM alerts").fetchone()
+        # One process's file: its alerts are all its own (the worker "").
+        max_alert_ids = dict(conn.execute("SELECT '', max(alert_id) FROM alerts HAVING count(*)"))
     finally:
         if collecting:
             gc.enable()
@@ -93,7 +94,7 @@ def read_live(
         quota=quota,
         alerts=alerts,
         metrics=metrics,
-        max_alert_id=max_alert_id,
+        max_alert_ids=max_alert_ids,
         clean_shutdown=clean_shutdown,
         counts=RestoreCounts(
             sessions=stored,

@@ -12,6 +12,7 @@ from itertools import chain
 from typing import Any
 
 from engine.store.ops import (
+    AlertRow,
     MessageRow,
     QuotaEvent,
     SessionRow,
@@ -163,6 +164,13 @@ class SqliteStatements(OpStatements):
 
     def __init__(self, retention_s: float, alert_keep: int, metrics_keep_s: float) -> None:
         super().__init__(SQL, retention_s, alert_keep, metrics_keep_s)
+
+    def _alerts_sql(self, rows: list[AlertRow]) -> Statements:
+        """One process's alerts, keyed by alert_id alone: the file has no worker column (the
+        workers of a cluster share PostgreSQL, never an SQLite file), so the worker is left
+        out."""
+        for sql, args in super()._alerts_sql(rows):
+            yield sql, [row[:-1] for row in args]
 
     def _touch_sql(self, ops: list[Touch]) -> Statements:
         yield from _TOUCH.statements([
