@@ -46,7 +46,7 @@ _MAX_COUNT = 2**32 - 1  # the 32-bit counters' bound
 # timeout, lifetime), which nearly all sessions of a service share a few of.
 _MAX_PROFILES = 2**16
 _EMPTY, _TAKEN = 0, -1  # index slots: never used; a row was here (probing goes on past it)
-NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})  # most sessions' metadata: one, shared
 _Profile = tuple[str, str, str, str, float, float]
 
 

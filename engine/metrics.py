@@ -9,7 +9,8 @@ an in-process backend answering in 0.4 ms reads as 0.4 ms rather than 0.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right, insort
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
 
@@ -47,7 +48,12 @@ class Percentiles:
 
 
 class LatencyHistogram:
-    """Counts per rounded latency; percentiles by walking the sorted keys."""
+    """Counts per rounded latency; percentiles by walking the sorted keys.
+
+    Keys and counts are two typed arrays, the keys sorted: every hot session has one of these,
+    and a dict and a list of ints for a session's few keys were about 300 bytes (a key found
+    by bisection costs about 0.1 us more than by a dict).
+    """
 
     __slots__ = ("_counts", "_keys", "count")
 
@@ -55,34 +61,38 @@ class LatencyHistogram:
     MAX_KEYS = 100 + 90 * 8 + 1
 
     def __init__(self) -> None:
-        self._counts: dict[int, int] = {}
-        self._keys: list[int] = []  # sorted; a new key costs one insort, rare after warm-up
+        self._keys = array("q")  # sorted; a new key costs one insertion, rare after warm-up
+        self._counts = array("q")  # the count of the key at the same index
         self.count = 0
 
     def record(self, seconds: float) -> None:
         self._add(_key(seconds), 1)
 
     def _add(self, key: int, n: int) -> None:
-        if key in self._counts:
-            self._counts[key] += n
+        keys = self._keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            self._counts[i] += n
         else:
-            self._counts[key] = n
-            insort(self._keys, key)
+            keys.insert(i, key)
+            self._counts.insert(i, n)
         self.count += n
 
     def merge(self, other: LatencyHistogram) -> None:
-        for key, n in other._counts.items():
+        for key, n in zip(other._keys, other._counts, strict=True):
             self._add(key, n)
 
     def subtract(self, other: LatencyHistogram) -> None:
         """Remove counts earlier merged from `other`: how a sliding window forgets a slot."""
-        for key, n in other._counts.items():
-            left = self._counts[key] - n
+        keys, counts = self._keys, self._counts
+        for key, n in zip(other._keys, other._counts, strict=True):
+            i = bisect_left(keys, key)
+            left = counts[i] - n
             if left > 0:
-                self._counts[key] = left
+                counts[i] = left
             else:
-                del self._counts[key]
-                del self._keys[bisect_left(self._keys, key)]
+                del keys[i]
+                del counts[i]
             self.count -= n
 
     @property
@@ -104,8 +114,8 @@ class LatencyHistogram:
         ranks = [max(1, math.ceil(round(min(max(q, 0.0), 1.0) * self.count, 9))) for q in quantiles]
         found: list[float] = []
         seen = 0
-        for key in self._keys:
-            seen += self._counts[key]
+        for key, n in zip(self._keys, self._counts, strict=True):
+            seen += n
             while len(found) < len(ranks) and seen >= ranks[len(found)]:
                 found.append(key / 1e6)
             if len(found) == len(ranks):

@@ -16,10 +16,12 @@ import sys
 from types import MappingProxyType
 
 from engine.balancer import Balancer
+from engine.cold_records import NO_METADATA
+from engine.errors import DecryptionFailed
 from engine.monitor import Monitor
 from engine.quotas import BYTES_PER_MB, QuotaManager
 from engine.security import KeyRing, TokenRecord
-from engine.sessions import Context, Message, Session, SessionRegistry
+from engine.sessions import ROLES, Context, Message, Session, SessionRegistry
 from engine.store import (
     Assign,
     ContextFigures,
@@ -29,8 +31,6 @@ from engine.store import (
     StoredSession,
 )
 from engine.views import RestoreReport
-
-NO_METADATA: MappingProxyType[str, object] = MappingProxyType({})  # most sessions: shared
 
 
 def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
@@ -76,11 +76,17 @@ def warm(
     cipher = keyring.unwrap(stored.wrapped_key)
     sid = session.session_id
     context = Context(context_max_messages, context_max_bytes)
-    for m in stored.messages:
-        text = cipher.decrypt(m.ciphertext, session_id=sid, seq=m.seq, role=m.role)
-        # The role is one of two strings: share them, not one copy per row read.
-        context.append(Message(sys.intern(m.role), text, m.at))  # type: ignore[arg-type]
-    session.cipher, session.wrapped_key, session.context = cipher, stored.wrapped_key, context
+    if any(m.role not in ROLES for m in stored.messages):
+        raise DecryptionFailed("message", f"its stored role is not one of {', '.join(ROLES)}")
+    context.extend([
+        Message(
+            m.role,  # type: ignore[arg-type]
+            cipher.decrypt(m.ciphertext, session_id=sid, seq=m.seq, role=m.role), m.at,
+        )
+        for m in stored.messages
+    ])
+    # The wrapped key stays in the store: only a new session's first write carries it.
+    session.cipher, session.context = cipher, context
     if stored.messages:
         session.next_seq = max(session.next_seq, stored.messages[-1].seq + 1)
 
