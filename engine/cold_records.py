@@ -261,7 +261,7 @@ class ColdRecords:
         self._user_rows = array("i")
         self._user_first = array("i")
         self._live = bytearray()
-        self._index = array("i", bytes(4 * capacity))
+        self._index = array("i", [_EMPTY]) * capacity
         self._mask = capacity - 1
         self._due: dict[int, array[int]] = {}
         self._due_keys: list[int] = []
@@ -313,7 +313,7 @@ class ColdRecords:
             return
         while 2 * rows > capacity:
             capacity *= 2
-        self._index = array("i", bytes(4 * capacity))
+        self._index = array("i", [_EMPTY]) * capacity
         self._mask = capacity - 1
         ids, live = self._ids, self._live
         for row in range(len(live)):

@@ -12,7 +12,7 @@ import heapq
 import secrets
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard
@@ -281,8 +281,9 @@ class SessionRegistry:
         self.context_max_messages = context_max_messages
         self.context_max_bytes = context_max_bytes
         self._sessions: dict[str, Session] = {}
-        # Insertion-ordered per user, so the first idle one found is the user's oldest idle one.
-        self._by_user: dict[str, dict[str, Session]] = {}
+        # A user's sessions: the session itself while it is their only one (a dict of one is
+        # 184 bytes), else a dict, insertion-ordered so the first idle one is the oldest idle.
+        self._by_user: dict[str, Session | dict[str, Session]] = {}
         self._heap: list[tuple[float, str]] = []
         self.cold = ColdRecords(Session)
         self._users_in_both = 0  # users holding objects and cold rows: counted once by users()
@@ -326,11 +327,12 @@ class SessionRegistry:
         """The user's sessions, their cold rows turned into objects first."""
         for row in self.cold.rows_of(user_id):
             self.promote(row)
-        return tuple(self._by_user.get(user_id, {}).values())
+        return tuple(self._owned(user_id))
 
     def count_of(self, user_id: str) -> int:
         owned = self._by_user.get(user_id)
-        return (len(owned) if owned is not None else 0) + self.cold.count_of(user_id)
+        held = 0 if owned is None else 1 if isinstance(owned, Session) else len(owned)
+        return held + self.cold.count_of(user_id)
 
     def users(self) -> int:
         return len(self._by_user) + self.cold.users - self._users_in_both
@@ -368,10 +370,9 @@ class SessionRegistry:
         `session_id` is given when the id was needed first (a cluster claims its place)."""
         if self.count_of(user_id) >= self.max_per_user:
             rows = self.cold.rows_of(user_id)  # restored ones come first, as when objects
-            owned = self._by_user.get(user_id, {})
             victim = (
                 self.promote(rows[-1]) if rows
-                else next((s for s in owned.values() if not s.busy), None)
+                else next((s for s in self._owned(user_id) if not s.busy), None)
             )
             if victim is None:
                 raise SessionLimitReached(user_id, self.max_per_user)
@@ -393,13 +394,20 @@ class SessionRegistry:
 
     def adopt(self, session: Session) -> None:
         """Register a session without a 'created' event: new ones via create(), or restored."""
-        self._sessions[session.session_id] = session
-        owned = self._by_user.get(session.user_id)
+        session_id, user_id = session.session_id, session.user_id
+        self._sessions[session_id] = session
+        owned = self._by_user.get(user_id)
         if owned is None:
-            owned = self._by_user[session.user_id] = {}
-            if self.cold.count_of(session.user_id):
+            self._by_user[user_id] = session
+            if self.cold.count_of(user_id):
                 self._users_in_both += 1
-        owned[session.session_id] = session
+        elif isinstance(owned, Session):
+            self._by_user[user_id] = (
+                session if owned.session_id == session_id
+                else {owned.session_id: owned, session_id: session}
+            )
+        else:
+            owned[session_id] = session
         heapq.heappush(self._heap, (session.deadline, session.session_id))
 
     def adopt_row(self, row: SessionRow, figures: ContextFigures | None) -> bool:
@@ -466,12 +474,23 @@ class SessionRegistry:
 
     def _unindex(self, session: Session) -> None:
         self.hot.discard(session)
-        owned = self._by_user[session.user_id]
-        del owned[session.session_id]
-        if not owned:
-            del self._by_user[session.user_id]
-            if self.cold.count_of(session.user_id):
+        user_id = session.user_id
+        owned = self._by_user[user_id]
+        if isinstance(owned, Session):
+            del self._by_user[user_id]
+            if self.cold.count_of(user_id):
                 self._users_in_both -= 1
+            return
+        del owned[session.session_id]
+        if len(owned) == 1:
+            self._by_user[user_id] = next(iter(owned.values()))
+
+    def _owned(self, user_id: str) -> Iterable[Session]:
+        """The user's sessions held as objects, oldest first."""
+        owned = self._by_user.get(user_id)
+        if owned is None:
+            return ()
+        return (owned,) if isinstance(owned, Session) else owned.values()
 
     def expire_due(self, now: float) -> list[Session]:
         """Remove every session whose deadline has passed; cost is O(due x log n)."""
