@@ -138,7 +138,8 @@ class Engine:
             page_sessions=config.sessions.restore_page_sessions,
         )
         self._hot = HotSessions(
-            self._registry, config.sessions, self._residency.load, self._views.invalidate
+            self._registry, config.sessions, self._residency.load, self._views.invalidate,
+            self._residency.pack,
         )
         self._auth = Authenticator(
             self.clock, self._registry, AuthFailures(self.clock, limits.auth_backoff),
