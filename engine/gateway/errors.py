@@ -16,7 +16,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -137,51 +136,52 @@ def error_response(failure: HTTPFailure, *, openai: bool = False) -> Response:
     return json_response({"error": error_object(failure, openai=openai)}, failure.status, headers)
 
 
-def _auth_templates(openai: bool) -> tuple[bytes, tuple[bytes, bytes, bytes]]:
-    """The 401 body, and a 429 auth_backoff body cut around its message and its retry_after:
-    from `error_response` itself, so both stay the bytes it would send."""
-    unauthorized = error_response(AUTHENTICATION, openai=openai).body
-    message, wait = "\x00message\x00", 1234.5
-    backoff = error_response(
-        HTTPFailure(429, "rate_limited", message, wait, code="auth_backoff", has_retry_after=True),
-        openai=openai,
-    ).body
-    head, rest = backoff.split(encode_basestring_ascii(message).encode(), 1)
-    middle, tail = rest.split(repr(wait).encode(), 1)
-    return bytes(unauthorized), (bytes(head), middle, tail)
-
-
-_AUTH_TEMPLATES = {openai: _auth_templates(openai) for openai in (False, True)}
+def _auth_answers(openai: bool) -> tuple[Response, bytes]:
+    """The 401 answer, whole, and the 429 auth_backoff body as a %-template of its wait (the
+    message's seconds, then `retry_after`): cut from `error_response`'s own bytes, so both stay
+    what it would send (the tests compare them for many waits)."""
+    unauthorized = error_response(AUTHENTICATION, openai=openai)
+    probe = 1234.5678  # its two renderings below occur nowhere else in the body
+    backoff = error_response(failure_of(errors.AuthBackoff(probe)), openai=openai).body
+    template = (
+        bytes(backoff).replace(b"%", b"%%")
+        .replace(repr(probe).encode(), b"%r", 1)  # retry_after: JSON writes a float's repr
+        .replace(f"{probe:.2f}".encode(), b"%.2f", 1)  # the message's seconds (AuthBackoff)
+    )
+    headers = ((b"content-length", b"%d" % len(unauthorized.body)), _JSON_TYPE)
+    return _Prebuilt(401, headers, bytes(unauthorized.body)), template
 
 
 class _Prebuilt(Response):
     """A Response given its status, header lines and body whole: Starlette's constructor
-    renders the header lines at every call, most of what a refusal cost beyond a success."""
+    renders the header lines at every call, most of what a refusal cost beyond a success.
+    Header lines as a tuple: the one 401 answer is shared, and cannot be changed in place."""
 
-    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
+    def __init__(
+        self, status_code: int, raw_headers: tuple[tuple[bytes, bytes], ...], body: bytes
+    ) -> None:
         self.status_code = status_code
-        self.raw_headers = raw_headers
+        self.raw_headers = raw_headers  # type: ignore[assignment]
         self.body = body
         self.background = None
 
 
 _JSON_TYPE = (b"content-type", b"application/json")
+_AUTH_ANSWERS = {openai: _auth_answers(openai) for openai in (False, True)}
 
 
 def auth_failure_response(exc: errors.AuthenticationError, *, openai: bool = False) -> Response:
     """`error_response(failure_of(exc), openai=openai)` for an unknown session or a wrong token
-    (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost."""
-    unauthorized, (head, middle, tail) = _AUTH_TEMPLATES[openai]
+    (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost:
+    the 401 is one answer for all, a 429 its body's one `%` and two header values."""
+    unauthorized, backoff = _AUTH_ANSWERS[openai]
     if not isinstance(exc, errors.AuthBackoff):
-        length = (b"content-length", b"%d" % len(unauthorized))
-        return _Prebuilt(401, [length, _JSON_TYPE], unauthorized)
-    wait = exc.retry_after
-    body = b"".join((
-        head, encode_basestring_ascii(str(exc)).encode(), middle, repr(wait).encode(), tail,
-    ))
-    headers = [
+        return unauthorized
+    wait = exc.args[0]  # retry_after, without the property's call
+    body = backoff % (wait, wait)
+    headers = (
         (b"retry-after", b"%d" % max(1, math.ceil(wait))),
         (b"content-length", b"%d" % len(body)),
         _JSON_TYPE,
-    ]
+    )
     return _Prebuilt(429, headers, body)
