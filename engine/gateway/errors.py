@@ -7,7 +7,10 @@ byte for byte. A failure that is not an engine error is logged and answered 500 
 
 A failed authentication, the commonest failure under abuse, is answered from bytes built once
 (`auth_failure_response`): building each answer from an HTTPFailure (a frozen dataclass, a
-dict, the JSON encoder) cost more than a successful call's whole response (issue 15).
+dict, the JSON encoder) cost more than a successful call's whole response (issue 15). For the
+same reason a 429 auth_backoff says its wait only in `retry_after`, rounded up to the
+millisecond, not in its message too: writing a float's shortest digits (twice) was a twentieth
+of all the work a refused request cost the server, and milliseconds are digits of integers.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ CLIENT_CLOSED = HTTPFailure(
     499, "client_closed_request", "the client closed the connection before sending its body"
 )
 AUTHENTICATION = HTTPFailure(401, "authentication_error", errors.AuthenticationError.MESSAGE)
+AUTH_BACKOFF_MESSAGE = (
+    f"{errors.AuthenticationError.MESSAGE}; too many failed attempts, retry after retry_after "
+    "seconds"
+)
 APP_KEY_REQUIRED = HTTPFailure(
     401, "authentication_error",
     "a valid app key is required: send 'Authorization: Bearer <app key>'",
@@ -75,8 +82,8 @@ def failure_of(exc: BaseException) -> HTTPFailure:
             return exc.failure
         case errors.AuthBackoff():  # the same for an unknown session and a wrong token
             return HTTPFailure(
-                429, "rate_limited", str(exc), exc.retry_after, code="auth_backoff",
-                has_retry_after=True,
+                429, "rate_limited", AUTH_BACKOFF_MESSAGE, backoff_ms(exc.retry_after) / 1000,
+                code="auth_backoff", has_retry_after=True,
             )
         case errors.AuthenticationError():
             return AUTHENTICATION
@@ -136,18 +143,19 @@ def error_response(failure: HTTPFailure, *, openai: bool = False) -> Response:
     return json_response({"error": error_object(failure, openai=openai)}, failure.status, headers)
 
 
+def backoff_ms(wait: float) -> int:
+    """An AuthBackoff's wait in whole milliseconds, rounded up: never sooner than it ends."""
+    return math.ceil(wait * 1000)
+
+
 def _auth_answers(openai: bool) -> tuple[Response, bytes]:
-    """The 401 answer, whole, and the 429 auth_backoff body as a %-template of its wait (the
-    message's seconds, then `retry_after`): cut from `error_response`'s own bytes, so both stay
-    what it would send (the tests compare them for many waits)."""
+    """The 401 answer, whole, and the 429 auth_backoff body as a %-template of its retry_after's
+    whole seconds (`%d`) and fraction (`%s`): cut from `error_response`'s own bytes, so both
+    stay what it would send (the tests compare them for many waits)."""
     unauthorized = error_response(AUTHENTICATION, openai=openai)
-    probe = 1234.5678  # its two renderings below occur nowhere else in the body
+    probe = 1234.5  # whole milliseconds, and its digits occur nowhere else in the body
     backoff = error_response(failure_of(errors.AuthBackoff(probe)), openai=openai).body
-    template = (
-        bytes(backoff).replace(b"%", b"%%")
-        .replace(repr(probe).encode(), b"%r", 1)  # retry_after: JSON writes a float's repr
-        .replace(f"{probe:.2f}".encode(), b"%.2f", 1)  # the message's seconds (AuthBackoff)
-    )
+    template = bytes(backoff).replace(b"%", b"%%").replace(repr(probe).encode(), b"%d%s", 1)
     headers = ((b"content-length", b"%d" % len(unauthorized.body)), _JSON_TYPE)
     return _Prebuilt(401, headers, bytes(unauthorized.body)), template
 
@@ -168,19 +176,22 @@ class _Prebuilt(Response):
 
 _JSON_TYPE = (b"content-type", b"application/json")
 _AUTH_ANSWERS = {openai: _auth_answers(openai) for openai in (False, True)}
+# A number of milliseconds n as JSON writes n / 1000 (a float's shortest repr): the whole
+# seconds, then _FRACTIONS[n % 1000]: ".5" for 500, ".001" for 1, ".0" for none.
+_FRACTIONS = tuple((f".{n:03d}".rstrip("0") if n else ".0").encode() for n in range(1000))
 
 
 def auth_failure_response(exc: errors.AuthenticationError, *, openai: bool = False) -> Response:
     """`error_response(failure_of(exc), openai=openai)` for an unknown session or a wrong token
     (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost:
-    the 401 is one answer for all, a 429 its body's one `%` and two header values."""
+    the 401 is one answer for all, a 429 integers' digits in a template."""
     unauthorized, backoff = _AUTH_ANSWERS[openai]
     if not isinstance(exc, errors.AuthBackoff):
         return unauthorized
-    wait = exc.args[0]  # retry_after, without the property's call
-    body = backoff % (wait, wait)
+    ms = math.ceil(exc.args[0] * 1000)  # backoff_ms(exc.retry_after), written out
+    body = backoff % (ms // 1000, _FRACTIONS[ms % 1000])
     headers = (
-        (b"retry-after", b"%d" % max(1, math.ceil(wait))),
+        (b"retry-after", b"%d" % max(1, -(-ms // 1000))),  # whole seconds, rounded up
         (b"content-length", b"%d" % len(body)),
         _JSON_TYPE,
     )

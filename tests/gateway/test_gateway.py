@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, replace
 
@@ -182,7 +183,11 @@ async def test_a_client_that_keeps_failing_gets_429_yet_a_right_token_still_work
     "exc",
     [
         errors.AuthenticationError(),
-        *(errors.AuthBackoff(wait) for wait in (1e-05, 0.001, 0.5, 1.0, 12.345, 59.987654, 60.0)),
+        *(
+            errors.AuthBackoff(wait)
+            for wait in (1e-09, 0.001, 0.0105, 0.1, 0.5, 0.9995, 1.0, 1.0001, 12.345, 59.987654,
+                         60.0, 0.1 + 0.2, 1e6 / 3)
+        ),
     ],
     ids=lambda e: f"{type(e).__name__}:{getattr(e, 'retry_after', '')}",
 )
@@ -194,6 +199,10 @@ def test_failed_authentication_is_answered_from_prebuilt_bytes_identical_to_the_
     assert (fast.status_code, fast.body, list(fast.raw_headers)) == (
         general.status_code, general.body, general.raw_headers,
     )
+    if isinstance(exc, errors.AuthBackoff):  # the wait rounded up to the millisecond
+        said = json.loads(fast.body)["error"]["retry_after"]
+        assert exc.retry_after <= said < exc.retry_after + 0.0011
+        assert int(fast.headers["retry-after"]) == max(1, math.ceil(exc.retry_after))
 
 # -- bad input ----------------------------------------------------------------------------------
 async def test_malformed_requests_get_400_with_what_was_wrong(serve):
