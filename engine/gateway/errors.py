@@ -179,20 +179,30 @@ _AUTH_ANSWERS = {openai: _auth_answers(openai) for openai in (False, True)}
 # A number of milliseconds n as JSON writes n / 1000 (a float's shortest repr): the whole
 # seconds, then _FRACTIONS[n % 1000]: ".5" for 500, ".001" for 1, ".0" for none.
 _FRACTIONS = tuple((f".{n:03d}".rstrip("0") if n else ".0").encode() for n in range(1000))
+# 429 answers kept per shape, by retry_after in milliseconds (all forgotten when full): in a
+# storm a client in backoff is refused many times a millisecond, and each answer is the same.
+BACKOFF_ANSWERS_KEPT = 1024
+_BACKOFF_ANSWERS: dict[bool, dict[int, Response]] = {False: {}, True: {}}
 
 
 def auth_failure_response(exc: errors.AuthenticationError, *, openai: bool = False) -> Response:
     """`error_response(failure_of(exc), openai=openai)` for an unknown session or a wrong token
     (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost:
-    the 401 is one answer for all, a 429 integers' digits in a template."""
-    unauthorized, backoff = _AUTH_ANSWERS[openai]
+    the 401 is one answer for all, a 429 one per millisecond of retry_after, made at its first
+    use from integers' digits in a template. Answers are shared: never change one."""
     if not isinstance(exc, errors.AuthBackoff):
-        return unauthorized
+        return _AUTH_ANSWERS[openai][0]
     ms = math.ceil(exc.args[0] * 1000)  # backoff_ms(exc.retry_after), written out
-    body = backoff % (ms // 1000, _FRACTIONS[ms % 1000])
-    headers = (
-        (b"retry-after", b"%d" % max(1, -(-ms // 1000))),  # whole seconds, rounded up
-        (b"content-length", b"%d" % len(body)),
-        _JSON_TYPE,
-    )
-    return _Prebuilt(429, headers, body)
+    answers = _BACKOFF_ANSWERS[openai]
+    answer = answers.get(ms)
+    if answer is None:
+        if len(answers) >= BACKOFF_ANSWERS_KEPT:
+            answers.clear()
+        body = _AUTH_ANSWERS[openai][1] % (ms // 1000, _FRACTIONS[ms % 1000])
+        headers = (
+            (b"retry-after", b"%d" % max(1, -(-ms // 1000))),  # whole seconds, rounded up
+            (b"content-length", b"%d" % len(body)),
+            _JSON_TYPE,
+        )
+        answer = answers[ms] = _Prebuilt(429, headers, body)
+    return answer

@@ -23,7 +23,13 @@ from engine.admission import AuthBackoffPolicy
 from engine.clock import ManualClock
 from engine.config import GatewaySettings, SimSettings
 from engine.gateway import Gateway
-from engine.gateway.errors import auth_failure_response, error_response, failure_of
+from engine.gateway.errors import (
+    _BACKOFF_ANSWERS,
+    BACKOFF_ANSWERS_KEPT,
+    auth_failure_response,
+    error_response,
+    failure_of,
+)
 from engine.gateway.stats import GatewayMonitor
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
@@ -203,6 +209,16 @@ def test_failed_authentication_is_answered_from_prebuilt_bytes_identical_to_the_
         said = json.loads(fast.body)["error"]["retry_after"]
         assert exc.retry_after <= said < exc.retry_after + 0.0011
         assert int(fast.headers["retry-after"]) == max(1, math.ceil(exc.retry_after))
+
+def test_429_answers_are_shared_per_millisecond_of_retry_after_and_bounded():
+    first = auth_failure_response(errors.AuthBackoff(1.2341))
+    assert auth_failure_response(errors.AuthBackoff(1.2345)) is first  # both say 1.235
+    assert auth_failure_response(errors.AuthBackoff(1.2355)) is not first
+    assert auth_failure_response(errors.AuthBackoff(1.2341), openai=True).body != first.body
+    for n in range(3 * BACKOFF_ANSWERS_KEPT):
+        auth_failure_response(errors.AuthBackoff(n / 1000 + 0.0005))
+    assert 0 < len(_BACKOFF_ANSWERS[False]) <= BACKOFF_ANSWERS_KEPT
+
 
 # -- bad input ----------------------------------------------------------------------------------
 async def test_malformed_requests_get_400_with_what_was_wrong(serve):
