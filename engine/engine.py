@@ -579,10 +579,10 @@ class Engine:
         return report
 
     def _place_promoted(self, session: Session) -> None:
-        """A cold row of the registry became an object (its first use): place it."""
-        move = self._adoption.place(session)
-        if move is not None:
-            self._link.later(move)
+        """A cold row of the registry became an object (its first use): place it on a lane.
+        The placement is not written: a row's stored lane says where it last ran, and a write
+        at a first use put a commit of its own ahead of the turn's (0.45 ms more at the p50)."""
+        self._adoption.place(session)
 
     def _alert_owner(self) -> str:
         """Whose numbering the monitor's alerts follow in the store: this worker's name in a
