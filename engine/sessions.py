@@ -313,21 +313,19 @@ class SessionRegistry:
     def get(self, session_id: str) -> Session | None:
         """The live session, a cold row turned into an object first."""
         session = self._sessions.get(session_id)
-        if session is None and self.cold.rows:
-            row = self.cold.find(session_id)
-            if row >= 0:
-                return self.promote(row)
-        return session
+        if session is not None:
+            return session
+        row = self.cold_row(session_id)
+        return self.promote(row) if row >= 0 else None
 
     def peek(self, session_id: str) -> Session | None:
         """The live session to look at: the object, or one built from its cold row and left a
         row (a look is not a use)."""
         session = self._sessions.get(session_id)
-        if session is None and self.cold.rows:
-            row = self.cold.find(session_id)
-            if row >= 0:
-                return self.cold.session(row)
-        return session
+        if session is not None:
+            return session
+        row = self.cold_row(session_id)
+        return self.cold.session(row) if row >= 0 else None
 
     def held(self, session_id: str) -> Session | None:
         """The session if held as an object; a cold row is not looked at (see `cold_row`)."""
