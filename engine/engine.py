@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from cryptography.fernet import Fernet
@@ -455,10 +454,10 @@ class Engine:
         more sessions than that unlisted (a million restored ones), `unlisted` says how many
         are still to come, and the next snapshots (and `refresh_views`) list them."""
         self._views.build(self.config.monitor.snapshot_views)
-        views = MappingProxyType(dict(self._views.current()))
+        views = self._views.freeze()
         return EngineSnapshot(
             taken_at=self.clock.now(),
-            sessions=tuple(views.values()),
+            sessions=views.sequence(),
             sessions_by_id=views,
             unlisted=self._views.unlisted,
             users=self._registry.users(),

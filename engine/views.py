@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -23,6 +23,7 @@ from engine.pool import PoolView
 from engine.quotas import QuotaUsage
 from engine.sessions import Message, Session, SessionRegistry
 from engine.store import StoreStats
+from engine.view_table import FrozenViews, ViewTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +157,14 @@ class ClusterView:
 
 @dataclass(frozen=True, slots=True)
 class EngineSnapshot:
-    """Plain immutable data for the console; building it costs O(sessions) pointer copies.
+    """Plain immutable data for the console; building it costs the views changed since the
+    last one (engine.view_table), not O(sessions).
 
     `sessions` lists the live sessions viewed so far: all of them but `unlisted`, which the
     next snapshots list (a snapshot builds a bounded number of views)."""
 
     taken_at: float
-    sessions: tuple[SessionView, ...]
+    sessions: Sequence[SessionView]  # in no particular order: the console sorts them
     sessions_by_id: Mapping[str, SessionView]
     users: int
     quotas: tuple[QuotaView, ...]
@@ -211,7 +213,7 @@ class SessionViews:
     ) -> None:
         self._registry = registry
         self._monitor = monitor
-        self._views: dict[str, SessionView] = {}
+        self._views: ViewTable[SessionView] = ViewTable()
         self._stale: set[str] = set()
         self._unviewed: dict[str, None] = {}  # an ordered set: sessions without a view yet
         self._pass: Iterator[Session] | None = None  # the registry pass under way, if any
@@ -233,7 +235,7 @@ class SessionViews:
                 del recent[next(iter(recent))]
 
     def forget(self, session_id: str) -> None:
-        self._views.pop(session_id, None)
+        self._views.pop(session_id)
         self._stale.discard(session_id)
         self._unviewed.pop(session_id, None)
         self._recent.pop(session_id, None)
@@ -264,9 +266,10 @@ class SessionViews:
             view = self._views[session_id] = self._build(session)
         return view
 
-    def current(self) -> Mapping[str, SessionView]:
-        """The views built so far (see `build`); the dict is the cache itself: copy to keep."""
-        return self._views
+    def freeze(self) -> FrozenViews[SessionView]:
+        """The views built so far (see `build`), as of now: O(chunks changed), not O(views)
+        (engine.view_table)."""
+        return self._views.freeze()
 
     @property
     def unlisted(self) -> int:

@@ -79,7 +79,7 @@ def test_sort_by_each_column_and_reverse(column, key):
     assert model.rows == sorted(data, key=key)
     model.sort_by(column)
     model.update(data)
-    assert model.rows == sorted(data, key=key, reverse=True)
+    assert model.rows == sorted(data, key=lambda v: (key(v), v.session_id), reverse=True)
 
 
 def test_unknown_sort_column_is_refused():
