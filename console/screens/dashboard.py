@@ -44,6 +44,7 @@ SPARK_SECONDS = 180  # "the last minutes"
 HTTP_MARK = "↗"  # sessions created through the HTTP gateway (filter: via:http)
 GATEWAY_ROUTES = 6  # routes listed in the gateway panel, busiest first
 CLUSTER_WORKERS = 6  # workers listed in the cluster panel
+REORDER_STEP_DELAY_S = 0.001  # between the steps of a big table's reorder (a timer needs > 0)
 
 # Shift+letter sorts by a column, as in k9s; the same key again reverses.
 SORT_BINDINGS = (
@@ -420,13 +421,17 @@ class DashboardScreen(TableScreen):
         set_lines(self.query_one("#gateway", Static), gateway_lines(stats, GATEWAY_ROUTES))
 
     def _continue_reorder(self) -> None:
-        """A big table is reordered a step a frame (SessionsModel.step), whatever the ticks."""
+        """A big table is reordered a step at a time (SessionsModel.step), whatever the ticks,
+        each step on a one-shot timer of its own: callbacks after a refresh that repaints
+        nothing run one after another in one slice of the loop, and so would every step."""
         if self.model.reordering and not self._reordering:
             self._reordering = True
-            self.call_after_refresh(self._reorder_step)
+            self.set_timer(REORDER_STEP_DELAY_S, self._reorder_step, name="reorder")
 
     def _reorder_step(self) -> None:
         self._reordering = False
+        if not self.is_attached:
+            return
         if self.model.step():
             self.table.set_rows(self.model.rows)
             self.show_title()
