@@ -46,7 +46,7 @@ _MAX_COUNT = 2**32 - 1  # the 32-bit counters' bound
 # timeout, lifetime), which nearly all sessions of a service share a few of.
 _MAX_PROFILES = 2**16
 _EMPTY, _TAKEN = 0, -1  # index slots: never used; a row was here (probing goes on past it)
-NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})  # most sessions' metadata: one, shared
 _Profile = tuple[str, str, str, str, float, float]
 
 
@@ -261,7 +261,7 @@ class ColdRecords:
         self._user_rows = array("i")
         self._user_first = array("i")
         self._live = bytearray()
-        self._index = array("i", bytes(4 * capacity))
+        self._index = array("i", [_EMPTY]) * capacity
         self._mask = capacity - 1
         self._due: dict[int, array[int]] = {}
         self._due_keys: list[int] = []
@@ -313,7 +313,7 @@ class ColdRecords:
             return
         while 2 * rows > capacity:
             capacity *= 2
-        self._index = array("i", bytes(4 * capacity))
+        self._index = array("i", [_EMPTY]) * capacity
         self._mask = capacity - 1
         ids, live = self._ids, self._live
         for row in range(len(live)):

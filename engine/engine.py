@@ -43,7 +43,7 @@ from engine.quotas import QuotaManager
 from engine.ratelimit import RateLimiter
 from engine.records import MetricsRollup, alert_row, session_row
 from engine.residency import SessionResidency
-from engine.restore import hold_stored, place, restore_quota_windows
+from engine.restore import ColdAdoption, restore_quota_windows
 from engine.runner import AgentRunner
 from engine.runtime import prepare_for_serving
 from engine.security import KeyRing, issue_token, rotate
@@ -52,7 +52,6 @@ from engine.store import (
     Assign,
     Prune,
     RewrapReport,
-    SessionRecord,
     Store,
     TokenUpdate,
     UserTier,
@@ -127,9 +126,12 @@ class Engine:
             balancer=self._balancer, monitor=self._monitor, store=lambda: self.store,
             keyring=lambda: self.keyring, persist_later=self._link.later,
         )
-        self._tiers = frozenset(limits.tiers)
+        self._adoption = ColdAdoption(
+            self._registry, self._quotas, self._balancer, self._monitor,
+            frozenset(limits.tiers), limits.default_tier,
+        )
         self._paging = BackgroundRestore(
-            registry=self._registry, store=self._stored, adopt=self._hold_stored,
+            registry=self._registry, store=self._stored, adopt=self._adoption.hold,
             persist_later=self._link.later, clock=self.clock,
             enforce_cap=not config.cluster.redis_url,
             page_sessions=config.sessions.restore_page_sessions,
@@ -487,7 +489,7 @@ class Engine:
         state, worker_id = await connect(self.config)
         worker = ClusterWorker(
             state, worker_id, self.config, registry=self._registry, quotas=self._quotas,
-            balancer=self._balancer, monitor=self._monitor, store=self._stored,
+            monitor=self._monitor, adoption=self._adoption, store=self._stored,
             persist_later=self._link.later,
             forget=lambda s: self._registry.remove(
                 s.session_id, "ended", self.clock.now(), "ended on another worker"
@@ -566,17 +568,9 @@ class Engine:
             await self._cluster.rebuild()
         return report
 
-    def _hold_stored(self, record: SessionRecord) -> Assign | None:
-        """Hold a stored session cold; the op recording its move to another worker lane."""
-        return hold_stored(
-            record, registry=self._registry, quotas=self._quotas, balancer=self._balancer,
-            monitor=self._monitor, tiers=self._tiers,
-            default_tier=self.config.limits.default_tier,
-        )
-
     def _place_promoted(self, session: Session) -> None:
         """A cold row of the registry became an object (its first use): place it."""
-        move = place(session, balancer=self._balancer, monitor=self._monitor)
+        move = self._adoption.place(session)
         if move is not None:
             self._link.later(move)
 

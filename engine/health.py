@@ -8,6 +8,8 @@ a turn's path and caches the score per session.
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,12 +91,12 @@ class RecentTurns:
     many sessions that only sit in the store (cold, idle since the restart) hold none of it."""
 
     policy: HealthPolicy
-    failed: list[bool] = field(default_factory=list)  # recent outcomes, True = failed
-    latencies: list[float] = field(default_factory=list)
-    rate_limited_at: list[float] = field(default_factory=list)
+    failed: bytearray = field(default_factory=bytearray)  # recent outcomes, 1 = failed
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    rate_limited_at: list[float] | None = None  # made at the first refusal: most have none
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    # Plain lists, trimmed from the front: a deque's first block alone is 64 slots (about
-    # 760 bytes), three of them more than the rest of a warm session's bookkeeping.
+    # Trimmed from the front: a deque's first block alone is 64 slots (about 760 bytes); typed
+    # arrays, as a list holds a float object (24 bytes) per latency besides its slot.
 
     def outcome(self, failed: bool) -> None:
         _append_bounded(self.failed, failed, self.policy.error_turns)
@@ -104,10 +106,12 @@ class RecentTurns:
         self.latency.record(latency_s)
 
     def rate_limited(self, now: float) -> None:
+        if self.rate_limited_at is None:
+            self.rate_limited_at = []
         _append_bounded(self.rate_limited_at, now, max(64, self.policy.rate_limited))
 
 
-def _append_bounded(items: list[Any], item: object, bound: int) -> None:
+def _append_bounded(items: MutableSequence[Any], item: Any, bound: int) -> None:
     items.append(item)
     if len(items) > bound:
         del items[: len(items) - bound]
@@ -119,7 +123,6 @@ class SessionStats:
     recent: RecentTurns | None = None  # None until the session's first turn or error
     turns: int = 0
     errors: int = 0
-    errors_by_type: dict[str, int] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     last_error: str | None = None
@@ -172,11 +175,11 @@ def session_health(
         elif percent >= p.quota_percent:
             penalties.append((10, f"user near quota: {resource} {percent:.0f}%"))
     limited: list[float] = []
-    if recent is not None:
-        since = now - p.rate_limited_window_s
-        stale = next((i for i, at in enumerate(recent.rate_limited_at) if at > since), None)
-        del recent.rate_limited_at[: len(recent.rate_limited_at) if stale is None else stale]
+    if recent is not None and recent.rate_limited_at is not None:
         limited = recent.rate_limited_at
+        since = now - p.rate_limited_window_s
+        stale = next((i for i, at in enumerate(limited) if at > since), None)
+        del limited[: len(limited) if stale is None else stale]
     if len(limited) >= p.rate_limited:
         penalties.append(
             (10, f"rate limited {len(limited)} times in last {p.rate_limited_window_s:g}s")

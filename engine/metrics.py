@@ -9,8 +9,10 @@ an in-process backend answering in 0.4 ms reads as 0.4 ms rather than 0.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right, insort
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from engine.clock import Clock
@@ -47,47 +49,64 @@ class Percentiles:
 
 
 class LatencyHistogram:
-    """Counts per rounded latency; percentiles by walking the sorted keys."""
+    """Counts per rounded latency; percentiles by walking the sorted keys.
 
-    __slots__ = ("_counts", "_keys", "count")
+    Keys and counts are one typed array, the sorted keys in its first half and each key's count
+    at the same place in the second: every hot session has one of these, and a dict and a
+    list of ints for a session's few keys were about 300 bytes (a key found by bisection costs
+    about 0.1 us more than by a dict).
+    """
+
+    __slots__ = ("_cells", "count")
 
     # 0..99 µs exact, then 90 two-figure values per decade up to 10^10 µs, plus the cap itself.
     MAX_KEYS = 100 + 90 * 8 + 1
 
     def __init__(self) -> None:
-        self._counts: dict[int, int] = {}
-        self._keys: list[int] = []  # sorted; a new key costs one insort, rare after warm-up
+        self._cells = array("q")  # keys (sorted), then their counts; a new key is rare
         self.count = 0
 
     def record(self, seconds: float) -> None:
         self._add(_key(seconds), 1)
 
     def _add(self, key: int, n: int) -> None:
-        if key in self._counts:
-            self._counts[key] += n
+        cells = self._cells
+        keys = len(cells) // 2
+        i = bisect_left(cells, key, 0, keys)
+        if i < keys and cells[i] == key:
+            cells[keys + i] += n
         else:
-            self._counts[key] = n
-            insort(self._keys, key)
+            cells.insert(keys + i, n)
+            cells.insert(i, key)
         self.count += n
 
+    def _items(self) -> Iterator[tuple[int, int]]:
+        """(key, count) in key order."""
+        cells = self._cells
+        keys = len(cells) // 2
+        return zip(cells[:keys], cells[keys:], strict=True)
+
     def merge(self, other: LatencyHistogram) -> None:
-        for key, n in other._counts.items():
+        for key, n in other._items():
             self._add(key, n)
 
     def subtract(self, other: LatencyHistogram) -> None:
         """Remove counts earlier merged from `other`: how a sliding window forgets a slot."""
-        for key, n in other._counts.items():
-            left = self._counts[key] - n
+        cells = self._cells
+        for key, n in other._items():
+            keys = len(cells) // 2
+            i = bisect_left(cells, key, 0, keys)
+            left = cells[keys + i] - n
             if left > 0:
-                self._counts[key] = left
+                cells[keys + i] = left
             else:
-                del self._counts[key]
-                del self._keys[bisect_left(self._keys, key)]
+                del cells[keys + i]
+                del cells[i]
             self.count -= n
 
     @property
     def key_count(self) -> int:
-        return len(self._keys)
+        return len(self._cells) // 2
 
     def percentile(self, q: float) -> float:
         """The value at quantile `q` (0..1) in seconds, rounded as stored; 0.0 when empty."""
@@ -104,8 +123,8 @@ class LatencyHistogram:
         ranks = [max(1, math.ceil(round(min(max(q, 0.0), 1.0) * self.count, 9))) for q in quantiles]
         found: list[float] = []
         seen = 0
-        for key in self._keys:
-            seen += self._counts[key]
+        for key, n in self._items():
+            seen += n
             while len(found) < len(ranks) and seen >= ranks[len(found)]:
                 found.append(key / 1e6)
             if len(found) == len(ranks):

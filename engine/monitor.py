@@ -247,7 +247,6 @@ class Monitor:
         if stats is None:
             return
         stats.errors += 1
-        stats.errors_by_type[error_type] = stats.errors_by_type.get(error_type, 0) + 1
         stats.last_error = error_type
         recent = self._recent(stats)
         if failure:

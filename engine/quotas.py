@@ -104,7 +104,6 @@ class _Ring:
     """
 
     window_s: float
-    width: float
     span: int
     head: int
     pairs: array[float]  # k0, amount0, k1, amount1, ...: k rising, each > head - span
@@ -112,8 +111,12 @@ class _Ring:
 
     @classmethod
     def create(cls, window_s: float, buckets: int, now: float) -> _Ring:
-        width = window_s / buckets
-        return cls(window_s, width, buckets + 1, math.floor(now / width), array("d"))
+        return cls(window_s, buckets + 1, math.floor(now / (window_s / buckets)), array("d"))
+
+    @property
+    def width(self) -> float:
+        """A sub-bucket's seconds (computed: a float per ring is 24 B, and users have three)."""
+        return self.window_s / (self.span - 1)
 
     def roll(self, now: float) -> None:
         """Expire sub-buckets that left the window.

@@ -1,11 +1,11 @@
 """Stored rows back into live sessions: compact records at start-up, contexts on first use.
 
-The reverse of `engine.records`. `hold_stored` holds a stored session cold (its compact
+The reverse of `engine.records`. `ColdAdoption` holds a stored session cold (its compact
 record: owner, token hash, deadlines, counters; a packed row of engine.cold_records when it
-packs, else an object through `adopt_cold`), reading no message; `place` is what a session
-held as an object gets: a worker lane and the monitor's stats; `restore_quota_windows` counts the
-users' stored quota use again. `warm` unwraps one session's key and decrypts its messages when
-the engine first uses it; a session that fails there is the engine's to report, alone.
+packs, else an object), reading no message, and places a session held as an object on a
+worker lane; `restore_quota_windows` counts the users' stored quota use again. `warm` unwraps
+one session's key and decrypts its messages when the engine first uses it; a session that
+fails there is the engine's to report, alone.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from engine.balancer import Balancer
+from engine.cold_records import NO_METADATA
+from engine.errors import DecryptionFailed
 from engine.monitor import Monitor
 from engine.quotas import BYTES_PER_MB, QuotaManager
 from engine.security import KeyRing, TokenRecord
-from engine.sessions import Context, Message, Session, SessionRegistry
+from engine.sessions import ROLES, Context, Message, Session, SessionRegistry
 from engine.store import (
     Assign,
     ContextFigures,
@@ -29,8 +32,6 @@ from engine.store import (
     StoredSession,
 )
 from engine.views import RestoreReport
-
-NO_METADATA: MappingProxyType[str, object] = MappingProxyType({})  # most sessions: shared
 
 
 def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
@@ -76,91 +77,77 @@ def warm(
     cipher = keyring.unwrap(stored.wrapped_key)
     sid = session.session_id
     context = Context(context_max_messages, context_max_bytes)
-    for m in stored.messages:
-        text = cipher.decrypt(m.ciphertext, session_id=sid, seq=m.seq, role=m.role)
-        # The role is one of two strings: share them, not one copy per row read.
-        context.append(Message(sys.intern(m.role), text, m.at))  # type: ignore[arg-type]
-    session.cipher, session.wrapped_key, session.context = cipher, stored.wrapped_key, context
+    if any(m.role not in ROLES for m in stored.messages):
+        raise DecryptionFailed("message", f"its stored role is not one of {', '.join(ROLES)}")
+    context.extend([
+        Message(
+            m.role,  # type: ignore[arg-type]
+            cipher.decrypt(m.ciphertext, session_id=sid, seq=m.seq, role=m.role), m.at,
+        )
+        for m in stored.messages
+    ])
+    # The wrapped key stays in the store: only a new session's first write carries it.
+    session.cipher, session.context = cipher, context
     if stored.messages:
         session.next_seq = max(session.next_seq, stored.messages[-1].seq + 1)
 
 
-def hold_stored(
-    record: SessionRecord,
-    *,
-    registry: SessionRegistry,
-    quotas: QuotaManager,
-    balancer: Balancer,
-    monitor: Monitor,
-    tiers: frozenset[str],
-    default_tier: str,
-) -> Assign | None:
-    """Hold a stored session cold (at open, or first seen by this worker of a cluster): a
-    packed row until its first use, or an object if it does not pack; returns the op
-    recording its move when it is placed on another worker lane (objects only: a row is
-    placed when it becomes one, engine.sessions.SessionRegistry.promote)."""
-    row = _known_tier(record.row, monitor, tiers, default_tier)
-    if not registry.adopt_row(row, record.figures):
-        return adopt_cold(
-            cold_session(row, record.figures), registry=registry, quotas=quotas,
-            balancer=balancer, monitor=monitor, tiers=tiers, default_tier=default_tier,
-        )
-    _count_user(row.user_id, row.tier, record.figures.bytes if record.figures else 0, quotas)
-    return None
+@dataclass(frozen=True, slots=True)
+class ColdAdoption:
+    """How a session read from the store comes in cold, at open or when a worker of a cluster
+    first sees it: its user's tier and stored bytes counted, no message read."""
 
+    registry: SessionRegistry
+    quotas: QuotaManager
+    balancer: Balancer
+    monitor: Monitor
+    tiers: frozenset[str]
+    default_tier: str
 
-def adopt_cold(
-    session: Session,
-    *,
-    registry: SessionRegistry,
-    quotas: QuotaManager,
-    balancer: Balancer,
-    monitor: Monitor,
-    tiers: frozenset[str],
-    default_tier: str,
-) -> Assign | None:
-    """Hold a session read from the store as a cold object (see `hold_stored`)."""
-    registry.adopt(session)
-    if session.tier not in tiers:
-        _unknown_tier(session.tier, monitor, default_tier)
-        session.tier = default_tier
-    _count_user(session.user_id, session.tier, session.cold_bytes, quotas)
-    return place(session, balancer=balancer, monitor=monitor)
-
-
-def place(session: Session, *, balancer: Balancer, monitor: Monitor) -> Assign | None:
-    """A session now held as an object: a worker lane, and the monitor's per-session stats;
-    the op recording its move when the lane is not the stored one."""
-    monitor.session_started(session.session_id, session.user_id)
-    worker = balancer.assign(session.session_id)
-    if worker == session.worker:
+    def hold(self, record: SessionRecord) -> Assign | None:
+        """A packed row until its first use (engine.cold_records), or an object if it does
+        not pack; the op recording its move to another worker lane (objects only: a row is
+        placed when it becomes one, engine.sessions.SessionRegistry.promote)."""
+        row = record.row
+        if row.tier not in self.tiers:
+            self._unknown_tier(row.tier)
+            row = dataclasses.replace(row, tier=self.default_tier)
+        if not self.registry.adopt_row(row, record.figures):
+            return self.adopt(cold_session(row, record.figures))
+        self._count_user(row.user_id, row.tier, record.figures.bytes if record.figures else 0)
         return None
-    session.worker = worker
-    return Assign(session.session_id, worker)
 
+    def adopt(self, session: Session) -> Assign | None:
+        """The session as a cold object; the op recording its move, as `hold`."""
+        self.registry.adopt(session)
+        if session.tier not in self.tiers:
+            self._unknown_tier(session.tier)
+            session.tier = self.default_tier
+        self._count_user(session.user_id, session.tier, session.cold_bytes)
+        return self.place(session)
 
-def _count_user(user_id: str, tier: str, stored_bytes: int, quotas: QuotaManager) -> None:
-    """The user's tier as stored, and the session's stored bytes in their storage quota."""
-    if tier != quotas.tier_of(user_id):
-        quotas.set_tier(user_id, tier)
-    quotas.adjust(user_id, "storage_mb", stored_bytes / BYTES_PER_MB)
+    def place(self, session: Session) -> Assign | None:
+        """A session now held as an object: a worker lane, and the monitor's per-session
+        stats; the op recording its move when the lane is not the stored one."""
+        self.monitor.session_started(session.session_id, session.user_id)
+        worker = self.balancer.assign(session.session_id)
+        if worker == session.worker:
+            return None
+        session.worker = worker
+        return Assign(session.session_id, worker)
 
+    def _count_user(self, user_id: str, tier: str, stored_bytes: int) -> None:
+        """The user's tier as stored, and the session's stored bytes in their storage quota."""
+        if tier != self.quotas.tier_of(user_id):
+            self.quotas.set_tier(user_id, tier)
+        self.quotas.adjust(user_id, "storage_mb", stored_bytes / BYTES_PER_MB)
 
-def _known_tier(
-    row: SessionRow, monitor: Monitor, tiers: frozenset[str], default_tier: str
-) -> SessionRow:
-    if row.tier in tiers:
-        return row
-    _unknown_tier(row.tier, monitor, default_tier)
-    return dataclasses.replace(row, tier=default_tier)
-
-
-def _unknown_tier(tier: str, monitor: Monitor, default_tier: str) -> None:
-    monitor.alert_manager.fire(
-        f"tier:{tier}", "configuration", "warning",
-        f"restored sessions use tier {tier!r}, which is no longer "
-        f"configured; their users get {default_tier!r}",
-    )
+    def _unknown_tier(self, tier: str) -> None:
+        self.monitor.alert_manager.fire(
+            f"tier:{tier}", "configuration", "warning",
+            f"restored sessions use tier {tier!r}, which is no longer "
+            f"configured; their users get {self.default_tier!r}",
+        )
 
 
 def restore_quota_windows(restored: Restored, quotas: QuotaManager) -> RestoreReport:

@@ -159,7 +159,7 @@ class SessionCipher:
     itself) still decrypt, unchecked against their place.
     """
 
-    __slots__ = ("_data_key", "_fingerprint", "_message_key")
+    __slots__ = ("_data_key", "_message_key")
 
     def __init__(self, data_key: bytes) -> None:
         Fernet(data_key)  # rejects a malformed key
@@ -167,10 +167,9 @@ class SessionCipher:
         # more than a hot session's own state, and building one per call costs under 1 us.
         self._data_key = data_key
         self._message_key = HKDF(SHA256(), 32, salt=None, info=_MESSAGE_KEY_INFO).derive(data_key)
-        self._fingerprint = fingerprint(data_key)
 
     def __repr__(self) -> str:
-        return f"SessionCipher(fingerprint={self._fingerprint!r})"
+        return f"SessionCipher(fingerprint={fingerprint(self._data_key)!r})"
 
     def encrypt(self, plaintext: str, *, session_id: str, seq: int, role: str) -> bytes:
         """Bound to its place: `decrypt` needs the same session id, seq and role."""

@@ -11,8 +11,8 @@ import asyncio
 import heapq
 import secrets
 from array import array
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard
@@ -65,19 +65,19 @@ _ROLE_CODES = {role: code for code, role in enumerate(ROLES)}
 class Context:
     """A conversation bounded by message count and bytes; the oldest are dropped first.
 
-    Kept as its messages' UTF-8 in one buffer, with each message's size, role and time in typed
-    arrays. A str per message costs a 49-byte header and a list slot, and a chat dict per
-    message 184 bytes: together more than a typical message's text, and a hot session's memory
-    is mostly its context. `chat_history` decodes and builds the dicts at each turn instead
-    (about 0.2 us a message; 40 us at the 200-message bound, under 5% of a turn's CPU).
+    Kept as its messages' UTF-8 in one buffer, with each message's size and role in one 32-bit
+    word (size times two, plus the role's index in ROLES) and its time in a typed array. A str
+    per message costs a 49-byte header and a list slot, and a chat dict per message 184 bytes:
+    together more than a typical message's text, and a hot session's memory is mostly its
+    context. `chat_history` decodes and builds the dicts at each turn instead (about 0.2 us a
+    message; 40 us at the 200-message bound, under 5% of a turn's CPU).
     """
 
-    __slots__ = ("_roles", "_sizes", "_text", "_times", "dropped", "max_bytes", "max_messages")
+    __slots__ = ("_entries", "_text", "_times", "dropped", "max_bytes", "max_messages")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self._text = bytearray()
-        self._sizes = array("I")  # bytes of each message's text, in order
-        self._roles = bytearray()  # an index into ROLES per message
+        self._entries = array("I")  # per message: size << 1 | role index
         self._times = array("d")
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -91,22 +91,36 @@ class Context:
     def append(self, message: Message) -> int:
         """Add a message and return the bytes dropped to stay within bounds (the newest stays)."""
         encoded = message.content.encode("utf-8")
-        sizes = self._sizes
         self._text += encoded
-        sizes.append(len(encoded))
-        self._roles.append(_ROLE_CODES[message.role])
+        self._entries.append(len(encoded) << 1 | _ROLE_CODES[message.role])
         self._times.append(message.at)
+        return self._trim()
+
+    def extend(self, messages: Sequence[Message]) -> int:
+        """`append` each message, each column grown once: a context read from the store takes
+        its size, not a buffer grown a message at a time (an eighth more, each step)."""
+        encoded = [message.content.encode("utf-8") for message in messages]
+        self._text += b"".join(encoded)
+        self._entries.extend(
+            len(text) << 1 | _ROLE_CODES[message.role]
+            for text, message in zip(encoded, messages, strict=True)
+        )
+        self._times.extend(message.at for message in messages)
+        return self._trim()
+
+    def _trim(self) -> int:
+        """Drop the oldest messages past either bound (never the newest); the bytes freed."""
+        entries = self._entries
         total = len(self._text)
         freed = drop = 0
-        while len(sizes) - drop > 1 and (
-            len(sizes) - drop > self.max_messages or total - freed > self.max_bytes
+        while len(entries) - drop > 1 and (
+            len(entries) - drop > self.max_messages or total - freed > self.max_bytes
         ):
-            freed += sizes[drop]
+            freed += entries[drop] >> 1
             drop += 1
         if drop:
             del self._text[:freed]  # a bytearray drops its front without copying the rest
-            del sizes[:drop]
-            del self._roles[:drop]
+            del entries[:drop]
             del self._times[:drop]
             self.dropped += drop
         return freed
@@ -120,7 +134,7 @@ class Context:
         return tuple(Message(role, content, at) for role, content, at in self._decoded())
 
     def __len__(self) -> int:
-        return len(self._sizes)
+        return len(self._entries)
 
     def __iter__(self) -> Iterator[Message]:
         return iter(self.messages())
@@ -131,9 +145,9 @@ class Context:
         decoded = []
         start = 0
         with memoryview(self._text) as text:
-            for size, role, at in zip(self._sizes, self._roles, self._times, strict=True):
-                end = start + size
-                decoded.append((ROLES[role], str(text[start:end], "utf-8"), at))
+            for entry, at in zip(self._entries, self._times, strict=True):
+                end = start + (entry >> 1)
+                decoded.append((ROLES[entry & 1], str(text[start:end], "utf-8"), at))
                 start = end
         return decoded
 
@@ -161,7 +175,7 @@ class Session:
     tier: str = ""
     origin: str = "python"  # who created it: "python" (in-process caller) or "http" (gateway)
     token: TokenRecord | None = None
-    wrapped_key: bytes | None = field(default=None, repr=False)
+    wrapped_key: bytes | None = field(default=None, repr=False)  # until its creation is written
     cipher: SessionCipher | None = field(default=None, repr=False)
     _turn_lock: asyncio.Lock | None = None
     running_turn: asyncio.Task[Any] | None = None  # the task whose turn holds turn_lock
@@ -170,6 +184,7 @@ class Session:
     cold_bytes: int = 0
     stale: bool = False  # memory holds a turn the store refused: reload before the next use
     version: int = 0  # in a cluster: the session's version this copy was read or written at
+    cached_bytes: int = 0  # hot_bytes as the hot cache last counted it (HotCache)
 
     @property
     def busy(self) -> bool:
@@ -266,8 +281,9 @@ class SessionRegistry:
         self.context_max_messages = context_max_messages
         self.context_max_bytes = context_max_bytes
         self._sessions: dict[str, Session] = {}
-        # Insertion-ordered per user, so the first idle one found is the user's oldest idle one.
-        self._by_user: dict[str, dict[str, Session]] = {}
+        # A user's sessions: the session itself while it is their only one (a dict of one is
+        # 184 bytes), else a dict, insertion-ordered so the first idle one is the oldest idle.
+        self._by_user: dict[str, Session | dict[str, Session]] = {}
         self._heap: list[tuple[float, str]] = []
         self.cold = ColdRecords(Session)
         self._users_in_both = 0  # users holding objects and cold rows: counted once by users()
@@ -311,11 +327,12 @@ class SessionRegistry:
         """The user's sessions, their cold rows turned into objects first."""
         for row in self.cold.rows_of(user_id):
             self.promote(row)
-        return tuple(self._by_user.get(user_id, {}).values())
+        return tuple(self._owned(user_id))
 
     def count_of(self, user_id: str) -> int:
         owned = self._by_user.get(user_id)
-        return (len(owned) if owned is not None else 0) + self.cold.count_of(user_id)
+        held = 0 if owned is None else 1 if isinstance(owned, Session) else len(owned)
+        return held + self.cold.count_of(user_id)
 
     def users(self) -> int:
         return len(self._by_user) + self.cold.users - self._users_in_both
@@ -353,10 +370,9 @@ class SessionRegistry:
         `session_id` is given when the id was needed first (a cluster claims its place)."""
         if self.count_of(user_id) >= self.max_per_user:
             rows = self.cold.rows_of(user_id)  # restored ones come first, as when objects
-            owned = self._by_user.get(user_id, {})
             victim = (
                 self.promote(rows[-1]) if rows
-                else next((s for s in owned.values() if not s.busy), None)
+                else next((s for s in self._owned(user_id) if not s.busy), None)
             )
             if victim is None:
                 raise SessionLimitReached(user_id, self.max_per_user)
@@ -378,13 +394,20 @@ class SessionRegistry:
 
     def adopt(self, session: Session) -> None:
         """Register a session without a 'created' event: new ones via create(), or restored."""
-        self._sessions[session.session_id] = session
-        owned = self._by_user.get(session.user_id)
+        session_id, user_id = session.session_id, session.user_id
+        self._sessions[session_id] = session
+        owned = self._by_user.get(user_id)
         if owned is None:
-            owned = self._by_user[session.user_id] = {}
-            if self.cold.count_of(session.user_id):
+            self._by_user[user_id] = session
+            if self.cold.count_of(user_id):
                 self._users_in_both += 1
-        owned[session.session_id] = session
+        elif isinstance(owned, Session):
+            self._by_user[user_id] = (
+                session if owned.session_id == session_id
+                else {owned.session_id: owned, session_id: session}
+            )
+        else:
+            owned[session_id] = session
         heapq.heappush(self._heap, (session.deadline, session.session_id))
 
     def adopt_row(self, row: SessionRow, figures: ContextFigures | None) -> bool:
@@ -451,12 +474,23 @@ class SessionRegistry:
 
     def _unindex(self, session: Session) -> None:
         self.hot.discard(session)
-        owned = self._by_user[session.user_id]
-        del owned[session.session_id]
-        if not owned:
-            del self._by_user[session.user_id]
-            if self.cold.count_of(session.user_id):
+        user_id = session.user_id
+        owned = self._by_user[user_id]
+        if isinstance(owned, Session):
+            del self._by_user[user_id]
+            if self.cold.count_of(user_id):
                 self._users_in_both -= 1
+            return
+        del owned[session.session_id]
+        if len(owned) == 1:
+            self._by_user[user_id] = next(iter(owned.values()))
+
+    def _owned(self, user_id: str) -> Iterable[Session]:
+        """The user's sessions held as objects, oldest first."""
+        owned = self._by_user.get(user_id)
+        if owned is None:
+            return ()
+        return (owned,) if isinstance(owned, Session) else owned.values()
 
     def expire_due(self, now: float) -> list[Session]:
         """Remove every session whose deadline has passed; cost is O(due x log n)."""
@@ -508,13 +542,15 @@ class HotCache:
     """The hot sessions, least recently used first, with their estimated bytes.
 
     The engine decides when to demote (idle or over budget, never a busy or loading one); this
-    keeps the order, the running total and the counts behind the console's hit ratio.
+    keeps the order, the running total and the counts behind the console's hit ratio. The order
+    is a plain dict's (a use moves a session to the end by taking it out and putting it back):
+    an OrderedDict's linked node is another 50 bytes a hot session.
     """
 
     __slots__ = ("_order", "bytes", "hits", "loads")
 
     def __init__(self) -> None:
-        self._order: OrderedDict[str, tuple[Session, int]] = OrderedDict()
+        self._order: dict[str, Session] = {}
         self.bytes = 0
         self.hits = 0  # uses that found the session hot
         self.loads = 0  # uses that had to load it (misses)
@@ -526,16 +562,16 @@ class HotCache:
         """A session just warmed, or used while hot: most recent now, its size re-estimated."""
         previous = self._order.pop(session.session_id, None)
         if previous is not None:
-            self.bytes -= previous[1]
-        size = session.hot_bytes
-        self._order[session.session_id] = (session, size)
-        self.bytes += size
+            self.bytes -= previous.cached_bytes
+        session.cached_bytes = session.hot_bytes
+        self._order[session.session_id] = session
+        self.bytes += session.cached_bytes
 
     def discard(self, session: Session) -> None:
         previous = self._order.pop(session.session_id, None)
         if previous is not None:
-            self.bytes -= previous[1]
+            self.bytes -= previous.cached_bytes
 
     def oldest_first(self) -> Iterator[Session]:
         """Least recently used first; do not add or discard while iterating."""
-        return (session for session, _ in self._order.values())
+        return iter(self._order.values())

@@ -221,11 +221,12 @@ class SessionViews:
         self._recent_max = recent_max
 
     def invalidate(self, session: Session) -> None:
-        """Mark the session's view out of date (or due to be built)."""
+        """Mark the session's view out of date (or due to be built, once any view has been
+        asked for: until then the first `current` builds them all)."""
         session_id = session.session_id
         if session_id in self._views:
             self._stale.add(session_id)
-        else:
+        elif self._views:
             self._unviewed[session_id] = None
         if self._recent_max:
             recent = self._recent

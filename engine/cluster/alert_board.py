@@ -11,16 +11,14 @@ acknowledged by its owner only, and the console sees it acknowledged one period 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 
 from engine.alerts import Alert
 from engine.cluster.connection import ClusterClient
 from engine.cluster.leases import ms
+from engine.cluster.published import PublishedByWorker
 from engine.views import WorkerAlerts
-
-log = logging.getLogger(__name__)
 
 PUBLISHED = 50  # alerts a worker publishes; the rest stay on its own console
 INBOX_MAX = 1000  # acknowledgement requests a worker takes at a time
@@ -33,8 +31,7 @@ class AlertBoard:
         self._client = client
         self._ttl_ms = ms(ttl_s)
         self._published: tuple[Alert, ...] | None = None  # the alerts last published
-        self._unreadable: set[str] = set()  # workers whose alerts could not be read, said once
-        self._last: dict[str, tuple[str, WorkerAlerts]] = {}  # per worker: value, decoded
+        self._read = PublishedByWorker("alerts", _decode)  # the other workers', decoded
 
     async def take_requests(self, worker_id: str) -> tuple[int, ...]:
         """The alert ids other workers' consoles asked this worker to acknowledge (emptied)."""
@@ -63,7 +60,7 @@ class AlertBoard:
         self._published = alerts if replies[0] else None
         if not others:
             return ()
-        return tuple(self._decoded(others, replies[1]))
+        return tuple(self._read.decoded(others, replies[1]))
 
     async def request(self, worker_id: str, alert_ids: Iterable[int]) -> None:
         """Ask `worker_id` to acknowledge these alerts (at its next publish)."""
@@ -75,29 +72,6 @@ class AlertBoard:
             pipe.sadd(inbox, *ids).pexpire(inbox, self._ttl_ms)
             await self._client.run(pipe.execute())
 
-    def _decoded(
-        self, workers: Sequence[str], values: Sequence[str | None]
-    ) -> Iterable[WorkerAlerts]:
-        """The workers' published alerts; a value read before is not decoded again."""
-        last, self._last = self._last, {}
-        for worker_id, value in zip(workers, values, strict=True):
-            if value is None:
-                continue  # none published yet, or it stopped
-            seen = last.get(worker_id)
-            if seen is not None and seen[0] == value:
-                self._last[worker_id] = seen
-                yield seen[1]
-                continue
-            try:
-                decoded = _decode(worker_id, value)
-            except (ValueError, TypeError, KeyError) as exc:
-                if worker_id not in self._unreadable:
-                    self._unreadable.add(worker_id)
-                    log.warning("worker %s published alerts this worker cannot read: %s",
-                                worker_id, exc)
-                continue
-            self._last[worker_id] = (value, decoded)
-            yield decoded
 
     def _key(self, kind: str, worker_id: str) -> str:
         return self._client.key(kind, worker_id)

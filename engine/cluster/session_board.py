@@ -12,15 +12,13 @@ it from the shared store.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 
 from engine.cluster.connection import ClusterClient
 from engine.cluster.leases import ms
+from engine.cluster.published import PublishedByWorker
 from engine.views import SessionView, WorkerSessions
-
-log = logging.getLogger(__name__)
 
 PUBLISHED = 200  # sessions a worker publishes: about 30 KB of JSON
 _FIELDS = tuple(f.name for f in fields(SessionView))
@@ -33,8 +31,9 @@ class SessionBoard:
         self._client = client
         self._ttl_ms = ms(ttl_s)
         self._published: list[SessionView] | None = None  # the views last published
-        self._unreadable: set[str] = set()  # workers whose sessions could not be read, said once
-        self._last: dict[str, tuple[str, WorkerSessions]] = {}  # per worker: value, decoded
+        self._read = PublishedByWorker(  # what the other workers published, decoded
+            "sessions", lambda worker_id, value: WorkerSessions(worker_id, _decode(value))
+        )
 
     async def exchange(
         self, worker_id: str, views: list[SessionView], others: Sequence[str]
@@ -55,31 +54,8 @@ class SessionBoard:
         self._published = views if replies[0] else None
         if not others:
             return ()
-        return tuple(self._decoded(others, replies[1]))
+        return tuple(self._read.decoded(others, replies[1]))
 
-    def _decoded(
-        self, workers: Sequence[str], values: Sequence[str | None]
-    ) -> Iterable[WorkerSessions]:
-        """The workers' published sessions; a value read before is not decoded again."""
-        last, self._last = self._last, {}
-        for worker_id, value in zip(workers, values, strict=True):
-            if value is None:
-                continue  # none published yet, or it stopped
-            seen = last.get(worker_id)
-            if seen is not None and seen[0] == value:
-                self._last[worker_id] = seen
-                yield seen[1]
-                continue
-            try:
-                decoded = WorkerSessions(worker_id, _decode(value))
-            except (ValueError, TypeError, KeyError) as exc:
-                if worker_id not in self._unreadable:
-                    self._unreadable.add(worker_id)
-                    log.warning("worker %s published sessions this worker cannot read: %s",
-                                worker_id, exc)
-                continue
-            self._last[worker_id] = (value, decoded)
-            yield decoded
 
 
 def _encode(views: Sequence[SessionView]) -> str:

@@ -26,7 +26,6 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from engine.balancer import Balancer
 from engine.cluster.alert_board import AlertBoard
 from engine.cluster.connection import BACKEND
 from engine.cluster.placement import Moved
@@ -50,7 +49,7 @@ from engine.errors import (
 from engine.monitor import Monitor, MonitorSnapshot
 from engine.pool import PoolView
 from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
-from engine.restore import adopt_cold, cold_session
+from engine.restore import ColdAdoption, cold_session
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Session, SessionEvent, SessionRegistry, lookable_id
 from engine.store import EndSession, Restored, SessionRecord, Store
@@ -77,8 +76,8 @@ class ClusterWorker:
         *,
         registry: SessionRegistry,
         quotas: QuotaManager,
-        balancer: Balancer,
         monitor: Monitor,
+        adoption: ColdAdoption,
         store: Callable[[], Store],
         persist_later: Callable[..., None],
         forget: Callable[[Session], None],
@@ -89,13 +88,13 @@ class ClusterWorker:
         self._config = config
         self._registry = registry
         self._quotas = quotas
-        self._balancer = balancer
         self._monitor = monitor
+        self._adoption = adoption
         self._store = store
         self._persist_later = persist_later
         self._forget = forget
         self._recent_sessions = recent_sessions
-        self._tiers = frozenset(config.limits.tiers)
+        self._tiers = adoption.tiers
         self.available = True  # the last call to Valkey/Redis was answered (readiness)
         self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
@@ -232,11 +231,7 @@ class ClusterWorker:
             return
         if session is None:
             session = cold_session(record.row, record.figures)
-            move = adopt_cold(
-                session, registry=self._registry, quotas=self._quotas,
-                balancer=self._balancer, monitor=self._monitor, tiers=self._tiers,
-                default_tier=self._config.limits.default_tier,
-            )
+            move = self._adoption.adopt(session)
             if move is not None:
                 self._persist_later(move)
         else:

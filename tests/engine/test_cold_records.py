@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.cold_records import ColdRecords
-from engine.security import hash_token
+from engine.errors import DecryptionFailed
+from engine.restore import warm
+from engine.security import KeyRing, hash_token
 from engine.sessions import Session, SessionRegistry, new_session_id
-from engine.store import ContextFigures, SessionRow
+from engine.store import ContextFigures, MessageRow, SessionRow, StoredSession
 
 T0 = 1_700_000_000.0
 
@@ -195,3 +198,20 @@ def test_counts_match_a_plain_model_under_any_mix_of_rows_and_objects(ops):
         for name, ids in model.items():
             assert reg.count_of(name) == len(ids)
     assert {s.session_id for s in reg} == set().union(*model.values()) if model else True
+
+
+def test_a_stored_role_other_than_user_or_assistant_leaves_the_session_unreadable(tmp_path):
+    ring = KeyRing.load(tmp_path / "master.key")
+    cipher, wrapped = ring.new_data_key()
+    row = stored()
+    records = ColdRecords(Session)
+    records.add(row, ContextFigures(messages=1, bytes=2, next_seq=1))
+    session = records.take(records.find(row.session_id))
+    ciphertext = cipher.encrypt("hi", session_id=row.session_id, seq=0, role="system")
+    messages = [MessageRow(row.session_id, 0, "system", ciphertext, T0, 2)]
+    with pytest.raises(DecryptionFailed, match="role"):
+        warm(
+            session, StoredSession(wrapped, messages), ring,
+            context_max_messages=10, context_max_bytes=1000,
+        )
+    assert session.context is None and session.cipher is None

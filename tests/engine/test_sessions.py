@@ -141,3 +141,21 @@ def test_expiry_and_cap_invariants(ops):
                 due = s.expiry_reason(now) is not None and not s.busy
                 assert (reg.get(s.session_id) is None) == due
         assert all(len(reg.of_user(f"u{u}")) <= 3 for u in range(5))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.text(max_size=40)), max_size=30),
+    st.integers(1, 10), st.integers(1, 200),
+)
+def test_extending_a_context_keeps_what_appending_each_message_keeps(texts, count, size):
+    messages = [
+        Message("user" if is_user else "assistant", text, float(i))
+        for i, (is_user, text) in enumerate(texts)
+    ]
+    one_by_one, at_once = Context(count, size), Context(count, size)
+    freed = sum(one_by_one.append(m) for m in messages)
+    assert at_once.extend(messages) == freed
+    assert at_once.messages() == one_by_one.messages()
+    assert (at_once.bytes, at_once.dropped) == (one_by_one.bytes, one_by_one.dropped)
+    assert at_once.chat_history() == one_by_one.chat_history()
