@@ -222,7 +222,7 @@ class SessionViews:
 
     def invalidate(self, session: Session) -> None:
         """Mark the session's view out of date (or due to be built, once any view has been
-        asked for: until then the first `current` builds them all)."""
+        asked for: until then the registry pass of the first `build` finds them all)."""
         session_id = session.session_id
         if session_id in self._views:
             self._stale.add(session_id)
