@@ -3,11 +3,15 @@
 Each snapshot hands the console every listed session's view, and a snapshot never changes once
 taken. Copying a dict of a million views and a tuple of them took ~80 ms at every refresh, on
 the loop the engine shares. Here the views are spread over `CHUNKS` dicts by their id's hash;
-`freeze` hands the chunks out as they are and marks them shared, and the first change to a
-shared chunk copies it (~250 views at a million) before changing it. A snapshot then costs the
-chunks changed since the last one, not every view.
+`freeze` hands the chunks out as they are, with each one's size, and marks them shared. A change
+or removal in a shared chunk copies it first (~250 views at a million); an addition does not: a
+dict keeps insertion order, so a frozen copy reads only the first `size` entries of each chunk.
+Listing a million sessions, 2,000 at a time spread over every chunk, then copies nothing, while
+a snapshot costs the chunks changed since the last one, not every view.
 
-The frozen views come in chunk order (by hash), not in the order the sessions were listed.
+A frozen copy's lookups may find a view added after the freeze (its iteration, length and
+sequence never do); they never find one changed or removed after it. The frozen views come in
+chunk order (by hash), not in the order the sessions were listed.
 """
 
 from __future__ import annotations
@@ -47,8 +51,11 @@ class ViewTable(Generic[V]):
         return self._chunks[hash(session_id) & self._mask].get(session_id)
 
     def __setitem__(self, session_id: str, view: V) -> None:
-        chunk = self._writable(hash(session_id) & self._mask)
-        if session_id not in chunk:
+        at = hash(session_id) & self._mask
+        chunk = self._chunks[at]
+        if session_id in chunk:
+            chunk = self._writable(at)
+        else:  # appended: past the size any frozen copy reads
             self._size += 1
         chunk[session_id] = view
 
@@ -62,7 +69,8 @@ class ViewTable(Generic[V]):
     def freeze(self) -> FrozenViews[V]:
         """Every view as of now, never changed later."""
         self._shared[:] = self._all_shared
-        return FrozenViews(tuple(self._chunks), self._size)
+        chunks = tuple(self._chunks)
+        return FrozenViews(chunks, tuple(map(len, chunks)), self._size)
 
     def _writable(self, at: int) -> dict[str, V]:
         chunk = self._chunks[at]
@@ -75,10 +83,13 @@ class ViewTable(Generic[V]):
 class FrozenViews(Mapping[str, V]):
     """The views at one instant by session id; `sequence` gives them as a sequence."""
 
-    __slots__ = ("_chunks", "_mask", "_size")
+    __slots__ = ("_chunks", "_mask", "_size", "_sizes")
 
-    def __init__(self, chunks: tuple[dict[str, V], ...], size: int) -> None:
+    def __init__(
+        self, chunks: tuple[dict[str, V], ...], sizes: tuple[int, ...], size: int
+    ) -> None:
         self._chunks = chunks
+        self._sizes = sizes  # each chunk's entries as frozen: later ones are appended after
         self._mask = len(chunks) - 1
         self._size = size
 
@@ -92,23 +103,26 @@ class FrozenViews(Mapping[str, V]):
         return session_id in self._chunks[hash(session_id) & self._mask]
 
     def __iter__(self) -> Iterator[str]:
-        return itertools.chain.from_iterable(self._chunks)
+        return itertools.chain.from_iterable(map(itertools.islice, self._chunks, self._sizes))
 
     def __len__(self) -> int:
         return self._size
 
     def sequence(self) -> ViewSequence[V]:
-        return ViewSequence(self._chunks, self._size)
+        return ViewSequence(self._chunks, self._sizes, self._size)
 
 
 class ViewSequence(Sequence[V]):
     """The views at one instant, chunk by chunk. Iterating costs O(views) in C; an index finds
     its chunk by bisection (the chunks' offsets are added up at the first index asked)."""
 
-    __slots__ = ("_chunks", "_offsets", "_size")
+    __slots__ = ("_chunks", "_offsets", "_size", "_sizes")
 
-    def __init__(self, chunks: tuple[dict[str, V], ...], size: int) -> None:
+    def __init__(
+        self, chunks: tuple[dict[str, V], ...], sizes: tuple[int, ...], size: int
+    ) -> None:
         self._chunks = chunks
+        self._sizes = sizes
         self._size = size
         self._offsets: list[int] | None = None  # where each chunk starts
 
@@ -116,14 +130,21 @@ class ViewSequence(Sequence[V]):
         return self._size
 
     def __iter__(self) -> Iterator[V]:
-        return itertools.chain.from_iterable(chunk.values() for chunk in self._chunks)
+        return itertools.chain.from_iterable(
+            map(itertools.islice, (chunk.values() for chunk in self._chunks), self._sizes)
+        )
 
     def __eq__(self, other: object) -> bool:
         """Equal to a list or tuple of the same views in the same order; to another frozen
-        sequence, at the cost of the chunks that are not the same objects (those changed in
-        between: an unchanged snapshot compares in microseconds)."""
+        sequence, at the cost of the chunks that differ (an unchanged snapshot compares in
+        microseconds)."""
         if isinstance(other, ViewSequence):
-            return self._size == other._size and self._chunks == other._chunks
+            return self._size == other._size and self._sizes == other._sizes and all(
+                mine is theirs or list(itertools.islice(mine.items(), size))
+                == list(itertools.islice(theirs.items(), size))
+                for mine, theirs, size in zip(self._chunks, other._chunks, self._sizes,
+                                              strict=True)
+            )
         if isinstance(other, list | tuple):
             return self._size == len(other) and all(map(operator.eq, self, other))
         return NotImplemented
@@ -147,6 +168,6 @@ class ViewSequence(Sequence[V]):
         if not 0 <= index < self._size:
             raise IndexError("view index out of range")
         if self._offsets is None:
-            self._offsets = list(itertools.accumulate((len(c) for c in self._chunks), initial=0))
+            self._offsets = list(itertools.accumulate(self._sizes, initial=0))
         at = bisect.bisect_right(self._offsets, index) - 1
         return next(itertools.islice(self._chunks[at].values(), index - self._offsets[at], None))
