@@ -124,7 +124,7 @@ class _Ring:
         A clock that stepped back moves the ring back with it, each sub-bucket keeping its age,
         so usage expires a window after it happened rather than a window plus the step.
         """
-        current = math.floor(now / self.width)
+        current = math.floor(now / (self.window_s / (self.span - 1)))  # self.width, inlined
         if current == self.head:
             return
         pairs = self.pairs
