@@ -19,10 +19,11 @@ from __future__ import annotations
 import bisect
 import itertools
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Generic, TypeVar, overload
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 CHUNKS = 4096  # ~250 views a chunk at a million: a chunk's copy costs a few microseconds
 
@@ -103,7 +104,10 @@ class FrozenViews(Mapping[str, V]):
         return session_id in self._chunks[hash(session_id) & self._mask]
 
     def __iter__(self) -> Iterator[str]:
-        return itertools.chain.from_iterable(map(itertools.islice, self._chunks, self._sizes))
+        return itertools.chain.from_iterable(
+            _frozen(chunk.keys(), size)
+            for chunk, size in zip(self._chunks, self._sizes, strict=True)
+        )
 
     def __len__(self) -> int:
         return self._size
@@ -131,7 +135,8 @@ class ViewSequence(Sequence[V]):
 
     def __iter__(self) -> Iterator[V]:
         return itertools.chain.from_iterable(
-            map(itertools.islice, (chunk.values() for chunk in self._chunks), self._sizes)
+            _frozen(chunk.values(), size)
+            for chunk, size in zip(self._chunks, self._sizes, strict=True)
         )
 
     def __eq__(self, other: object) -> bool:
@@ -171,3 +176,10 @@ class ViewSequence(Sequence[V]):
             self._offsets = list(itertools.accumulate(self._sizes, initial=0))
         at = bisect.bisect_right(self._offsets, index) - 1
         return next(itertools.islice(self._chunks[at].values(), index - self._offsets[at], None))
+
+
+def _frozen(entries: Iterable[T], size: int) -> list[T]:
+    """A chunk's first `size` entries, copied at once: an iteration of a frozen copy may be
+    spread over many steps (a big table's reorder), and the table may append to the chunk
+    in between, which an iterator over the dict itself would not survive."""
+    return list(itertools.islice(entries, size))

@@ -60,3 +60,20 @@ def test_an_unchanged_table_freezes_to_an_equal_sequence_and_a_change_makes_it_d
 def test_chunks_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         ViewTable(12)
+
+
+def test_a_frozen_copy_iterated_in_steps_survives_additions_in_between():
+    """A big table's reorder reads a snapshot's sessions over many steps while the engine lists
+    more sessions into the same chunks."""
+    table: ViewTable[int] = ViewTable(2)
+    for n in range(10):
+        table[f"s{n}"] = n
+    frozen = table.freeze()
+    views, keys = iter(frozen.sequence()), iter(frozen)
+    first = [next(views), next(views)]
+    first_keys = [next(keys)]
+    for n in range(10, 100):
+        table[f"s{n}"] = n  # appended to the chunks the frozen copy reads
+    assert sorted([*first, *views]) == list(range(10))
+    assert sorted([*first_keys, *keys]) == sorted(f"s{n}" for n in range(10))
+    assert len(frozen) == 10 and len(table.freeze().sequence()) == 100
