@@ -219,22 +219,20 @@ class AuthFailures:
         if now is None:
             now = self._clock.now()
         table = self._presentations
-        if table.free and presentation not in table.strikes:
+        if presentation in table.strikes or not table.free:
+            wait = table.strike(presentation, now)
+        else:
             key_hash = hash(presentation)
             slot = key_hash & table.mask
-            if (
-                table.first_hash[slot] != key_hash
-                or now - table.first_at[slot] >= table.forget_after_s
-            ):
-                table.first_hash[slot] = key_hash
+            first_hash = table.first_hash
+            if first_hash[slot] != key_hash or now - table.first_at[slot] >= table.forget_after_s:
+                first_hash[slot] = key_hash  # a first failure (or the first since forgotten)
                 table.first_at[slot] = now
                 wait = 0.0
             else:
-                wait = table.strike(presentation, now)
-        else:
-            wait = table.strike(presentation, now)
-        client = client[:_MAX_KEY_CHARS] if isinstance(client, str) else ""  # presented_key
+                wait = table.strike(presentation, now)  # noted before: it gets an entry
         table = self._clients
+        client = client[:_MAX_KEY_CHARS]  # presented_key: caller-chosen, so bounded
         strikes = table.strikes.get(client)
         client_wait = strikes[1] + table.waits[strikes[0]] - now if strikes is not None else 0.0
         if not 0 < client_wait <= table.max_s:  # not in backoff (or the clock stepped back)

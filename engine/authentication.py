@@ -54,8 +54,13 @@ class Authenticator:
         row = registry.cold_row(presented) if presented is not None else -1
         cold_record = registry.cold_token(row)
         record = session.token if session is not None else cold_record
-        if not check_token(record, token):
-            raise self._refusal(presented, presentation, client, now)
+        if not check_token(record, token):  # _refusal, written out: the commonest refusal
+            wait = self._failures.failed(presentation, client or IN_PROCESS, now)
+            log = self._failure_log
+            log.append(presented)
+            if len(log) >= AUTH_LOG_BATCH:
+                self._monitor.count_auth_failures()
+            raise AuthBackoff(wait) if wait > 0 else AuthenticationError()
         if session is None:
             session = registry.promote(row)
         assert record is not None

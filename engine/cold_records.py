@@ -5,14 +5,15 @@ strings, a float object per time, its token record, dict and heap entries. Most 
 restored sessions are never used before they expire, so until its first use a session is a row
 here instead: its id and token hash as raw bytes, its times and counters in typed arrays, its
 names and timeouts as an index into the few distinct combinations ("profiles") in use.
-`engine.sessions.SessionRegistry` looks an id up here when it holds no object for it, and turns
-the row into a `Session` on first use (`take`). A taken row's space stays unused until the
-table empties: compacting a million rows would hold the loop for about a second, and the
-sessions taken are objects by then anyway.
+`engine.sessions.SessionRegistry` looks an id up here when it holds no object for it, turns
+the row into a `Session` on first use (`take`), and packs a session that has gone cold again
+back into a row (`add_session`). A taken row's place is reused by the next row added, so the
+table is as long as the most rows it held at once.
 
 Hand-written because nothing in the standard library or a maintained package maps 16-byte keys
 to rows without an object per entry (a dict of bytes to ints costs about 100 B an entry): the
-index is open addressing over an `array`, probed linearly, keyed by Python's salted hash of the
+index is open addressing over an `array`, probed linearly (a taken row's entry is removed by
+shifting the ones after it back, so no marks pile up), keyed by Python's salted hash of the
 id's bytes, so presented ids cannot be chosen to collide.
 """
 
@@ -45,7 +46,7 @@ _MAX_COUNT = 2**32 - 1  # the 32-bit counters' bound
 # Per row, a 16-bit index into the distinct profiles: (agent type, worker, tier, origin, idle
 # timeout, lifetime), which nearly all sessions of a service share a few of.
 _MAX_PROFILES = 2**16
-_EMPTY, _TAKEN = 0, -1  # index slots: never used; a row was here (probing goes on past it)
+_EMPTY = 0  # an index slot without a row (a slot holds its row + 1)
 NO_METADATA: Mapping[str, Any] = MappingProxyType({})  # most sessions' metadata: one, shared
 _Profile = tuple[str, str, str, str, float, float]
 
@@ -61,13 +62,13 @@ def _raw_id(session_id: str) -> bytes | None:
 
 
 class ColdRecords:
-    """Rows of cold sessions by id; loop-owned. A row is added once and taken at most once."""
+    """Rows of cold sessions by id; loop-owned."""
 
     __slots__ = (
-        "_counts", "_due", "_due_keys", "_hashes", "_ids", "_index", "_live", "_make", "_mask",
-        "_metadata", "_next_of_user", "_profile", "_profile_index", "_profiles", "_times",
-        "_totals", "_user", "_user_first", "_user_index", "_user_rows", "_users", "rows",
-        "users",
+        "_counts", "_due", "_due_keys", "_free", "_hashes", "_ids", "_index", "_live", "_make",
+        "_mask", "_metadata", "_next_of_user", "_profile", "_profile_index", "_profiles",
+        "_times", "_totals", "_user", "_user_first", "_user_index", "_user_rows", "_users",
+        "rows", "users",
     )
 
     def __init__(self, make: Callable[..., Session]) -> None:
@@ -83,51 +84,101 @@ class ColdRecords:
     def reserve(self, rows: int) -> None:
         """Size the index for `rows` more rows now: growing it later rehashes every row at
         once, which at a million rows holds the loop for most of a second."""
-        self._grow_to(len(self._live) + rows)
+        self._grow_to(self.rows + rows)
 
     # -- rows in -----------------------------------------------------------------------------
     def add(self, row: SessionRow, figures: ContextFigures | None) -> bool:
         """Hold a stored session as a row; False (nothing held) if it does not pack (an id
         not in new_session_id's form, a counter past 32 bits, too many distinct profiles) or
         is held already: the caller keeps such a session as an object."""
-        raw = _raw_id(row.session_id)
-        if raw is None or len(row.token_hash) != _HASH_BYTES or self._find(raw) >= 0:
-            return False
-        counts = (
-            row.turns, row.errors, figures.next_seq if figures else 0,
-            figures.messages if figures else 0, figures.bytes if figures else 0,
+        return self._put(
+            row.session_id, row.user_id, row.token_hash,
+            (row.created_at, row.last_active_at, row.token_issued_at, row.token_expires_at),
+            (row.prompt_tokens, row.completion_tokens),
+            (
+                row.turns, row.errors, figures.next_seq if figures else 0,
+                figures.messages if figures else 0, figures.bytes if figures else 0,
+            ),
+            (
+                row.agent_type, row.worker or "", row.tier, row.origin, row.idle_timeout_s,
+                row.lifetime_s,
+            ),
+            None if row.metadata_json == "{}" else json.loads(row.metadata_json),
         )
-        profile = self._profile_of((
-            row.agent_type, row.worker or "", row.tier, row.origin, row.idle_timeout_s,
-            row.lifetime_s,
-        ))
-        if max(counts) > _MAX_COUNT or profile is None:
+
+    def add_session(self, session: Session) -> bool:
+        """Pack a cold session back into a row (its context gone, its token valid); False as
+        `add`. The caller stops holding the object."""
+        token = session.token
+        if session.context is not None or token is None or token.revoked:
             return False
-        index = len(self._live)
-        self._grow_to(index + 1)
-        self._ids += raw
-        self._hashes += row.token_hash
-        self._times.extend(
-            (row.created_at, row.last_active_at, row.token_issued_at, row.token_expires_at)
+        return self._put(
+            session.session_id, session.user_id, token.token_hash,
+            (session.created_at, session.last_active_at, token.issued_at, token.expires_at),
+            (session.prompt_tokens, session.completion_tokens),
+            (
+                session.turns, session.errors, session.next_seq, session.cold_messages,
+                session.cold_bytes,
+            ),
+            (
+                session.agent_type, session.worker, session.tier, session.origin,
+                session.idle_timeout_s, session.lifetime_s,
+            ),
+            session.metadata or None,
         )
-        self._totals.extend((row.prompt_tokens, row.completion_tokens))
-        self._counts.extend(counts)
-        self._profile.append(profile)
-        if row.metadata_json != "{}":
-            self._metadata[index] = MappingProxyType(json.loads(row.metadata_json))
-        user = self._user_index.get(row.user_id)
+
+    def _put(
+        self,
+        session_id: str,
+        user_id: str,
+        token_hash: bytes,
+        times: tuple[float, float, float, float],
+        totals: tuple[int, int],
+        counts: tuple[int, int, int, int, int],
+        profile_of: _Profile,
+        metadata: Mapping[str, Any] | None,
+    ) -> bool:
+        raw = _raw_id(session_id)
+        if raw is None or len(token_hash) != _HASH_BYTES or self._find(raw) >= 0:
+            return False
+        profile = self._profile_of(profile_of)
+        if max(counts) > _MAX_COUNT or min(counts) < 0 or profile is None:
+            return False
+        self._grow_to(self.rows + 1)
+        user = self._user_index.get(user_id)
         if user is None:
-            user = self._user_index[row.user_id] = len(self._users)
-            self._users.append(row.user_id)
+            user = self._user_index[user_id] = len(self._users)
+            self._users.append(user_id)
             self._user_rows.append(0)
             self._user_first.append(-1)
-        self._user.append(user)
-        self._next_of_user.append(self._user_first[user])
+        if self._free:
+            index = self._free.pop()  # a taken row's place: every column is fixed-width
+            self._ids[index * _ID_BYTES:(index + 1) * _ID_BYTES] = raw
+            self._hashes[index * _HASH_BYTES:(index + 1) * _HASH_BYTES] = token_hash
+            self._times[index * _TIMES:(index + 1) * _TIMES] = array("d", times)
+            self._totals[index * _TOTALS:(index + 1) * _TOTALS] = array("q", totals)
+            self._counts[index * _COUNTS:(index + 1) * _COUNTS] = array("I", counts)
+            self._profile[index] = profile
+            self._user[index] = user
+            self._next_of_user[index] = self._user_first[user]
+            self._live[index] = 1
+        else:
+            index = len(self._live)
+            self._ids += raw
+            self._hashes += token_hash
+            self._times.extend(times)
+            self._totals.extend(totals)
+            self._counts.extend(counts)
+            self._profile.append(profile)
+            self._user.append(user)
+            self._next_of_user.append(self._user_first[user])
+            self._live.append(1)
+        if metadata:
+            self._metadata[index] = MappingProxyType(dict(metadata))
         self._user_first[user] = index
         if not self._user_rows[user]:
             self.users += 1
         self._user_rows[user] += 1
-        self._live.append(1)
         self._place(raw, index)
         self._arm(index)
         self.rows += 1
@@ -204,9 +255,11 @@ class ColdRecords:
         """The row as a `Session`, no longer held here: the caller holds the object now."""
         session = self.session(index)
         self._live[index] = 0
-        self._index[self._slot_of(index)] = _TAKEN
+        self._unplace(self._slot_of(index))
         self._metadata.pop(index, None)
         user = self._user[index]
+        self._unlink(user, index)
+        self._free.append(index)
         self._user_rows[user] -= 1
         if not self._user_rows[user]:
             self.users -= 1
@@ -217,9 +270,10 @@ class ColdRecords:
 
     def due(self, now: float) -> list[int]:
         """The rows past their deadline at `now` (they stay held until taken). A row's
-        deadline never moves while it is a row: any use takes it first."""
+        deadline never moves while it is a row: any use takes it first. A bucket may still
+        name a place taken since, or refilled by a row due at another time: skipped."""
         keys, buckets = self._due_keys, self._due
-        found: list[int] = []
+        found: dict[int, None] = {}  # a refilled place may be named twice in one bucket
         while keys and keys[0] <= now:
             key = heapq.heappop(keys)
             bucket = buckets.pop(key)
@@ -227,15 +281,18 @@ class ColdRecords:
             for index in bucket:
                 if not self._live[index]:
                     continue
-                if self.deadline(index) <= now:
-                    found.append(index)
+                deadline = self.deadline(index)
+                if not math.isfinite(deadline) or int(deadline) != key or index in found:
+                    continue
+                if deadline <= now:
+                    found[index] = None
                 else:
                     later.append(index)  # in this second, but not yet
             if later:
                 buckets[key] = later
                 heapq.heappush(keys, key)
                 break
-        return found
+        return list(found)
 
     def deadline(self, index: int) -> float:
         times = self._times
@@ -261,6 +318,7 @@ class ColdRecords:
         self._user_rows = array("i")
         self._user_first = array("i")
         self._live = bytearray()
+        self._free = array("i")  # places of taken rows, to refill
         self._index = array("i", [_EMPTY]) * capacity
         self._mask = capacity - 1
         self._due: dict[int, array[int]] = {}
@@ -283,11 +341,10 @@ class ColdRecords:
             entry = index[slot]
             if entry == _EMPTY:
                 return -1
-            if entry > 0:
-                row = entry - 1
-                start = row * _ID_BYTES
-                if ids[start:start + _ID_BYTES] == raw:
-                    return row
+            row = entry - 1
+            start = row * _ID_BYTES
+            if ids[start:start + _ID_BYTES] == raw:
+                return row
             slot = (slot + 1) & mask
 
     def _slot_of(self, row: int) -> int:
@@ -301,13 +358,43 @@ class ColdRecords:
     def _place(self, raw: bytes, row: int) -> None:
         index, mask = self._index, self._mask
         slot = hash(raw) & mask
-        while index[slot] > 0:
+        while index[slot] != _EMPTY:
             slot = (slot + 1) & mask
         index[slot] = row + 1
 
+    def _unplace(self, slot: int) -> None:
+        """Empty `slot`, moving back each later entry of its run that probing would no longer
+        reach (backward-shift deletion: linear probing without marks)."""
+        index, mask, ids = self._index, self._mask, self._ids
+        index[slot] = _EMPTY
+        later = slot
+        while True:
+            later = (later + 1) & mask
+            entry = index[later]
+            if entry == _EMPTY:
+                return
+            row = entry - 1
+            home = hash(bytes(ids[row * _ID_BYTES:(row + 1) * _ID_BYTES])) & mask
+            # The entry stays if its home lies cyclically in (slot, later]; else it moves up.
+            if (home - slot - 1) & mask < (later - slot) & mask:
+                continue
+            index[slot] = entry
+            index[later] = _EMPTY
+            slot = later
+
+    def _unlink(self, user: int, row: int) -> None:
+        """Take `row` out of its user's chain (a user holds a few rows: a short walk)."""
+        previous, current = -1, self._user_first[user]
+        while current != row:
+            previous, current = current, self._next_of_user[current]
+        following = self._next_of_user[row]
+        if previous < 0:
+            self._user_first[user] = following
+        else:
+            self._next_of_user[previous] = following
+
     def _grow_to(self, rows: int) -> None:
-        """Keep the index at most half full, counting every row ever added (taken rows leave
-        a mark that probing passes over)."""
+        """Keep the index at most half full."""
         capacity = self._mask + 1
         if 2 * rows <= capacity:
             return

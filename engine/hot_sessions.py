@@ -2,9 +2,11 @@
 
 `sessions.HotCache` keeps the hot sessions in order with their bytes; this decides. A session is
 loaded on its first use (once, however many uses wait for it), idle ones past `hot_idle_s` are
-demoted, and the least recently used go while the cache is over `hot_budget_bytes`; a busy or
-loading session is never demoted. Apart from `engine.engine` so the policy reads on its own; the
-engine supplies how a session is loaded (store, keys, quotas) and what a demotion invalidates.
+demoted and packed back into rows (engine.cold_records, through `pack`), and the least
+recently used go while the cache is over `hot_budget_bytes` (their context only: they were in
+use lately); a busy or loading session is never demoted. Apart from `engine.engine` so the
+policy reads on its own; the engine supplies how a session is loaded (store, keys, quotas),
+what a demotion invalidates and how a session is packed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from engine.views import CacheView
 class HotSessions:
     """The hot-session policy over the registry's `HotCache`; loop-owned, synchronous but `warm`."""
 
-    __slots__ = ("_load", "_on_demote", "_registry", "_settings")
+    __slots__ = ("_load", "_on_demote", "_pack", "_registry", "_settings")
 
     def __init__(
         self,
@@ -29,11 +31,13 @@ class HotSessions:
         settings: SessionSettings,
         load: Callable[[Session], Awaitable[None]],
         on_demote: Callable[[Session], None],
+        pack: Callable[[Session], None],
     ) -> None:
         self._registry = registry
         self._settings = settings
         self._load = load
         self._on_demote = on_demote
+        self._pack = pack  # an idle session demoted goes back to a packed row
 
     async def warm(self, session: Session) -> None:
         """Make the session hot: read, unwrap and decrypt it on its first use, once.
@@ -72,6 +76,8 @@ class HotSessions:
             if _demotable(session):
                 victims.append(session)
         self._demote(victims)
+        for session in victims:
+            self._pack(session)
         self.shrink_to_budget()
 
     def shrink_to_budget(self, keep: Session | None = None) -> None:

@@ -1,7 +1,10 @@
 """A pool of praisonaiagents Agents for one agent type on one worker lane.
 
 Waiters queue per user and are served round-robin across users, so one user with many sessions
-cannot starve the others (a single FIFO would let them). A per-user cap bounds how many agents
+cannot starve the others (a single FIFO would let them). A user who held no agent when it began
+waiting is served before that round: a quiet user's one turn waits for the next free agent, not
+for a turn of every busy user's (issue 15: behind 30 users sending as fast as they were let, a
+quiet user's turn waited 0.4 s at the median for an agent). A per-user cap bounds how many agents
 one user holds at once. An agent is reset and checked on release; one that fails the check or
 keeps failing calls is replaced rather than offered again.
 """
@@ -72,7 +75,10 @@ class AgentPool:
         self._in_use = 0
         self._held: dict[str, int] = {}  # user -> agents held now
         self._queues: dict[str, deque[_Waiter]] = {}
-        self._turn_order: deque[str] = deque()  # users with waiters, next served first
+        # Users with waiters, next served first: those who held no agent when they began
+        # waiting (in arrival order), then the others in turn.
+        self._first: deque[str] = deque()
+        self._turn_order: deque[str] = deque()
         self._waiting = 0
         self.created = self.replaced = self.reaped = self.timeouts = 0
 
@@ -96,7 +102,7 @@ class AgentPool:
         queue = self._queues.get(user_id)
         if queue is None:
             queue = self._queues[user_id] = deque()
-            self._turn_order.append(user_id)
+            (self._turn_order if self._held.get(user_id) else self._first).append(user_id)
         queue.append(waiter)
         self._waiting += 1
         started = loop.time()
@@ -178,25 +184,27 @@ class AgentPool:
         self._held[user_id] = self._held.get(user_id, 0) + 1
 
     def _dispatch(self) -> None:
-        """Serve waiting users in turn while agents are free; skip users at their cap."""
-        for _ in range(len(self._turn_order)):
-            if not self._idle and self.size >= self.spec.max_instances:
-                return
-            user_id = self._turn_order.popleft()
-            queue = self._queues[user_id]
-            if self._held.get(user_id, 0) >= self.per_user_cap:
-                self._turn_order.append(user_id)
-                continue
-            waiter = queue.popleft()
-            self._waiting -= 1
-            if queue:
-                self._turn_order.append(user_id)
-            else:
-                del self._queues[user_id]
-            agent = self._take()
-            assert agent is not None
-            self._hand_to(user_id)
-            waiter.future.set_result(agent)
+        """Serve waiting users while agents are free, those who held none first, then the rest
+        in turn; skip users at their cap. A user served who still waits goes to the back."""
+        for order in (self._first, self._turn_order):
+            for _ in range(len(order)):
+                if not self._idle and self.size >= self.spec.max_instances:
+                    return
+                user_id = order.popleft()
+                queue = self._queues[user_id]
+                if self._held.get(user_id, 0) >= self.per_user_cap:
+                    self._turn_order.append(user_id)
+                    continue
+                waiter = queue.popleft()
+                self._waiting -= 1
+                if queue:
+                    self._turn_order.append(user_id)
+                else:
+                    del self._queues[user_id]
+                agent = self._take()
+                assert agent is not None
+                self._hand_to(user_id)
+                waiter.future.set_result(agent)
 
     def _forget_waiter(self, waiter: _Waiter) -> None:
         queue = self._queues.get(waiter.user_id)
@@ -206,5 +214,6 @@ class AgentPool:
         self._waiting -= 1
         if not queue:
             del self._queues[waiter.user_id]
-            self._turn_order.remove(waiter.user_id)
+            order = self._first if waiter.user_id in self._first else self._turn_order
+            order.remove(waiter.user_id)
 

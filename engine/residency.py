@@ -58,7 +58,7 @@ class SessionResidency:
     async def load(self, session: Session) -> None:
         """Read, unwrap and decrypt a cold session into memory."""
         stored = await self._store().load_session(session.session_id)
-        if stored is None or self._registry.get(session.session_id) is not session:
+        if stored is None or self._registry.held(session.session_id) is not session:
             return  # ended while loading
         before = session.cold_bytes
         if session.stale:
@@ -81,6 +81,18 @@ class SessionResidency:
             )
         session.stale = False
         self._registry.hot.add(session)
+        self._views.invalidate(session)
+
+    def pack(self, session: Session) -> None:
+        """A session idle past `hot_idle_s`, its context dropped, goes back to a packed row
+        (engine.cold_records) unless it cannot: what is kept per session in memory beside it
+        (monitor stats, placement, rate state) goes with the object; its counters,
+        deadlines and token stay in the row, and its first use brings it all back."""
+        if not self._registry.repack(session):
+            return
+        self._session_rate.forget(session.session_id)
+        self._balancer.release(session.session_id)
+        self._monitor.session_ended(session.session_id)
         self._views.invalidate(session)
 
     def forget_unreadable(self, session: Session, reason: str) -> None:

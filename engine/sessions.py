@@ -319,6 +319,16 @@ class SessionRegistry:
                 return self.promote(row)
         return session
 
+    def peek(self, session_id: str) -> Session | None:
+        """The live session to look at: the object, or one built from its cold row and left a
+        row (a look is not a use)."""
+        session = self._sessions.get(session_id)
+        if session is None and self.cold.rows:
+            row = self.cold.find(session_id)
+            if row >= 0:
+                return self.cold.session(row)
+        return session
+
     def held(self, session_id: str) -> Session | None:
         """The session if held as an object; a cold row is not looked at (see `cold_row`)."""
         return self._sessions.get(session_id)
@@ -431,6 +441,22 @@ class SessionRegistry:
             return False
         if self.cold.count_of(row.user_id) == 1 and row.user_id in self._by_user:
             self._users_in_both += 1
+        return True
+
+    def repack(self, session: Session) -> bool:
+        """Hold a cold, idle session as a packed row again (engine.cold_records); False if it
+        stays an object: busy, loading, hot, stale, not held, or not packable."""
+        session_id, user_id = session.session_id, session.user_id
+        if (
+            session.busy or session.loading is not None or session.hot or session.stale
+            or self._sessions.get(session_id) is not session
+            or not self.cold.add_session(session)
+        ):
+            return False
+        if self.cold.count_of(user_id) == 1 and user_id in self._by_user:
+            self._users_in_both += 1
+        del self._sessions[session_id]
+        self._unindex(session)  # its heap entry is skipped when it comes due
         return True
 
     def promote(self, row: int) -> Session:

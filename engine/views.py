@@ -247,7 +247,7 @@ class SessionViews:
         views, stale = self._views, self._stale
         chosen = []
         for session_id in reversed(self._recent):  # ties: the one changed last first
-            session = self._registry.get(session_id)
+            session = self._registry.peek(session_id)
             if session is None:
                 continue
             view = views.get(session_id)
@@ -324,7 +324,7 @@ class SessionViews:
         stale = self._stale
         while stale and limit > 0:
             session_id = stale.pop()
-            session = self._registry.get(session_id)
+            session = self._registry.peek(session_id)
             if session is not None:
                 self._views[session_id] = self._build(session)
             limit -= 1

@@ -7,7 +7,10 @@ byte for byte. A failure that is not an engine error is logged and answered 500 
 
 A failed authentication, the commonest failure under abuse, is answered from bytes built once
 (`auth_failure_response`): building each answer from an HTTPFailure (a frozen dataclass, a
-dict, the JSON encoder) cost more than a successful call's whole response (issue 15).
+dict, the JSON encoder) cost more than a successful call's whole response (issue 15). For the
+same reason a 429 auth_backoff says its wait only in `retry_after`, rounded up to the
+millisecond, not in its message too: writing a float's shortest digits (twice) was a twentieth
+of all the work a refused request cost the server, and milliseconds are digits of integers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -63,6 +65,10 @@ CLIENT_CLOSED = HTTPFailure(
     499, "client_closed_request", "the client closed the connection before sending its body"
 )
 AUTHENTICATION = HTTPFailure(401, "authentication_error", errors.AuthenticationError.MESSAGE)
+AUTH_BACKOFF_MESSAGE = (
+    f"{errors.AuthenticationError.MESSAGE}; too many failed attempts, retry after retry_after "
+    "seconds"
+)
 APP_KEY_REQUIRED = HTTPFailure(
     401, "authentication_error",
     "a valid app key is required: send 'Authorization: Bearer <app key>'",
@@ -76,8 +82,8 @@ def failure_of(exc: BaseException) -> HTTPFailure:
             return exc.failure
         case errors.AuthBackoff():  # the same for an unknown session and a wrong token
             return HTTPFailure(
-                429, "rate_limited", str(exc), exc.retry_after, code="auth_backoff",
-                has_retry_after=True,
+                429, "rate_limited", AUTH_BACKOFF_MESSAGE, backoff_ms(exc.retry_after) / 1000,
+                code="auth_backoff", has_retry_after=True,
             )
         case errors.AuthenticationError():
             return AUTHENTICATION
@@ -137,51 +143,66 @@ def error_response(failure: HTTPFailure, *, openai: bool = False) -> Response:
     return json_response({"error": error_object(failure, openai=openai)}, failure.status, headers)
 
 
-def _auth_templates(openai: bool) -> tuple[bytes, tuple[bytes, bytes, bytes]]:
-    """The 401 body, and a 429 auth_backoff body cut around its message and its retry_after:
-    from `error_response` itself, so both stay the bytes it would send."""
-    unauthorized = error_response(AUTHENTICATION, openai=openai).body
-    message, wait = "\x00message\x00", 1234.5
-    backoff = error_response(
-        HTTPFailure(429, "rate_limited", message, wait, code="auth_backoff", has_retry_after=True),
-        openai=openai,
-    ).body
-    head, rest = backoff.split(encode_basestring_ascii(message).encode(), 1)
-    middle, tail = rest.split(repr(wait).encode(), 1)
-    return bytes(unauthorized), (bytes(head), middle, tail)
+def backoff_ms(wait: float) -> int:
+    """An AuthBackoff's wait in whole milliseconds, rounded up: never sooner than it ends."""
+    return math.ceil(wait * 1000)
 
 
-_AUTH_TEMPLATES = {openai: _auth_templates(openai) for openai in (False, True)}
+def _auth_answers(openai: bool) -> tuple[Response, bytes]:
+    """The 401 answer, whole, and the 429 auth_backoff body as a %-template of its retry_after's
+    whole seconds (`%d`) and fraction (`%s`): cut from `error_response`'s own bytes, so both
+    stay what it would send (the tests compare them for many waits)."""
+    unauthorized = error_response(AUTHENTICATION, openai=openai)
+    probe = 1234.5  # whole milliseconds, and its digits occur nowhere else in the body
+    backoff = error_response(failure_of(errors.AuthBackoff(probe)), openai=openai).body
+    template = bytes(backoff).replace(b"%", b"%%").replace(repr(probe).encode(), b"%d%s", 1)
+    headers = ((b"content-length", b"%d" % len(unauthorized.body)), _JSON_TYPE)
+    return _Prebuilt(401, headers, bytes(unauthorized.body)), template
 
 
 class _Prebuilt(Response):
     """A Response given its status, header lines and body whole: Starlette's constructor
-    renders the header lines at every call, most of what a refusal cost beyond a success."""
+    renders the header lines at every call, most of what a refusal cost beyond a success.
+    Header lines as a tuple: the one 401 answer is shared, and cannot be changed in place."""
 
-    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], body: bytes):
+    def __init__(
+        self, status_code: int, raw_headers: tuple[tuple[bytes, bytes], ...], body: bytes
+    ) -> None:
         self.status_code = status_code
-        self.raw_headers = raw_headers
+        self.raw_headers = raw_headers  # type: ignore[assignment]
         self.body = body
         self.background = None
 
 
 _JSON_TYPE = (b"content-type", b"application/json")
+_AUTH_ANSWERS = {openai: _auth_answers(openai) for openai in (False, True)}
+# A number of milliseconds n as JSON writes n / 1000 (a float's shortest repr): the whole
+# seconds, then _FRACTIONS[n % 1000]: ".5" for 500, ".001" for 1, ".0" for none.
+_FRACTIONS = tuple((f".{n:03d}".rstrip("0") if n else ".0").encode() for n in range(1000))
+# 429 answers kept per shape, by retry_after in milliseconds (all forgotten when full): in a
+# storm a client in backoff is refused many times a millisecond, and each answer is the same.
+BACKOFF_ANSWERS_KEPT = 1024
+_BACKOFF_ANSWERS: dict[bool, dict[int, Response]] = {False: {}, True: {}}
 
 
 def auth_failure_response(exc: errors.AuthenticationError, *, openai: bool = False) -> Response:
     """`error_response(failure_of(exc), openai=openai)` for an unknown session or a wrong token
-    (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost."""
-    unauthorized, (head, middle, tail) = _AUTH_TEMPLATES[openai]
+    (401) or an AuthBackoff (429 with Retry-After), byte for byte, at a fraction of its cost:
+    the 401 is one answer for all, a 429 one per millisecond of retry_after, made at its first
+    use from integers' digits in a template. Answers are shared: never change one."""
     if not isinstance(exc, errors.AuthBackoff):
-        length = (b"content-length", b"%d" % len(unauthorized))
-        return _Prebuilt(401, [length, _JSON_TYPE], unauthorized)
-    wait = exc.retry_after
-    body = b"".join((
-        head, encode_basestring_ascii(str(exc)).encode(), middle, repr(wait).encode(), tail,
-    ))
-    headers = [
-        (b"retry-after", b"%d" % max(1, math.ceil(wait))),
-        (b"content-length", b"%d" % len(body)),
-        _JSON_TYPE,
-    ]
-    return _Prebuilt(429, headers, body)
+        return _AUTH_ANSWERS[openai][0]
+    ms = math.ceil(exc.args[0] * 1000)  # backoff_ms(exc.retry_after), written out
+    answers = _BACKOFF_ANSWERS[openai]
+    answer = answers.get(ms)
+    if answer is None:
+        if len(answers) >= BACKOFF_ANSWERS_KEPT:
+            answers.clear()
+        body = _AUTH_ANSWERS[openai][1] % (ms // 1000, _FRACTIONS[ms % 1000])
+        headers = (
+            (b"retry-after", b"%d" % max(1, -(-ms // 1000))),  # whole seconds, rounded up
+            (b"content-length", b"%d" % len(body)),
+            _JSON_TYPE,
+        )
+        answer = answers[ms] = _Prebuilt(429, headers, body)
+    return answer

@@ -9,11 +9,10 @@ by a route's GET endpoint (the server sends no body for it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+Endpoint = TypeVar("Endpoint")  # what a route leads to: the app keeps its handler there
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from engine.clock import Clock
-from engine.metrics import RateRing
 
 RATE_WINDOW_S = 10
 # Request durations as Prometheus buckets (seconds): the gateway's own share is sub-millisecond,
@@ -88,17 +87,43 @@ def histogram_family(
 
 
 class _Route:
-    """A route's counts, its rate rings, and its Prometheus figures as plain numbers."""
+    """A route's counts, and its Prometheus figures as plain numbers.
 
-    __slots__ = ("by_status", "duration", "errors", "errors_ring", "requests", "requests_ring")
+    Its rates come from its totals as they were at the start of each of the last
+    RATE_WINDOW_S + 1 seconds: a request only adds to its totals (and notes them when a new
+    second has begun), where a rate ring per count cost each request a clock reading and a
+    pass over the ring's slots per count, an error twice a success's (issue 15)."""
 
-    def __init__(self, clock: Clock) -> None:
+    __slots__ = ("by_status", "duration", "errors", "marks", "requests", "second")
+
+    def __init__(self, second: int) -> None:
         self.requests = 0
-        self.errors = 0
-        self.requests_ring = RateRing(clock, 60)
-        self.errors_ring = RateRing(clock, 60)
+        self.errors = 0  # responses with status >= 400
+        self.second = second  # the latest second seen (a clock stepping back keeps it)
+        # (requests, errors) at the start of second t, at index t % (RATE_WINDOW_S + 1)
+        self.marks = [(0, 0)] * (RATE_WINDOW_S + 1)
         self.duration = Buckets()  # the route's request durations
         self.by_status: dict[int, list[float]] = {}  # status -> [requests, created]
+
+    def begin(self, second: int) -> None:
+        """Seconds have begun since the latest seen: each began with the totals as they are."""
+        marks = self.marks
+        totals = (self.requests, self.errors)
+        for t in range(max(self.second + 1, second - len(marks) + 1), second + 1):
+            marks[t % len(marks)] = totals
+        self.second = second
+
+    def rates(self, second: int) -> tuple[float, float]:
+        """Requests and errors per second over the last RATE_WINDOW_S completed seconds (the
+        second in progress is left out: a partly counted second would drag them down)."""
+        if second > self.second:
+            self.begin(second)
+        n = len(self.marks)
+        requests, errors = self.marks[self.second % n]
+        before_requests, before_errors = self.marks[(self.second - RATE_WINDOW_S) % n]
+        return (
+            (requests - before_requests) / RATE_WINDOW_S, (errors - before_errors) / RATE_WINDOW_S
+        )
 
 
 class GatewayMonitor(Collector):
@@ -112,14 +137,15 @@ class GatewayMonitor(Collector):
         registry.register(self)
 
     def record(self, route: str, status: int, seconds: float) -> None:
+        second = int(self._clock.now())
         stats = self._routes.get(route)
         if stats is None:
-            stats = self._routes[route] = _Route(self._clock)
+            stats = self._routes[route] = _Route(second)
+        elif second > stats.second:
+            stats.begin(second)
         stats.requests += 1
-        stats.requests_ring.add()
         if status >= 400:
             stats.errors += 1
-            stats.errors_ring.add()
         counter = stats.by_status.get(status)
         if counter is None:
             counter = stats.by_status[status] = [0, time.time()]
@@ -142,13 +168,11 @@ class GatewayMonitor(Collector):
         )
 
     def snapshot(self, listen: str, ready: bool, connections: int) -> GatewayStats:
+        second = int(self._clock.now())
         routes = tuple(
             sorted(
                 (
-                    RouteStats(
-                        route, s.requests, s.errors,
-                        s.requests_ring.rate(RATE_WINDOW_S), s.errors_ring.rate(RATE_WINDOW_S),
-                    )
+                    RouteStats(route, s.requests, s.errors, *s.rates(second))
                     for route, s in self._routes.items()
                 ),
                 key=lambda r: (-r.requests_per_s, -r.requests, r.route),

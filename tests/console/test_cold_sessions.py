@@ -85,6 +85,37 @@ async def test_a_restored_session_is_placed_on_a_worker_only_by_a_right_token(ma
         assert engine.snapshot().users == 1 and len(engine.snapshot().sessions) == 1
 
 
+async def test_a_session_idle_past_hot_idle_s_is_a_packed_row_again_until_used(
+    make_config, clock
+):
+    """Memory follows the sessions in use: a session used since open, idle past hot_idle_s,
+    leaves its worker lane and monitor stats with its context, and is a packed row again
+    (engine.cold_records); the next right token brings back its history and counters."""
+    config = make_config(sessions={"hot_idle_s": 10})
+
+    def placed(engine: Engine) -> int:
+        return sum(worker.sessions for worker in engine.snapshot().workers)
+
+    async with Engine(config) as engine:
+        s = await engine.create_session("alice")
+        await engine.send(s.session_id, s.token, "remember this")
+        before = await engine.history(s.session_id, s.token)
+        assert placed(engine) == 1
+        clock.advance(11)
+        engine.housekeep()
+        assert placed(engine) == 0 and cache(engine).hot == 0
+        view = engine.snapshot().sessions_by_id[s.session_id]
+        assert (view.state, view.turns, view.messages) == ("cold", 1, 2)
+        with pytest.raises(errors.AuthenticationError):
+            await engine.check(s.session_id, "wrong")
+        assert placed(engine) == 0  # a wrong token leaves it a row
+        await engine.send(s.session_id, s.token, "still there?")
+        assert placed(engine) == 1
+        history = await engine.history(s.session_id, s.token)
+        assert history[:2] == before and len(history) == 4
+        assert engine.snapshot().sessions_by_id[s.session_id].turns == 2
+
+
 async def test_an_idle_session_goes_cold_and_warms_again_with_its_context(make_config, clock):
     config = make_config(sessions={"hot_idle_s": 10})
     async with Engine(config) as engine:

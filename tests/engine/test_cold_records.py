@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from engine.cold_records import ColdRecords
 from engine.errors import DecryptionFailed
 from engine.restore import warm
-from engine.security import KeyRing, hash_token
+from engine.security import KeyRing, TokenRecord, hash_token
 from engine.sessions import Session, SessionRegistry, new_session_id
 from engine.store import ContextFigures, MessageRow, SessionRow, StoredSession
 
@@ -168,10 +168,11 @@ def test_a_row_past_its_deadline_expires_through_the_registry_with_its_event():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("rcpe"), st.integers(0, 3)), max_size=60))
+@given(st.lists(st.tuples(st.sampled_from("rcpek"), st.integers(0, 3)), max_size=60))
 def test_counts_match_a_plain_model_under_any_mix_of_rows_and_objects(ops):
     """r: a stored row for user k; c: a new session; p: use (promote) one of k's rows;
-    e: end one of k's sessions. len, users() and count_of agree with a model of sets."""
+    e: end one of k's sessions; k: pack one of k's objects back into a row. len, users()
+    and count_of agree with a model of sets."""
     reg = SessionRegistry(
         max_per_user=100, idle_timeout_s=100.0, lifetime_s=1000.0,
         context_max_messages=4, context_max_bytes=1000,
@@ -185,7 +186,9 @@ def test_counts_match_a_plain_model_under_any_mix_of_rows_and_objects(ops):
             assert reg.adopt_row(row, None)
             owned.add(row.session_id)
         elif op == "c":
-            owned.add(reg.create(user, {}, T0).session_id)
+            created = reg.create(user, {}, T0)
+            created.token = TokenRecord(hash_token(created.session_id), T0, T0 + 5000.0)
+            owned.add(created.session_id)
         elif op == "p" and owned:
             assert reg.get(sorted(owned)[0]) is not None
         elif op == "e" and owned:
@@ -193,6 +196,14 @@ def test_counts_match_a_plain_model_under_any_mix_of_rows_and_objects(ops):
             assert reg.get(session_id) is not None
             reg.remove(session_id, "ended", T0)
             owned.discard(session_id)
+        elif op == "k":
+            for session_id in sorted(owned):
+                session = reg.held(session_id)
+                if session is not None:
+                    if session.hot:
+                        session.demote()
+                    assert reg.repack(session)
+                    break
         assert len(reg) == sum(len(ids) for ids in model.values())
         assert reg.users() == sum(1 for ids in model.values() if ids)
         for name, ids in model.items():
@@ -215,3 +226,73 @@ def test_a_stored_role_other_than_user_or_assistant_leaves_the_session_unreadabl
             context_max_messages=10, context_max_bytes=1000,
         )
     assert session.context is None and session.cipher is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 10**6)), max_size=200))
+def test_rows_taken_and_added_in_any_order_are_found_and_their_places_reused(ops):
+    """True: add a new row; False: take a held one (picked by the number). Every held id is
+    found and no other; the table is never longer than the most rows held at once."""
+    records = ColdRecords(Session)
+    held: list[str] = []
+    most = 0
+    for add, pick in ops:
+        if add or not held:
+            row = stored(user_id=f"user{pick % 3}")
+            assert records.add(row, None)
+            held.append(row.session_id)
+        else:
+            session_id = held.pop(pick % len(held))
+            assert records.take(records.find(session_id)).session_id == session_id
+        most = max(most, len(held))
+        assert all(records.session(records.find(i)).session_id == i for i in held)
+        assert len(records) == len(held) and len(records._live) <= max(most, 1)
+        assert sum(records.count_of(f"user{k}") for k in range(3)) == len(held)
+    assert records.find(new_session_id()) == -1
+
+
+def test_a_refilled_place_comes_due_at_its_new_rows_deadline_only():
+    records = ColdRecords(Session)
+    early = stored(last_active_at=T0)  # due at T0 + 100
+    keep = stored(last_active_at=T0)  # stays, so the table is not emptied
+    records.add(early, None)
+    records.add(keep, None)
+    records.take(records.find(early.session_id))
+    late = stored(last_active_at=T0 + 500)  # due at T0 + 600, in the place `early` left
+    records.add(late, None)
+    assert [records.session(i).session_id for i in records.due(T0 + 100)] == [keep.session_id]
+    (due,) = records.due(T0 + 600)
+    assert records.session(due).session_id == late.session_id
+
+
+def test_a_cold_idle_session_packs_back_into_a_row_and_comes_back_the_same():
+    reg = registry()
+    row = stored(user_id="alice")
+    reg.adopt_row(row, ContextFigures(messages=4, bytes=40, next_seq=4))
+    session = reg.get(row.session_id)
+    assert session is not None and reg.cold.rows == 0
+    session.turns, session.next_seq, session.last_active_at = 9, 6, T0 + 50
+    assert reg.repack(session) and reg.cold.rows == 1
+    assert reg.held(row.session_id) is None and reg.users() == 1 and len(reg) == 1
+    looked = reg.peek(row.session_id)
+    assert looked is not None and reg.cold.rows == 1  # a look leaves it a row
+    again = reg.get(row.session_id)
+    assert again is not None and again is not session and reg.cold.rows == 0
+    assert (again.turns, again.next_seq, again.last_active_at) == (9, 6, T0 + 50)
+    assert again.token is not None and again.token.token_hash == row.token_hash
+
+
+def test_a_busy_hot_or_ended_session_is_not_packed():
+    reg = registry()
+    alice, bob = reg.create("alice", {}, T0), reg.create("bob", {}, T0)
+    for session in (alice, bob):
+        session.token = TokenRecord(hash_token(session.session_id), T0, T0 + 5000.0)
+    assert not reg.repack(alice)  # hot: it holds its context
+    alice.demote()
+    alice.in_flight = 1
+    assert not reg.repack(alice)  # mid-turn
+    alice.in_flight = 0
+    bob.demote()
+    reg.remove(bob.session_id, "ended", T0)
+    assert not reg.repack(bob) and reg.cold.rows == 0  # ended
+    assert reg.repack(alice) and reg.cold.rows == 1  # cold and idle: packed

@@ -65,6 +65,53 @@ async def test_round_robin_across_users_not_one_fifo():
     assert served.index("polite") <= 1, served
 
 
+async def test_a_user_holding_no_agent_is_served_before_busy_users_take_their_turns():
+    pool = make_pool(max_instances=2, cap=2)
+    held = {user: await pool.acquire(user, 1.0) for user in ("busy-a", "busy-b")}
+    served: list[str] = []
+
+    async def want(user: str) -> None:
+        agent = await pool.acquire(user, 5.0)
+        served.append(user)
+        await asyncio.sleep(0)
+        pool.release(agent, user, failed=False)
+
+    # Three busy users, each holding an agent or waiting for more, then a quiet one.
+    busy = [asyncio.create_task(want(u)) for u in ("busy-a", "busy-b", "busy-c") for _ in "12"]
+    await asyncio.sleep(0)
+    quiet = asyncio.create_task(want("quiet"))
+    await asyncio.sleep(0)
+    pool.release(held["busy-a"], "busy-a", failed=False)
+    await asyncio.sleep(0)
+    assert served[0] == "busy-c"  # held none when it began waiting either, and came first
+    pool.release(held["busy-b"], "busy-b", failed=False)
+    await asyncio.gather(*busy, quiet)
+    assert served[1] == "quiet", served  # before busy-a and busy-b, who held agents
+    assert sorted(served) == sorted(["quiet", *(u for u in ("busy-a", "busy-b", "busy-c")
+                                                 for _ in "12")])
+
+
+async def test_a_flood_of_users_holding_nothing_is_served_in_arrival_order():
+    pool = make_pool(max_instances=1)
+    holder = await pool.acquire("holder", 1.0)
+    served: list[str] = []
+
+    async def want(user: str) -> None:
+        agent = await pool.acquire(user, 5.0)
+        served.append(user)
+        await asyncio.sleep(0)
+        pool.release(agent, user, failed=False)
+
+    users = [f"u{i:02d}" for i in range(20)]
+    tasks = []
+    for user in users:
+        tasks.append(asyncio.create_task(want(user)))
+        await asyncio.sleep(0)
+    pool.release(holder, "holder", failed=False)
+    await asyncio.gather(*tasks)
+    assert served == users
+
+
 async def test_per_user_cap_queues_that_user_only():
     pool = make_pool(max_instances=4, cap=1)
     first = await pool.acquire("alice", 1.0)

@@ -9,18 +9,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, replace
 
 import httpx
 import openai
 import pytest
+from prometheus_client import CollectorRegistry
 
 from engine import Engine, EngineConfig, errors
 from engine.admission import AuthBackoffPolicy
+from engine.clock import ManualClock
 from engine.config import GatewaySettings, SimSettings
 from engine.gateway import Gateway
-from engine.gateway.errors import auth_failure_response, error_response, failure_of
+from engine.gateway.errors import (
+    _BACKOFF_ANSWERS,
+    BACKOFF_ANSWERS_KEPT,
+    auth_failure_response,
+    error_response,
+    failure_of,
+)
+from engine.gateway.stats import GatewayMonitor
 from engine.quotas import DEFAULT_TIERS, QuotaLimit
 from engine.ratelimit import RateLimit
 
@@ -179,7 +189,11 @@ async def test_a_client_that_keeps_failing_gets_429_yet_a_right_token_still_work
     "exc",
     [
         errors.AuthenticationError(),
-        *(errors.AuthBackoff(wait) for wait in (0.001, 0.5, 1.0, 59.987654, 60.0)),
+        *(
+            errors.AuthBackoff(wait)
+            for wait in (1e-09, 0.001, 0.0105, 0.1, 0.5, 0.9995, 1.0, 1.0001, 12.345, 59.987654,
+                         60.0, 0.1 + 0.2, 1e6 / 3)
+        ),
     ],
     ids=lambda e: f"{type(e).__name__}:{getattr(e, 'retry_after', '')}",
 )
@@ -188,9 +202,23 @@ def test_failed_authentication_is_answered_from_prebuilt_bytes_identical_to_the_
 ):
     general = error_response(failure_of(exc), openai=openai_shape)
     fast = auth_failure_response(exc, openai=openai_shape)
-    assert (fast.status_code, fast.body, fast.raw_headers) == (
+    assert (fast.status_code, fast.body, list(fast.raw_headers)) == (
         general.status_code, general.body, general.raw_headers,
     )
+    if isinstance(exc, errors.AuthBackoff):  # the wait rounded up to the millisecond
+        said = json.loads(fast.body)["error"]["retry_after"]
+        assert exc.retry_after <= said < exc.retry_after + 0.0011
+        assert int(fast.headers["retry-after"]) == max(1, math.ceil(exc.retry_after))
+
+def test_429_answers_are_shared_per_millisecond_of_retry_after_and_bounded():
+    first = auth_failure_response(errors.AuthBackoff(1.2341))
+    assert auth_failure_response(errors.AuthBackoff(1.2345)) is first  # both say 1.235
+    assert auth_failure_response(errors.AuthBackoff(1.2355)) is not first
+    assert auth_failure_response(errors.AuthBackoff(1.2341), openai=True).body != first.body
+    for n in range(3 * BACKOFF_ANSWERS_KEPT):
+        auth_failure_response(errors.AuthBackoff(n / 1000 + 0.0005))
+    assert 0 < len(_BACKOFF_ANSWERS[False]) <= BACKOFF_ANSWERS_KEPT
+
 
 # -- bad input ----------------------------------------------------------------------------------
 async def test_malformed_requests_get_400_with_what_was_wrong(serve):
@@ -558,6 +586,23 @@ async def test_gateway_stats_for_the_console(serve):
         assert routes["POST /v1/sessions/{id}/messages"].errors == 1
         assert routes["POST /v1/sessions"].requests == 1
         assert stats.connections >= 1 and stats.streams == 0
+
+
+def test_route_rates_count_the_last_ten_completed_seconds():
+    clock = ManualClock(start=1000.0)
+    monitor = GatewayMonitor(clock, CollectorRegistry())
+    for _ in range(12):  # 12 s: 3 requests a second, the last of them an error
+        for status in (200, 200, 401):
+            monitor.record("GET /x", status, 0.001)
+        clock.advance(1.0)
+    clock.advance(5.0)  # 5 quiet seconds: half the window holds no request
+    monitor.record("GET /x", 200, 0.001)  # in the second in progress: not counted yet
+    (route,) = monitor.snapshot("here", True, 0).routes
+    assert (route.requests, route.errors) == (37, 12)
+    assert (route.requests_per_s, route.errors_per_s) == (1.5, 0.5)
+    clock.advance(30.0)
+    (route,) = monitor.snapshot("here", True, 0).routes
+    assert (route.requests_per_s, route.errors_per_s) == (0.0, 0.0)
 
 
 # -- the edge -----------------------------------------------------------------------------------
