@@ -16,6 +16,11 @@ Until it is done:
 - A user who created sessions before theirs were paged in may hold more than the per-user cap
   once they are: the least recently active idle ones are evicted, as a creation would have
   (a single process only; in a cluster the cap is kept in Valkey/Redis).
+
+How many are stored is counted beside the first page (`count`): a count reads a whole index,
+0.1 s for a million sessions in the OS's cache and seconds when not, so `open()` waits for it
+only `COUNT_WAIT_S`; until it lands, `pending` is 0 and the report's `sessions` says how many
+were paged in so far.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from engine.views import RestoreReport
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # after a page the store could not read
+COUNT_WAIT_S = 0.25  # how long open() waits for the count (a small store's is at once)
 
 
 class BackgroundRestore:
@@ -60,7 +66,8 @@ class BackgroundRestore:
         self._ended: set[str] = set()  # ended while paging: never brought back
         self._done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.stored = 0  # sessions the store held at open
+        self._counting: asyncio.Task[int] | None = None
+        self.stored: int | None = None  # sessions the store held at open, once counted
         self.restored = 0  # of them paged in so far (not those read on their own)
         self.messages = 0  # their stored messages
         registry.subscribe(self._on_session_event)
@@ -73,15 +80,35 @@ class BackgroundRestore:
     @property
     def pending(self) -> int:
         """Stored sessions not paged in yet (as counted at open)."""
-        return max(0, self.stored - self.restored) if self.running else 0
+        if not self.running or self.stored is None:
+            return 0
+        return max(0, self.stored - self.restored)
 
     def report(self, base: RestoreReport) -> RestoreReport:
         """`base` (what open() read) with the paging's progress."""
         return RestoreReport(
-            sessions=self.stored, messages=self.messages, purged=base.purged,
+            sessions=self.restored if self.stored is None else self.stored,
+            messages=self.messages, purged=base.purged,
             quota_buckets=base.quota_buckets, clean_shutdown=base.clean_shutdown,
             pending=self.pending,
         )
+
+    async def count(self) -> None:
+        """Count the stored sessions beside the first page; wait for the count COUNT_WAIT_S
+        at most (it lands later on its own: `pending` says nothing until then)."""
+        self._counting = asyncio.ensure_future(self._store().count_sessions())
+        self._counting.add_done_callback(self._counted)
+        await asyncio.wait((self._counting,), timeout=COUNT_WAIT_S)
+
+    def _counted(self, counting: asyncio.Future[int]) -> None:
+        if counting.cancelled():
+            return
+        if counting.exception() is not None:  # the store's trouble: only progress is lost
+            log.warning("could not count the stored sessions: %s", counting.exception())
+            return
+        self.stored = counting.result()
+        if self.running:
+            self._registry.cold.reserve(max(0, self.stored - self.restored))
 
     async def read_page(self) -> list[SessionRecord]:
         """The next page of stored sessions (empty: none left)."""
@@ -144,6 +171,9 @@ class BackgroundRestore:
             self._persist_later(move)
 
     async def aclose(self) -> None:
+        if self._counting is not None and not self._counting.done():
+            self._counting.cancel()
+            await asyncio.gather(self._counting, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -172,6 +202,8 @@ class BackgroundRestore:
     def _finish(self) -> None:
         self._done.set()
         self._ended.clear()
+        if self.stored is None or self.stored < self.restored:
+            self.stored = self.restored  # paged in whole before the count came (or it failed)
 
     def _on_session_event(self, event: SessionEvent, session: Session) -> None:
         if event.kind != "created" and self.running:

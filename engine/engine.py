@@ -572,9 +572,11 @@ class Engine:
         self._monitor.alert_manager.continue_after(
             restored.max_alert_ids.get(self._alert_owner(), 0)
         )
-        self._paging.stored = restored.counts.sessions
-        self._registry.cold.reserve(restored.counts.sessions)
-        first = await self._paging.read_page()
+        counting = asyncio.ensure_future(self._paging.count())  # beside the first page
+        try:
+            first = await self._paging.read_page()
+        finally:
+            await counting
         if self._cluster is not None and first:
             check_cluster_key(self._keyring, first[0].row.wrapped_key)
         self._paging.adopt_page(first)  # before the quota windows: it sets the users' tiers

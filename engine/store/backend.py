@@ -61,8 +61,13 @@ class Backend(Protocol):
         """Purge sessions whose deadline passed, prune as `Prune(now)`, return what is live.
 
         With `sessions=False`, `sessions` and `contexts` come back empty and `counts.sessions`
-        says how many are stored: the engine reads them in pages with `load_page`.
+        is 0: the engine reads them in pages with `load_page` and counts them with
+        `count_sessions`, beside its first turns (a count reads a whole index).
         """
+        ...
+
+    async def count_sessions(self) -> int:
+        """How many sessions are stored, read beside the commits as `load_page` is."""
         ...
 
     async def load_page(self, after: str, limit: int) -> list[SessionRecord]:

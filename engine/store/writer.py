@@ -187,6 +187,11 @@ class Store:
         """
         return await self._submit(partial(self.backend.load_live, now, sessions=sessions))
 
+    async def count_sessions(self) -> int:
+        """How many sessions are stored: a count of a whole index (about 0.1 s a million rows
+        in the OS's cache, seconds when not), read beside the commits."""
+        return await self.backend.count_sessions()
+
     async def load_page(self, after: str, limit: int) -> list[SessionRecord]:
         """A page of stored sessions' compact records, ids after `after` in id order.
 

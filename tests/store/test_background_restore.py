@@ -3,6 +3,8 @@ that ends comes back, and a user past the cap once theirs are in is trimmed to i
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from engine import Engine, errors
@@ -141,3 +143,30 @@ async def test_an_id_asked_for_before_its_page_is_read_on_its_own(make_config, c
             paging.adopt_page(await paging.read_page())
         assert len(registry) == 12 and registry.get(late) is held
         assert paging.restored == 12
+
+
+async def test_open_does_not_wait_for_a_slow_count_of_the_stored_sessions(
+    make_config, monkeypatch
+):
+    """Counting a million stored sessions reads a whole index (seconds when the file is not
+    in the OS's cache): open() waits for the count a quarter second at most. Until it lands
+    the report says how many were paged in, and nothing about how many remain."""
+    config = make_config(sessions={"restore_page_sessions": 10})
+    created = await stored_sessions(config, 25)
+    counted = asyncio.Event()
+    count_sessions = Store.count_sessions
+
+    async def slow_disk(store: Store) -> int:
+        await counted.wait()
+        return await count_sessions(store)
+
+    monkeypatch.setattr(Store, "count_sessions", slow_disk)
+    async with Engine(config) as engine:
+        report = engine.restore_report
+        assert report is not None and (report.sessions, report.pending) == (10, 0)
+        reply = await engine.send(created[-1].session_id, created[-1].token, "already?")
+        assert reply.text  # served before its page and before the count
+        counted.set()
+        final = await engine.restored()
+        assert (final.sessions, final.pending) == (25, 0)
+        assert len(engine.snapshot().sessions) == 25

@@ -178,6 +178,10 @@ class PostgresBackend:
         async with self.pool.acquire() as conn:
             return await read_page(conn, after, limit)
 
+    async def count_sessions(self) -> int:
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM sessions"))
+
     async def load_session(self, session_id: str) -> StoredSession | None:
         """Runs between commits (an exclusive job), so it reads every write committed before."""
         async with self.pool.acquire() as conn:

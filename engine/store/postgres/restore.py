@@ -66,7 +66,7 @@ async def read_live(
     conn: asyncpg.Connection, now: float, clean_shutdown: bool, purged: int, *, sessions: bool
 ) -> Restored:
     """Everything live as of `now`; `purged` (sessions the purge before deleted) is counted.
-    Without `sessions`, only how many there are: `read_page` reads them."""
+    Without `sessions`, none of them (`read_page` reads them, `count_sessions` counts them)."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         rows: list[SessionRow] = []
         contexts: dict[str, ContextFigures] = {}
@@ -76,9 +76,7 @@ async def read_live(
                 row[0]: ContextFigures(row[1], row[2], row[3])
                 for row in await conn.fetch(_SELECT_CONTEXTS)
             }
-            stored = len(rows)
-        else:
-            stored = await conn.fetchval("SELECT count(*) FROM sessions")
+        stored = len(rows)
         quota = [QuotaEvent(*row) for row in await conn.fetch(_SELECT_QUOTA, now)]
         alerts = [AlertRow(*row) for row in await conn.fetch(_SELECT_ALERTS)]
         metrics = [

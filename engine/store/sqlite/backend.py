@@ -37,7 +37,13 @@ from engine.store.sqlite import filelock
 from engine.store.sqlite.checkpointer import Checkpointer
 from engine.store.sqlite.checks import FileIdentity, IntegrityCheck, check_file, store_error
 from engine.store.sqlite.connection import ConnectionThread
-from engine.store.sqlite.restore import read_live, read_page, read_record, read_session
+from engine.store.sqlite.restore import (
+    count_sessions,
+    read_live,
+    read_page,
+    read_record,
+    read_session,
+)
 from engine.store.sqlite.statements import SqliteStatements
 from engine.store.sqlite.transactions import (
     close_out,
@@ -131,6 +137,9 @@ class SqliteBackend:
 
     async def load_page(self, after: str, limit: int) -> list[SessionRecord]:
         return await asyncio.to_thread(read_page, self.path, after, limit)
+
+    async def count_sessions(self) -> int:
+        return await asyncio.to_thread(count_sessions, self.path)
 
     async def load_session(self, session_id: str) -> StoredSession | None:
         """On the writer's connection, so it reads every write committed before it."""

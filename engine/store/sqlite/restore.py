@@ -61,7 +61,7 @@ def read_live(
     path: Path, now: float, clean_shutdown: bool, purged: int, *, sessions: bool
 ) -> Restored:
     """Everything live as of `now`; `purged` (sessions the purge before deleted) is counted.
-    Without `sessions`, only how many there are: `read_page` reads them."""
+    Without `sessions`, none of them (`read_page` reads them, `count_sessions` counts them)."""
     conn = sqlite3.connect(read_only_uri(path), uri=True)
     collecting = gc.isenabled()
     gc.disable()  # millions of new objects would trigger many pointless collections
@@ -74,9 +74,7 @@ def read_live(
                 row[0]: ContextFigures(row[1], row[2], row[3])
                 for row in conn.execute(_SELECT_CONTEXTS)
             }
-            stored = len(rows)
-        else:
-            (stored,) = conn.execute("SELECT count(*) FROM sessions").fetchone()
+        stored = len(rows)
         count = sum(figures.messages for figures in contexts.values())
         quota = [QuotaEvent(*row) for row in conn.execute(_SELECT_QUOTA, (now,))]
         alerts = [AlertRow(*row[:9], bool(row[9]), row[10]) for row in conn.execute(_SELECT_ALERTS)]
@@ -104,6 +102,16 @@ def read_live(
             alerts=len(alerts),
         ),
     )
+
+
+def count_sessions(path: Path) -> int:
+    """How many sessions are stored, through a read-only connection of its own."""
+    conn = sqlite3.connect(read_only_uri(path), uri=True)
+    try:
+        (stored,) = conn.execute("SELECT count(*) FROM sessions").fetchone()
+    finally:
+        conn.close()
+    return int(stored)
 
 
 def read_page(path: Path, after: str, limit: int) -> list[SessionRecord]:
