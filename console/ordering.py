@@ -59,5 +59,10 @@ class ReorderBudget:
         """Call `reorder` and time it: the next throttled reorder waits cost / share."""
         started = time.perf_counter()
         result = reorder()
-        self.next_at = started + (time.perf_counter() - started) / self.share
+        self.spent(started, time.perf_counter() - started)
         return result
+
+    def spent(self, started: float, cost: float) -> None:
+        """A reorder begun at `started` (perf_counter) cost `cost` seconds, perhaps in steps:
+        the next throttled reorder waits cost / share from its start."""
+        self.next_at = started + cost / self.share

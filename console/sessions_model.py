@@ -1,16 +1,23 @@
 """The sessions table's data half: filter and sort plain session views, at a bounded cost.
 
 Filtering and sorting 100,000 views in Python costs more than a whole refresh tick may spend
-(benchmarks/console_refresh.py measures it). So the order is recomputed at once when the operator
-changes the sort or the filter, and otherwise only when the data changed and the `ReorderBudget`
-allows (reorders stay under `REORDER_SHARE` of the time; small tables reorder on every changed
-tick). Between reorders the visible rows still show live values when the snapshot offers
-`sessions_by_id`.
+(benchmarks/console_refresh.py measures it), and a million about two seconds. So the order is
+recomputed at once when the operator changes the sort or the filter, and otherwise only when the
+data changed and the `ReorderBudget` allows (reorders stay under `REORDER_SHARE` of the time;
+small tables reorder on every changed tick). A table of more than `STEP_ROWS` rows is reordered
+in steps of about `STEP_ROWS` rows each (sort runs of that size, then merge them `STEP_ROWS` at a
+time; the same order a single sort gives), which the view runs one per frame (`step`), so no
+slice of the loop the engine shares sorts a million rows; until it ends the table shows the
+previous order. Between reorders the visible rows still show live values when the snapshot
+offers `sessions_by_id`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -23,6 +30,9 @@ from widgets import Column
 THROTTLE_ABOVE = 20_000
 REORDER_SHARE = 0.015  # of wall time, above THROTTLE_ABOVE: ~1 reorder/s at 100k sessions
 HEALTHY = 100  # below this a session has at least one health reason: "unhealthy" for the toggle
+# Rows one reorder step filters and sorts, or merges (~5-15 ms); tables up to this many rows
+# are reordered at once.
+STEP_ROWS = 10_000
 
 
 COLUMNS = (
@@ -135,10 +145,12 @@ class SessionFilter:
 
 
 class SessionsModel:
-    """Ordered, filtered session views for the table; `update` says whether the order moved."""
+    """Ordered, filtered session views for the table; `update` and `step` say whether the order
+    moved."""
 
     def __init__(
-        self, *, throttle_above: int = THROTTLE_ABOVE, share: float = REORDER_SHARE
+        self, *, throttle_above: int = THROTTLE_ABOVE, share: float = REORDER_SHARE,
+        step_rows: int = STEP_ROWS,
     ) -> None:
         self.order = SortState(SORT_KEYS, "health")
         self.filter = SessionFilter()
@@ -148,8 +160,15 @@ class SessionsModel:
         self.index: Mapping[str, Any] | None = None
         self.reorders = 0
         self.budget = ReorderBudget(throttle_above, share)
+        self.step_rows = step_rows
         self._source: Sequence[Any] | None = None
         self._dirty = True
+        self._complete = True  # the last snapshot listed every live session
+        # A reorder under way in steps: the sessions it orders, its steps, when it began and
+        # the time its steps took so far.
+        self._job: tuple[Sequence[Any], Generator[None, None, list[Any]]] | None = None
+        self._job_started = 0.0
+        self._job_cost = 0.0
 
     # -- view changes (take effect on the next update, whatever the throttle) --------------------
     def sort_by(self, column: str) -> None:
@@ -166,22 +185,57 @@ class SessionsModel:
         self._dirty = True
 
     # -- data ------------------------------------------------------------------------------------
+    @property
+    def reordering(self) -> bool:
+        """A reorder is under way: `step` until it ends (`rows` keeps the last order)."""
+        return self._job is not None
+
     def update(
-        self, sessions: Sequence[Any], index: Mapping[str, Any] | None = None
+        self, sessions: Sequence[Any], index: Mapping[str, Any] | None = None,
+        complete: bool = True,
     ) -> bool:
-        """Take a new snapshot's sessions; True when `rows` was recomputed."""
+        """Take a new snapshot's sessions; True when `rows` was recomputed.
+
+        `complete`: the snapshot lists every live session. While it does not (a big store's
+        views still being built), a reorder waits for the budget as usual, and the snapshot
+        that completes the list is reordered at once. A reorder under way in steps goes on
+        with the sessions it began with, unless the operator changed the order."""
         self.index = index
         self.total = len(sessions)
+        if complete and not self._complete:
+            self._dirty = True
+        self._complete = complete
         if not self._dirty:
+            if self._job is not None:
+                return False
             if sessions is self._source or sessions == self._source:
                 return False
             if not self.budget.allows(len(sessions)):
                 return False
-        self.rows = self.budget.run(lambda: self._reorder(sessions))
-        self._source = sessions
+        self._job = (sessions, self._reorder(sessions))
+        self._job_started, self._job_cost = time.perf_counter(), 0.0
         self._dirty = False
-        self.reorders += 1
-        return True
+        return self.step()
+
+    def step(self) -> bool:
+        """Run the next step of the reorder under way; True when it ended and `rows` moved."""
+        if self._job is None:
+            return False
+        sessions, steps = self._job
+        started = time.perf_counter()
+        try:
+            next(steps)
+        except StopIteration as done:
+            self.rows = done.value
+            self._source = sessions
+            self._job = None
+            self.reorders += 1
+            return True
+        finally:
+            self._job_cost += time.perf_counter() - started
+            if self._job is None:
+                self.budget.spent(self._job_started, self._job_cost)
+        return False
 
     def current(self, view: Any) -> Any | None:
         """The live version of a listed view; None once the session is gone."""
@@ -189,14 +243,42 @@ class SessionsModel:
             return view
         return self.index.get(view.session_id)
 
-    def _reorder(self, sessions: Sequence[Any]) -> list[Any]:
-        rows: Sequence[Any] = sessions
-        if self.unhealthy_only:
-            rows = [v for v in rows if v.health < HEALTHY]
-        if self.filter:
-            rows = list(filter(self.filter.predicate(), rows))
+    def _reorder(self, sessions: Sequence[Any]) -> Generator[None, None, list[Any]]:
+        """Filter and sort `sessions`, yielding between steps of `step_rows` rows: sorted runs,
+        then their merge (the order one sort gives)."""
+        keep = self._predicate()
         field, inverted = SORT_KEYS[self.order.column]
-        return sorted(rows, key=attrgetter(field), reverse=self.order.reverse != inverted)
+        # Ties by id: a snapshot lists its sessions in no particular order (engine.view_table).
+        key = attrgetter(field) if field == "session_id" else attrgetter(field, "session_id")
+        reverse = self.order.reverse != inverted
+        size = self.step_rows
+        listed = iter(sessions)
+        runs: list[list[Any]] = []
+        for _ in range(0, len(sessions), size):
+            if runs:
+                yield
+            part = itertools.islice(listed, size)
+            run = list(part) if keep is None else list(filter(keep, part))
+            run.sort(key=key, reverse=reverse)
+            runs.append(run)
+        if len(runs) <= 1:
+            return runs[0] if runs else []
+        merged = heapq.merge(*runs, key=key, reverse=reverse)
+        rows: list[Any] = []
+        while True:
+            yield
+            before = len(rows)
+            rows.extend(itertools.islice(merged, size))
+            if len(rows) - before < size:
+                return rows
+
+    def _predicate(self) -> Callable[[Any], bool] | None:
+        match = self.filter.predicate() if self.filter else None
+        if not self.unhealthy_only:
+            return match
+        if match is None:
+            return lambda v: v.health < HEALTHY
+        return lambda v: v.health < HEALTHY and match(v)
 
     def describe(self) -> str:
         parts = [self.order.describe()]

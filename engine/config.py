@@ -206,6 +206,9 @@ class MonitorSettings:
     alert_cooldown_s: float = 60.0
     housekeeping_interval_s: float = 1.0
     quota_watch_percent: float = 50.0  # users above this are shown with their quota gauges
+    # Session views one snapshot builds at most (~7 us each for a restored session): the
+    # rest follow in later snapshots and refresh_views, so no snapshot holds the loop long.
+    snapshot_views: int = 2000
 
 
 @dataclass(frozen=True, slots=True)

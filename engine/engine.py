@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 from cryptography.fernet import Fernet
@@ -456,18 +455,24 @@ class Engine:
         return len(expired)
 
     def refresh_views(self, limit: int) -> int:
-        """Bring up to `limit` out-of-date session views up to date; returns how many remain.
+        """Bring up to `limit` session views up to date (out-of-date ones first, then sessions
+        not listed yet); returns how many are still due.
 
         Changes no engine state: a caller that shares the loop with the turns (the console)
         calls it between two snapshots, so `snapshot()` has few views left to build at once."""
-        return self._views.refresh(limit)
+        return self._views.build(limit)
 
     def snapshot(self) -> EngineSnapshot:
-        views = MappingProxyType(dict(self._views.current()))
+        """At most `monitor.snapshot_views` session views are built for one snapshot: with
+        more sessions than that unlisted (a million restored ones), `unlisted` says how many
+        are still to come, and the next snapshots (and `refresh_views`) list them."""
+        self._views.build(self.config.monitor.snapshot_views)
+        views = self._views.freeze()
         return EngineSnapshot(
             taken_at=self.clock.now(),
-            sessions=tuple(views.values()),
+            sessions=views.sequence(),
             sessions_by_id=views,
+            unlisted=self._views.unlisted,
             users=self._registry.users(),
             quotas=self._quota_watch.nearest(),
             monitor=self._monitor.snapshot(),

@@ -59,9 +59,9 @@ class Operator:
         A cold session's detail has no messages yet (`loaded` False): `load` brings them in.
         """
         session = self._registry.get(session_id)
-        view = self._views.current().get(session_id)
-        if session is None or view is None:
+        if session is None:
             return None
+        view = self._views.view(session)
         context = session.context
         return SessionDetail(
             view=view,

@@ -7,7 +7,8 @@ refresh, an export or a test can keep without holding engine state alive.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -22,6 +23,7 @@ from engine.pool import PoolView
 from engine.quotas import QuotaUsage
 from engine.sessions import Message, Session, SessionRegistry
 from engine.store import StoreStats
+from engine.view_table import FrozenViews, ViewTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +157,14 @@ class ClusterView:
 
 @dataclass(frozen=True, slots=True)
 class EngineSnapshot:
-    """Plain immutable data for the console; building it costs O(sessions) pointer copies."""
+    """Plain immutable data for the console; building it costs the views changed since the
+    last one (engine.view_table), not O(sessions).
+
+    `sessions` lists the live sessions viewed so far: all of them but `unlisted`, which the
+    next snapshots list (a snapshot builds a bounded number of views)."""
 
     taken_at: float
-    sessions: tuple[SessionView, ...]
+    sessions: Sequence[SessionView]  # in no particular order: the console sorts them
     sessions_by_id: Mapping[str, SessionView]
     users: int
     quotas: tuple[QuotaView, ...]
@@ -171,6 +177,12 @@ class EngineSnapshot:
     store: StoreStats | None
     cache: CacheView | None = None
     cluster: ClusterView | None = None  # None: a single process
+    unlisted: int = 0  # live sessions not in `sessions` yet (listed by the next snapshots)
+
+    @property
+    def live_sessions(self) -> int:
+        """Every live session, listed or not."""
+        return len(self.sessions) + self.unlisted
 
 
 class SessionViews:
@@ -178,8 +190,11 @@ class SessionViews:
 
     A session that turns many times between two console refreshes is rebuilt once. A session's
     first view waits for the first look too (a view and its metrics are about 280 B, and most
-    engines run without a console), in the order the sessions were first seen, so views stay
-    in creation order.
+    engines run without a console), and then comes in bounded batches (`build`): a million
+    restored sessions take about 7 s to view, which one snapshot must not hold the loop for.
+    Sessions made or changed since the last look come first (the ones an operator is watching),
+    then a pass over the registry finds the rest (restored ones, still packed rows), a batch at
+    a time; `unlisted` says how many are still to come.
 
     With `recent_max`, the sessions changed last are remembered in order (one dict move a
     change), so a worker of a cluster publishes what it serves now (`recent`) without a pass
@@ -187,7 +202,8 @@ class SessionViews:
     """
 
     __slots__ = (
-        "_monitor", "_recent", "_recent_max", "_registry", "_stale", "_unviewed", "_views",
+        "_monitor", "_pass", "_recent", "_recent_max", "_registry", "_stale", "_unviewed",
+        "_views",
     )
 
     RECENT_MAX = 256  # what a worker of a cluster remembers
@@ -197,15 +213,16 @@ class SessionViews:
     ) -> None:
         self._registry = registry
         self._monitor = monitor
-        self._views: dict[str, SessionView] = {}
+        self._views: ViewTable[SessionView] = ViewTable()
         self._stale: set[str] = set()
         self._unviewed: dict[str, None] = {}  # an ordered set: sessions without a view yet
+        self._pass: Iterator[Session] | None = None  # the registry pass under way, if any
         self._recent: dict[str, None] = {}  # session ids, the one changed last at the end
         self._recent_max = recent_max
 
     def invalidate(self, session: Session) -> None:
         """Mark the session's view out of date (or due to be built, once any view has been
-        asked for: until then the first `current` builds them all)."""
+        asked for: until then the registry pass of the first `build` finds them all)."""
         session_id = session.session_id
         if session_id in self._views:
             self._stale.add(session_id)
@@ -219,7 +236,7 @@ class SessionViews:
                 del recent[next(iter(recent))]
 
     def forget(self, session_id: str) -> None:
-        self._views.pop(session_id, None)
+        self._views.pop(session_id)
         self._stale.discard(session_id)
         self._unviewed.pop(session_id, None)
         self._recent.pop(session_id, None)
@@ -240,30 +257,70 @@ class SessionViews:
             chosen.append(view)
         return heapq.nlargest(most, chosen, key=attrgetter("last_active_at"))
 
-    def current(self) -> dict[str, SessionView]:
-        """Every live session's view, up to date; the dict is the cache itself: copy to keep.
+    def view(self, session: Session) -> SessionView:
+        """The session's view, up to date, built now if it is due (one session's detail)."""
+        session_id = session.session_id
+        view = self._views.get(session_id)
+        if view is None or session_id in self._stale:
+            self._stale.discard(session_id)
+            self._unviewed.pop(session_id, None)
+            view = self._views[session_id] = self._build(session)
+        return view
 
-        Restored sessions get their first view here, at the first snapshot, not at start-up.
-        """
-        registry, views = self._registry, self._views
-        for session_id in self._unviewed:
+    def freeze(self) -> FrozenViews[SessionView]:
+        """The views built so far (see `build`), as of now: O(chunks changed), not O(views)
+        (engine.view_table)."""
+        return self._views.freeze()
+
+    @property
+    def unlisted(self) -> int:
+        """Live sessions without a view yet: `build` lists them over the next calls."""
+        return max(0, len(self._registry) - len(self._views))
+
+    def build(self, limit: int) -> int:
+        """Bring out-of-date views up to date and list sessions without one, looking at no more
+        than `limit` sessions in all; returns how many views are still due (out of date
+        or not built).
+
+        Out-of-date views first, then sessions made or used since the last look, then the
+        registry pass. A pass looks at each live session once (a packed row as a `Session`
+        built for the look, ~5 us); rows added while it runs (paged in after `open`) are found
+        by the next pass, which starts once this one ends with sessions still unlisted."""
+        limit = self.refresh(limit)[1]
+        registry, views, unviewed = self._registry, self._views, self._unviewed
+        for session_id in list(itertools.islice(unviewed, limit)):  # the first seen first
+            del unviewed[session_id]
             session = registry.held(session_id)
             if session is not None and session_id not in views:
                 views[session_id] = self._build(session)
-        self._unviewed.clear()
-        if len(views) < len(registry):
-            for session in registry:
+            limit -= 1
+        while limit > 0 and len(views) < len(registry):
+            if self._pass is None:
+                self._pass = self._registry_pass()
+            looked = 0
+            for session in itertools.islice(self._pass, limit):
+                looked += 1
                 if session.session_id not in views:
                     views[session.session_id] = self._build(session)
-        for session_id in self._stale:
-            session = self._registry.peek(session_id)
-            if session is not None:
-                self._views[session_id] = self._build(session)
-        self._stale.clear()
-        return self._views
+            limit -= looked
+            if limit > 0:  # the pass ended within the limit: a new one if any is unlisted
+                self._pass = None
+                if not looked:
+                    break
+        return len(self._stale) + self.unlisted
 
-    def refresh(self, limit: int) -> int:
-        """Rebuild up to `limit` out-of-date views now; returns how many are still out of date."""
+    def _registry_pass(self) -> Iterator[Session]:
+        """Every live session once: the objects held when the pass starts (copied: the dict
+        changes between batches), each if still held, then the rows still packed."""
+        registry = self._registry
+        for session in list(registry.objects()):
+            if registry.held(session.session_id) is session:
+                yield session
+        yield from registry.cold.sessions()
+
+    def refresh(self, limit: int) -> tuple[int, int]:
+        """Rebuild up to `limit` out-of-date views now; returns how many are still out of date
+        and how much of `limit` is left."""
         stale = self._stale
         while stale and limit > 0:
             session_id = stale.pop()
@@ -271,7 +328,7 @@ class SessionViews:
             if session is not None:
                 self._views[session_id] = self._build(session)
             limit -= 1
-        return len(stale)
+        return len(stale), limit
 
     def _build(self, session: Session) -> SessionView:
         metrics = self._monitor.session_view(session.session_id)

@@ -124,7 +124,7 @@ def render_engine(snap: EngineSnapshot) -> str:
     events = snap.session_events
     rules = Counter(alert.rule for alert in snap.monitor.alerts)
     return (
-        f"engine: {len(snap.sessions)} sessions, {snap.users} users, turns {snap.monitor.turns}, "
+        f"engine: {snap.live_sessions} sessions, {snap.users} users, turns {snap.monitor.turns}, "
         f"expired {events.get('expired', 0)}, evicted {events.get('evicted', 0)}, "
         f"auth failures {snap.monitor.auth_failures}, alerts {len(snap.monitor.alerts)}"
         + (f" ({', '.join(f'{r} {n}' for r, n in sorted(rules.items()))})" if rules else "")
@@ -161,7 +161,7 @@ def engine_config_section(config: EngineConfig) -> dict[str, Any]:
 def engine_section(snap: EngineSnapshot) -> dict[str, Any]:
     """The in-process engine's own counts at the end, to check the generator's against."""
     return {
-        "sessions": len(snap.sessions),
+        "sessions": snap.live_sessions,
         "users": snap.users,
         "session_events": dict(snap.session_events),
         "turns": snap.monitor.turns,

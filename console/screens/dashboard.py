@@ -44,6 +44,7 @@ SPARK_SECONDS = 180  # "the last minutes"
 HTTP_MARK = "↗"  # sessions created through the HTTP gateway (filter: via:http)
 GATEWAY_ROUTES = 6  # routes listed in the gateway panel, busiest first
 CLUSTER_WORKERS = 6  # workers listed in the cluster panel
+REORDER_STEP_DELAY_S = 0.001  # between the steps of a big table's reorder (a timer needs > 0)
 
 # Shift+letter sorts by a column, as in k9s; the same key again reverses.
 SORT_BINDINGS = (
@@ -105,7 +106,7 @@ def figures(snapshot: EngineSnapshot) -> list[Figure]:
     m = snapshot.monitor
     lat = m.latency
     return [
-        Figure("sessions", "Sessions", f"{len(snapshot.sessions):,}", sub=_sessions_sub(snapshot)),
+        Figure("sessions", "Sessions", f"{snapshot.live_sessions:,}", sub=_sessions_sub(snapshot)),
         Figure("turns", "Turns/s", fmt.rate(m.turns_rate), _series(m.turns_per_s)),
         Figure("tokens", "Tokens/s", fmt.rate(m.tokens_rate), _series(m.tokens_per_s)),
         Figure(
@@ -256,6 +257,16 @@ def alert_rows(alerts: Iterable[Any], now: float, limit: int | None = None) -> l
     return rows if limit is None else rows[:limit]
 
 
+def table_title(model: SessionsModel, unlisted: int) -> str:
+    """How many rows of how many listed, how many live sessions are still to be listed (a big
+    store's views come in batches), and the order, with a mark while a reorder runs."""
+    shown = len(model.rows)
+    total = f"{shown:,} of {model.total:,}" if shown != model.total else f"{model.total:,}"
+    listing = f" · listing {unlisted:,} more" if unlisted else ""
+    sorting = " · sorting…" if model.reordering else ""
+    return f"Sessions {total}{listing} · {model.describe()}{sorting}"
+
+
 class DashboardScreen(TableScreen):
     VIEW_NAME = "Dashboard"
     EXPORT_NAME = "sessions"
@@ -280,6 +291,8 @@ class DashboardScreen(TableScreen):
         self._now = 0.0
         self._loads_seen: tuple[float, int] | None = None  # (taken_at, cache loads) last shown
         self._loads_rate = 0.0
+        self._unlisted = 0  # live sessions the last snapshot had no view of yet
+        self._reordering = False  # a reorder step is scheduled for the next frame
 
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
@@ -343,11 +356,13 @@ class DashboardScreen(TableScreen):
         """The table (which repaints its changed lines over the next frames), the titles and
         each changed figure at the top, then the side boxes in two steps."""
         self._now = snapshot.taken_at
+        self._unlisted = snapshot.unlisted
         model = self.model
-        if model.update(*listed_sessions(snapshot)):
+        if model.update(*listed_sessions(snapshot), complete=not snapshot.unlisted):
             self.table.set_rows(model.rows)
         else:
             self.table.refresh_rows()
+        self._continue_reorder()
         yield
         self.show_title()
         self._show_cache(cache_summary(snapshot.cache, self._loads_per_s(snapshot)))
@@ -405,11 +420,25 @@ class DashboardScreen(TableScreen):
         set_text(self.query_one("#gateway-title", Label), gateway_title(stats))
         set_lines(self.query_one("#gateway", Static), gateway_lines(stats, GATEWAY_ROUTES))
 
+    def _continue_reorder(self) -> None:
+        """A big table is reordered a step at a time (SessionsModel.step), whatever the ticks,
+        each step on a one-shot timer of its own: callbacks after a refresh that repaints
+        nothing run one after another in one slice of the loop, and so would every step."""
+        if self.model.reordering and not self._reordering:
+            self._reordering = True
+            self.set_timer(REORDER_STEP_DELAY_S, self._reorder_step, name="reorder")
+
+    def _reorder_step(self) -> None:
+        self._reordering = False
+        if not self.is_attached:
+            return
+        if self.model.step():
+            self.table.set_rows(self.model.rows)
+            self.show_title()
+        self._continue_reorder()
+
     def show_title(self) -> None:
-        model = self.model
-        shown = len(model.rows)
-        total = f"{shown:,} of {model.total:,}" if shown != model.total else f"{model.total:,}"
-        set_text(self.query_one("#table-title", Label), f"Sessions {total} · {model.describe()}")
+        set_text(self.query_one("#table-title", Label), table_title(self.model, self._unlisted))
         super().show_title()
 
     def _render_row(self, view: Any) -> tuple[tuple[str, ...], tuple[str | None, ...]]:

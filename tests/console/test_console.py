@@ -101,6 +101,14 @@ async def refreshed(pilot):
     await pilot.pause()
 
 
+async def listed(pilot):
+    """Refreshed until the snapshot lists every live session: one builds a bounded number of
+    views (monitor.snapshot_views), the next ones the rest."""
+    await refreshed(pilot)
+    while pilot.app.snapshot.unlisted:
+        await refreshed(pilot)
+
+
 # -- dashboard ---------------------------------------------------------------------------------
 
 
@@ -899,7 +907,7 @@ async def test_ten_thousand_sessions_sort_filter_and_show_the_right_rows(engine,
             await engine.create_session(f"u{u:04d}")
     app = console_for(engine)
     async with app.run_test(size=(120, 40)) as pilot:
-        await refreshed(pilot)
+        await listed(pilot)
         table = app.screen.table
         assert len(table.rows) == 10_000
         visible = table.visible_rows()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import console.ordering as ordering_module
 from console.format import count, duration, latency, redact
@@ -77,7 +79,7 @@ def test_sort_by_each_column_and_reverse(column, key):
     assert model.rows == sorted(data, key=key)
     model.sort_by(column)
     model.update(data)
-    assert model.rows == sorted(data, key=key, reverse=True)
+    assert model.rows == sorted(data, key=lambda v: (key(v), v.session_id), reverse=True)
 
 
 def test_unknown_sort_column_is_refused():
@@ -120,6 +122,75 @@ def test_small_tables_always_reorder(monkeypatch):
     model.update(data)
     model.budget.next_at = 1e9
     assert model.update((replace(data[0], tokens=1), *data[1:]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 3), st.sampled_from(["idle", "busy"])),
+        max_size=60,
+    ),
+    step_rows=st.integers(1, 12),
+    column=st.sampled_from(["tokens", "health", "state", "user", "age"]),
+    reverse=st.booleans(),
+    query=st.sampled_from(["", "state:busy", "user:user1", "health<80"]),
+    unhealthy=st.booleans(),
+)
+def test_a_reorder_in_steps_gives_the_order_of_one_sort(
+    data, step_rows, column, reverse, query, unhealthy
+):
+    """Ties included: runs sorted apart and merged keep the snapshot's order, as one sort does."""
+    rows = tuple(
+        View(f"{i:04x}", f"user{i % 3}", created_at=float(t), tokens=t, health=100 - 10 * h,
+             state=state)
+        for i, (t, h, state) in enumerate(data)
+    )
+    whole, stepped = SessionsModel(), SessionsModel(step_rows=step_rows)
+    for model in (whole, stepped):
+        model.sort_by(column)
+        if reverse:
+            model.sort_by(column)
+        model.set_filter(query)
+        if unhealthy:
+            model.toggle_unhealthy()
+    assert whole.update(rows)
+    moved = stepped.update(rows)
+    steps = 0
+    while not moved:
+        assert stepped.reordering and stepped.rows == []  # the old order until the end
+        moved = stepped.step()
+        steps += 1
+    assert stepped.rows == whole.rows and not stepped.reordering
+    assert steps <= 2 * (len(rows) // step_rows + 1)
+
+
+def test_a_reorder_in_steps_goes_on_with_its_sessions_and_the_operator_restarts_it():
+    model = SessionsModel(step_rows=5)
+    model.sort_by("tokens")
+    data = views(30)
+    assert not model.update(data) and model.reordering
+    newer = (replace(data[0], tokens=500), *data[1:])
+    assert not model.update(newer)  # a new snapshot: the reorder under way goes on
+    while not model.step():
+        pass
+    assert model.rows == sorted(data, key=lambda v: v.tokens)
+    model.sort_by("tokens")  # the operator: descending, at once (restarted with these)
+    assert not model.update(newer)
+    while not model.step():
+        pass
+    assert model.rows == sorted(newer, key=lambda v: v.tokens, reverse=True)
+    assert model.rows[0].tokens == 500
+
+
+def test_the_listing_completed_reorders_at_once_whatever_the_budget(monkeypatch):
+    monkeypatch.setattr(ordering_module.time, "perf_counter", lambda: 0.0)
+    model = SessionsModel(throttle_above=10)
+    data = views(40)
+    assert model.update(data[:20], complete=False)
+    model.budget.next_at = 1e9  # as if the last reorder had been costly
+    assert not model.update(data[:30], complete=False)  # more listed: within the budget
+    assert model.update(data, complete=True)  # every session listed: shown now
+    assert len(model.rows) == 40
 
 
 def test_current_gives_live_values_and_none_once_gone():
