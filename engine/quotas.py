@@ -252,6 +252,7 @@ class QuotaManager:
         self._default_tier = default_tier
         self._buckets = buckets_per_window
         self._users: dict[str, _User] = {}
+        self._prune_round: list[str] = []  # users still to look at in this round of `prune`
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -427,20 +428,32 @@ class QuotaManager:
         """Drop everything about the user; their open reservations become no-ops."""
         self._users.pop(user_id, None)
 
-    def prune(self) -> int:
-        """Drop users whose state equals a fresh user's; O(users), so call it rarely."""
+    def prune(self, most: int | None = None) -> int:
+        """Drop users whose state equals a fresh user's; returns how many. With `most`, look
+        at that many users at most, each call going on where the last one stopped (a round
+        starts from the users held then): one pass over the 200,000 users of a million
+        restored sessions held the loop about 200 ms."""
         now = self._clock.now()
-        idle = [
-            user_id
-            for user_id, state in self._users.items()
-            if state.tier is None
-            and not state.overrides
-            and not state.reservations
-            and not any(usage.used(now) for usage in state.usages() if usage is not None)
-        ]
-        for user_id in idle:
-            del self._users[user_id]
-        return len(idle)
+        if most is None:
+            looked_at = list(self._users)
+        else:
+            if not self._prune_round:
+                self._prune_round = list(self._users)
+            looked_at = self._prune_round[-most:]
+            del self._prune_round[-most:]
+        dropped = 0
+        for user_id in looked_at:
+            state = self._users.get(user_id)
+            if (
+                state is not None
+                and state.tier is None
+                and not state.overrides
+                and not state.reservations
+                and not any(usage.used(now) for usage in state.usages() if usage is not None)
+            ):
+                del self._users[user_id]
+                dropped += 1
+        return dropped
 
     # Internals.
 

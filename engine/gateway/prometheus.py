@@ -71,7 +71,7 @@ class EngineCollector(Collector):
             latency.add_metric([quantile], value)
         yield latency
         yield GaugeMetricFamily("session_console_sessions", "Live sessions",
-                                value=len(snap.sessions))
+                                value=snap.live_sessions)
         yield GaugeMetricFamily("session_console_users", "Users with a live session",
                                 value=snap.users)
         agents = GaugeMetricFamily(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -44,16 +45,19 @@ async def test_prewarm_and_reuse_without_growing_past_max():
     assert pool.created == 3
 
 
+async def serve_once(pool, user: str, served: list[str]) -> None:
+    """Wait for an agent as `user`, note the user as served, give the agent back."""
+    agent = await pool.acquire(user, 5.0)
+    served.append(user)
+    await asyncio.sleep(0)
+    pool.release(agent, user, failed=False)
+
+
 async def test_round_robin_across_users_not_one_fifo():
     pool = make_pool(max_instances=1)
     holder = await pool.acquire("holder", 1.0)
     served: list[str] = []
-
-    async def want(user: str) -> None:
-        agent = await pool.acquire(user, 5.0)
-        served.append(user)
-        await asyncio.sleep(0)
-        pool.release(agent, user, failed=False)
+    want = partial(serve_once, pool, served=served)
 
     hog = [asyncio.create_task(want("hog")) for _ in range(5)]
     await asyncio.sleep(0)
@@ -69,12 +73,7 @@ async def test_a_user_holding_no_agent_is_served_before_busy_users_take_their_tu
     pool = make_pool(max_instances=2, cap=2)
     held = {user: await pool.acquire(user, 1.0) for user in ("busy-a", "busy-b")}
     served: list[str] = []
-
-    async def want(user: str) -> None:
-        agent = await pool.acquire(user, 5.0)
-        served.append(user)
-        await asyncio.sleep(0)
-        pool.release(agent, user, failed=False)
+    want = partial(serve_once, pool, served=served)
 
     # Three busy users, each holding an agent or waiting for more, then a quiet one.
     busy = [asyncio.create_task(want(u)) for u in ("busy-a", "busy-b", "busy-c") for _ in "12"]
@@ -95,12 +94,7 @@ async def test_a_flood_of_users_holding_nothing_is_served_in_arrival_order():
     pool = make_pool(max_instances=1)
     holder = await pool.acquire("holder", 1.0)
     served: list[str] = []
-
-    async def want(user: str) -> None:
-        agent = await pool.acquire(user, 5.0)
-        served.append(user)
-        await asyncio.sleep(0)
-        pool.release(agent, user, failed=False)
+    want = partial(serve_once, pool, served=served)
 
     users = [f"u{i:02d}" for i in range(20)]
     tasks = []

@@ -494,3 +494,17 @@ def test_windowed_usage_is_what_a_list_of_every_use_says(steps) -> None:
         current = math.floor(now)
         expected = sum(a for t, a in uses if math.floor(t) > current - 61)
         assert report(quotas, "u")["api_calls"].used == expected
+
+
+def test_pruning_a_few_users_at_a_time_reaches_every_idle_user_in_a_round() -> None:
+    clock, quotas = make()
+    for n in range(10):
+        quotas.record(f"u{n}", "api_calls", 1)
+    quotas.set_tier("kept", "pro")  # a tier is remembered: never dropped
+    clock.advance(61.0)  # every use has left its window
+    dropped = [quotas.prune(most=4) for _ in range(3)]  # one round: 11 users, 4 at a time
+    assert sum(dropped) == 10 and max(dropped) <= 4
+    assert len(quotas) == 1
+    quotas.record("late", "api_calls", 1)
+    assert quotas.prune(most=4) == 0  # a new round: "late" is in use, "kept" has a tier
+    assert len(quotas) == 2
