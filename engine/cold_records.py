@@ -211,13 +211,12 @@ class ColdRecords:
         return self._user_rows[user] if user is not None else 0
 
     def rows_of(self, user_id: str) -> list[int]:
-        """The user's rows, most recently added first."""
+        """The user's rows, most recently added first (a taken row leaves its user's chain)."""
         user = self._user_index.get(user_id)
         rows: list[int] = []
         index = self._user_first[user] if user is not None else -1
         while index >= 0:
-            if self._live[index]:
-                rows.append(index)
+            rows.append(index)
             index = self._next_of_user[index]
         return rows
 
