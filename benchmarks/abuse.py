@@ -73,7 +73,8 @@ QUIET_THINK_S = 1.0
 RETRY_S = 0.01
 COST_CALLS = 20_000
 COST_BLOCKS = 10
-HTTP_COST_CALLS = 4000  # per case
+HTTP_COST_CALLS = 12_000  # per case
+HTTP_COST_BLOCKS = 30  # of 400 requests: enough pairs for the ratio's median to hold still
 HTTP_COST_CLIENTS = 8
 HTTP_COST_SESSIONS = 64  # successes rotate over this many sessions, each its own URL
 HTTP_APP_KEY = "abuse-benchmark-app-key"
@@ -282,9 +283,12 @@ async def cost(calls: int) -> dict:
 async def http_cost(calls: int) -> dict:
     """Server CPU µs per GET of a session's messages over HTTP, the cost part's cases.
 
-    Blocks of each case interleaved, COST_BLOCKS of them, the median per case reported: the
+    Blocks of each case interleaved, HTTP_COST_BLOCKS of them, the median per case reported: the
     server's CPU time over a block (its threads' schedstat, in ns: clock ticks of 10 ms made
-    every block of 400 requests read as a multiple of 25 us) divided by its requests."""
+    every block of 400 requests read as a multiple of 25 us) divided by its requests. The
+    refusal's cost against a success is also given paired: the median over rounds of a fresh-id
+    block's cost over the success block run just before it, so that both saw the same machine
+    (a ratio of two medians taken over a noisy minute swings by about 0.07 from run to run)."""
     import aiohttp
 
     with tempfile.TemporaryDirectory() as folder:
@@ -329,13 +333,13 @@ async def http_cost(calls: int) -> dict:
                     used = threads_cpu_s(served.process.pid) - before
                     return used / len(presented) * 1e6, statuses
 
-                block = max(1, calls // COST_BLOCKS)
+                block = max(1, calls // HTTP_COST_BLOCKS)
                 cases: dict[str, list[float]] = {
                     "history_ok_us": [], "failed_auth_fresh_ids_us": [],
                     "failed_auth_same_dead_token_us": [],
                 }
                 statuses: dict[str, Counter] = {name: Counter() for name in cases}
-                for _ in range(COST_BLOCKS):
+                for _ in range(HTTP_COST_BLOCKS):
                     token = owned[0][1]
                     fresh = [(os.urandom(16).hex(), token) for _ in range(block)]
                     for name, presented in (
@@ -348,9 +352,13 @@ async def http_cost(calls: int) -> dict:
                         statuses[name] += seen
         finally:
             served.stop()
-    out: dict = {"calls_each": block * COST_BLOCKS, "blocks": COST_BLOCKS,
+    out: dict = {"calls_each": block * HTTP_COST_BLOCKS, "blocks": HTTP_COST_BLOCKS,
                  "clients": HTTP_COST_CLIENTS}
     out.update({name: round(statistics.median(v), 1) for name, v in cases.items()})
+    paired = [fresh / ok for fresh, ok in zip(cases["failed_auth_fresh_ids_us"],
+                                              cases["history_ok_us"], strict=True)]
+    out["failed_fresh_over_ok_paired_median"] = round(statistics.median(paired), 3)
+    out["failed_fresh_at_most_ok"] = statistics.median(paired) <= 1.0
     out["statuses"] = {name: dict(sorted(c.items())) for name, c in statuses.items()}
     return out
 
