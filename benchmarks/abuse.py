@@ -20,9 +20,11 @@ Backpressure: 100 callers, each on its own session, send turns back to back with
 `durable_ack=False` (a reply does not wait for its commit) against the zero-latency model, so
 the turns outrun the store's writer for the whole run (sustained overload). Reports the turn
 time p50/p99/max (the whole `engine.send` call), the ratio p99/p50 (issue 15: at most 5), and
-the store's queue depth sampled every 10 ms, and how many writes were paced or found the queue
-full. Four runs: the shipped store settings and a writer capped at small batches, each with
-and without pacing (BACKPRESSURE_RUNS says why).
+the store's queue depth sampled every 10 ms, how full the writer's batches were (sustained
+overload: the mean batch at least SUSTAINED_FILL of batch_max, so the writer was behind all
+along), and how many writes were paced or found the queue full. Four runs: the shipped store
+settings and a writer capped at small batches, each with and without pacing
+(BACKPRESSURE_RUNS says why).
 
 Overload: 10,000 users with `durable_ack=False` (benchmarks/load_capacity.py's scenario,
 spawned in one burst), reporting the event loop's lag p50/p99/max, turn overhead and the
@@ -82,6 +84,7 @@ OVERLOAD_USERS = 10_000
 BACKPRESSURE_CALLERS = 100
 BACKPRESSURE_WARMUP_S = 3.0
 BACKPRESSURE_RATIO = 5.0  # p99 within this many p50s
+SUSTAINED_FILL = 0.9  # of batch_max, the mean batch of a writer behind for the whole run
 # Store settings per backpressure run. "unpaced" sets pacing_ops = backlog_ops: no pacing,
 # each write waits for nothing until the queue is full, then for its own commit (the policy
 # before pacing). "small_batches" caps batches at 256 ops so the writer cannot catch up by
@@ -416,6 +419,8 @@ async def backpressure(seconds: float, store: dict[str, int]) -> dict:
             await asyncio.gather(*tasks)
     ordered = sorted(turns)
     p50, p99 = Tally(ordered).percentile(0.5), Tally(ordered).percentile(0.99)
+    batch_max = StoreSettings(**store).batch_max
+    batch_ops = (after.ops - before.ops) / max(1, after.batches - before.batches)
     return {
         "callers": BACKPRESSURE_CALLERS,
         "durable_ack": False,
@@ -427,11 +432,14 @@ async def backpressure(seconds: float, store: dict[str, int]) -> dict:
         "p99_over_p50": round(p99 / p50, 2) if p50 else None,
         "p99_within_5x_p50": bool(p50) and p99 <= BACKPRESSURE_RATIO * p50,
         "store_ops_per_s": round((after.ops - before.ops) / elapsed, 1),
-        "store_avg_batch_ops": round(
-            (after.ops - before.ops) / max(1, after.batches - before.batches), 1
-        ),
+        "store_avg_batch_ops": round(batch_ops, 1),
         "queue_depth_p50": sorted(depths)[len(depths) // 2] if depths else 0,
         "queue_depth_max": max(depths, default=0),
+        # Sustained overload (the issue's condition for the ratio): the writer behind for the
+        # whole run, so each batch it takes is full; a writer that keeps up takes everything
+        # queued in batches below the cap.
+        "batch_fill": round(batch_ops / batch_max, 3),
+        "sustained_overload": batch_ops >= SUSTAINED_FILL * batch_max,
         "paced_writes": after.paced_writes - before.paced_writes,
         "backlog_writes": after.backlog_writes - before.backlog_writes,
     }
