@@ -97,6 +97,7 @@ class ClusterWorker:
         self._tiers = adoption.tiers
         self.available = True  # the last call to Valkey/Redis was answered (readiness)
         self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
+        self._members_before: tuple[WorkerView, ...] = ()  # and at the one before
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
         self.standings = QuotaStandings(
@@ -125,7 +126,7 @@ class ClusterWorker:
         while True:
             try:
                 await registry.heartbeat(self.worker_id, load())
-                self.members = await registry.alive()
+                self._members_before, self.members = self.members, await registry.alive()
                 self.available = True
             except ClusterUnavailable as exc:
                 self.available = False
@@ -358,7 +359,9 @@ class ClusterWorker:
                 try:
                     if restored is None:
                         restored = await self._store().load_live(self._config.clock.now())
-                    replayed = await rebuild.replay(restored, self._config.sessions.lifetime_s)
+                    replayed = await rebuild.replay(
+                        restored, self._config.sessions.lifetime_s, self._placeable()
+                    )
                     await rebuild.done(self.worker_id)
                 except BaseException:
                     with contextlib.suppress(ClusterUnavailable):
@@ -366,8 +369,8 @@ class ClusterWorker:
                     raise
                 log.warning(
                     "worker %s rebuilt the cluster's shared state from the store: %d users, "
-                    "%d sessions, %d quota buckets", self.worker_id, replayed.users,
-                    replayed.sessions, replayed.quota_events,
+                    "%d sessions (%d placed), %d quota buckets", self.worker_id, replayed.users,
+                    replayed.sessions, replayed.placed, replayed.quota_events,
                 )
                 return
             loop = asyncio.get_running_loop()
@@ -380,6 +383,14 @@ class ClusterWorker:
                         "store; retry shortly",
                     )
                 await asyncio.sleep(REBUILD_POLL_S)
+
+    def _placeable(self) -> list[str]:
+        """The workers a rebuild places sessions on: this one and those alive at either of
+        the last two heartbeats (the server that lost its data lost the registry too: a
+        heartbeat since may list only the workers that beat again first)."""
+        alive = {self.worker_id}
+        alive.update(m.worker_id for m in (*self.members, *self._members_before))
+        return sorted(alive)
 
     async def _decided(self, decide: Callable[[], Awaitable[T | NotRebuilt]]) -> T:
         """`await decide()`, rebuilding the shared state first if it was lost."""
