@@ -15,7 +15,7 @@ cluster decision the claim waits for the shared state to be rebuilt after a loss
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.cluster.connection import ClusterClient
@@ -109,6 +109,17 @@ class UserSessions:
     async def of_user(self, user_id: str) -> tuple[str, ...]:
         """The user's live session ids, oldest first."""
         return tuple(await self._client.run(self._client.redis.zrange(self.key(user_id), 0, -1)))
+
+    async def counts(
+        self, user_ids: Sequence[str], now: float, lifetime_s: float
+    ) -> list[int]:
+        """Each user's live sessions (those past their lifetime left out, as a claim drops
+        them), in one round trip."""
+        after = f"({now - lifetime_s!r}"
+        async with self._client.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.zcount(self.key(user_id), after, "+inf")
+            return [int(n) for n in await self._client.run(pipe.execute())]
 
     def key(self, user_id: str) -> str:
         return self._client.key("user-sessions", user_id)

@@ -33,6 +33,7 @@ from engine.cluster.rebuild import NotRebuilt
 from engine.cluster.registry import WorkerLoad, WorkerView
 from engine.cluster.session_board import PUBLISHED as SESSIONS_PUBLISHED
 from engine.cluster.session_board import SessionBoard
+from engine.cluster.session_counts import SessionCounts
 from engine.cluster.standings import QuotaStandings
 from engine.cluster.state import ClusterState
 from engine.cluster.turns import RunningTurn, TurnWaits
@@ -104,6 +105,9 @@ class ClusterWorker:
             state.client, state.quotas, config.clock, monitor,
             config.monitor.quota_watch_percent,
         )
+        self.session_counts = SessionCounts(
+            state.sessions, config.clock, config.sessions.lifetime_s
+        )
         self._alert_board = AlertBoard(state.client, state.registry.dead_after_s)
         self._others_alerts: tuple[WorkerAlerts, ...] = ()
         self._alerts_read_at: float | None = None
@@ -146,9 +150,9 @@ class ClusterWorker:
 
     async def read_views(self) -> None:
         """Exchange alerts and recent sessions with the other workers and read the users'
-        quota standings. A failure keeps the last figures (their age shows) and is logged when
-        reads start failing, not at every period (the heartbeat already says the server is
-        down)."""
+        quota standings and session counts. A failure keeps the last figures (their age shows)
+        and is logged when reads start failing, not at every period (the heartbeat already says
+        the server is down)."""
         now = self._config.clock.now()
         try:
             await self._exchange_alerts()
@@ -158,6 +162,7 @@ class ClusterWorker:
                 [m.worker_id for m in self.members],
             )
             await self.standings.poll()
+            await self.session_counts.poll()
         except ClusterUnavailable as exc:
             if not self._views_failing:
                 log.warning("worker %s: the cluster's alerts and quotas are not read: %s "
