@@ -383,6 +383,9 @@ async def test_session_counts_read_a_bounded_share_each_user_in_turn(redis_url, 
     await sessions.add("u000", [("newer", clock.now() + 60)], lifetime)
     clock.advance(lifetime)  # u000's first session is past its lifetime: not counted
     counts.count("u000")
-    await counts.poll()
-    assert counts.count("u000") == 1
+    await sessions.add("ana maría,1", [("a", clock.now()), ("b", clock.now())], lifetime)
+    counts.count("ana maría,1")  # any printable id: spaces, commas, beyond ASCII
+    for _ in range(2):  # after the whole crowd, asked again above
+        await counts.poll()
+    assert (counts.count("u000"), counts.count("ana maría,1")) == (1, 2)
     await client.aclose()
