@@ -364,18 +364,23 @@ class ClusterWorker:
                 try:
                     if restored is None:
                         restored = await self._store().load_live(self._config.clock.now())
-                    replayed = await rebuild.replay(
-                        restored, self._config.sessions.lifetime_s, self._placeable()
-                    )
+                    replayed = await rebuild.replay(restored, self._config.sessions.lifetime_s)
                     await rebuild.done(self.worker_id)
                 except BaseException:
                     with contextlib.suppress(ClusterUnavailable):
                         await rebuild.abandon(self.worker_id)
                     raise
+                # After `done`: no decision reads the affinity, so no worker waits for it.
+                try:
+                    placed = await rebuild.place(restored, self._placeable())
+                except ClusterUnavailable as exc:
+                    placed = 0
+                    log.warning("worker %s: placing the sessions after the rebuild: %s (those "
+                                "not placed keep no affinity)", self.worker_id, exc)
                 log.warning(
                     "worker %s rebuilt the cluster's shared state from the store: %d users, "
                     "%d sessions (%d placed), %d quota buckets", self.worker_id, replayed.users,
-                    replayed.sessions, replayed.placed, replayed.quota_events,
+                    replayed.sessions, placed, replayed.quota_events,
                 )
                 return
             loop = asyncio.get_running_loop()
