@@ -66,7 +66,8 @@ class UsersScreen(TableScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = UsersModel(self.percents, live=self.live_sessions)
+        in_cluster = bool(self.console.engine.config.cluster.redis_url)
+        self.model = UsersModel(self.percents, live=self.live_sessions if in_cluster else None)
         self._usage: dict[str, tuple[Any, ...]] = {}
 
     def compose(self) -> ComposeResult:
@@ -93,7 +94,7 @@ class UsersScreen(TableScreen):
         return self.console.operator.quota_percents(user_id)
 
     def live_sessions(self, user_id: str) -> int | None:
-        """In a cluster, the user's sessions on every worker (None alone, or not read yet)."""
+        """The user's sessions on every worker of the cluster (None: not read yet)."""
         return self.console.operator.live_sessions(user_id)
 
     def usage(self, user_id: str) -> tuple[Any, ...]:
