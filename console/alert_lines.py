@@ -8,6 +8,7 @@ A user's quota alerts are raised from the cluster's count by every worker that s
 (engine/cluster/standings.py), so in a cluster the list holds one line per user and condition
 (the alert's key): the newest of them, an open one while any is open; the other open ones ride
 along in `merged`, and acknowledging the line acknowledges them all, each on its own worker.
+The titles count the cluster's unacknowledged alerts the same way: such a condition once.
 """
 
 from __future__ import annotations
@@ -77,12 +78,32 @@ def acknowledgements(line: AlertLine) -> dict[str | None, list[int]]:
     return asked
 
 
-def unacknowledged_elsewhere(snapshot: EngineSnapshot) -> int | None:
-    """Other workers' unacknowledged alerts (all they hold); None for a single process."""
+def unacknowledged_in_cluster(snapshot: EngineSnapshot) -> int | None:
+    """The cluster's unacknowledged alerts, counted as the lines list them: every worker's
+    (all each holds, not only those it published), a condition several workers raised once;
+    None for a single process."""
     cluster = snapshot.cluster
     if cluster is None:
         return None
-    return sum(published.unacknowledged for published in cluster.alerts)
+    total = snapshot.monitor.alerts_unacknowledged
+    total += sum(published.unacknowledged for published in cluster.alerts)
+    held: dict[str, int] = {}  # merged condition -> its unacknowledged alerts, on any worker
+    for alerts in (snapshot.monitor.alerts, *(p.alerts for p in cluster.alerts)):
+        for alert in alerts:
+            if alert.rule in MERGED_RULES and not alert.acknowledged:
+                held[alert.key] = held.get(alert.key, 0) + 1
+    return total - sum(n - 1 for n in held.values())
+
+
+def unacknowledged_title(snapshot: EngineSnapshot) -> str:
+    """'N unacknowledged', and in a cluster the cluster's N, this worker's part and, when the
+    other workers' alerts could not be read lately, how old they are."""
+    here = snapshot.monitor.alerts_unacknowledged
+    cluster, total = snapshot.cluster, unacknowledged_in_cluster(snapshot)
+    if cluster is None or total is None:
+        return f"{here} unacknowledged"
+    age = read_age(cluster.alerts_read_at, snapshot.taken_at, cluster.available)
+    return f"{total} unacknowledged · cluster ({here} here)" + (f" · {age}" if age else "")
 
 
 def open_elsewhere(lines: Iterable[AlertLine], severity: str | None) -> dict[str, list[int]]:

@@ -25,7 +25,9 @@ from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 
 from console.alert_lines import alert_lines, open_elsewhere
+from console.cluster_sessions import listed_sessions
 from console.export import write_export
+from console.goto import ID_CHARS, NAMED_MAX, matching, typed_id
 from console.load import STOP_GRACE_S, LoadController
 from console.logs import NotifyHandler
 from console.messages import (
@@ -40,7 +42,13 @@ from console.screens.base import LiveScreen
 from console.screens.dashboard import DashboardScreen
 from console.screens.detail import SessionDetailScreen
 from console.screens.load import LoadScreen
-from console.screens.modals import ConfirmScreen, ExportScreen, HelpScreen, key_label
+from console.screens.modals import (
+    ConfirmScreen,
+    ExportScreen,
+    GotoScreen,
+    HelpScreen,
+    key_label,
+)
 from console.screens.users import UsersScreen
 from console.terminal import TerminalGuard
 from engine import Engine, EngineConfig, EngineSnapshot
@@ -89,6 +97,7 @@ class SessionConsole(App[None]):
         Binding("a", "switch_mode('alerts')", "Alerts"),
         Binding("u", "switch_mode('users')", "Users"),
         Binding("l", "switch_mode('load')", "Load"),
+        Binding("o", "goto_session", "Open session by id", show=False),
         Binding("escape", "home", "Back to dashboard", show=False),
         Binding("colon", "command_palette", "Commands", show=False),
         Binding("q", "quit", "Quit"),
@@ -304,6 +313,42 @@ class SessionConsole(App[None]):
     def action_home(self) -> None:
         if self.current_mode != "dashboard":
             self.switch_mode("dashboard")
+
+    def action_goto_session(self) -> None:
+        if not isinstance(self.screen, ModalScreen):
+            self.push_screen(GotoScreen(), self._goto)
+
+    def _goto(self, text: str | None) -> None:
+        """Open the session typed (see console/goto.py), or say why none opens."""
+        typed = typed_id(text or "")
+        if not typed:
+            return
+        if len(typed) >= ID_CHARS:  # a whole id: looked for on every worker
+            self.run_worker(self._open_by_id(typed), group="operator")
+            return
+        listed = listed_sessions(self.snapshot)[1] if self.snapshot is not None else {}
+        found = matching(typed, listed)
+        if len(found) == 1:
+            self.post_message(OpenSession(found[0]))
+        elif not found:
+            self.notify(f"No listed session starts with {typed!r}: type its whole id to look "
+                        "for it on every worker.", severity="warning")
+        else:
+            more = "…" if len(found) > NAMED_MAX else ""
+            self.notify(f"Several sessions start with {typed!r}: "
+                        f"{', '.join(found[:NAMED_MAX])}{more}", severity="warning")
+
+    async def _open_by_id(self, session_id: str) -> None:
+        try:  # in a cluster, from the shared store if this worker never saw it
+            found = await self.operator.locate(session_id)
+        except EngineError as exc:
+            self.notify(f"Could not look for session {session_id[:8]}…: {exc}", severity="error")
+            return
+        if found:
+            self.post_message(OpenSession(session_id))
+        else:
+            self.notify(f"No live session {session_id!r}: it ended, or never was.",
+                        severity="warning")
 
     async def on_open_session(self, message: OpenSession) -> None:
         session_id = message.session_id

@@ -1,8 +1,10 @@
 """The users table's data half: users with live sessions, counted, filtered by `/`, sorted by any
 column.
 
-Counting sessions per user is O(sessions) and runs only when the sessions changed. Sorting by a
-quota column asks the engine for every listed user's quota percents, and that order moves with
+Counting sessions per user is O(sessions) and runs only when the sessions changed. In a cluster
+a user's count is the cluster's (`live`: every worker's sessions, as last read), the listed
+sessions' count until a read has reached the user. Sorting by a quota column (or, in a
+cluster, by sessions) asks the engine for every listed user's figure, and that order moves with
 time even when the sessions do not, so such a table reorders on every tick while it is small
 and within a `ReorderBudget` above `THROTTLE_ABOVE` users, as the sessions table does.
 """
@@ -29,6 +31,8 @@ FILTER_USAGE = "user:, tier: or a bare word (part of a user id)"
 
 # user id -> (resource, percent taken) for each of that user's quotas.
 PercentsOf = Callable[[str], Sequence[tuple[str, float]]]
+# user id -> the user's live sessions cluster-wide, None when not known (yet).
+LiveOf = Callable[[str], int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class UsersModel:
         self,
         percents: PercentsOf,
         *,
+        live: LiveOf | None = None,
         throttle_above: int = THROTTLE_ABOVE,
         share: float = REORDER_SHARE,
     ) -> None:
@@ -82,6 +87,8 @@ class UsersModel:
         self.reorders = 0
         self.budget = ReorderBudget(throttle_above, share)
         self._percents = percents
+        self._live = live
+        self._moving = QUOTA_COLUMNS | {"sessions"} if live is not None else QUOTA_COLUMNS
         self._source: Sequence[Any] | None = None
         self._dirty = True
 
@@ -109,7 +116,7 @@ class UsersModel:
             self.counts = Counter(v.user_id for v in sessions)
             self.tiers = {v.user_id: v.tier for v in sessions}
         if not self._dirty:
-            if not changed and self.order.column not in QUOTA_COLUMNS:
+            if not changed and self.order.column not in self._moving:
                 return False
             if not self.budget.allows(len(self.counts)):
                 return False
@@ -117,6 +124,12 @@ class UsersModel:
         self._dirty = False
         self.reorders += 1
         return True
+
+    def sessions_of(self, user_id: str) -> int:
+        """The user's live sessions: the cluster's count once read, else those listed."""
+        if self._live is not None and (counted := self._live(user_id)) is not None:
+            return counted
+        return self.counts.get(user_id, 0)
 
     def percent(self, user_id: str, column: str) -> float:
         """The user's percent of one resource's quota, or of the fullest one for `worst`."""
@@ -137,7 +150,7 @@ class UsersModel:
         elif column == "tier":
             key = self.tiers.get
         elif column == "sessions":
-            key = self.counts.__getitem__
+            key = self.sessions_of
         else:
             key = lambda user: self.percent(user, column)  # noqa: E731
         users.sort(key=key, reverse=reverse)

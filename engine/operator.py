@@ -148,6 +148,14 @@ class Operator:
         """In a cluster, as the cluster counted it at its last read (() before the first)."""
         return self._quotas.usage(user_id)
 
+    def live_sessions(self, user_id: str) -> int | None:
+        """In a cluster, the user's live sessions on every worker as last read (None before a
+        read: asking puts the user on the next one); None for a process alone, whose
+        snapshot lists them all."""
+        if self.cluster is None:
+            return None
+        return self.cluster.session_counts.count(user_id)
+
     def quota_percents(self, user_id: str) -> tuple[tuple[str, float], ...]:
         """(resource, percent taken) per quota: `quota_usage` without the reset times, and much
         cheaper, for ordering many users by how full their quotas are."""

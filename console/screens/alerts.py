@@ -19,8 +19,7 @@ from console.alert_lines import (
     AlertLine,
     acknowledgements,
     alert_lines,
-    read_age,
-    unacknowledged_elsewhere,
+    unacknowledged_title,
 )
 from console.messages import AcknowledgeAlerts, AcknowledgeAllAlerts, OpenSession
 from console.screens.base import LiveScreen, StatusLine
@@ -116,15 +115,8 @@ class AlertsScreen(LiveScreen):
         self.table.set_rows(rows)
         m = snapshot.monitor
         dropped = f" · {m.alerts_dropped} dropped (oldest)" if m.alerts_dropped else ""
-        unacknowledged = f"{m.alerts_unacknowledged} unacknowledged"
-        elsewhere = unacknowledged_elsewhere(snapshot)
-        cluster = snapshot.cluster
-        if cluster is not None and elsewhere is not None:
-            unacknowledged += f" here · {elsewhere} on other workers"
-            age = read_age(cluster.alerts_read_at, snapshot.taken_at, cluster.available)
-            unacknowledged += f" ({age})" if age else ""
         self.query_one("#alerts-view-title", Label).update(
-            f"Alerts {len(rows)} shown · {unacknowledged}"
+            f"Alerts {len(rows)} shown · {unacknowledged_title(snapshot)}"
             f" · severity {self.severity or 'all'}{dropped}"
         )
 

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, Label, Static
 
 from console import format as fmt
-from console.alert_lines import AlertLine, alert_lines, read_age, unacknowledged_elsewhere
+from console.alert_lines import AlertLine, alert_lines, read_age, unacknowledged_title
 from console.cluster_sessions import listed_sessions
 from console.messages import EndSession, OpenSession
 from console.screens.base import StatusLine, set_lines, set_text
@@ -219,13 +219,7 @@ def quotas_title(cluster: ClusterView | None, now: float) -> str:
 
 
 def alerts_title(snapshot: EngineSnapshot) -> str:
-    title = f"Alerts  {snapshot.monitor.alerts_unacknowledged} unacknowledged"
-    elsewhere = unacknowledged_elsewhere(snapshot)
-    cluster = snapshot.cluster
-    if cluster is None or elsewhere is None:
-        return title
-    age = read_age(cluster.alerts_read_at, snapshot.taken_at, cluster.available)
-    return f"{title} here · {elsewhere} elsewhere" + (f" · {age}" if age else "")
+    return f"Alerts  {unacknowledged_title(snapshot)}"
 
 
 def line_rows(lines: Iterable[AlertLine], now: float, limit: int) -> list[AlertRow]:

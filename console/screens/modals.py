@@ -1,4 +1,5 @@
-"""Modal screens: help overlay, confirmation, export format. The refresh loop skips while open."""
+"""Modal screens: help overlay, confirmation, export format, a session id to open. The refresh
+loop skips while one is open."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
 
 def key_label(key: str) -> str:
@@ -124,3 +125,22 @@ class ExportScreen(ModalScreen[str | None]):
 
     def action_choose(self, choice: str | None) -> None:
         self.dismiss(choice)
+
+
+class GotoScreen(ModalScreen[str | None]):
+    """A session id (or its start) to open; Enter opens, Esc cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="goto-box", classes="dialog"):
+            yield Label("Open session: its id, or the start of a listed one", id="goto-question")
+            yield Input(placeholder="session id", id="goto-id")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

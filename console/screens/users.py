@@ -1,5 +1,8 @@
 """Users: each user's sessions and quota usage (used / limit / percent / reset), as gauges.
 
+In a cluster the table lists the users of the sessions the sessions table lists (this worker's
+and those the others published), each with the cluster's count of their live sessions.
+
 Sorting, the header marks and the `/` filter work as on the sessions table (see `TableScreen`);
 the order and the counts live in `UsersModel`. Full quota reports (with reset times) are asked
 of the engine once per user per tick, and only for the rows on screen and the selected user;
@@ -17,6 +20,7 @@ from textual.containers import Vertical
 from textual.widgets import Footer, Input, Label
 
 from console.alert_lines import read_age
+from console.cluster_sessions import listed_sessions
 from console.screens.base import StatusLine, set_text
 from console.screens.detail import quota_gauges
 from console.screens.table_view import TableScreen, filter_bindings, sort_bindings
@@ -62,7 +66,8 @@ class UsersScreen(TableScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = UsersModel(self.percents)
+        in_cluster = bool(self.console.engine.config.cluster.redis_url)
+        self.model = UsersModel(self.percents, live=self.live_sessions if in_cluster else None)
         self._usage: dict[str, tuple[Any, ...]] = {}
 
     def compose(self) -> ComposeResult:
@@ -88,6 +93,10 @@ class UsersScreen(TableScreen):
         """For sorting: every listed user's, once per reorder, so the cheap form."""
         return self.console.operator.quota_percents(user_id)
 
+    def live_sessions(self, user_id: str) -> int | None:
+        """The user's sessions on every worker of the cluster (None: not read yet)."""
+        return self.console.operator.live_sessions(user_id)
+
     def usage(self, user_id: str) -> tuple[Any, ...]:
         """Quota report for a user, asked of the engine once per tick."""
         found = self._usage.get(user_id)
@@ -97,7 +106,7 @@ class UsersScreen(TableScreen):
 
     def show(self, snapshot: EngineSnapshot) -> None:
         self._usage = {}
-        if self.model.update(snapshot.sessions):
+        if self.model.update(listed_sessions(snapshot)[0]):
             self.table.set_rows(self.model.rows)
         else:
             self.table.refresh_rows()
@@ -115,14 +124,15 @@ class UsersScreen(TableScreen):
         super().show_title()
 
     def _quota_source(self) -> str:
-        """In a cluster the percents are the cluster's, as of its last read (a user shows '-'
-        until a read has reached them: the next, once the table asked)."""
+        """In a cluster the counts and percents are the cluster's, as of its last read (a user
+        shows '-' and the listed sessions until a read has reached them: the next, once the
+        table asked)."""
         snapshot = self.console.snapshot
         cluster = snapshot.cluster if snapshot is not None else None
         if cluster is None:
             return ""
         age = read_age(cluster.quotas_read_at, snapshot.taken_at, cluster.available)
-        return " · quotas: the cluster's" + (f", {age}" if age else "")
+        return " · sessions and quotas: the cluster's" + (f", {age}" if age else "")
 
     def _show_selected(self) -> None:
         user = self.table.cursor_key
@@ -133,7 +143,7 @@ class UsersScreen(TableScreen):
             gauges.set_rows([])
             return
         title.update(f"Usage of {user} ({self.model.tiers.get(user, '?')}) · "
-                     f"{self.model.counts.get(user, 0)} session(s)")
+                     f"{self.model.sessions_of(user)} session(s)")
         gauges.set_rows(quota_gauges(self.usage(user)))
 
     def _render_row(self, user: str) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
@@ -142,7 +152,7 @@ class UsersScreen(TableScreen):
         cells = (
             user,
             self.model.tiers.get(user, ""),
-            str(self.model.counts.get(user, 0)),
+            str(self.model.sessions_of(user)),
             *(f"{percents[r]:.0f}" if r in percents else "-" for r in RESOURCES),
             f"{worst:.0f}%",
         )
@@ -159,7 +169,7 @@ class UsersScreen(TableScreen):
         for user in self.table.rows:
             record: dict[str, Any] = {
                 "user_id": user, "tier": self.model.tiers.get(user, ""),
-                "sessions": self.model.counts.get(user, 0),
+                "sessions": self.model.sessions_of(user),
             }
             for u in self.usage(user):
                 record[f"{u.resource}.used"] = u.used

@@ -6,6 +6,8 @@ worker with the fewest sessions placed on it (not one draining). A worker that d
 sessions to the others with the fewest moves there can be: only its own sessions move, each
 once, every one to the remaining worker with the fewest at that moment, so the others end as
 even as they can; no session on another worker moves. Each decision is one Lua script.
+After Valkey/Redis lost its data, the rebuild (engine/cluster/rebuild.py) puts every live
+session back (`restore`), each to the alive worker with the fewest at that moment.
 
 Keys: `placed` hash session -> worker; `placed:<worker>` set of its sessions (its count is the
 set's size); `draining` set of workers that take no new sessions.
@@ -79,6 +81,29 @@ end
 return moves
 """
 
+# KEYS: placed, draining   ARGV: set prefix, n, n candidate workers, session ids...
+# Places each session not placed yet on the candidate with the fewest; returns how many.
+RESTORE = LEAST_FN + r"""
+local prefix, n = ARGV[1], tonumber(ARGV[2])
+local candidates = {}
+for i = 3, 2 + n do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then candidates[#candidates + 1] = ARGV[i] end
+end
+if #candidates == 0 then return 0 end
+local counted = counts(prefix, candidates)
+local placed = 0
+for i = 3 + n, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
+    local best = least(counted)
+    redis.call('HSET', KEYS[1], ARGV[i], candidates[best])
+    redis.call('SADD', prefix .. candidates[best], ARGV[i])
+    counted[best] = counted[best] + 1
+    placed = placed + 1
+  end
+end
+return placed
+"""
+
 # KEYS: placed   ARGV: session id, set prefix
 UNPLACE = r"""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
@@ -108,6 +133,7 @@ class ClusterPlacement:
         self._place = client.script(PLACE)
         self._drain = client.script(DRAIN)
         self._unplace = client.script(UNPLACE)
+        self._restore = client.script(RESTORE)
 
     async def place(self, session_id: str, candidates: Sequence[str]) -> str | None:
         """The session's worker among `candidates` (the alive ones); None if all drain."""
@@ -127,6 +153,16 @@ class ClusterPlacement:
     async def undrain(self, worker_id: str) -> None:
         """A worker (re)joining takes new sessions again."""
         await self._client.run(self._client.redis.srem(self._draining, worker_id))
+
+    async def restore(self, session_ids: Sequence[str], candidates: Sequence[str]) -> int:
+        """Place the sessions not placed yet (the rebuild), each on the candidate with the
+        fewest at that moment; returns how many were placed (none if every candidate drains).
+        One script per call: the caller passes a bounded share."""
+        placed = await self._client.call(
+            self._restore, [self._placed, self._draining],
+            [self._prefix, len(candidates), *candidates, *session_ids],
+        )
+        return int(placed)
 
     async def forget(self, session_id: str) -> None:
         await self._client.call(self._unplace, [self._placed], [session_id, self._prefix])

@@ -73,7 +73,8 @@ class ClusterState:
         versions = SessionVersions(client)
         marker = client.key("rebuilt")
         sessions = UserSessions(client, leases.key(""), marker, versions)
-        rebuild = StateRebuild(client, marker, quotas, sessions)
+        placement = ClusterPlacement(client)
+        rebuild = StateRebuild(client, marker, quotas, sessions, placement)
         return cls(
             client=client,
             quotas=quotas,
@@ -89,7 +90,7 @@ class ClusterState:
             versions=versions,
             sessions=sessions,
             rebuild=rebuild,
-            placement=ClusterPlacement(client),
+            placement=placement,
         )
 
     async def aclose(self) -> None:

@@ -15,7 +15,7 @@ cluster decision the claim waits for the shared state to be rebuilt after a loss
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.cluster.connection import ClusterClient
@@ -48,6 +48,19 @@ return {1, current_version(KEYS[3]), unpack(evicted)}
 """
 
 
+# ARGV: the sets' key prefix, the oldest creation time still live (exclusive: "(t"), the user
+# ids joined by newlines (a user id is printable). Returns the counts joined by commas.
+# One argument in and one string out for many users: a pipeline of one ZCOUNT a user cost the
+# client ~50 us a user to encode and parse, a key and a reply element each ~15 us.
+COUNT = r"""
+local counts = {}
+for user in string.gmatch(ARGV[3], '[^\n]+') do
+  counts[#counts + 1] = redis.call('ZCOUNT', ARGV[1] .. user, ARGV[2], '+inf')
+end
+return table.concat(counts, ',')
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """The new session holds a place, at `version`; `evicted` must now be ended on every
@@ -77,6 +90,7 @@ class UserSessions:
         self._lease_prefix = lease_prefix
         self._rebuilt_key = rebuilt_key
         self._claim = client.script(CLAIM)
+        self._count = client.script(COUNT)
 
     async def claim(
         self, user_id: str, session_id: str, now: float, cap: int, lifetime_s: float
@@ -109,6 +123,19 @@ class UserSessions:
     async def of_user(self, user_id: str) -> tuple[str, ...]:
         """The user's live session ids, oldest first."""
         return tuple(await self._client.run(self._client.redis.zrange(self.key(user_id), 0, -1)))
+
+    async def counts(
+        self, user_ids: Sequence[str], now: float, lifetime_s: float
+    ) -> list[int]:
+        """Each user's live sessions (those past their lifetime left out, as a claim drops
+        them), in one script."""
+        if not user_ids:
+            return []
+        reply = await self._client.call(
+            self._count, [], [self.key(""), f"({now - lifetime_s!r}", "\n".join(user_ids)]
+        )
+        assert isinstance(reply, str)
+        return [int(n) for n in reply.split(",")]
 
     def key(self, user_id: str) -> str:
         return self._client.key("user-sessions", user_id)

@@ -33,6 +33,7 @@ from engine.cluster.rebuild import NotRebuilt
 from engine.cluster.registry import WorkerLoad, WorkerView
 from engine.cluster.session_board import PUBLISHED as SESSIONS_PUBLISHED
 from engine.cluster.session_board import SessionBoard
+from engine.cluster.session_counts import SessionCounts
 from engine.cluster.standings import QuotaStandings
 from engine.cluster.state import ClusterState
 from engine.cluster.turns import RunningTurn, TurnWaits
@@ -97,11 +98,15 @@ class ClusterWorker:
         self._tiers = adoption.tiers
         self.available = True  # the last call to Valkey/Redis was answered (readiness)
         self.members: tuple[WorkerView, ...] = ()  # the workers alive at the last heartbeat
+        self._members_before: tuple[WorkerView, ...] = ()  # and at the one before
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
         self.standings = QuotaStandings(
             state.client, state.quotas, config.clock, monitor,
             config.monitor.quota_watch_percent,
+        )
+        self.session_counts = SessionCounts(
+            state.sessions, config.clock, config.sessions.lifetime_s
         )
         self._alert_board = AlertBoard(state.client, state.registry.dead_after_s)
         self._others_alerts: tuple[WorkerAlerts, ...] = ()
@@ -125,7 +130,7 @@ class ClusterWorker:
         while True:
             try:
                 await registry.heartbeat(self.worker_id, load())
-                self.members = await registry.alive()
+                self._members_before, self.members = self.members, await registry.alive()
                 self.available = True
             except ClusterUnavailable as exc:
                 self.available = False
@@ -145,9 +150,9 @@ class ClusterWorker:
 
     async def read_views(self) -> None:
         """Exchange alerts and recent sessions with the other workers and read the users'
-        quota standings. A failure keeps the last figures (their age shows) and is logged when
-        reads start failing, not at every period (the heartbeat already says the server is
-        down)."""
+        quota standings and session counts. A failure keeps the last figures (their age shows)
+        and is logged when reads start failing, not at every period (the heartbeat already says
+        the server is down)."""
         now = self._config.clock.now()
         try:
             await self._exchange_alerts()
@@ -157,6 +162,7 @@ class ClusterWorker:
                 [m.worker_id for m in self.members],
             )
             await self.standings.poll()
+            await self.session_counts.poll()
         except ClusterUnavailable as exc:
             if not self._views_failing:
                 log.warning("worker %s: the cluster's alerts and quotas are not read: %s "
@@ -364,10 +370,17 @@ class ClusterWorker:
                     with contextlib.suppress(ClusterUnavailable):
                         await rebuild.abandon(self.worker_id)
                     raise
+                # After `done`: no decision reads the affinity, so no worker waits for it.
+                try:
+                    placed = await rebuild.place(restored, self._placeable())
+                except ClusterUnavailable as exc:
+                    placed = 0
+                    log.warning("worker %s: placing the sessions after the rebuild: %s (those "
+                                "not placed keep no affinity)", self.worker_id, exc)
                 log.warning(
                     "worker %s rebuilt the cluster's shared state from the store: %d users, "
-                    "%d sessions, %d quota buckets", self.worker_id, replayed.users,
-                    replayed.sessions, replayed.quota_events,
+                    "%d sessions (%d placed), %d quota buckets", self.worker_id, replayed.users,
+                    replayed.sessions, placed, replayed.quota_events,
                 )
                 return
             loop = asyncio.get_running_loop()
@@ -380,6 +393,14 @@ class ClusterWorker:
                         "store; retry shortly",
                     )
                 await asyncio.sleep(REBUILD_POLL_S)
+
+    def _placeable(self) -> list[str]:
+        """The workers a rebuild places sessions on: this one and those alive at either of
+        the last two heartbeats (the server that lost its data lost the registry too: a
+        heartbeat since may list only the workers that beat again first)."""
+        alive = {self.worker_id}
+        alive.update(m.worker_id for m in (*self.members, *self._members_before))
+        return sorted(alive)
 
     async def _decided(self, decide: Callable[[], Awaitable[T | NotRebuilt]]) -> T:
         """`await decide()`, rebuilding the shared state first if it was lost."""

@@ -116,6 +116,10 @@ async def test_a_users_quota_alert_raised_on_two_workers_is_listed_once_and_ackn
             (shown,) = app.screen.table.rows  # one alert, not one per worker
             assert shown.key == line.key
             assert f"{shown.worker} +1" in screen_text(app)  # and one other worker's
+            # Counted once in the cluster's unacknowledged alerts, whatever else each holds.
+            here = one.snapshot().monitor.alerts_unacknowledged
+            cluster = here + one.snapshot().cluster.alerts[0].unacknowledged - 1
+            assert f"shown · {cluster} unacknowledged · cluster ({here} here)" in screen_text(app)
             await pilot.press("A")
             await until(lambda: near(one)[0].acknowledged, "w1 acknowledging its own")
             await until(lambda: near(two)[0].acknowledged, "w2 acknowledging its own")
@@ -126,3 +130,4 @@ async def test_a_users_quota_alert_raised_on_two_workers_is_listed_once_and_ackn
             (shown,) = app.screen.table.rows
             assert shown.alert.acknowledged and not shown.merged
             assert "acked" in screen_text(app)
+            assert "Alerts 1 shown · 0 unacknowledged · cluster (0 here)" in screen_text(app)

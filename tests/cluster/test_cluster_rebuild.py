@@ -1,18 +1,21 @@
-"""The operator's tier change holds on every worker and outlasts Valkey; quota windows and the
-session cap are rebuilt from PostgreSQL, once, when Valkey comes back empty. Two engines as
-workers of one cluster on real Valkey and PostgreSQL."""
+"""The operator's tier change holds on every worker and outlasts Valkey; quota windows, the
+session cap and the sessions' affinity to workers are rebuilt from PostgreSQL, once, when Valkey
+comes back empty. Two engines as workers of one cluster on real Valkey and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 import pytest
 
-from engine import Engine
+from engine import ClusterSettings, Engine
+from engine.cluster import ClusterState
 from engine.errors import AuthenticationError, QuotaExceeded
 from engine.quotas import QuotaLimit
 from tests.cluster.engines import workers
+from tests.cluster.test_cluster_views import fast
 
 REBUILT = "rebuilt the cluster's shared state from the store"
 
@@ -102,3 +105,46 @@ async def test_the_session_cap_is_rebuilt_when_valkey_comes_back_empty(
         for engine in (one, two):
             with pytest.raises(AuthenticationError):
                 await engine.history(oldest.session_id, oldest.token)
+
+
+async def both_listed(*engines: Engine) -> None:
+    async with asyncio.timeout(30):  # a bound on a hang, not a timing assertion
+        while any(len(e.snapshot().cluster.members) < len(engines) for e in engines):
+            await asyncio.sleep(0.02)
+
+
+async def test_placement_is_rebuilt_on_the_alive_workers_and_drains_as_before(
+    worker_config, valkey, redis_url, clock, caplog
+):
+    observer = await ClusterState.open(ClusterSettings(redis_url=redis_url), clock)
+    configs = [fast(worker_config(name)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        await both_listed(one, two)
+        await asyncio.sleep(2 * one.config.cluster.heartbeat_s)  # at their last two heartbeats
+        created = [await (one, two)[i % 2].create_session(f"user{i % 3}") for i in range(7)]
+        ended = created.pop()
+        await two.end_session(ended.session_id, ended.token)
+        live = {s.session_id for s in created}
+        await one.store.flush()
+        await two.store.flush()
+        with valkey.client() as admin:
+            admin.flushall()  # Valkey restarted without persistence, both workers running
+        assert await observer.placement.worker_of(created[0].session_id) is None
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.cluster.worker"):
+            await two.send(created[0].session_id, created[0].token, "the first decision")
+        assert "6 sessions (6 placed)" in caplog.text
+
+        placed = {sid: await observer.placement.worker_of(sid) for sid in live}
+        assert Counter(placed.values()) == {"w1": 3, "w2": 3}  # the fewest first
+        assert await observer.placement.worker_of(ended.session_id) is None
+        for name in ("w1", "w2"):
+            members = await observer.client.redis.smembers(observer.client.key("placed:") + name)
+            assert members == {sid for sid, worker in placed.items() if worker == name}
+
+        await both_listed(one, two)  # the registry, emptied too, is back by their heartbeats
+        await one.drain(1.0)  # the rebuilt affinity moves as any other: w1's go to w2
+        after = {sid: await observer.placement.worker_of(sid) for sid in live}
+        assert set(after.values()) == {"w2"}
+        assert await observer.placement.count("w1") == 0
+    await observer.aclose()

@@ -98,3 +98,35 @@ async def test_a_session_listed_from_another_worker_can_be_ended_here(worker_con
         assert await one.store.load_record(theirs.session_id) is None
         with pytest.raises(AuthenticationError):  # w2 finds it ended at its next use
             await two.history(theirs.session_id, theirs.token)
+
+
+async def test_any_session_opens_by_its_id_wherever_it_is_served(worker_config):
+    """A session beyond what its worker publishes is in no table of w1's console: `o` and its
+    whole id open it from the shared store; the start of a listed one opens that one."""
+    configs = [fast(worker_config(name)) for name in ("w1", "w2")]
+    async with workers(*configs) as (one, two):
+        hidden = await two.create_session("cal")
+        await two.send(hidden.session_id, hidden.token, "said on w2, long ago")
+        for n in range(PUBLISHED):  # newer sessions fill w2's published share
+            await two.create_session(f"later{n}")
+        await until(
+            lambda: len(published_by(one, "w2")) == PUBLISHED
+            and all(v.session_id != hidden.session_id for v in published_by(one, "w2")),
+            "w2's newest sessions on w1, without cal's",
+        )
+        shown = published_by(one, "w2")[0].session_id
+
+        app = NotingConsole(engine=one, refresh_hz=0.25)
+        async with app.run_test(size=(160, 50)) as pilot:
+            app.refresh_data(force=True)
+            await pilot.pause()
+            assert hidden.session_id not in {v.session_id for v in app.screen.table.rows}
+            await pilot.press("o", *hidden.session_id, "enter")
+            await until(lambda: isinstance(app.screen, SessionDetailScreen), "the detail")
+            assert app.screen.session_id == hidden.session_id
+            await until(lambda: "said on w2, long ago" in screen_text(app), "w2's conversation")
+
+            await pilot.press("escape")
+            await pilot.press("o", *f"{shown[:8]}…", "enter")  # as the table shows it
+            await until(lambda: isinstance(app.screen, SessionDetailScreen), "the listed one")
+            assert app.screen.session_id == shown

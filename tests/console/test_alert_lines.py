@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from console.alert_lines import acknowledgements, alert_lines, open_elsewhere
+from console.alert_lines import (
+    acknowledgements,
+    alert_lines,
+    open_elsewhere,
+    unacknowledged_in_cluster,
+)
 from engine.alerts import Alert
 from engine.views import WorkerAlerts
 
@@ -18,13 +23,24 @@ def alert(alert_id: int, key: str, at: float, *, acknowledged: bool = False) -> 
                  acknowledged=acknowledged)
 
 
-def snapshot(here: tuple[Alert, ...], others: dict[str, tuple[Alert, ...]] | None):
-    """A snapshot's alerts: this engine's, and (None: a single process) other workers'."""
+def snapshot(
+    here: tuple[Alert, ...], others: dict[str, tuple[Alert, ...]] | None,
+    unpublished: int = 0,
+):
+    """A snapshot's alerts: this engine's, and (None: a single process) other workers', each
+    of which holds `unpublished` unacknowledged alerts more than it published."""
     cluster = None if others is None else SimpleNamespace(
         worker_id="w1",
-        alerts=tuple(WorkerAlerts(w, alerts, len(alerts)) for w, alerts in others.items()),
+        alerts=tuple(
+            WorkerAlerts(w, alerts, sum(not a.acknowledged for a in alerts) + unpublished)
+            for w, alerts in others.items()
+        ),
     )
-    return SimpleNamespace(monitor=SimpleNamespace(alerts=here), cluster=cluster)
+    unacknowledged = sum(not a.acknowledged for a in here)
+    return SimpleNamespace(
+        monitor=SimpleNamespace(alerts=here, alerts_unacknowledged=unacknowledged),
+        cluster=cluster,
+    )
 
 
 def test_a_quota_condition_is_one_line_the_newest_open_one_acknowledged_everywhere():
@@ -57,3 +73,19 @@ def test_a_process_alone_lists_every_alert_as_raised():
                                  None))
     assert [(line.alert.alert_id, line.merged) for line in lines] == [(2, ()), (1, ())]
     assert acknowledgements(lines[0]) == {None: [2]}
+
+
+def test_the_clusters_unacknowledged_alerts_count_a_condition_raised_by_several_once():
+    here = (alert(1, NEAR, 30.0), alert(2, "auth_burst:s", 5.0))
+    others = {
+        "w2": (alert(1, NEAR, 10.0), alert(2, "auth_burst:s", 6.0)),
+        "w3": (alert(4, NEAR, 20.0, acknowledged=True),),
+    }
+    # kim's quota_near (open on w1 and w2: one line), each worker's auth burst, and the 5
+    # unacknowledged alerts w2 and w3 each hold beyond those they published.
+    assert unacknowledged_in_cluster(snapshot(here, others, unpublished=5)) == 3 + 10
+    lines = alert_lines(snapshot(here, others))
+    assert unacknowledged_in_cluster(snapshot(here, others)) == sum(
+        not line.alert.acknowledged for line in lines
+    )
+    assert unacknowledged_in_cluster(snapshot(here, None)) is None

@@ -22,7 +22,7 @@ from console.screens.alerts import AlertsScreen
 from console.screens.dashboard import DashboardScreen
 from console.screens.detail import SessionDetailScreen
 from console.screens.load import LoadScreen
-from console.screens.modals import ConfirmScreen, ExportScreen, HelpScreen
+from console.screens.modals import ConfirmScreen, ExportScreen, GotoScreen, HelpScreen
 from console.screens.users import UsersScreen
 from engine import errors
 from loadgen import LoadOptions
@@ -210,6 +210,36 @@ async def test_table_follows_new_and_ended_sessions(engine, clock):
         await engine.end_session(created[0].session_id, created[0].token)
         await refreshed(pilot)
         assert set(table_ids(app)) == {created[1].session_id, extra.session_id}
+
+
+async def goto(pilot, text: str) -> None:
+    """`o`, the id typed, Enter."""
+    await pilot.press("o")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, GotoScreen)
+    await pilot.press(*text, "enter")
+    await pilot.pause()
+
+
+async def test_o_opens_a_session_by_its_id_or_the_start_of_a_listed_one(engine, clock):
+    created = await populate(engine, clock, users=2)
+    ended = created.pop()
+    await engine.end_session(ended.session_id, ended.token)
+    app = console_for(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await refreshed(pilot)
+        await goto(pilot, created[2].session_id)
+        assert isinstance(app.screen, SessionDetailScreen)
+        assert app.screen.session_id == created[2].session_id
+        await pilot.press("escape")
+        await goto(pilot, "00000000")  # as the table shows them: every id starts so
+        assert isinstance(app.screen, DashboardScreen)
+        assert app.notices[-1].startswith("Several sessions start with '00000000': ")
+        await goto(pilot, ended.session_id)
+        assert app.notices[-1] == f"No live session {ended.session_id!r}: it ended, or never was."
+        await goto(pilot, "abc")
+        assert app.notices[-1].startswith("No listed session starts with 'abc'")
+        assert isinstance(app.screen, DashboardScreen)
 
 
 async def test_cursor_keys_move_and_enter_opens_detail(engine, clock):

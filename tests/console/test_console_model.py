@@ -326,6 +326,25 @@ def test_users_quota_sort_follows_usage_without_session_changes():
     assert asked == []  # and no quota report asked for
 
 
+def test_users_session_counts_are_the_clusters_once_read_and_sort_as_they_move():
+    usage, _ = usage_table({})
+    cluster = {"alice": 5, "dave": 0}  # bob and carol not read yet: their listed sessions
+    model = UsersModel(usage, live=cluster.get)
+    model.sort_by("sessions")
+    model.sort_by("sessions")  # most first
+    data = user_views()
+    assert model.update(data)
+    assert model.rows == ["alice", "carol", "bob", "dave"]
+    assert [model.sessions_of(u) for u in model.rows] == [5, 3, 2, 0]
+    cluster["bob"] = 9  # read since: the order moves, the listed sessions do not
+    assert model.update(data)
+    assert model.rows[0] == "bob"
+    alone = UsersModel(usage)  # a process alone: the listed count, reordered on changes only
+    alone.sort_by("sessions")
+    assert alone.update(data) and not alone.update(data)
+    assert alone.sessions_of("carol") == 3
+
+
 def test_users_quota_sorts_of_many_users_wait_for_the_budget(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(ordering_module.time, "perf_counter", lambda: now[0])
