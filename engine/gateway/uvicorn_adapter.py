@@ -10,6 +10,9 @@
   the connection's start) to finish its headers, then answers 408 and closes.
 - A request whose body has all arrived is marked in its scope (`body.BODY_RECEIVED`), so the
   app reads it without a timer.
+- One send per response: uvicorn writes a response's head and its body in two `write`s, so
+  two send() calls and two segments per reply; the protocol's transport gathers the writes of
+  one loop iteration into one (`CoalescingTransport`).
 - Open connections for the console come from the server's state.
 """
 
@@ -35,6 +38,40 @@ TIMEOUT_RESPONSE = (
 PORT_TRIES = 20  # "the next free port": how many ports after the asked one are tried
 
 
+class CoalescingTransport:
+    """A transport whose writes made in one loop iteration leave together, at its end.
+
+    A reply's head and body (or an SSE event's chunk and the stream's end) are written back to
+    back by uvicorn; sent as they come, each is a send() and a segment the client is woken
+    for. Everything else is the wrapped transport's; `close` sends what is gathered first.
+    """
+
+    __slots__ = ("_gathered", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._gathered: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._gathered is None:
+            self._gathered = [data]
+            asyncio.get_running_loop().call_soon(self._send)
+        else:
+            self._gathered.append(data)
+
+    def _send(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        if gathered and not self._transport.is_closing():
+            self._transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def close(self) -> None:
+        self._send()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline on each request's headers.
 
@@ -48,7 +85,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout_s: ClassVar[float] = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
         self.header_deadline: asyncio.TimerHandle | None = None
         self.headers_since: float | None = None
         self._await_headers()
