@@ -10,7 +10,8 @@ After Valkey/Redis lost its data, the rebuild (engine/cluster/rebuild.py) puts e
 session back (`restore`), each to the alive worker with the fewest at that moment.
 
 Keys: `placed` hash session -> worker; `placed:<worker>` set of its sessions (its count is the
-set's size); `draining` set of workers that take no new sessions.
+set's size); `draining` set of workers that take no new sessions (a draining worker marks itself
+again at every heartbeat, so the mark outlasts a server that lost its data: worker.py).
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ The user's session cap holds cluster-wide too (`place_session`): a session evict
 is ended in the store and its version raised, so every worker then refuses it as unknown. When
 Valkey/Redis lost its data, the first decision that finds it gone rebuilds it from the store
 (`rebuild`, engine/cluster/rebuild.py) before anything is decided.
+
+A drain (`drain`) is remembered here, not only in Valkey/Redis: each heartbeat says the worker
+drains and drains it again (the mark, and any session placed on it since), so a server that
+came back empty learns it at the next heartbeat, and the other workers, which saw it at theirs,
+place nothing on it meanwhile, the rebuild's placement included.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from engine.cluster.alert_board import AlertBoard
@@ -101,6 +107,7 @@ class ClusterWorker:
         self._members_before: tuple[WorkerView, ...] = ()  # and at the one before
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
+        self.draining = False  # `drain` was called: every heartbeat drains again
         self.standings = QuotaStandings(
             state.client, state.quotas, config.clock, monitor,
             config.monitor.quota_watch_percent,
@@ -129,8 +136,10 @@ class ClusterWorker:
         registry = self.state.registry
         while True:
             try:
-                await registry.heartbeat(self.worker_id, load())
+                await registry.heartbeat(self.worker_id, replace(load(), draining=self.draining))
                 self._members_before, self.members = self.members, await registry.alive()
+                if self.draining:
+                    await self._drain_again()
                 self.available = True
             except ClusterUnavailable as exc:
                 self.available = False
@@ -279,7 +288,7 @@ class ClusterWorker:
             raise SessionLimitReached(user_id, cap)
         if got.evicted:
             await self._end_evicted(got.evicted, now)
-        candidates = [m.worker_id for m in self.members] or [self.worker_id]
+        candidates = self._taking() or [self.worker_id]
         await self._answered(self.state.placement.place(session_id, candidates))
         return got.version
 
@@ -310,14 +319,34 @@ class ClusterWorker:
 
     async def drain(self) -> tuple[Moved, ...]:
         """Take no new sessions and move this worker's sessions' affinity to the others alive,
-        the fewest moves there can be (engine/cluster/placement.py)."""
-        remaining = [m.worker_id for m in self.members if m.worker_id != self.worker_id]
+        the fewest moves there can be (engine/cluster/placement.py). Remembered: if this call
+        fails or Valkey/Redis loses the mark, the next heartbeat drains again."""
+        self.draining = True
+        remaining = [w for w in self._taking() if w != self.worker_id]
         moves = await self._answered(self.state.placement.drain(self.worker_id, remaining))
         log.info(
             "worker %s draining: %d sessions' affinity moved to %s", self.worker_id, len(moves),
             ", ".join(remaining) or "no other worker",
         )
         return moves
+
+    async def _drain_again(self) -> None:
+        """At a draining worker's heartbeat: mark it again (a server that restarted empty lost
+        the mark) and move any session placed on it since (by a worker that did not know)."""
+        remaining = [w for w in self._taking() if w != self.worker_id]
+        moves = await self.state.placement.drain(self.worker_id, remaining)
+        if moves:
+            log.warning(
+                "worker %s draining: %d sessions placed on it since moved to %s",
+                self.worker_id, len(moves), ", ".join(remaining),
+            )
+
+    def _taking(self) -> list[str]:
+        """The workers alive at the last heartbeat that take new sessions (not draining)."""
+        return [
+            m.worker_id for m in self.members
+            if not m.load.draining and not (m.worker_id == self.worker_id and self.draining)
+        ]
 
     def expire_soon(self, sessions: Sequence[Session], now: float) -> None:
         """End the sessions past their deadline in this worker's copy once the store agrees
@@ -397,10 +426,11 @@ class ClusterWorker:
     def _placeable(self) -> list[str]:
         """The workers a rebuild places sessions on: this one and those alive at either of
         the last two heartbeats (the server that lost its data lost the registry too: a
-        heartbeat since may list only the workers that beat again first)."""
-        alive = {self.worker_id}
-        alive.update(m.worker_id for m in (*self.members, *self._members_before))
-        return sorted(alive)
+        heartbeat since may list only the workers that beat again first), less those that
+        drain as their latest heartbeat said (the server lost their marks too)."""
+        latest = {m.worker_id: m.load.draining for m in (*self._members_before, *self.members)}
+        latest[self.worker_id] = self.draining
+        return sorted(worker for worker, draining in latest.items() if not draining)
 
     async def _decided(self, decide: Callable[[], Awaitable[T | NotRebuilt]]) -> T:
         """`await decide()`, rebuilding the shared state first if it was lost."""
