@@ -9,6 +9,8 @@ changed, or forgets one another worker ended. A turn then takes the session's le
 the TurnGate (`start`): one turn at a time cluster-wide, and if another worker held the session
 since, its copy is refreshed under the lease. `finish` settles and raises the version after
 the store has the turn. Quotas and rates are decided in Valkey/Redis alone, never locally.
+A turn's write says which worker served it (`served`) when that is not what the store already
+says, so a rebuild puts the session's affinity back there.
 
 The user's session cap holds cluster-wide too (`place_session`): a session evicted to make room
 is ended in the store and its version raised, so every worker then refuses it as unknown. When
@@ -59,7 +61,7 @@ from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.restore import ColdAdoption, cold_session
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Session, SessionEvent, SessionRegistry, lookable_id
-from engine.store import EndSession, Restored, SessionRecord, Store
+from engine.store import EndSession, Restored, Served, SessionRecord, Store
 from engine.views import ClusterView, SessionView, WorkerAlerts, WorkerSessions
 
 log = logging.getLogger(__name__)
@@ -265,6 +267,7 @@ class ClusterWorker:
         session.turns, session.errors = row.turns, row.errors
         session.prompt_tokens, session.completion_tokens = row.prompt_tokens, row.completion_tokens
         session.agent_type = row.agent_type
+        session.served_by = row.served_by
         if session.hot:
             session.stale = True
             return
@@ -473,6 +476,13 @@ class ClusterWorker:
         self._renewing[got.slot] = asyncio.create_task(self._renew(got), name="lease renewal")
         return got
 
+    def served(self, session: Session) -> tuple[Served, ...]:
+        """What a turn's write adds to say this worker served it: nothing while the store says
+        so already (the same worker's turns, the usual case), else one `Served`."""
+        if session.served_by == self.worker_id:
+            return ()
+        return (Served(session.session_id, self.worker_id),)
+
     async def catch_up(self, session: Session, turn: RunningTurn) -> None:
         """Under the lease: read the session again if another worker changed it since."""
         if turn.version != session.version:
@@ -506,6 +516,7 @@ class ClusterWorker:
         reservation lapse by themselves, and another worker's copy reloads when its write of
         the next message collides with this one's (a rejected write marks its copy stale)."""
         self._stop_renewing(turn)
+        session.served_by = self.worker_id  # the turn's write said so (`served`)
         try:
             held, version = await self.state.turns.finish(turn, reservation, used)
         except ClusterUnavailable as exc:
