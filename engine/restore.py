@@ -55,6 +55,7 @@ def cold_session(row: SessionRow, figures: ContextFigures | None) -> Session:
         worker=sys.intern(row.worker or ""),
         tier=sys.intern(row.tier),
         origin=sys.intern(row.origin),
+        served_by=row.served_by,
         token=TokenRecord(row.token_hash, row.token_issued_at, row.token_expires_at),
         next_seq=figures.next_seq if figures is not None else 0,
         cold_messages=figures.messages if figures is not None else 0,

@@ -192,6 +192,7 @@ class Session:
     cold_bytes: int = 0
     stale: bool = False  # memory holds a turn the store refused: reload before the next use
     version: int = 0  # in a cluster: the session's version this copy was read or written at
+    served_by: str | None = None  # in a cluster: the worker the store says served it last
     cached_bytes: int = 0  # hot_bytes as the hot cache last counted it (HotCache)
 
     @property

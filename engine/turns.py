@@ -233,6 +233,8 @@ class TurnPipeline:
         if cluster is None:
             self._quotas.settle(reservation, used)
         ops = self._complete(session, agent_type, text, model, latency)
+        if ops and cluster is not None:
+            ops.extend(cluster.served(session))
         if ops:
             try:
                 await self._commit(*ops)  # durable acknowledgement: the reply follows the commit

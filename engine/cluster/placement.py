@@ -7,10 +7,12 @@ sessions to the others with the fewest moves there can be: only its own sessions
 once, every one to the remaining worker with the fewest at that moment, so the others end as
 even as they can; no session on another worker moves. Each decision is one Lua script.
 After Valkey/Redis lost its data, the rebuild (engine/cluster/rebuild.py) puts every live
-session back (`restore`), each to the alive worker with the fewest at that moment.
+session back (`restore`): on the worker that served it last if that one is a candidate (alive,
+not draining), else on the candidate with the fewest at that moment.
 
 Keys: `placed` hash session -> worker; `placed:<worker>` set of its sessions (its count is the
-set's size); `draining` set of workers that take no new sessions.
+set's size); `draining` set of workers that take no new sessions (a draining worker marks itself
+again at every heartbeat, so the mark outlasts a server that lost its data: worker.py).
 """
 
 from __future__ import annotations
@@ -81,25 +83,36 @@ end
 return moves
 """
 
-# KEYS: placed, draining   ARGV: set prefix, n, n candidate workers, session ids...
-# Places each session not placed yet on the candidate with the fewest; returns how many.
+# KEYS: placed, draining
+# ARGV: set prefix, n, n candidate workers, then groups: the worker that served them ("" for
+# none), k, k session ids. Places each session not placed yet on the worker that served it if
+# that is a candidate, else on the candidate with the fewest; returns how many.
 RESTORE = LEAST_FN + r"""
 local prefix, n = ARGV[1], tonumber(ARGV[2])
-local candidates = {}
+local candidates, index = {}, {}
 for i = 3, 2 + n do
-  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then candidates[#candidates + 1] = ARGV[i] end
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then
+    candidates[#candidates + 1] = ARGV[i]
+    index[ARGV[i]] = #candidates
+  end
 end
 if #candidates == 0 then return 0 end
 local counted = counts(prefix, candidates)
 local placed = 0
-for i = 3 + n, #ARGV do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
-    local best = least(counted)
-    redis.call('HSET', KEYS[1], ARGV[i], candidates[best])
-    redis.call('SADD', prefix .. candidates[best], ARGV[i])
-    counted[best] = counted[best] + 1
-    placed = placed + 1
+local i = 3 + n
+while i <= #ARGV do
+  local served, k = index[ARGV[i]], tonumber(ARGV[i + 1])
+  for j = i + 2, i + 1 + k do
+    local sid = ARGV[j]
+    if redis.call('HEXISTS', KEYS[1], sid) == 0 then
+      local best = served or least(counted)
+      redis.call('HSET', KEYS[1], sid, candidates[best])
+      redis.call('SADD', prefix .. candidates[best], sid)
+      counted[best] = counted[best] + 1
+      placed = placed + 1
+    end
   end
+  i = i + 2 + k
 end
 return placed
 """
@@ -154,14 +167,21 @@ class ClusterPlacement:
         """A worker (re)joining takes new sessions again."""
         await self._client.run(self._client.redis.srem(self._draining, worker_id))
 
-    async def restore(self, session_ids: Sequence[str], candidates: Sequence[str]) -> int:
-        """Place the sessions not placed yet (the rebuild), each on the candidate with the
-        fewest at that moment; returns how many were placed (none if every candidate drains).
-        One script per call: the caller passes a bounded share."""
-        placed = await self._client.call(
-            self._restore, [self._placed, self._draining],
-            [self._prefix, len(candidates), *candidates, *session_ids],
-        )
+    async def restore(
+        self, sessions: Sequence[tuple[str, str | None]], candidates: Sequence[str]
+    ) -> int:
+        """Place the sessions not placed yet (the rebuild), given as (session id, the worker
+        that served it last or None): each on that worker if it is a candidate not draining,
+        else on the candidate with the fewest at that moment; returns how many were placed
+        (none if every candidate drains). One script per call: the caller passes a bounded
+        share. The sessions go grouped by worker: one argument each, as without a worker."""
+        groups: dict[str, list[str]] = {}
+        for session_id, served_by in sessions:
+            groups.setdefault(served_by or "", []).append(session_id)
+        args: list[str | int] = [self._prefix, len(candidates), *candidates]
+        for served_by, ids in groups.items():
+            args += (served_by, len(ids), *ids)
+        placed = await self._client.call(self._restore, [self._placed, self._draining], args)
         return int(placed)
 
     async def forget(self, session_id: str) -> None:

@@ -7,10 +7,11 @@ start, or a server that came back empty) the decisions that would count from zer
 turn and claiming a place under the session cap, answer `NotRebuilt` instead of deciding, until
 one worker has put back from the store what must not restart at zero: the users' tiers, their
 live sessions, and the quota windows from the quota events in PostgreSQL. Each live session's
-affinity is put back next (`place`), once the marker lets decisions go ahead (none reads it),
-on the workers alive (engine/cluster/placement.py: the fewest first): the store does not know
-which worker a session had (its `worker` column is the lane inside a process), and a drain
-moves only the sessions placed on the draining worker.
+affinity is put back next (`place`), once the marker lets decisions go ahead (none reads it):
+on the worker that served its last turn (the store's `served_by`) if that one is alive and not
+draining, else on the alive worker with the fewest (engine/cluster/placement.py), so a loss
+moves no session whose worker is still there, and a drain moves only the sessions placed on
+the draining worker.
 
 The worker that first finds the marker missing claims the rebuild (`SET NX` with a TTL, so a
 worker that dies mid-rebuild frees it), replays, and sets the marker; the others wait for the
@@ -127,12 +128,12 @@ class StateRebuild:
 
     async def place(self, restored: Restored, workers: Sequence[str]) -> int:
         """Give each live session not placed since an affinity to one of `workers` (the alive
-        ones), the fewest first; returns how many were placed. Once the state is `done`: no
-        decision waits for it."""
-        ids = [row.session_id for row in restored.sessions]
+        ones, not draining): the one that served it last, else the fewest first; returns how
+        many were placed. Once the state is `done`: no decision waits for it."""
+        sessions = [(row.session_id, row.served_by) for row in restored.sessions]
         placed = 0
-        for start in range(0, len(ids), PLACE_CHUNK):  # in order: each sees the last's counts
-            placed += await self._placement.restore(ids[start : start + PLACE_CHUNK], workers)
+        for start in range(0, len(sessions), PLACE_CHUNK):  # in order: each sees the last's counts
+            placed += await self._placement.restore(sessions[start : start + PLACE_CHUNK], workers)
         return placed
 
     async def _set_tier(self, user_id: str, tier: str) -> None:

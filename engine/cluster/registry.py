@@ -2,7 +2,10 @@
 
 A worker's figures are one hash; a sorted set scores every worker by its last heartbeat on the
 engine's clock. Listing drops the workers not heard from for `dead_after_s` (their hashes also
-expire on the server), so a killed worker leaves the list by itself.
+expire on the server), so a killed worker leaves the list by itself. A draining worker says so
+in its figures at every heartbeat: the others then know it takes no sessions even when
+Valkey/Redis lost the placement's own mark (engine/cluster/placement.py) and nobody put it back
+yet.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class WorkerLoad:
     p99_s: float = 0.0
     pool_occupancy: float = 0.0  # agents in use / agents there may be, 0..1
     address: str = ""  # where its gateway listens, if it has one
+    draining: bool = False  # takes no new sessions (engine/cluster/worker.py `drain`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class WorkerRegistry:
             "p99_s": repr(load.p99_s),
             "pool_occupancy": repr(load.pool_occupancy),
             "address": load.address,
+            "draining": int(load.draining),
         }
         gc_ms = max(60_000, round(self.dead_after_s * 3000))
         async with self._client.redis.pipeline(transaction=True) as pipe:
@@ -115,4 +120,5 @@ def _load(fields: dict[str, str]) -> WorkerLoad:
         p99_s=float(fields.get("p99_s", 0.0)),
         pool_occupancy=float(fields.get("pool_occupancy", 0.0)),
         address=fields.get("address", ""),
+        draining=fields.get("draining") == "1",
     )

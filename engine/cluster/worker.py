@@ -9,11 +9,18 @@ changed, or forgets one another worker ended. A turn then takes the session's le
 the TurnGate (`start`): one turn at a time cluster-wide, and if another worker held the session
 since, its copy is refreshed under the lease. `finish` settles and raises the version after
 the store has the turn. Quotas and rates are decided in Valkey/Redis alone, never locally.
+A turn's write says which worker served it (`served`) when that is not what the store already
+says, so a rebuild puts the session's affinity back there.
 
 The user's session cap holds cluster-wide too (`place_session`): a session evicted to make room
 is ended in the store and its version raised, so every worker then refuses it as unknown. When
 Valkey/Redis lost its data, the first decision that finds it gone rebuilds it from the store
 (`rebuild`, engine/cluster/rebuild.py) before anything is decided.
+
+A drain (`drain`) is remembered here, not only in Valkey/Redis: each heartbeat says the worker
+drains and drains it again (the mark, and any session placed on it since), so a server that
+came back empty learns it at the next heartbeat, and the other workers, which saw it at theirs,
+place nothing on it meanwhile, the rebuild's placement included.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from engine.cluster.alert_board import AlertBoard
@@ -53,7 +61,7 @@ from engine.quotas import BYTES_PER_MB, QuotaManager, Reservation
 from engine.restore import ColdAdoption, cold_session
 from engine.security import KeyRing, TokenRecord
 from engine.sessions import Session, SessionEvent, SessionRegistry, lookable_id
-from engine.store import EndSession, Restored, SessionRecord, Store
+from engine.store import EndSession, Restored, Served, SessionRecord, Store
 from engine.views import ClusterView, SessionView, WorkerAlerts, WorkerSessions
 
 log = logging.getLogger(__name__)
@@ -101,6 +109,7 @@ class ClusterWorker:
         self._members_before: tuple[WorkerView, ...] = ()  # and at the one before
         self._renewing: dict[str, asyncio.Task[None]] = {}  # running turns' slots: renewals
         self._heartbeat: asyncio.Task[None] | None = None
+        self.draining = False  # `drain` was called: every heartbeat drains again
         self.standings = QuotaStandings(
             state.client, state.quotas, config.clock, monitor,
             config.monitor.quota_watch_percent,
@@ -129,8 +138,10 @@ class ClusterWorker:
         registry = self.state.registry
         while True:
             try:
-                await registry.heartbeat(self.worker_id, load())
+                await registry.heartbeat(self.worker_id, replace(load(), draining=self.draining))
                 self._members_before, self.members = self.members, await registry.alive()
+                if self.draining:
+                    await self._drain_again()
                 self.available = True
             except ClusterUnavailable as exc:
                 self.available = False
@@ -256,6 +267,7 @@ class ClusterWorker:
         session.turns, session.errors = row.turns, row.errors
         session.prompt_tokens, session.completion_tokens = row.prompt_tokens, row.completion_tokens
         session.agent_type = row.agent_type
+        session.served_by = row.served_by
         if session.hot:
             session.stale = True
             return
@@ -279,7 +291,7 @@ class ClusterWorker:
             raise SessionLimitReached(user_id, cap)
         if got.evicted:
             await self._end_evicted(got.evicted, now)
-        candidates = [m.worker_id for m in self.members] or [self.worker_id]
+        candidates = self._taking() or [self.worker_id]
         await self._answered(self.state.placement.place(session_id, candidates))
         return got.version
 
@@ -310,14 +322,34 @@ class ClusterWorker:
 
     async def drain(self) -> tuple[Moved, ...]:
         """Take no new sessions and move this worker's sessions' affinity to the others alive,
-        the fewest moves there can be (engine/cluster/placement.py)."""
-        remaining = [m.worker_id for m in self.members if m.worker_id != self.worker_id]
+        the fewest moves there can be (engine/cluster/placement.py). Remembered: if this call
+        fails or Valkey/Redis loses the mark, the next heartbeat drains again."""
+        self.draining = True
+        remaining = [w for w in self._taking() if w != self.worker_id]
         moves = await self._answered(self.state.placement.drain(self.worker_id, remaining))
         log.info(
             "worker %s draining: %d sessions' affinity moved to %s", self.worker_id, len(moves),
             ", ".join(remaining) or "no other worker",
         )
         return moves
+
+    async def _drain_again(self) -> None:
+        """At a draining worker's heartbeat: mark it again (a server that restarted empty lost
+        the mark) and move any session placed on it since (by a worker that did not know)."""
+        remaining = [w for w in self._taking() if w != self.worker_id]
+        moves = await self.state.placement.drain(self.worker_id, remaining)
+        if moves:
+            log.warning(
+                "worker %s draining: %d sessions placed on it since moved to %s",
+                self.worker_id, len(moves), ", ".join(remaining),
+            )
+
+    def _taking(self) -> list[str]:
+        """The workers alive at the last heartbeat that take new sessions (not draining)."""
+        return [
+            m.worker_id for m in self.members
+            if not m.load.draining and not (m.worker_id == self.worker_id and self.draining)
+        ]
 
     def expire_soon(self, sessions: Sequence[Session], now: float) -> None:
         """End the sessions past their deadline in this worker's copy once the store agrees
@@ -397,10 +429,11 @@ class ClusterWorker:
     def _placeable(self) -> list[str]:
         """The workers a rebuild places sessions on: this one and those alive at either of
         the last two heartbeats (the server that lost its data lost the registry too: a
-        heartbeat since may list only the workers that beat again first)."""
-        alive = {self.worker_id}
-        alive.update(m.worker_id for m in (*self.members, *self._members_before))
-        return sorted(alive)
+        heartbeat since may list only the workers that beat again first), less those that
+        drain as their latest heartbeat said (the server lost their marks too)."""
+        latest = {m.worker_id: m.load.draining for m in (*self._members_before, *self.members)}
+        latest[self.worker_id] = self.draining
+        return sorted(worker for worker, draining in latest.items() if not draining)
 
     async def _decided(self, decide: Callable[[], Awaitable[T | NotRebuilt]]) -> T:
         """`await decide()`, rebuilding the shared state first if it was lost."""
@@ -443,6 +476,13 @@ class ClusterWorker:
         self._renewing[got.slot] = asyncio.create_task(self._renew(got), name="lease renewal")
         return got
 
+    def served(self, session: Session) -> tuple[Served, ...]:
+        """What a turn's write adds to say this worker served it: nothing while the store says
+        so already (the same worker's turns, the usual case), else one `Served`."""
+        if session.served_by == self.worker_id:
+            return ()
+        return (Served(session.session_id, self.worker_id),)
+
     async def catch_up(self, session: Session, turn: RunningTurn) -> None:
         """Under the lease: read the session again if another worker changed it since."""
         if turn.version != session.version:
@@ -476,6 +516,7 @@ class ClusterWorker:
         reservation lapse by themselves, and another worker's copy reloads when its write of
         the next message collides with this one's (a rejected write marks its copy stale)."""
         self._stop_renewing(turn)
+        session.served_by = self.worker_id  # the turn's write said so (`served`)
         try:
             held, version = await self.state.turns.finish(turn, reservation, used)
         except ClusterUnavailable as exc:

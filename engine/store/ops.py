@@ -24,7 +24,7 @@ class SessionRow:
 
     On conflict the wrapped key is kept: only `rewrap_keys` changes it, so a late upsert carrying
     a key wrapped under a retired master key cannot undo a rotation. Activity and counters only
-    move forward.
+    move forward. `served_by` is written by `Served` alone (an upsert keeps the stored one).
     """
 
     session_id: str
@@ -46,6 +46,8 @@ class SessionRow:
     completion_tokens: int = 0
     errors: int = 0
     origin: str = "python"  # set at creation, never updated
+    # The worker of a cluster that served its last turn (PostgreSQL; None in SQLite's one process).
+    served_by: str | None = None
 
     @property
     def deadline(self) -> float:
@@ -105,6 +107,16 @@ class Assign:
 
     session_id: str
     worker: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A worker of a cluster served the session's turn: a rebuild of the cluster's shared state
+    puts the session's affinity back on it. Written when the serving worker changes, not at
+    every turn; a store with no cluster (SQLite) has nothing to record."""
+
+    session_id: str
+    worker: str
 
 
 @dataclass(slots=True)
@@ -214,6 +226,7 @@ Op = (
     | TokenUpdate
     | UserTier
     | Assign
+    | Served
     | MessageRow
     | TrimMessages
     | QuotaEvent

@@ -23,6 +23,7 @@ from engine.store.ops import (
     Op,
     Prune,
     QuotaEvent,
+    Served,
     SessionRow,
     TokenUpdate,
     Touch,
@@ -67,6 +68,7 @@ class OpStatements:
             (SessionRow, self._sessions_sql),
             (UserTier, self._tier_sql),
             (Assign, self._assign_sql),
+            (Served, self._served_sql),
             (TokenUpdate, self._token_sql),
             (Touch, self._touch_sql),
             (MessageRow, self._messages_sql),
@@ -94,6 +96,9 @@ class OpStatements:
         return self._prune_sql([Prune(now)])
 
     # -- where the backends differ ---------------------------------------------------------------
+    def _served_sql(self, ops: list[Served]) -> Statements:
+        raise NotImplementedError
+
     def _touch_sql(self, ops: list[Touch]) -> Statements:
         raise NotImplementedError
 
@@ -111,6 +116,7 @@ class OpStatements:
                 r.last_active_at, r.idle_timeout_s, r.lifetime_s, r.token_hash,
                 r.token_issued_at, r.token_expires_at, r.wrapped_key, r.worker, r.agent_type,
                 r.turns, r.prompt_tokens, r.completion_tokens, r.errors, r.origin,
+                r.served_by,
             )
             for r in rows
         ]

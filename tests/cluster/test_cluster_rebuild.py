@@ -15,7 +15,7 @@ from engine.cluster import ClusterState
 from engine.errors import AuthenticationError, QuotaExceeded
 from engine.quotas import QuotaLimit
 from tests.cluster.engines import workers
-from tests.cluster.test_cluster_views import fast
+from tests.cluster.test_cluster_views import fast, until
 
 REBUILT = "rebuilt the cluster's shared state from the store"
 
@@ -147,4 +147,46 @@ async def test_placement_is_rebuilt_on_the_alive_workers_and_drains_as_before(
         after = {sid: await observer.placement.worker_of(sid) for sid in live}
         assert set(after.values()) == {"w2"}
         assert await observer.placement.count("w1") == 0
+    await observer.aclose()
+
+
+async def test_the_rebuild_puts_each_session_back_on_the_worker_that_served_it_last(
+    worker_config, valkey, redis_url, clock, caplog
+):
+    observer = await ClusterState.open(ClusterSettings(redis_url=redis_url), clock)
+    configs = [fast(worker_config(name)) for name in ("w1", "w2", "w3")]
+    async with workers(*configs[:2]) as (one, two):
+        async with Engine(configs[2]) as three:
+            by_name = {"w1": one, "w2": two, "w3": three}
+            served = {  # the workers that serve each session's turns, in order
+                "a": ["w1"], "b": ["w1"], "c": ["w2", "w1"], "d": ["w1", "w2", "w1"],
+                "e": ["w1", "w2"], "gone": ["w3"], "idle": [],
+            }
+            sessions = {name: await one.create_session(f"user-{name}") for name in served}
+            for name, turns in served.items():
+                s = sessions[name]
+                for n, worker in enumerate(turns):
+                    await by_name[worker].send(s.session_id, s.token, f"turn {n}")
+            await three.store.flush()
+        await until(lambda: all(  # w3 left: neither worker lists it at its last heartbeats
+            "w3" not in {m.worker_id for m in e.snapshot().cluster.members} for e in (one, two)
+        ), "w3 gone")
+        await asyncio.sleep(4 * one.config.cluster.heartbeat_s)
+        await one.store.flush()
+        await two.store.flush()
+        with valkey.client() as admin:
+            admin.flushall()  # Valkey restarted without persistence, w1 and w2 running
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.cluster.worker"):
+            await two.create_session("after")  # the first decision rebuilds
+        assert "7 sessions (7 placed)" in caplog.text
+
+        placed = {
+            name: await observer.placement.worker_of(s.session_id)
+            for name, s in sessions.items()
+        }
+        assert {name: placed[name] for name in "abcde"} == {
+            "a": "w1", "b": "w1", "c": "w1", "d": "w1", "e": "w2"
+        }
+        assert placed["gone"] in ("w1", "w2") and placed["idle"] in ("w1", "w2")
     await observer.aclose()

@@ -26,6 +26,7 @@ from engine.store import (
     PostgresBackend,
     Prune,
     QuotaEvent,
+    Served,
     SessionRow,
     Store,
     Touch,
@@ -107,7 +108,7 @@ async def test_a_first_version_database_gains_session_origins_marked_python(
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
     async with await open_store(postgres_url):
         pass
-    columns = [c for c in SessionRow.__dataclass_fields__ if c != "origin"]
+    columns = [c for c in SessionRow.__dataclass_fields__ if c not in ("origin", "served_by")]
     row = session_row()
     await fetch(
         postgres_url,
@@ -121,6 +122,30 @@ async def test_a_first_version_database_gains_session_origins_marked_python(
         await store.save_session(replace(session_row("s2"), origin="http"))
         assert (await store.load_record("s2")).row.origin == "http"
     assert record is not None and record.row.origin == "python"
+    assert await fetch(postgres_url, "SELECT version FROM schema_version") == [(LATEST,)]
+
+
+async def test_a_third_version_database_gains_who_served_each_session_none_yet(
+    postgres_url, monkeypatch
+):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:3])
+    async with await open_store(postgres_url):
+        pass
+    columns = [c for c in SessionRow.__dataclass_fields__ if c != "served_by"]
+    for session_id in ("s1", "s2"):  # written by the code before: no served_by column
+        row = session_row(session_id)
+        await fetch(
+            postgres_url,
+            f"INSERT INTO sessions ({', '.join(columns)})"
+            f" VALUES ({', '.join(f'${n}' for n in range(1, len(columns) + 1))})",
+            *[getattr(row, c) for c in columns],
+        )
+    monkeypatch.undo()
+    async with await open_store(postgres_url) as store:
+        assert [s.served_by for s in (await store.load_live(NOW)).sessions] == [None, None]
+        await store.write(Served("s2", "w2"))
+        record = await store.load_record("s2")
+    assert record is not None and record.row.served_by == "w2"
     assert await fetch(postgres_url, "SELECT version FROM schema_version") == [(LATEST,)]
 
 

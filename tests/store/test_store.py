@@ -45,6 +45,7 @@ from engine.store import (
     MetricsRow,
     Prune,
     QuotaEvent,
+    Served,
     SessionRow,
     Store,
     TokenUpdate,
@@ -247,6 +248,22 @@ async def test_reopen_is_idempotent_and_reports_a_clean_shutdown(backend):
     assert [s.session_id for s in restored.sessions] == ["s1"]
     assert await backend.schema_version() == latest_schema(backend)
     assert await backend.query("SELECT value FROM store_meta WHERE key = 'opens'") == [(2,)]
+
+
+async def test_who_served_a_session_is_written_by_served_alone(backend, backend_store):
+    """A cluster's worker says it served a session's turn; an upsert of the session keeps it,
+    and every read carries it. SQLite (one process, no cluster) takes the op and keeps None."""
+    store = backend_store
+    await store.save_session(session_row("s1"))
+    assert (await store.load_record("s1")).row.served_by is None
+    await store.write(Served("s1", "w1"), Touch("s1", NOW + 1, turns=1))
+    await store.write(Served("s1", "w2"))
+    await store.save_session(replace(session_row("s1"), served_by="stale"))
+    expected = "w2" if backend.name == "postgres" else None
+    record = await store.load_record("s1")
+    assert record.row.served_by == expected and record.row.turns == 1
+    assert [r.row.served_by for r in await store.load_page("", 10)] == [expected]
+    assert [s.served_by for s in (await store.load_live(NOW)).sessions] == [expected]
 
 
 async def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(db_path):
@@ -1166,7 +1183,7 @@ async def test_a_first_version_file_gains_session_origins_marked_python(db_path,
     async with await Store.open(db_path):
         pass
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        columns = [c for c in SessionRow.__dataclass_fields__ if c != "origin"]
+        columns = [c for c in SessionRow.__dataclass_fields__ if c not in ("origin", "served_by")]
         row = session_row()
         conn.execute(
             f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",

@@ -135,4 +135,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE alerts ADD PRIMARY KEY (worker, alert_id)",
         "CREATE INDEX alerts_first ON alerts (first_at, worker, alert_id)",
     ),
+    # 3 -> 4: the worker that served each session's last turn, so a rebuild of the cluster's
+    # shared state puts the session's affinity back where it was. Null: not served since.
+    ("ALTER TABLE sessions ADD COLUMN served_by text",),
 )

@@ -21,6 +21,7 @@ from engine.store.ops import (
     MessageRow,
     MetricsRow,
     QuotaEvent,
+    Served,
     SessionRow,
     Touch,
 )
@@ -77,6 +78,7 @@ _UPDATE_TOKEN = (
     " WHERE session_id = $1"
 )
 _ASSIGN = "UPDATE sessions SET worker = $2 WHERE session_id = $1"
+_SERVED = "UPDATE sessions SET served_by = $2 WHERE session_id = $1"
 _USER_TIER = "UPDATE sessions SET tier = $2 WHERE user_id = $1"
 _TOUCH = """
 UPDATE sessions SET
@@ -169,6 +171,9 @@ class PostgresStatements(OpStatements):
 
     def __init__(self, retention_s: float, alert_keep: int, metrics_keep_s: float) -> None:
         super().__init__(SQL, retention_s, alert_keep, metrics_keep_s)
+
+    def _served_sql(self, ops: list[Served]) -> Statements:
+        yield _SERVED, [(op.session_id, op.worker) for op in ops]
 
     def _touch_sql(self, ops: list[Touch]) -> Statements:
         touches = latest_touches(ops)
