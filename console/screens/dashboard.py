@@ -146,14 +146,15 @@ def cluster_title(cluster: ClusterView) -> str:
 
 def cluster_lines(cluster: ClusterView, limit: int) -> str:
     """Every worker alive at the last heartbeat (this one marked *): sessions it holds,
-    turns/s, p99, pool occupancy and how long ago it was heard from. 60 columns at most."""
+    turns/s, p99, pool occupancy, how long ago it was heard from, and `drain` when it takes no
+    new sessions (SIGTERM or `Engine.drain`: its sessions' affinity moved). 60 columns at most."""
     if not cluster.members:
         return "no heartbeat yet" if cluster.available else "workers unknown while unreachable"
     lines = [
-        f"{'*' if m.worker_id == cluster.worker_id else ' '}{m.worker_id:<10.10}"
+        f"{'*' if m.worker_id == cluster.worker_id else ' '}{m.worker_id:<8.8}"
         f"{fmt.count(m.load.sessions):>6} sess{fmt.rate(m.load.turns_per_s):>6}/s"
         f" p99 {fmt.latency(m.load.p99_s):>6} pool{m.load.pool_occupancy:>4.0%}"
-        f"{m.heartbeat_age_s:>5.1f}s"
+        f"{m.heartbeat_age_s:>5.1f}s{' drain' if m.load.draining else ''}"
         for m in cluster.members[:limit]
     ]
     if len(cluster.members) > limit:

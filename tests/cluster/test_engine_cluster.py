@@ -144,6 +144,15 @@ async def test_the_console_shows_every_worker_of_the_cluster(worker_config):
             text = screen_text(app)
             assert "Cluster  2 workers · this one w1" in text
             assert "*w1" in text and " w2" in text
+            assert "drain" not in text
+            await two.drain(grace_s=0)  # w2 says so at its next heartbeat, w1 reads it at its own
+            while not any(m.load.draining for m in one.snapshot().cluster.members):
+                await asyncio.sleep(0.05)
+            app.refresh_data(force=True)
+            await pilot.pause()
+            lines = screen_text(app).splitlines()
+            assert any(" w2 " in line and line.rstrip(" │").endswith("s drain") for line in lines)
+            assert not any("*w1 " in line and "drain" in line for line in lines)
 
 
 async def test_a_turn_longer_than_the_lease_keeps_it_and_the_next_waits(
