@@ -11,8 +11,8 @@
 - A request whose body has all arrived is marked in its scope (`body.BODY_RECEIVED`), so the
   app reads it without a timer.
 - One send per response: uvicorn writes a response's head and its body in two `write`s, so
-  two send() calls and two segments per reply; the protocol's transport gathers the writes of
-  one loop iteration into one (`CoalescingTransport`).
+  two send() calls and two segments per reply; the protocol's transport holds a write until
+  the next one or the end of the loop iteration (`CoalescingTransport`).
 - Open connections for the console come from the server's state.
 """
 
@@ -39,30 +39,35 @@ PORT_TRIES = 20  # "the next free port": how many ports after the asked one are 
 
 
 class CoalescingTransport:
-    """A transport whose writes made in one loop iteration leave together, at its end.
+    """A transport that holds a write until the next one, so a reply's head and body leave in
+    one send.
 
-    A reply's head and body (or an SSE event's chunk and the stream's end) are written back to
-    back by uvicorn; sent as they come, each is a send() and a segment the client is woken
-    for. Everything else is the wrapped transport's; `close` sends what is gathered first.
+    uvicorn writes a response's head and its body back to back, in two `write`s: sent as they
+    come, each is a send() and a segment the client is woken for. A write is held until the
+    next write, which sends both at once, or until the end of the loop iteration it was made
+    in (a streamed reply's head, an event of its own), never longer. Everything else is the
+    wrapped transport's; `close` sends what is held first.
     """
 
-    __slots__ = ("_gathered", "_transport")
+    __slots__ = ("_held", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._gathered: list[bytes] | None = None
+        self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if self._gathered is None:
-            self._gathered = [data]
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
             asyncio.get_running_loop().call_soon(self._send)
         else:
-            self._gathered.append(data)
+            self._held = None
+            self._transport.write(held + data)
 
     def _send(self) -> None:
-        gathered, self._gathered = self._gathered, None
-        if gathered and not self._transport.is_closing():
-            self._transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
 
     def close(self) -> None:
         self._send()

@@ -1,4 +1,4 @@
-"""The gateway's transport sends what one loop iteration wrote as one write, on real sockets."""
+"""The gateway's transport sends a reply's head and body in one write, on real sockets."""
 
 from __future__ import annotations
 
@@ -34,23 +34,32 @@ def available(peer: socket.socket) -> bytes:
         return b""
 
 
-async def test_writes_of_one_iteration_leave_together_at_its_end():
+async def test_a_head_and_its_body_leave_together_at_once():
     transport, peer = await connected()
     transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert available(peer) == b""  # held for the next write
     transport.write(b"{}")
-    assert available(peer) == b""  # nothing sent while the iteration runs
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
     assert available(peer) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
-    transport.write(b"next")  # a later iteration's writes leave at its own end
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert available(peer) == b"next"
     transport.close()
     peer.close()
 
 
-async def test_close_sends_what_was_gathered_first():
+async def test_a_write_alone_leaves_at_the_end_of_its_iteration():
+    transport, peer = await connected()
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+    assert available(peer) == b""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert available(peer) == b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
+    transport.write(b"event: delta\n\n")  # a later event: held only until its own iteration ends
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert available(peer) == b"event: delta\n\n"
+    transport.close()
+    peer.close()
+
+
+async def test_close_sends_what_is_held_first():
     transport, peer = await connected()
     transport.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
     transport.close()
