@@ -102,20 +102,24 @@ async def test_an_older_database_is_migrated_forward_in_place(postgres_url, monk
     ]
 
 
+async def insert_as_before(url: str, row: SessionRow, without: tuple[str, ...]) -> None:
+    """Insert `row` as code from before the columns `without` existed wrote it."""
+    columns = [c for c in SessionRow.__dataclass_fields__ if c not in without]
+    await fetch(
+        url,
+        f"INSERT INTO sessions ({', '.join(columns)})"
+        f" VALUES ({', '.join(f'${n}' for n in range(1, len(columns) + 1))})",
+        *[getattr(row, c) for c in columns],
+    )
+
+
 async def test_a_first_version_database_gains_session_origins_marked_python(
     postgres_url, monkeypatch
 ):
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
     async with await open_store(postgres_url):
         pass
-    columns = [c for c in SessionRow.__dataclass_fields__ if c not in ("origin", "served_by")]
-    row = session_row()
-    await fetch(
-        postgres_url,
-        f"INSERT INTO sessions ({', '.join(columns)})"
-        f" VALUES ({', '.join(f'${n}' for n in range(1, len(columns) + 1))})",
-        *[getattr(row, c) for c in columns],
-    )
+    await insert_as_before(postgres_url, session_row(), without=("origin", "served_by"))
     monkeypatch.undo()
     async with await open_store(postgres_url) as store:
         record = await store.load_record("s1")
@@ -131,15 +135,8 @@ async def test_a_third_version_database_gains_who_served_each_session_none_yet(
     monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:3])
     async with await open_store(postgres_url):
         pass
-    columns = [c for c in SessionRow.__dataclass_fields__ if c != "served_by"]
     for session_id in ("s1", "s2"):  # written by the code before: no served_by column
-        row = session_row(session_id)
-        await fetch(
-            postgres_url,
-            f"INSERT INTO sessions ({', '.join(columns)})"
-            f" VALUES ({', '.join(f'${n}' for n in range(1, len(columns) + 1))})",
-            *[getattr(row, c) for c in columns],
-        )
+        await insert_as_before(postgres_url, session_row(session_id), without=("served_by",))
     monkeypatch.undo()
     async with await open_store(postgres_url) as store:
         assert [s.served_by for s in (await store.load_live(NOW)).sessions] == [None, None]
