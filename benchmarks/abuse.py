@@ -22,9 +22,9 @@ the turns outrun the store's writer for the whole run (sustained overload). Repo
 time p50/p99/max (the whole `engine.send` call), the ratio p99/p50 (issue 15: at most 5), and
 the store's queue depth sampled every 10 ms, how full the writer's batches were (sustained
 overload: the mean batch at least SUSTAINED_FILL of batch_max, so the writer was behind all
-along), and how many writes were paced or found the queue full. Four runs: the shipped store
-settings and a writer capped at small batches, each with and without pacing
-(BACKPRESSURE_RUNS says why).
+along), and how many writes were paced or found the queue full. Five runs: the shipped store
+settings and a writer capped at small batches, each with and without pacing, and the shipped
+settings with paced writes let go by whole batches of batch_max (BACKPRESSURE_RUNS says why).
 
 Overload: 10,000 users with `durable_ack=False` (benchmarks/load_capacity.py's scenario,
 spawned in one burst), reporting the event loop's lag p50/p99/max, turn overhead and the
@@ -93,6 +93,8 @@ SUSTAINED_FILL = 0.9  # of batch_max, the mean batch of a writer behind for the 
 SMALL_BATCHES = {"batch_max": 256, "pacing_ops": 2048, "backlog_ops": 4096}
 BACKPRESSURE_RUNS: dict[str, dict[str, int]] = {
     "shipped": {},
+    # Paced writes let go by whole batches of up to batch_max ops, as before paced_batch_max.
+    "shipped_whole_batches": {"paced_batch_max": StoreSettings().batch_max},
     "shipped_unpaced": {"pacing_ops": StoreSettings().backlog_ops},
     "small_batches": SMALL_BATCHES,
     "small_batches_unpaced": {**SMALL_BATCHES, "pacing_ops": SMALL_BATCHES["backlog_ops"]},
@@ -419,7 +421,10 @@ async def backpressure(seconds: float, store: dict[str, int]) -> dict:
             await asyncio.gather(*tasks)
     ordered = sorted(turns)
     p50, p99 = Tally(ordered).percentile(0.5), Tally(ordered).percentile(0.99)
-    batch_max = StoreSettings(**store).batch_max
+    settings = StoreSettings(**store)
+    paced = after.paced_writes > before.paced_writes
+    # The writer's cap in force: while it paces writes, its batches are the smaller ones.
+    batch_max = min(settings.batch_max, settings.paced_batch_max) if paced else settings.batch_max
     batch_ops = (after.ops - before.ops) / max(1, after.batches - before.batches)
     return {
         "callers": BACKPRESSURE_CALLERS,
@@ -436,8 +441,8 @@ async def backpressure(seconds: float, store: dict[str, int]) -> dict:
         "queue_depth_p50": sorted(depths)[len(depths) // 2] if depths else 0,
         "queue_depth_max": max(depths, default=0),
         # Sustained overload (the issue's condition for the ratio): the writer behind for the
-        # whole run, so each batch it takes is full; a writer that keeps up takes everything
-        # queued in batches below the cap.
+        # whole run, so each batch it takes is full (at the cap in force: paced_batch_max while
+        # it paces writes); a writer that keeps up takes everything queued in smaller batches.
         "batch_fill": round(batch_ops / batch_max, 3),
         "sustained_overload": batch_ops >= SUSTAINED_FILL * batch_max,
         "paced_writes": after.paced_writes - before.paced_writes,

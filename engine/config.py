@@ -86,8 +86,11 @@ class StoreSettings:
     # Without durable_ack, a write that finds more than pacing_ops queued waits for a share
     # of the queue ahead of it to commit, growing with the queue to all of it (its own commit)
     # at backlog_ops: admission slows smoothly, never a few turns stalled for a catch-up.
-    pacing_ops: int = 16_384
-    backlog_ops: int = 32_768
+    # While writes are paced, batches hold at most paced_batch_max ops: the held writes are let
+    # go as batches finish, and a batch of 4,096 ops takes a few hundred milliseconds.
+    pacing_ops: int = 4096
+    backlog_ops: int = 8192
+    paced_batch_max: int = 512
     # What a Prune keeps: the newest alert_keep alerts, metrics roll-ups of metrics_keep_s.
     alert_keep: int = 1000
     metrics_keep_s: float = 7 * 86400.0
@@ -100,10 +103,11 @@ class StoreSettings:
     master_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if self.batch_max < 1 or self.alert_keep < 1 or self.wal_restart_frames < 1:
+        if min(self.batch_max, self.paced_batch_max, self.alert_keep, self.wal_restart_frames) < 1:
             raise ConfigurationError(
-                "StoreSettings: batch_max, alert_keep and wal_restart_frames must be >= 1; got "
-                f"{self.batch_max=}, {self.alert_keep=}, {self.wal_restart_frames=}"
+                "StoreSettings: batch_max, paced_batch_max, alert_keep and wal_restart_frames "
+                f"must be >= 1; got {self.batch_max=}, {self.paced_batch_max=}, "
+                f"{self.alert_keep=}, {self.wal_restart_frames=}"
             )
         if not (self.batch_ms >= 0 and self.audit_retention_s >= 0 and self.metrics_keep_s > 0
                 and self.checkpoint_s > 0):

@@ -12,6 +12,10 @@ settles a little above `pacing_ops` instead of filling to the bound and emptying
 
 Waits count committed ops, not time: the writer's own commits clock admission, so there is no
 rate to estimate, and the policy is the same on a fast disk or a slow one and under any clock.
+That clock ticks once a batch, so while writes are paced the writer takes batches of at most
+`paced_batch_max` ops (writer.py): with batches of thousands of ops, a few hundred milliseconds
+each, the queue swung across `pacing_ops` by a batch at a time, most writes waited for nothing
+and the others for a whole batch (p99 hundreds of times p50 again).
 """
 
 from __future__ import annotations

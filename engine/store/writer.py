@@ -83,6 +83,7 @@ class Store:
         self.durable_ack = settings.durable_ack
         self._batch_s = settings.batch_ms / 1000
         self._batch_max = settings.batch_max
+        self._paced_batch_max = settings.paced_batch_max
         self._backlog = settings.backlog_ops
         self._pacer = Pacer(settings.pacing_ops, settings.backlog_ops)
         self._taken_ops = 0  # ops handed to batches so far (the pacer's positions)
@@ -332,13 +333,17 @@ class Store:
             self._linger_timer = None
 
     def _take_batch(self) -> list[_Queued]:
-        """Whole writes, oldest first, up to batch_max ops (a bigger single write goes alone)."""
+        """Whole writes, oldest first, up to batch_max ops (a bigger single write goes alone);
+        up to paced_batch_max while writes are paced, whose waits end as batches do: small
+        batches keep those waits short and alike (`pacing.py`)."""
         batch: list[_Queued] = []
         count = 0
         queue = self._queue
+        pacing = not self.durable_ack and self._queued_ops > self._pacer.pacing_ops
+        limit = min(self._batch_max, self._paced_batch_max) if pacing else self._batch_max
         while queue and queue[0].job is None:
             size = len(queue[0].ops)
-            if batch and count + size > self._batch_max:
+            if batch and count + size > limit:
                 break
             batch.append(queue.popleft())
             count += size

@@ -93,3 +93,38 @@ async def test_durable_writes_are_never_paced(tmp_path):
         await asyncio.gather(*(store.write(message("s1", seq)) for seq in range(1, 30)))
         stats = store.stats()
     assert (stats.paced_writes, stats.backlog_writes) == (0, 0)
+
+
+async def test_while_writes_are_paced_the_writer_takes_small_batches(tmp_path):
+    """Paced writes are let go as batches finish: above pacing_ops the batches are at most
+    paced_batch_max ops, so each step of the pacing is short; at or below it, batch_max."""
+    settings = StoreSettings(
+        durable_ack=False, batch_max=8, paced_batch_max=2,
+        pacing_ops=PACING_OPS, backlog_ops=BACKLOG_OPS,
+    )
+    async with await Store.open(tmp_path / "sessions.db", settings) as store:
+        await store.save_session(session_row())
+        await store.flush()
+        before = store.stats()
+        async with writer_held(store):
+            for seq in range(1, 11):  # 10 queued: 6 past the pacing mark
+                store.write_nowait(message("s1", seq))
+        await store.flush()
+        after = store.stats()
+    # 10 -> 8 -> 6 -> 4 in batches of 2 while past the mark, then the 4 left in one batch.
+    assert (after.ops - before.ops, after.batches - before.batches) == (10, 4)
+
+
+async def test_durable_writes_take_whole_batches_however_deep_the_queue(tmp_path):
+    settings = StoreSettings(
+        batch_max=8, paced_batch_max=2, pacing_ops=PACING_OPS, backlog_ops=BACKLOG_OPS
+    )
+    async with await Store.open(tmp_path / "sessions.db", settings) as store:
+        await store.save_session(session_row())
+        await store.flush()
+        before = store.stats()
+        async with writer_held(store):
+            writes = [asyncio.ensure_future(store.write(message("s1", n))) for n in range(1, 11)]
+        await asyncio.gather(*writes)
+        after = store.stats()
+    assert (after.ops - before.ops, after.batches - before.batches) == (10, 2)  # 8, then 2
