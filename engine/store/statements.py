@@ -34,6 +34,10 @@ from engine.store.ops import (
 Statement = tuple[str, list[tuple[Any, ...]]]  # SQL and the arguments of each execution
 Statements = Iterator[Statement]
 
+# What a SessionRow upsert writes, in _sessions_sql's order: every column but `served_by`,
+# which only `Served` writes (an upsert keeps the stored one; SQLite's file has no such column).
+UPSERTED_SESSION_COLUMNS = tuple(c for c in SessionRow.__dataclass_fields__ if c != "served_by")
+
 
 @dataclass(frozen=True, slots=True)
 class Sql:
@@ -116,7 +120,6 @@ class OpStatements:
                 r.last_active_at, r.idle_timeout_s, r.lifetime_s, r.token_hash,
                 r.token_issued_at, r.token_expires_at, r.wrapped_key, r.worker, r.agent_type,
                 r.turns, r.prompt_tokens, r.completion_tokens, r.errors, r.origin,
-                r.served_by,
             )
             for r in rows
         ]

@@ -25,7 +25,13 @@ from engine.store.ops import (
     SessionRow,
     Touch,
 )
-from engine.store.statements import OpStatements, Sql, Statements, latest_touches
+from engine.store.statements import (
+    UPSERTED_SESSION_COLUMNS,
+    OpStatements,
+    Sql,
+    Statements,
+    latest_touches,
+)
 
 SESSION_COLUMNS = ", ".join(SessionRow.__dataclass_fields__)
 _AUDIT = (
@@ -58,8 +64,8 @@ def _forward(table: str, *columns: str) -> str:
 
 
 _UPSERT_SESSION = f"""
-INSERT INTO sessions ({SESSION_COLUMNS})
-VALUES ({", ".join(f"${n}" for n in range(1, len(SessionRow.__slots__) + 1))})
+INSERT INTO sessions ({", ".join(UPSERTED_SESSION_COLUMNS)})
+VALUES ({", ".join(f"${n}" for n in range(1, len(UPSERTED_SESSION_COLUMNS) + 1))})
 ON CONFLICT (session_id) DO UPDATE SET
     tier = excluded.tier,
     metadata_json = excluded.metadata_json,

@@ -16,15 +16,19 @@ from engine.store.ops import (
     MessageRow,
     QuotaEvent,
     Served,
-    SessionRow,
     Touch,
 )
-from engine.store.statements import OpStatements, Sql, Statements, latest_touches
+from engine.store.statements import (
+    UPSERTED_SESSION_COLUMNS,
+    OpStatements,
+    Sql,
+    Statements,
+    latest_touches,
+)
 
 # One process's file has no `served_by` (only a cluster's workers, on PostgreSQL, serve turns of
 # one session): rows read back carry None.
-_COLUMNS = tuple(c for c in SessionRow.__dataclass_fields__ if c != "served_by")
-SESSION_COLUMNS = ", ".join(_COLUMNS)
+SESSION_COLUMNS = ", ".join(UPSERTED_SESSION_COLUMNS)
 EXPIRED = "min(last_active_at + idle_timeout_s, created_at + lifetime_s) <= ?1"
 _AUDIT_COLUMNS = (
     "session_id, user_id, tier, metadata_json, created_at, last_active_at, {ended_at}, {reason},"
@@ -33,7 +37,7 @@ _AUDIT_COLUMNS = (
 )
 
 _UPSERT_SESSION = f"""
-INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({", ".join("?" * len(_COLUMNS))})
+INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({", ".join("?" * len(UPSERTED_SESSION_COLUMNS))})
 ON CONFLICT (session_id) DO UPDATE SET
     tier = excluded.tier,
     metadata_json = excluded.metadata_json,
@@ -168,11 +172,6 @@ class SqliteStatements(OpStatements):
 
     def __init__(self, retention_s: float, alert_keep: int, metrics_keep_s: float) -> None:
         super().__init__(SQL, retention_s, alert_keep, metrics_keep_s)
-
-    def _sessions_sql(self, rows: list[SessionRow]) -> Statements:
-        """Without `served_by`, which the file has no column for (see SESSION_COLUMNS)."""
-        for sql, args in super()._sessions_sql(rows):
-            yield sql, [row[:-1] for row in args]
 
     def _served_sql(self, ops: list[Served]) -> Statements:
         """Nothing to record: no other process serves this file's sessions."""
