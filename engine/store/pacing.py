@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Iterator
 
 
 class Pacer:
@@ -62,10 +63,9 @@ class Pacer:
         self.paced += 1
         return future
 
-    def release(self, done: int) -> None:
-        """Let go every write whose part of the queue is through (`done` ops so far)."""
+    def release(self, done: int) -> Iterator[asyncio.Future[None]]:
+        """The writes to let go now that their part of the queue is through (`done` ops so
+        far), in the order they may go."""
         waiting = self._waiting
         while waiting and waiting[0][0] <= done:
-            future = heapq.heappop(waiting)[2]
-            if not future.done():  # its writer may have been cancelled meanwhile
-                future.set_result(None)
+            yield heapq.heappop(waiting)[2]

@@ -13,9 +13,11 @@ Why it is built this way:
   each waits for a share of the queue ahead of it to commit, growing with the queue, so a
   sustained overload slows every writer a little instead of stalling a few for a catch-up.
 - The writer is callbacks, not a task: the next batch starts as the previous commit's result
-  arrives, and the waiters are resolved straight from the backend's completion callback
+  arrives, and the first waiters are resolved straight from the backend's completion callback
   (for SQLite, scheduled by its connection thread), because under a busy event loop every
-  extra hop through the loop is milliseconds of acknowledgement latency.
+  extra hop through the loop is milliseconds of acknowledgement latency. The rest follow a
+  share per loop iteration (`waking.py`), so a big batch's resumed turns never hold up
+  everything else on the loop at once.
 - All ops of one `write()` call commit together or not at all; an op rejected by a constraint
   (a message for a session that is not stored) fails its own `write()` only.
 - Start-up reads and key rotation are exclusive jobs: they run alone between batches.
@@ -53,6 +55,7 @@ from engine.store.ops import (
 )
 from engine.store.pacing import Pacer
 from engine.store.sqlite import SqliteBackend
+from engine.store.waking import Outcome, Waker
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class Store:
         self._done_ops = 0  # ops whose batch has finished, committed or not
         self._backlog_writes = 0
         self._loop = asyncio.get_running_loop()
+        self._waker = Waker(self._loop)
         self._queue: deque[_Queued] = deque()
         self._queued_ops = 0
         self._busy = False  # a batch or a job is in flight: the next one waits for it
@@ -368,29 +372,36 @@ class Store:
         error: BaseException | None,
     ) -> None:
         """Resolve the batch's waiters and start the next batch: the writer outlives anything."""
+        outcomes: list[Outcome] = []
         try:
             if error is None:
-                self._batch_committed(batch, rejected or {}, started)
+                self._batch_committed(batch, rejected or {}, started, outcomes)
             else:
-                self._batch_failed(batch, error)
+                self._batch_failed(batch, error, outcomes)
         finally:
             self._done_ops += sum(len(queued.ops) for queued in batch)
-            self._pacer.release(self._done_ops)
+            outcomes.extend((future, None) for future in self._pacer.release(self._done_ops))
             self._busy = False
             self._pump()
+            self._waker.settle(outcomes)
 
-    def _batch_failed(self, batch: list[_Queued], exc: BaseException) -> None:
+    def _batch_failed(
+        self, batch: list[_Queued], exc: BaseException, outcomes: list[Outcome]
+    ) -> None:
         """Nothing of the batch was saved (rolled back): every waiter hears it."""
         error = self.backend.error(exc, f"committing {len(batch)} writes")
         self._failed += 1
         self._last_error = str(error)
         if any(queued.future is None for queued in batch):
             log.error("%s", error)  # someone was not waiting to hear it
-        for queued in batch:
-            _fail(queued.future, error)
+        outcomes.extend((queued.future, error) for queued in batch if queued.future is not None)
 
     def _batch_committed(
-        self, batch: list[_Queued], rejected: dict[int, Exception], started: float
+        self,
+        batch: list[_Queued],
+        rejected: dict[int, Exception],
+        started: float,
+        outcomes: list[Outcome],
     ) -> None:
         for index, exc in rejected.items():
             batch[index].error = self.backend.error(exc, "a write")
@@ -400,15 +411,13 @@ class Store:
         self._ops += sum(len(queued.ops) for queued in batch)
         self._last_batch_writes = len(batch)
         for queued in batch:
-            if queued.error is None:
-                if queued.future is not None and not queued.future.done():
-                    queued.future.set_result(None)
-                continue
-            self._rejected += 1
-            self._last_error = str(queued.error)
-            if queued.future is None:
-                log.error("%s", queued.error)
-            _fail(queued.future, queued.error)
+            if queued.error is not None:
+                self._rejected += 1
+                self._last_error = str(queued.error)
+                if queued.future is None:
+                    log.error("%s", queued.error)
+            if queued.future is not None:
+                outcomes.append((queued.future, queued.error))
 
     def _start_job(self, queued: _Queued) -> None:
         self._busy = True
