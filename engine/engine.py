@@ -58,6 +58,7 @@ from engine.store import (
     open_store,
 )
 from engine.store_link import StoreLink
+from engine.turn_gate import TurnGate
 from engine.turns import MultitaskStrategy, TurnPipeline, check_strategy
 from engine.views import (
     CreatedSession,
@@ -100,6 +101,7 @@ class Engine:
             None if limits.overload is None else LoadShedder(self.clock, limits.overload)
         )
         self._overload_probe: asyncio.Task[None] | None = None
+        self._gate = TurnGate()
         self._monitor = Monitor(
             self.clock, max_alerts=config.monitor.max_alerts,
             cooldown_s=config.monitor.alert_cooldown_s,
@@ -191,7 +193,8 @@ class Engine:
         if self._shedder is not None:
             store = self._link.store
             self._overload_probe = asyncio.create_task(
-                self._shedder.watch(lambda: store.stats().queue_depth), name="overload probe"
+                self._shedder.watch(lambda: store.stats().queue_depth, self._gate.waited_s),
+                name="overload probe",
             )
         self._state = "open"
         self._paging.start()
@@ -346,6 +349,9 @@ class Engine:
         session = self._auth.authenticate(session_id, token, client)
         if self._shedder is not None:
             self._shedder.admit(session.user_id)  # while overloaded, heaviest users first
+        waiting = self._gate.enter()  # a share of turns an iteration (engine/turn_gate.py)
+        if waiting is not None:
+            await waiting
         return await self._turns.run(session, agent_type, text, strategy, on_delta)
 
     async def check(self, session_id: str, token: str, *, client: str | None = None) -> float:

@@ -144,16 +144,21 @@ class LoadShedder:
                 return
             self._total = max(0.0, self._total - self._score(users.pop(oldest), self._total_at))
 
-    async def watch(self, store_queue: Callable[[], int]) -> None:
+    async def watch(
+        self, store_queue: Callable[[], int], turns_waited_s: Callable[[], float]
+    ) -> None:
         """Probe the loop every `probe_interval_s` until cancelled (the engine runs it).
 
-        Lag is real time, whatever clock the engine was given: it is the loop's own delay.
+        Lag is real time, whatever clock the engine was given: it is the loop's own delay, or
+        the wait of the oldest turn held at the turn gate (engine/turn_gate.py) if longer:
+        turns the gate holds back would otherwise have lagged the loop by as much.
         """
         interval = self._policy.probe_interval_s
         while True:
             before = time.perf_counter()
             await asyncio.sleep(interval)
-            self.observe(time.perf_counter() - before - interval, store_queue())
+            lag = max(time.perf_counter() - before - interval, turns_waited_s())
+            self.observe(lag, store_queue())
 
     def stats(self) -> OverloadStats:
         return OverloadStats(

@@ -37,7 +37,8 @@ def test_serving_sets_small_passes_the_freezer_once_and_a_short_switch_interval(
 def test_what_survives_a_middle_pass_is_walked_by_no_later_pass(restored):
     runtime.prepare_for_serving()
     freezes = runtime.FREEZER.freezes
-    burst = [{"session": n} for n in range(5_000)]  # a spawn burst's survivors
+    # A spawn burst's survivors, fewer than would set off a middle pass on their own.
+    burst = [{"session": n} for n in range(runtime.GEN0_THRESHOLD // 2)]
     gc.collect(0)
     assert runtime.FREEZER.freezes == freezes  # a young pass walks little: nothing frozen
     assert any(obj is burst for obj in gc.get_objects(1))  # survivors wait in generation 1
