@@ -29,6 +29,11 @@ class Waker:
         self._due: deque[Outcome] = deque()
         self._scheduled = False
 
+    @property
+    def settling(self) -> bool:
+        """Shares are still waiting for their iteration."""
+        return bool(self._due)
+
     def settle(self, outcomes: Iterable[Outcome]) -> None:
         """Settle each future with None or its exception: the first share now, unless shares
         are already waiting their turn, the rest in the next iterations."""

@@ -293,6 +293,11 @@ class Store:
             self._loop.call_soon(self._scheduled_pump)
 
     def _scheduled_pump(self) -> None:
+        if self._waker.settling and self._queued_ops < self._batch_max:
+            # Writers are still being resumed a share per iteration and write next: one
+            # batch for them all, not one per share.
+            self._loop.call_soon(self._scheduled_pump)
+            return
         self._pump_scheduled = False
         self._pump()
 
