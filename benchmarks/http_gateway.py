@@ -173,7 +173,10 @@ async def serve_console(config: Any) -> None:
 def serve_main(mode: str, data_dir: Path, durable_ack: bool) -> int:
     config = bench_config(data_dir, durable_ack)
     if mode == "console":
-        asyncio.run(serve_console(config))
+        from engine.runtime import serving_runner
+
+        with serving_runner() as runner:  # the console's own loop, as `run_console` runs it
+            runner.run(serve_console(config))
         return 0
     from engine.gateway.serve import main
 

@@ -74,11 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         from engine.gateway.serve import main as serve
 
         sys.exit(serve(config, args.listen))
-    from console.app import SessionConsole
+    from console.app import run_console
 
-    SessionConsole(
-        config, refresh_hz=args.refresh_hz, start_load=args.load, listen=args.listen
-    ).run()
+    run_console(config, listen=args.listen, refresh_hz=args.refresh_hz, start_load=args.load)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from engine import Engine, EngineConfig, EngineSnapshot
 from engine.errors import EngineError
 from engine.gateway import Gateway, GatewayStats
 from engine.operator import Operator
+from engine.runtime import serving_runner
 from widgets import VirtualTable
 
 log = logging.getLogger(__name__)
@@ -528,7 +529,14 @@ def run_console(
     engine_config: EngineConfig | None = None,
     load_options: Any | None = None,
     listen: str | None = None,
+    refresh_hz: float = DEFAULT_REFRESH_HZ,
+    start_load: bool | None = None,
 ) -> None:
     """Open the console on a new engine (blocking); with `load_options`, load starts at once;
-    with `listen` (HOST:PORT, the next free port if taken), the HTTP gateway serves it too."""
-    SessionConsole(engine_config, load_options=load_options, listen=listen).run()
+    with `listen` (HOST:PORT, the next free port if taken), the HTTP gateway serves it too.
+    On the serving loop (uvloop), as `session-console serve`: the engine the console shows
+    serves its callers as fast as a headless one."""
+    app = SessionConsole(engine_config, refresh_hz=refresh_hz, start_load=start_load,
+                         load_options=load_options, listen=listen)
+    with serving_runner() as runner:
+        app.run(loop=runner.get_loop())

@@ -1,4 +1,9 @@
-"""Process settings for serving: the collector and the GIL, tuned for one busy event loop.
+"""Process settings for serving: the event loop, the collector and the GIL, tuned for one busy
+event loop.
+
+- The loop is uvloop's (`serving_runner`), for `session-console serve` and the console alike:
+  its event loop and socket transports are C, which takes a part of the gateway's CPU per
+  request off the one core that engine, gateway (and console) share.
 
 A running engine holds hundreds of thousands of objects that live as long as it does (pooled
 Agents, imported modules, sessions). The collector's passes walk every object of the
@@ -26,8 +31,11 @@ generations they collect and stall the event loop meanwhile: the tail of every t
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
+
+import uvloop
 
 # A middle pass at 10,000 users walked 2,000 x 3 objects in 20-86 ms on a 2-core VM (their
 # referents are scattered: a cache miss each); 1,000 halves each pass for the same total work.
@@ -66,3 +74,8 @@ def prepare_for_serving() -> None:
     if FREEZER not in gc.callbacks:
         gc.callbacks.append(FREEZER)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def serving_runner() -> asyncio.Runner:
+    """The runner of a serving process's one loop: uvloop's."""
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)

@@ -3,9 +3,6 @@
 The first signal drains: new turns get 503 and /readyz turns 503, turns in flight get the
 grace to finish, the store flushes, the process exits 0. A second signal exits at once (128 +
 the signal): every acknowledged turn is already committed, and the OS drops the lock.
-
-The loop is uvloop's: its event loop and socket transports are C, which takes a part of the
-gateway's CPU per request off the one core that engine and gateway share.
 """
 
 from __future__ import annotations
@@ -16,11 +13,10 @@ import os
 import signal
 import sys
 
-import uvloop
-
 from engine.config import APP_KEYS_ENV, EngineConfig
 from engine.engine import Engine
 from engine.gateway.server import Gateway
+from engine.runtime import serving_runner
 
 log = logging.getLogger("session_console.serve")
 
@@ -66,5 +62,5 @@ async def serve(config: EngineConfig, listen: str | None = None) -> int:
 def main(config: EngineConfig, listen: str | None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with serving_runner() as runner:
         return runner.run(serve(config, listen))

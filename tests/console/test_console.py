@@ -11,6 +11,7 @@ import threading
 import types
 
 import pytest
+import uvloop
 from rendered import screen_text
 from textual.command import CommandPalette
 
@@ -967,7 +968,8 @@ def test_command_line_and_run_console_open_the_console(monkeypatch, tmp_path):
 
     opened = []
 
-    def fake_run(app):
+    def fake_run(app, loop):
+        assert isinstance(loop, uvloop.Loop)  # the serving loop, as `session-console serve`
         opened.append((app.owns_engine, app.start_load, app.refresh_hz, app.engine.config))
 
     monkeypatch.setattr(SessionConsole, "run", fake_run)
