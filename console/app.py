@@ -535,7 +535,7 @@ def run_console(
     """Open the console on a new engine (blocking); with `load_options`, load starts at once;
     with `listen` (HOST:PORT, the next free port if taken), the HTTP gateway serves it too.
     On the serving loop (uvloop), as `session-console serve`: the engine the console shows
-    serves its callers as fast as a headless one."""
+    runs on the same loop as a headless one."""
     app = SessionConsole(engine_config, refresh_hz=refresh_hz, start_load=start_load,
                          load_options=load_options, listen=listen)
     with serving_runner() as runner:

@@ -1,5 +1,4 @@
-"""Process settings for serving: the event loop, the collector and the GIL, tuned for one busy
-event loop.
+"""Process settings for serving one busy event loop: the loop itself, the collector, the GIL.
 
 - The loop is uvloop's (`serving_runner`), for `session-console serve` and the console alike:
   its event loop and socket transports are C, which takes a part of the gateway's CPU per
