@@ -53,7 +53,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import ServedProcess, load_average, machine, print_json, unlimited_limits
+from common import (
+    ServedProcess,
+    load_average,
+    machine,
+    print_json,
+    process_cpu_s,
+    unlimited_limits,
+)
 
 APP_KEY = "http-gateway-benchmark-app-key"
 SIZE = (160, 45)  # the console's terminal in the 2 Hz run
@@ -204,8 +211,7 @@ class ServerProcess:
         self.address = self.served.url.removeprefix("http://")
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.process.pid)
 
     def stop(self) -> None:
         self.served.stop()
@@ -411,7 +417,8 @@ async def in_process_main(clients: int, duration: float, rate: float, durable_ac
 
 # -- the orchestration -------------------------------------------------------------------------
 def progress(message: str) -> None:
-    print(f"[http_gateway {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    print(f"[{Path(sys.argv[0]).stem} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr,
+          flush=True)
 
 
 async def http_runs(mode: str, clients: int, duration: float, rate: float | None,
