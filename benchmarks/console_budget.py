@@ -22,14 +22,13 @@ import asyncio
 import multiprocessing
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from common import ServedProcess, load_average, machine, print_json, process_cpu_s
-from http_gateway import HttpLoad, bench_config, child_env, progress
+from common import load_average, machine, print_json
+from http_gateway import HttpLoad, ServerProcess, bench_config, progress
 
 TICK_S = 0.5  # the console's default 2 Hz
 # (placement, blocks, ms per block): the console today costs 30-80 ms of loop CPU per tick at
@@ -89,30 +88,11 @@ def serve_main(placement: str, blocks: int, ms: float, data_dir: Path) -> int:
         return runner.run(serving())
 
 
-class Server:
-    """This script's `--serve` in a subprocess, as `HttpLoad` wants it: address and CPU time."""
-
-    def __init__(self, placement: str, blocks: int, ms: float) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="console-budget-")
-        self.served = ServedProcess(
-            [sys.executable, __file__, "--serve", placement, "--blocks", str(blocks),
-             "--ms", str(ms), "--data-dir", self._dir.name],
-            child_env(), "server", wait_s=90,
-        )
-        self.address = self.served.url.removeprefix("http://")
-
-    def cpu_s(self) -> float:
-        return process_cpu_s(self.served.process.pid)
-
-    def stop(self) -> None:
-        self.served.stop()
-        self._dir.cleanup()
-
-
 # -- the orchestration -------------------------------------------------------------------------
 async def one_run(placement: str, blocks: int, ms: float, rate: float,
                   duration: float) -> dict[str, Any]:
-    server = Server(placement, blocks, ms)
+    server = ServerProcess([__file__, "--serve", placement, "--blocks", str(blocks),
+                            "--ms", str(ms)])
     try:
         async with HttpLoad(server, 100) as load:
             run = await load.run(duration, rate)

@@ -198,13 +198,13 @@ def serve_main(mode: str, data_dir: Path, durable_ack: bool) -> int:
 
 
 class ServerProcess:
-    """This script's `--serve` in a subprocess: its address, CPU time, and a draining stop."""
+    """A benchmark script's `--serve` in a subprocess, on a data dir of its own: its address,
+    CPU time, and a draining stop. `script_args`: the script and its serving options."""
 
-    def __init__(self, mode: str, durable_ack: bool) -> None:
+    def __init__(self, script_args: list[str]) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="http-gateway-bench-")
         self.served = ServedProcess(
-            [sys.executable, __file__, "--serve", mode, "--data-dir", self._dir.name,
-             "--durable-ack", str(int(durable_ack))],
+            [sys.executable, *script_args, "--data-dir", self._dir.name],
             child_env(), "server", wait_s=90,
         )
         self.process = self.served.process
@@ -426,7 +426,7 @@ async def http_runs(mode: str, clients: int, duration: float, rate: float | None
                     closed: bool = True) -> dict[str, Any]:
     """One server: closed loop, fixed rate (None: RATE_SHARE of the closed loop's), and (with
     `extra`) the two SSE routes."""
-    server = ServerProcess(mode, durable_ack)
+    server = ServerProcess([__file__, "--serve", mode, "--durable-ack", str(int(durable_ack))])
     out: dict[str, Any] = {}
     try:
         async with HttpLoad(server, clients) as load:

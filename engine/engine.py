@@ -58,7 +58,7 @@ from engine.store import (
     open_store,
 )
 from engine.store_link import StoreLink
-from engine.turn_gate import TurnGate
+from engine.turn_gate import TurnStartGate
 from engine.turns import MultitaskStrategy, TurnPipeline, check_strategy
 from engine.views import (
     CreatedSession,
@@ -101,7 +101,7 @@ class Engine:
             None if limits.overload is None else LoadShedder(self.clock, limits.overload)
         )
         self._overload_probe: asyncio.Task[None] | None = None
-        self._gate = TurnGate()
+        self._gate = TurnStartGate()
         self._monitor = Monitor(
             self.clock, max_alerts=config.monitor.max_alerts,
             cooldown_s=config.monitor.alert_cooldown_s,

@@ -22,7 +22,10 @@ from collections import deque
 PER_ITERATION = 16  # turns started an iteration: ~5-10 ms of turn work on this project's machines
 
 
-class TurnGate:
+class TurnStartGate:
+    """At most `per_iteration` turns start per loop iteration, the rest wait in order (not the
+    cluster's `TurnGate`, which checks a turn's limits)."""
+
     def __init__(self, per_iteration: int = PER_ITERATION) -> None:
         if per_iteration < 1:
             raise ValueError("per_iteration must be >= 1")

@@ -14,11 +14,11 @@ import pytest
 from engine import Engine
 from engine.clock import ManualClock
 from engine.overload import LoadShedder, OverloadPolicy
-from engine.turn_gate import PER_ITERATION, TurnGate
+from engine.turn_gate import PER_ITERATION, TurnStartGate
 
 
 async def test_turns_past_the_share_wait_and_start_a_share_per_iteration_in_order():
-    gate = TurnGate(per_iteration=3)
+    gate = TurnStartGate(per_iteration=3)
     events: list[str] = []
     done = asyncio.Event()
 
@@ -46,7 +46,7 @@ async def test_turns_past_the_share_wait_and_start_a_share_per_iteration_in_orde
 
 
 async def test_a_cancelled_waiter_gives_its_place_to_the_next():
-    gate = TurnGate(per_iteration=1)
+    gate = TurnStartGate(per_iteration=1)
     assert gate.enter() is None
     first, second = gate.enter(), gate.enter()
     assert first is not None and second is not None
@@ -58,7 +58,7 @@ async def test_a_cancelled_waiter_gives_its_place_to_the_next():
 
 def test_a_gate_lets_at_least_one_turn_through():
     with pytest.raises(ValueError):
-        TurnGate(per_iteration=0)
+        TurnStartGate(per_iteration=0)
 
 
 async def test_the_overload_probe_counts_a_turn_held_at_the_gate_as_lag():
